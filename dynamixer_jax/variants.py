@@ -1,0 +1,69 @@
+"""The published DynaMixer variants (SPEC section 4 table) and ``create_model``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import jax.numpy as jnp
+
+from dynamixer_jax.model import DynaMixer, ImageSize
+
+# Architecture of each published variant; everything else is a create_model argument.
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "dynamixer_s": dict(
+        layers=(4, 3, 8, 3), embed_dims=(192, 384, 384, 384), transitions=(True, False, False, False),
+        num_segments=(8, 16, 16, 16), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3),
+    ),
+    "dynamixer_m": dict(
+        layers=(4, 3, 14, 3), embed_dims=(256, 256, 512, 512), transitions=(False, True, False, False),
+        num_segments=(8, 8, 16, 16), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3),
+    ),
+    "dynamixer_l": dict(
+        layers=(8, 8, 16, 4), embed_dims=(256, 512, 512, 512), transitions=(True, False, False, False),
+        num_segments=(8, 16, 16, 16), reduced_dims=(8, 8, 8, 8), mlp_ratios=(3, 3, 3, 3),
+    ),
+}
+
+# Facts about the published ImageNet-1K models (SPEC table), for configs and tests.
+PUBLISHED = {
+    "dynamixer_s": dict(num_params=26_265_960, crop_fraction=0.9, drop_path_rate=0.1, top1=82.7),
+    "dynamixer_m": dict(num_params=57_128_264, crop_fraction=0.9, drop_path_rate=0.1, top1=83.7),
+    "dynamixer_l": dict(num_params=97_818_088, crop_fraction=0.875, drop_path_rate=0.3, top1=84.3),
+}
+
+
+def list_models():
+    """Names accepted by create_model."""
+    return sorted(VARIANTS)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    image_size: ImageSize = 224,
+    *,
+    drop_path_rate: float = 0.0,
+    drop_rate: float = 0.0,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    **overrides: Any,
+) -> DynaMixer:
+    """Build a DynaMixer variant by name, e.g. ``create_model('dynamixer_s', num_classes=10, image_size=112)``.
+
+    ``overrides`` replace architecture fields (``layers``, ``embed_dims``, ...)
+    to make a custom or tiny model. ``dtype`` is the computation dtype (e.g.
+    ``jnp.bfloat16``), ``param_dtype`` the storage dtype of the parameters.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}.")
+    unknown = set(overrides) - set(DynaMixer.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown DynaMixer argument(s) {sorted(unknown)}.")
+    arch = dict(VARIANTS[name])
+    arch.update(overrides)
+    for key in ("layers", "embed_dims", "transitions", "num_segments", "reduced_dims", "mlp_ratios"):
+        arch[key] = tuple(arch[key])
+    if not isinstance(image_size, int):
+        image_size = tuple(int(s) for s in image_size)
+    return DynaMixer(num_classes=num_classes, image_size=image_size, drop_path_rate=drop_path_rate,
+                     drop_rate=drop_rate, dtype=dtype, param_dtype=param_dtype, **arch)

@@ -1,0 +1,81 @@
+"""Weight conversion between the authors' PyTorch checkpoints and our Flax variables.
+
+    variables = torch_to_flax(state_dict)    # or a checkpoint dict, or a path to a .pth/.pth.tar
+    state_dict = flax_to_torch(variables)    # {authors' key: numpy array}
+
+Command line: ``python -m dynamixer_jax.convert IN OUT`` (see ``__main__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import flax
+import numpy as np
+
+from dynamixer_jax.convert.architecture import architecture_from_state_dict, model_from_state_dict
+from dynamixer_jax.convert.mapping import flax_paths_to_torch_keys, flax_to_torch_layout, torch_sort_key, \
+    torch_to_flax_layout
+from dynamixer_jax.convert.sources import ConversionError, to_numpy, unwrap_state_dict
+from dynamixer_jax.fast_init import abstract_variables
+from dynamixer_jax.model import DynaMixer
+
+__all__ = ["ConversionError", "architecture_from_state_dict", "flax_to_torch", "model_from_state_dict",
+           "params_from_torch", "torch_to_flax"]
+
+
+def _mismatch_report(expected: Dict[str, tuple], got: Dict[str, tuple]) -> Optional[str]:
+    """One message naming every missing, unexpected and mis-shaped key, or None if all match."""
+    missing = sorted(set(expected) - set(got), key=torch_sort_key)
+    unexpected = sorted(set(got) - set(expected), key=torch_sort_key)
+    misshaped = [f"{key} (checkpoint {got[key]}, model {expected[key]})"
+                 for key in sorted(set(expected) & set(got), key=torch_sort_key) if expected[key] != got[key]]
+    parts = [f"{title}: {', '.join(items)}" for title, items in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)) if items]
+    return "; ".join(parts) or None
+
+
+def params_from_torch(state_dict: Dict[str, np.ndarray], abstract_params: Any) -> Dict[str, Any]:
+    """Flax params shaped like ``abstract_params`` (e.g. from ``jax.eval_shape(module.init, ...)``).
+
+    Works for the whole network and for any of its modules (an operation, a
+    block, a layer) alike. Every key is checked first; a mismatch raises one
+    ConversionError listing all missing, unexpected and mis-shaped keys.
+    Leaves take the dtypes of ``abstract_params``.
+    """
+    abstract = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract_params))
+    keys = flax_paths_to_torch_keys(list(abstract))
+    expected = {keys[path]: tuple(flax_to_torch_layout(np.empty(leaf.shape, np.bool_)).shape)
+                for path, leaf in abstract.items()}
+    report = _mismatch_report(expected, {key: tuple(np.shape(value)) for key, value in state_dict.items()})
+    if report:
+        raise ConversionError(f"checkpoint does not fit this DynaMixer: {report}")
+    params = {path: torch_to_flax_layout(to_numpy(state_dict[keys[path]])).astype(leaf.dtype)
+              for path, leaf in abstract.items()}
+    return flax.traverse_util.unflatten_dict(params)
+
+
+def torch_to_flax(source: Any, model: Optional[DynaMixer] = None, *, ema: bool = False) -> Dict[str, Any]:
+    """Flax ``{'params': ...}`` (numpy leaves) from an authors' checkpoint.
+
+    ``source``: a state_dict (name -> numpy array or torch tensor), a timm-style
+    checkpoint dict, or the path of a .pth/.pth.tar file. ``ema=True`` takes the
+    ``state_dict_ema`` copy. ``model``: the DynaMixer the weights are for; by
+    default it is read off the checkpoint's shapes. Every key is checked; a
+    mismatch raises one ConversionError listing all missing, unexpected and
+    mis-shaped keys. Leaves take the model's ``param_dtype``.
+    """
+    state_dict = unwrap_state_dict(source, ema=ema)
+    if model is None:
+        model = model_from_state_dict(state_dict)
+    return {"params": params_from_torch(state_dict, abstract_variables(model)["params"])}
+
+
+def flax_to_torch(variables: Any) -> Dict[str, np.ndarray]:
+    """The authors' state_dict ({key: numpy array}, in their order) from ``{'params': ...}`` or bare params."""
+    params = variables.get("params", variables) if hasattr(variables, "get") else variables
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    keys = flax_paths_to_torch_keys(list(flat))
+    converted = {keys[path]: np.ascontiguousarray(flax_to_torch_layout(np.asarray(value)))
+                 for path, value in flat.items()}
+    return {key: converted[key] for key in sorted(converted, key=torch_sort_key)}

@@ -76,6 +76,6 @@ def flax_to_torch(variables: Any) -> Dict[str, np.ndarray]:
     params = variables.get("params", variables) if hasattr(variables, "get") else variables
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     keys = flax_paths_to_torch_keys(list(flat))
-    converted = {keys[path]: np.ascontiguousarray(flax_to_torch_layout(np.asarray(value)))
+    converted = {keys[path]: np.array(flax_to_torch_layout(np.asarray(value)), order="C", copy=True)
                  for path, value in flat.items()}
     return {key: converted[key] for key in sorted(converted, key=torch_sort_key)}

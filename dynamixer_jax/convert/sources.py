@@ -22,7 +22,7 @@ class ConversionError(ValueError):
     """A checkpoint that does not fit the DynaMixer layout; the message lists every problem."""
 
 
-def _import_torch():
+def import_torch():
     try:
         import torch  # noqa: PLC0415 (optional dependency)
     except ImportError as error:  # pragma: no cover - exercised only without torch
@@ -32,7 +32,7 @@ def _import_torch():
 
 def load_torch_file(path: os.PathLike | str) -> Any:
     """torch.load a .pth / .pth.tar file on the CPU, tensors only if the file allows it."""
-    torch = _import_torch()
+    torch = import_torch()
     if not os.path.isfile(path):
         raise ConversionError(f"no checkpoint file at {path}")
     try:

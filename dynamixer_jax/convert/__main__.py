@@ -1,0 +1,48 @@
+"""Convert DynaMixer weights between the authors' PyTorch files and Flax checkpoints.
+
+    python -m dynamixer_jax.convert dynamixer_s.pth.tar dynamixer_s_flax        # PyTorch -> Orbax directory
+    python -m dynamixer_jax.convert dynamixer_s.pth.tar dynamixer_s.msgpack     # PyTorch -> msgpack file
+    python -m dynamixer_jax.convert --ema checkpoint.pth.tar ema_flax           # the EMA weights
+    python -m dynamixer_jax.convert dynamixer_s_flax dynamixer_s.pth            # Flax -> PyTorch state_dict
+
+The direction follows from the input: a .pth/.pth.tar/.pt/.bin file is read
+with torch; anything else is a Flax checkpoint. Every key is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dynamixer_jax.convert import ConversionError, flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.files import is_torch_file, load_flax, save_flax, save_torch
+from dynamixer_jax.variants import create_model
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dynamixer_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="a .pth/.pth.tar file, or a Flax checkpoint (Orbax directory or .msgpack)")
+    parser.add_argument("destination", help="where to write the converted weights")
+    parser.add_argument("--ema", action="store_true", help="take 'state_dict_ema' from a timm checkpoint")
+    parser.add_argument("--model", help="check against this variant (e.g. dynamixer_s) instead of the file's shapes")
+    parser.add_argument("--num-classes", type=int, default=1000, help="with --model: the head size")
+    parser.add_argument("--image-size", type=int, default=224, help="with --model: the input size")
+    args = parser.parse_args(argv)
+    try:
+        if is_torch_file(args.source):
+            model = (create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
+                     if args.model else None)
+            variables = torch_to_flax(args.source, model=model, ema=args.ema)
+            save_flax(variables, args.destination)
+        else:
+            save_torch(flax_to_torch(load_flax(args.source)), args.destination)
+    except (ConversionError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Shared test setup: PyTorch on this machine's 2 threads, and a summary of measured parity figures."""
+
+import pytest
+
+PARITY_FIGURES = {}
+
+
+def record_parity(name: str, value: float) -> None:
+    """Keep a measured figure (e.g. worst logit difference) for the end-of-run summary."""
+    PARITY_FIGURES[name] = max(value, PARITY_FIGURES.get(name, 0.0))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    torch.set_num_threads(2)
+    yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PARITY_FIGURES:
+        terminalreporter.section("parity figures (worst seen)")
+        for name, value in sorted(PARITY_FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {value:.3g}")

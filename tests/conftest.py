@@ -1,6 +1,12 @@
 """Shared test setup: PyTorch on this machine's 2 threads, and a summary of measured parity figures."""
 
+import os
+
 import pytest
+
+# CI's second Python has no torch: leave out, by name, the modules that compare against it.
+TORCH_MODULES = ["test_parity.py", "test_convert.py"]
+collect_ignore = TORCH_MODULES if os.environ.get("DYNAMIXER_NO_TORCH") == "1" else []
 
 PARITY_FIGURES = {}
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh clone: makes a virtual environment (.venv, or $VENV),
+# installs torch 2.13.0 (CPU) and the project with its test extras, then runs pytest.
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh -k parity       # extra arguments go to pytest
+# PYTHON picks the interpreter (default python3; Python 3.11 is what CI uses).
+# DYNAMIXER_NO_TORCH=1 installs no torch and leaves out the tests that compare against it
+# (CI's second leg, on a Python for which no CPU torch wheel is at hand).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+if [ "${DYNAMIXER_NO_TORCH:-0}" = 1 ]; then
+  "$VENV/bin/python" -m pip install --quiet -e ".[test-core]"
+else
+  "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+  "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+  "$VENV/bin/python" -c "import torch" || { echo "torch is missing: the parity tests cannot run" >&2; exit 1; }
+fi
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,130 @@
+"""Checkpoint forms, files, the command line and mismatch messages of the converter."""
+
+import argparse
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from torch_reference import TorchDynaMixer, randomize_
+
+from dynamixer_jax import create_model
+from dynamixer_jax.convert import ConversionError, architecture_from_state_dict, flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.files import load_flax
+
+ARCH = dict(layers=(1, 2, 1, 1), embed_dims=(16, 32, 32, 32), transitions=(True, False, False, False),
+            num_segments=(2, 4, 4, 4), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    return randomize_(TorchDynaMixer(**ARCH, num_classes=7, image_size=28), seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def flax_model():
+    return create_model("dynamixer_s", num_classes=7, image_size=28, **ARCH)
+
+
+def assert_same_weights(variables, state_dict):
+    back = flax_to_torch(variables)
+    assert back.keys() == {k: None for k in state_dict}.keys()
+    for key, value in state_dict.items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+
+
+def test_architecture_is_read_off_the_shapes(torch_model, flax_model):
+    arch = architecture_from_state_dict({k: v.numpy() for k, v in torch_model.state_dict().items()})
+    assert arch == {**ARCH, "mlp_ratios": (3.0,) * 4, "patch_size": 7, "in_chans": 3, "image_size": 28,
+                    "num_classes": 7}
+
+
+def test_checkpoint_forms(torch_model):
+    state_dict = torch_model.state_dict()
+    ema = {k: v + 1 for k, v in state_dict.items()}
+    assert_same_weights(torch_to_flax(state_dict), state_dict)
+    assert_same_weights(torch_to_flax({k: v.numpy() for k, v in state_dict.items()}), state_dict)
+    timm_style = {"state_dict": {f"module.{k}": v for k, v in state_dict.items()},
+                  "state_dict_ema": {f"module.{k}": v for k, v in ema.items()}, "epoch": 300}
+    assert_same_weights(torch_to_flax(timm_style), state_dict)
+    assert_same_weights(torch_to_flax(timm_style, ema=True), ema)
+    with pytest.raises(ConversionError, match="no 'state_dict_ema'"):
+        torch_to_flax({"state_dict": state_dict}, ema=True)
+
+
+def test_file_with_training_arguments(tmp_path, torch_model):
+    """timm saves argparse arguments beside the weights; weights_only loading refuses them, we fall back."""
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": torch_model.state_dict(), "args": argparse.Namespace(lr=2e-3)}, path)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        variables = torch_to_flax(str(path))
+    assert_same_weights(variables, torch_model.state_dict())
+    bare = tmp_path / "bare.pth"
+    torch.save(torch_model.state_dict(), bare)
+    assert_same_weights(torch_to_flax(bare), torch_model.state_dict())
+
+
+def test_every_mismatch_in_one_message(torch_model, flax_model):
+    state_dict = dict(torch_model.state_dict())
+    del state_dict["network.0.0.attn.mix_h.out.bias"]
+    del state_dict["norm.weight"]
+    state_dict["network.0.0.attn.extra.weight"] = torch.zeros(3)
+    state_dict["head.weight"] = torch.zeros(9, 32)
+    with pytest.raises(ConversionError) as info:
+        torch_to_flax(state_dict, model=flax_model)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "missing keys: network.0.0.attn.mix_h.out.bias, norm.weight" in message
+    assert "unexpected keys: network.0.0.attn.extra.weight" in message
+    assert "mis-shaped keys: head.weight (checkpoint (9, 32), model (7, 32))" in message
+
+
+def test_unreadable_inputs(tmp_path):
+    with pytest.raises(ConversionError, match="no checkpoint file at"):
+        torch_to_flax(str(tmp_path / "missing.pth"))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConversionError, match="not a readable PyTorch checkpoint"):
+        torch_to_flax(str(corrupt))
+    with pytest.raises(ConversionError, match="cannot read a DynaMixer architecture"):
+        torch_to_flax({"head.weight": np.zeros((2, 2))})
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dynamixer_jax.convert", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flax_name", ["flax_checkpoint", "weights.msgpack"])
+def test_command_line_round_trip(tmp_path, torch_model, flax_model, flax_name):
+    source, flax_path, back = tmp_path / "in.pth.tar", tmp_path / flax_name, tmp_path / "back.pth"
+    torch.save({"state_dict_ema": torch_model.state_dict(), "state_dict": {}}, source)
+    result = run_cli("--ema", source, flax_path)
+    assert result.returncode == 0, result.stderr
+    variables = load_flax(str(flax_path))
+    images = np.random.RandomState(0).randn(2, 28, 28, 3).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(jax.jit(flax_model.apply)(variables, images), expected, atol=1e-5)
+
+    result = run_cli(flax_path, back)
+    assert result.returncode == 0, result.stderr
+    restored = torch.load(back, weights_only=True)
+    fresh = TorchDynaMixer(**ARCH, num_classes=7, image_size=28)
+    fresh.load_state_dict(restored, strict=True)
+    for key, value in torch_model.state_dict().items():
+        assert torch.equal(restored[key], value), key
+
+
+def test_command_line_errors_are_one_line(tmp_path, torch_model):
+    source = tmp_path / "in.pth"
+    torch.save(torch_model.state_dict(), source)
+    result = run_cli("--model", "dynamixer_s", source, tmp_path / "out")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint does not fit this DynaMixer: missing keys:")
+    result = run_cli(tmp_path / "nowhere", tmp_path / "x.pth")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: no Flax checkpoint at {tmp_path / 'nowhere'} " \
+        "(expected an Orbax directory or a .msgpack file)"

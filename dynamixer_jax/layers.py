@@ -73,15 +73,49 @@ class Mlp(nn.Module):
         return nn.Dropout(self.drop_rate, deterministic=not train)(x)
 
 
-class DynaMixerOp(nn.Module):
-    """Dynamic token mixing along the second-to-last axis (SPEC section 1).
+class LinearParams(nn.Module):
+    """The (in, out) kernel and bias of a Linear layer, created here but applied by the caller.
 
-    Input (..., L, C) with L == ``seq_len``; output the same shape. For each of
-    ``num_segments`` channel segments it generates an (L, L) mixing matrix from
-    the tokens themselves (``compress`` then ``generate``), softmax-normalised
-    over input tokens, mixes the segment's tokens with it and projects with
-    ``out``. The matrices, shaped (..., S, L_in, L_out), are sown into the
-    ``intermediates`` collection as ``mixing`` for inspection.
+    Lets several Linear layers that read the same input share one matmul, and
+    lets a layer use its kernel with permuted columns, while the parameters
+    keep the authors' names and layout. ``features=None`` means square.
+    """
+
+    features: Optional[int] = None
+    use_bias: bool = True
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        features = self.features or in_features
+        kernel = self.param("kernel", timm_trunc_normal(), (in_features, features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype) if self.use_bias else None
+        return kernel, bias
+
+
+def linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array], dtype: Optional[Dtype]) -> jax.Array:
+    """x @ kernel + bias over the last axis, computed in ``dtype`` (as flax.linen.Dense does)."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    y = jnp.dot(x, kernel)
+    return y if bias is None else y + bias
+
+
+_AXIS_LETTERS = "abcefghk"
+
+
+class DynaMixerOp(nn.Module):
+    """Dynamic token mixing (SPEC section 1): ``compress``, ``generate``, softmax, mix, ``out``.
+
+    Called directly it mixes along the second-to-last axis of (..., L, C),
+    L == ``seq_len``. For each of ``num_segments`` channel segments it
+    generates an (L, L) mixing matrix from the tokens themselves,
+    softmax-normalised over input tokens, mixes the segment's tokens with it
+    and projects with ``out``. The matrices, shaped (..., S, L_in, L_out), are
+    sown into the ``intermediates`` collection as ``mixing``.
+
+    ``DynaMixerBlock`` uses the two halves separately (``compress_params`` and
+    ``mix``) so that it can compress for both directions in one matmul and mix
+    along an axis of the (B, H, W, C) grid without transposing the grid.
     """
 
     seq_len: int
@@ -90,9 +124,20 @@ class DynaMixerOp(nn.Module):
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        *batch, length, channels = x.shape
+    def setup(self):
+        segments, reduced, length = self.num_segments, self.reduced_dim, self.seq_len
+        self.compress = LinearParams(segments * reduced, param_dtype=self.param_dtype)
+        self.generate = LinearParams(length * length, param_dtype=self.param_dtype)
+        self.out = LinearParams(param_dtype=self.param_dtype)
+
+    def compress_params(self, channels: int):
+        """(kernel, bias) of ``compress`` for inputs with ``channels`` channels."""
+        return self.compress(channels)
+
+    def mix(self, x: jax.Array, compressed: jax.Array, token_axis: int) -> jax.Array:
+        """Mix the tokens of ``x`` (..., C) along ``token_axis`` given ``compressed`` = compress(x) (..., S*r)."""
+        shape = x.shape
+        channels, length = shape[-1], shape[token_axis]
         segments, reduced = self.num_segments, self.reduced_dim
         if length != self.seq_len:
             raise ValueError(
@@ -101,24 +146,36 @@ class DynaMixerOp(nn.Module):
             )
         if channels % segments:
             raise ValueError(f"channels ({channels}) must be divisible by the number of segments ({segments}).")
+        token_axis %= len(shape)
+        others = [size for axis, size in enumerate(shape[:-1]) if axis != token_axis]
 
-        z = dense(segments * reduced, "compress", self.dtype, self.param_dtype)(x)
-        z = z.reshape(*batch, length, segments, reduced)
-        # (..., L, S, r) -> (..., S, L, r) -> (..., S, L*r): token index major, reduced index minor.
-        z = jnp.swapaxes(z, -3, -2).reshape(*batch, segments, length * reduced)
-        logits = dense(length * length, "generate", self.dtype, self.param_dtype)(z)
-        logits = logits.reshape(*batch, segments, length, length)
-        mixing = _softmax_float32(logits, axis=-2, dtype=self.dtype)
-        self.sow("intermediates", "mixing", mixing)
+        # (..., L, ..., S*r) -> (others, L, S, r) -> (others, S, L*r): token index major, reduced index minor.
+        z = jnp.moveaxis(compressed.reshape(*shape[:-1], segments, reduced), token_axis, -3)
+        z = jnp.swapaxes(z, -3, -2).reshape(*others, segments, length * reduced)
+        # generate's output index is (L_in major, L_out minor). Permuting its columns to (L_out, L_in)
+        # puts the softmax over input tokens on the minor axis, where it is cheapest.
+        kernel, bias = self.generate(length * reduced)
+        kernel = jnp.swapaxes(kernel.reshape(-1, length, length), 1, 2).reshape(-1, length * length)
+        bias = bias.reshape(length, length).T.reshape(-1)
+        logits = linear(z, kernel, bias, self.dtype).reshape(*others, segments, length, length)
+        mixing = _softmax_float32(logits, axis=-1, dtype=self.dtype)  # (others, S, L_out, L_in)
+        self.sow("intermediates", "mixing", jnp.swapaxes(mixing, -1, -2))
 
-        x_seg = x.reshape(*batch, length, segments, channels // segments)
-        y = jnp.einsum("...isd,...sij->...jsd", x_seg.astype(mixing.dtype), mixing)
-        y = y.reshape(*batch, length, channels)
-        return dense(channels, "out", self.dtype, self.param_dtype)(y)
+        grid = _AXIS_LETTERS[:len(shape) - 1]
+        x_spec = grid.replace(grid[token_axis], "i") + "sd"
+        out_spec = grid.replace(grid[token_axis], "j") + "sd"
+        mix_spec = grid.replace(grid[token_axis], "") + "sji"
+        x_seg = x.reshape(*shape[:-1], segments, channels // segments).astype(mixing.dtype)
+        y = jnp.einsum(f"{x_spec},{mix_spec}->{out_spec}", x_seg, mixing).reshape(shape)
+        return linear(y, *self.out(channels), self.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        compressed = linear(x, *self.compress_params(x.shape[-1]), self.dtype)
+        return self.mix(x, compressed, token_axis=x.ndim - 2)
 
 
 class DynaMixerBlock(nn.Module):
-    """The token mixer of one layer (SPEC section 2): row, column and channel branches, reweighted.
+    """The token mixer of one layer (SPEC section 2): column, row and channel branches, reweighted.
 
     Input and output (B, H, W, C). The per-channel branch weights, shaped
     (B, C, 3) for (column ``mix_h``, row ``mix_w``, channel ``mlp_c``), are sown
@@ -138,12 +195,17 @@ class DynaMixerBlock(nn.Module):
         batch, height, width, channels = x.shape
         op = dict(num_segments=self.num_segments, reduced_dim=self.reduced_dim,
                   dtype=self.dtype, param_dtype=self.param_dtype)
-        # Columns: mix along H for every (b, w).
-        h = DynaMixerOp(self.height, name="mix_h", **op)(jnp.swapaxes(x, 1, 2))
-        h = jnp.swapaxes(h, 1, 2)
-        # Rows: mix along W for every (b, h).
-        w = DynaMixerOp(self.width, name="mix_w", **op)(x)
-        c = dense(channels, "mlp_c", self.dtype, self.param_dtype, use_bias=False)(x)
+        mix_h = DynaMixerOp(self.height, name="mix_h", **op)
+        mix_w = DynaMixerOp(self.width, name="mix_w", **op)
+        # The three Linear layers that read x (both compressions and mlp_c) as one matmul.
+        (kernel_h, bias_h), (kernel_w, bias_w) = mix_h.compress_params(channels), mix_w.compress_params(channels)
+        kernel_c, _ = LinearParams(channels, use_bias=False, param_dtype=self.param_dtype, name="mlp_c")(channels)
+        kernel = jnp.concatenate([kernel_h, kernel_w, kernel_c], axis=1)
+        bias = jnp.concatenate([bias_h, bias_w, jnp.zeros((channels,), bias_h.dtype)])
+        z_h, z_w, c = jnp.split(linear(x, kernel, bias, self.dtype),
+                                [kernel_h.shape[1], kernel_h.shape[1] + kernel_w.shape[1]], axis=-1)
+        h = mix_h.mix(x, z_h, token_axis=1)  # columns: tokens along H
+        w = mix_w.mix(x, z_w, token_axis=2)  # rows: tokens along W
 
         pooled = jnp.mean((h + w + c).astype(jnp.float32), axis=(1, 2)).astype(h.dtype)
         logits = Mlp(channels // 4, 3 * channels, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -4,9 +4,10 @@ import os
 
 import pytest
 
-# CI's second Python has no torch: leave out, by name, the modules that compare against it.
-TORCH_MODULES = ["test_parity.py", "test_convert.py"]
-collect_ignore = TORCH_MODULES if os.environ.get("DYNAMIXER_NO_TORCH") == "1" else []
+# CI's second Python installs only the model's test needs (no torch, no TensorFlow):
+# leave out, by name, the modules that need those.
+HEAVY_MODULES = ["test_parity.py", "test_convert.py", "test_augment.py"]
+collect_ignore = HEAVY_MODULES if os.environ.get("DYNAMIXER_CORE_ONLY") == "1" else []
 
 PARITY_FIGURES = {}
 

@@ -1,0 +1,1 @@
+"""Input pipeline pieces; submodules import TensorFlow, this package itself does not."""

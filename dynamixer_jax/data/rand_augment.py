@@ -1,0 +1,382 @@
+"""RandAugment in TensorFlow, following the semantics of timm's ``rand_augment_transform``.
+
+Everything here works on a single uint8 image of shape (H, W, 3) and is stateless: all randomness
+comes from an explicit ``seed`` (a shape-[2] int32/int64 tensor) through ``tf.random.stateless_*``,
+so the same seed gives the same output and the functions can run inside ``tf.data.Dataset.map``.
+
+The image operations mirror the PIL operations timm applies (``ImageOps``, ``ImageEnhance`` and
+``Image.transform``); their pixel conventions are reproduced so that results agree with PIL
+exactly or to within one grey level (see ``tests/test_augment.py``). Geometric operations sample
+bilinearly with ``tf.raw_ops.ImageProjectiveTransformV3`` and fill uncovered pixels with a
+per-channel colour.
+
+Config strings use timm's grammar ``rand-m{M}-n{N}-mstd{S}-mmax{X}-inc{0|1}-p{P}`` (every part but
+``rand`` optional), e.g. ``'rand-m9-mstd0.5-inc1'`` as in the DeiT recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+MAX_LEVEL = 10.0
+"""Magnitudes are on a 0..MAX_LEVEL scale (timm's ``_LEVEL_DENOM``)."""
+
+IMAGENET_FILL = (124, 116, 104)
+"""The ImageNet mean colour in 0..255, timm's fill colour for geometric operations."""
+
+# Op names of timm's ``_RAND_TRANSFORMS`` (inc0) and ``_RAND_INCREASING_TRANSFORMS`` (inc1).
+STANDARD_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
+    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
+    "TranslateYRel",
+)
+INCREASING_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+    "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandAugmentConfig:
+    """Parsed RandAugment settings (defaults as in timm)."""
+
+    num_layers: int = 2
+    magnitude: float = MAX_LEVEL
+    magnitude_std: float = 0.0  # math.inf: magnitude uniform in [0, magnitude]
+    magnitude_max: float = MAX_LEVEL
+    increasing: bool = False
+    prob: float = 0.5
+
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        """The op set that this config samples from."""
+        return INCREASING_OPS if self.increasing else STANDARD_OPS
+
+
+def parse_rand_augment(config: str) -> RandAugmentConfig:
+    """Parse a timm RandAugment string such as ``'rand-m9-mstd0.5-inc1'``.
+
+    Supported parts: ``m`` magnitude, ``n`` number of ops, ``mstd`` magnitude noise std (above
+    100 means uniform sampling), ``mmax`` magnitude upper bound, ``inc`` increasing op set,
+    ``p`` per-op application probability. timm's op weighting (``w``) and op lists (``t``) are
+    not supported and raise ``ValueError``.
+    """
+    parts = config.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"RandAugment config must start with 'rand': {config!r}")
+    values: dict = {}
+    for part in parts[1:]:
+        match = re.fullmatch(r"([a-z]+)(\d.*)", part)
+        if match is None:
+            raise ValueError(f"cannot parse {part!r} in RandAugment config {config!r}")
+        key, value = match.groups()
+        if key == "m":
+            values["magnitude"] = float(value)
+        elif key == "n":
+            values["num_layers"] = int(value)
+        elif key == "mstd":
+            std = float(value)
+            values["magnitude_std"] = math.inf if std > 100 else std
+        elif key == "mmax":
+            values["magnitude_max"] = float(value)
+        elif key == "inc":
+            values["increasing"] = bool(int(value))
+        elif key == "p":
+            values["prob"] = float(value)
+        else:
+            raise ValueError(f"unsupported key {key!r} in RandAugment config {config!r}")
+    return RandAugmentConfig(**values)
+
+
+# ----------------------------------------------------------------------------- pixel operations
+
+
+def _apply_lut(image: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
+    """Map each channel of a uint8 image through its own 256-entry table ``lut`` [3, 256]."""
+    index = tf.cast(image, tf.int32) + tf.range(3, dtype=tf.int32) * 256
+    return tf.cast(tf.gather(tf.reshape(lut, [-1]), index), tf.uint8)
+
+
+def _grayscale(image: tf.Tensor) -> tf.Tensor:
+    """PIL's RGB -> L conversion (ITU-R 601-2 luma, fixed point), as int32 (H, W)."""
+    rgb = tf.cast(image, tf.int32)
+    luma = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
+    return tf.bitwise.right_shift(luma, 16)
+
+
+def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor) -> tf.Tensor:
+    """PIL ``Image.blend(degenerate, image, factor)``: extrapolate, clip and truncate to uint8."""
+    degenerate = tf.cast(degenerate, tf.float32)
+    factor = tf.cast(factor, tf.float32)
+    blended = degenerate + factor * (tf.cast(image, tf.float32) - degenerate)
+    return tf.cast(tf.floor(tf.clip_by_value(blended, 0.0, 255.0)), tf.uint8)
+
+
+def invert(image: tf.Tensor) -> tf.Tensor:
+    """Invert every pixel (PIL ``ImageOps.invert``)."""
+    return 255 - tf.convert_to_tensor(image, tf.uint8)
+
+
+def posterize(image: tf.Tensor, bits) -> tf.Tensor:
+    """Keep the ``bits`` (0..8) most significant bits of each channel (PIL ``ImageOps.posterize``)."""
+    bits = tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
+    mask = 255 - (tf.bitwise.left_shift(1, 8 - bits) - 1)
+    return tf.cast(tf.bitwise.bitwise_and(tf.cast(image, tf.int32), mask), tf.uint8)
+
+
+def solarize(image: tf.Tensor, threshold) -> tf.Tensor:
+    """Invert pixels at or above ``threshold`` (0..256) (PIL ``ImageOps.solarize``)."""
+    pixels = tf.cast(image, tf.int32)
+    return tf.cast(tf.where(pixels < tf.cast(threshold, tf.int32), pixels, 255 - pixels), tf.uint8)
+
+
+def solarize_add(image: tf.Tensor, addition, threshold=128) -> tf.Tensor:
+    """Add ``addition`` (saturating at 255) to pixels below ``threshold`` (timm ``solarize_add``)."""
+    pixels = tf.cast(image, tf.int32)
+    added = tf.minimum(pixels + tf.cast(addition, tf.int32), 255)
+    return tf.cast(tf.where(pixels < tf.cast(threshold, tf.int32), added, pixels), tf.uint8)
+
+
+def auto_contrast(image: tf.Tensor) -> tf.Tensor:
+    """Stretch each channel to span 0..255 (PIL ``ImageOps.autocontrast``, no cutoff)."""
+    image = tf.convert_to_tensor(image, tf.uint8)
+    pixels = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
+    low, high = tf.reduce_min(pixels, axis=0), tf.reduce_max(pixels, axis=0)
+    # The same float64 arithmetic as PIL builds its table with.
+    scale = 255.0 / tf.maximum(high - low, 1.0)
+    offset = -low * scale
+    levels = tf.range(256, dtype=tf.float64)[None, :]
+    stretched = tf.clip_by_value(tf.floor(levels * scale[:, None] + offset[:, None]), 0.0, 255.0)
+    lut = tf.where((high > low)[:, None], tf.cast(stretched, tf.int32), tf.range(256)[None, :])
+    return _apply_lut(image, lut)
+
+
+def equalize(image: tf.Tensor) -> tf.Tensor:
+    """Equalize the histogram of each channel (PIL ``ImageOps.equalize``)."""
+    image = tf.convert_to_tensor(image, tf.uint8)
+    index = tf.cast(image, tf.int32) + tf.range(3, dtype=tf.int32) * 256
+    hist = tf.reshape(
+        tf.math.bincount(tf.reshape(index, [-1]), minlength=768, maxlength=768, dtype=tf.int32),
+        [3, 256])
+    # PIL: step = (number of pixels - count of the highest occurring value) // 255.
+    last_value = 255 - tf.argmax(tf.reverse(tf.cast(hist > 0, tf.int32), axis=[1]), axis=1,
+                                 output_type=tf.int32)
+    last_count = tf.gather(hist, last_value, batch_dims=1)
+    step = (tf.reduce_sum(hist, axis=1) - last_count) // 255
+    safe_step = tf.maximum(step, 1)[:, None]
+    lut = (step[:, None] // 2 + tf.cumsum(hist, axis=1, exclusive=True)) // safe_step
+    lut = tf.where((step > 0)[:, None], tf.minimum(lut, 255), tf.range(256)[None, :])
+    return tf.cast(tf.gather(tf.reshape(lut, [-1]), index), tf.uint8)
+
+
+def color(image: tf.Tensor, factor) -> tf.Tensor:
+    """Blend with the grayscale image: 0 grey, 1 unchanged, >1 more saturated (PIL ``ImageEnhance.Color``)."""
+    gray = tf.repeat(_grayscale(image)[..., None], 3, axis=-1)
+    return _blend(gray, image, factor)
+
+
+def contrast(image: tf.Tensor, factor) -> tf.Tensor:
+    """Blend with the mean grey level: 0 flat grey, 1 unchanged (PIL ``ImageEnhance.Contrast``)."""
+    mean = tf.reduce_mean(tf.cast(_grayscale(image), tf.float64))
+    degenerate = tf.cast(tf.floor(mean + 0.5), tf.float32)
+    return _blend(degenerate, image, factor)
+
+
+def brightness(image: tf.Tensor, factor) -> tf.Tensor:
+    """Scale intensities by ``factor`` (PIL ``ImageEnhance.Brightness``)."""
+    return _blend(tf.zeros([], tf.float32), image, factor)
+
+
+def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
+    """Blend with PIL's SMOOTH-filtered image (border pixels kept) (PIL ``ImageEnhance.Sharpness``)."""
+    image = tf.convert_to_tensor(image, tf.uint8)
+    pixels = tf.cast(image, tf.float32)
+    # SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (3x3 box sum + 4 * centre) / 13;
+    # the box sum as two separable sums of shifted slices (faster than a conv on CPU).
+    row_sums = pixels[:, :-2] + pixels[:, 1:-1] + pixels[:, 2:]
+    box_sums = row_sums[:-2] + row_sums[1:-1] + row_sums[2:]
+    smooth = tf.round((box_sums + 4.0 * pixels[1:-1, 1:-1]) / 13.0)
+    smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
+    shape = tf.shape(image)
+    interior = tf.pad(tf.ones(shape[:2] - 2, tf.bool), [[1, 1], [1, 1]])
+    degenerate = tf.where(interior[..., None], smooth, pixels)
+    return _blend(degenerate, image, factor)
+
+
+# ------------------------------------------------------------------------- geometric operations
+
+
+def affine_transform(image: tf.Tensor, matrix: Sequence, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Apply a PIL-style affine ``matrix`` (a, b, c, d, e, f) with bilinear sampling.
+
+    As in PIL's ``Image.transform(size, Image.AFFINE, matrix, Image.BILINEAR, fillcolor=fill)``:
+    the output pixel at continuous position (x, y) (pixel centres at +0.5) is sampled from input
+    position (a x + b y + c, d x + e y + f); a source position outside the image gives the
+    per-channel ``fill`` colour, one inside it is interpolated with edge-clamped neighbours, and
+    the result is truncated to an integer.
+    """
+    image = tf.convert_to_tensor(image, tf.uint8)
+    a, b, c, d, e, f = [tf.cast(value, tf.float32) for value in matrix]
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    # The TF kernel maps pixel indices (centres at integers): shift the map by half a pixel.
+    transform = tf.stack([a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5, 0.0, 0.0])
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
+        output_shape=shape[:2], fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")[0]
+    y, x = tf.meshgrid(tf.range(height) + 0.5, tf.range(width) + 0.5, indexing="ij")
+    source_x, source_y = a * x + b * y + c, d * x + e * y + f
+    inside = (source_x >= 0.0) & (source_x < width) & (source_y >= 0.0) & (source_y < height)
+    # A small allowance keeps float32 error from truncating e.g. 231.99999 to 231.
+    warped = tf.floor(tf.clip_by_value(warped, 0.0, 255.0) + 1e-3)
+    output = tf.where(inside[..., None], warped, tf.constant(fill, tf.float32))
+    return tf.cast(output, tf.uint8)
+
+
+def rotate(image: tf.Tensor, degrees, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Rotate counter-clockwise by ``degrees`` about the image centre (PIL ``Image.rotate``)."""
+    shape = tf.cast(tf.shape(image), tf.float32)
+    center_x, center_y = shape[1] / 2.0, shape[0] / 2.0
+    angle = -tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    offset_x = cos * -center_x + sin * -center_y + center_x
+    offset_y = -sin * -center_x + cos * -center_y + center_y
+    return affine_transform(image, (cos, sin, offset_x, -sin, cos, offset_y), fill)
+
+
+def shear_x(image: tf.Tensor, factor, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Shear horizontally: x_in = x + factor * y (timm ``shear_x``)."""
+    return affine_transform(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), fill)
+
+
+def shear_y(image: tf.Tensor, factor, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Shear vertically: y_in = factor * x + y (timm ``shear_y``)."""
+    return affine_transform(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), fill)
+
+
+def translate_x_rel(image: tf.Tensor, fraction, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Translate by ``fraction`` of the width: x_in = x + fraction * W (timm ``translate_x_rel``)."""
+    pixels = tf.cast(fraction, tf.float32) * tf.cast(tf.shape(image)[1], tf.float32)
+    return affine_transform(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill)
+
+
+def translate_y_rel(image: tf.Tensor, fraction, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Translate by ``fraction`` of the height: y_in = y + fraction * H (timm ``translate_y_rel``)."""
+    pixels = tf.cast(fraction, tf.float32) * tf.cast(tf.shape(image)[0], tf.float32)
+    return affine_transform(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill)
+
+
+# ----------------------------------------------------------------- magnitude -> argument rules
+
+
+def _enhance_arg(magnitude, sign):
+    """timm ``_enhance_level_to_arg``: factor in [0.1, 1.9], increasing with magnitude."""
+    del sign
+    return magnitude / MAX_LEVEL * 1.8 + 0.1
+
+
+def _enhance_increasing_arg(magnitude, sign):
+    """timm ``_enhance_increasing_level_to_arg``: 1 +/- 0.9 m/10, at least 0.1."""
+    return tf.maximum(0.1, 1.0 + sign * magnitude * 0.9 / MAX_LEVEL)
+
+
+def _truncate(value):
+    """Python ``int()`` of a non-negative float tensor."""
+    return tf.cast(tf.floor(value), tf.int32)
+
+
+# name -> (operation taking (image, argument, fill), argument from (magnitude, sign) or None).
+_OPS: dict[str, tuple[Callable, Callable | None]] = {
+    "AutoContrast": (lambda image, arg, fill: auto_contrast(image), None),
+    "Equalize": (lambda image, arg, fill: equalize(image), None),
+    "Invert": (lambda image, arg, fill: invert(image), None),
+    "Rotate": (rotate, lambda m, sign: sign * m * 30.0 / MAX_LEVEL),
+    "Posterize": (lambda image, arg, fill: posterize(image, arg),
+                  lambda m, sign: _truncate(m * 4.0 / MAX_LEVEL)),
+    "PosterizeIncreasing": (lambda image, arg, fill: posterize(image, arg),
+                            lambda m, sign: 4 - _truncate(m * 4.0 / MAX_LEVEL)),
+    "Solarize": (lambda image, arg, fill: solarize(image, arg),
+                 lambda m, sign: tf.minimum(256, _truncate(m * 256.0 / MAX_LEVEL))),
+    "SolarizeIncreasing": (lambda image, arg, fill: solarize(image, arg),
+                           lambda m, sign: 256 - tf.minimum(256, _truncate(m * 256.0 / MAX_LEVEL))),
+    "SolarizeAdd": (lambda image, arg, fill: solarize_add(image, arg),
+                    lambda m, sign: _truncate(m * 110.0 / MAX_LEVEL)),
+    "Color": (lambda image, arg, fill: color(image, arg), _enhance_arg),
+    "ColorIncreasing": (lambda image, arg, fill: color(image, arg), _enhance_increasing_arg),
+    "Contrast": (lambda image, arg, fill: contrast(image, arg), _enhance_arg),
+    "ContrastIncreasing": (lambda image, arg, fill: contrast(image, arg), _enhance_increasing_arg),
+    "Brightness": (lambda image, arg, fill: brightness(image, arg), _enhance_arg),
+    "BrightnessIncreasing": (lambda image, arg, fill: brightness(image, arg), _enhance_increasing_arg),
+    "Sharpness": (lambda image, arg, fill: sharpness(image, arg), _enhance_arg),
+    "SharpnessIncreasing": (lambda image, arg, fill: sharpness(image, arg), _enhance_increasing_arg),
+    "ShearX": (shear_x, lambda m, sign: sign * m * 0.3 / MAX_LEVEL),
+    "ShearY": (shear_y, lambda m, sign: sign * m * 0.3 / MAX_LEVEL),
+    "TranslateXRel": (translate_x_rel, lambda m, sign: sign * m * 0.45 / MAX_LEVEL),
+    "TranslateYRel": (translate_y_rel, lambda m, sign: sign * m * 0.45 / MAX_LEVEL),
+}
+
+
+def apply_op(image: tf.Tensor, name: str, magnitude, sign=1.0,
+             fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Apply the RandAugment op ``name`` at ``magnitude`` (0..10); ``sign`` (+/-1) picks the direction
+    for ops that timm randomly negates."""
+    operation, level_to_arg = _OPS[name]
+    magnitude = tf.cast(magnitude, tf.float32)
+    sign = tf.cast(sign, tf.float32)
+    argument = None if level_to_arg is None else level_to_arg(magnitude, sign)
+    return operation(image, argument, fill)
+
+
+def _sample_magnitude(config: RandAugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """timm ``AugmentOp`` magnitude: M, M + N(0, std), or U(0, M); clipped to [0, magnitude_max]."""
+    magnitude = tf.constant(config.magnitude, tf.float32)
+    if config.magnitude_std == math.inf:
+        magnitude = tf.random.stateless_uniform([], seed, 0.0, config.magnitude)
+    elif config.magnitude_std > 0:
+        magnitude += config.magnitude_std * tf.random.stateless_normal([], seed)
+    return tf.clip_by_value(magnitude, 0.0, config.magnitude_max)
+
+
+def _random_layer(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig,
+                  fill: Sequence[int]) -> tf.Tensor:
+    """Pick one op uniformly and apply it with probability ``config.prob``."""
+    op_seed, prob_seed, magnitude_seed, sign_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4))
+    names = config.op_names
+    op_index = tf.random.stateless_uniform([], op_seed, 0, len(names), dtype=tf.int32)
+    applied = tf.random.stateless_uniform([], prob_seed) < config.prob
+    magnitude = _sample_magnitude(config, magnitude_seed)
+    # timm negates when random() > 0.5.
+    sign = tf.where(tf.random.stateless_uniform([], sign_seed) > 0.5, -1.0, 1.0)
+    branches = [
+        (lambda name=name: apply_op(image, name, magnitude, sign, fill)) for name in names
+    ] + [lambda: image]
+    output = tf.switch_case(tf.where(applied, op_index, len(names)), branches)
+    output.set_shape(image.shape)
+    return output
+
+
+def rand_augment(image: tf.Tensor, seed: tf.Tensor, config: str | RandAugmentConfig,
+                 fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+    """Apply RandAugment to a uint8 (H, W, 3) image, reproducibly from ``seed``.
+
+    ``config`` is a timm string (e.g. ``'rand-m9-mstd0.5-inc1'``) or a ``RandAugmentConfig``.
+    ``config.num_layers`` ops are drawn uniformly with replacement; each is applied with
+    probability ``config.prob`` at a freshly sampled magnitude. ``fill`` is the colour of
+    pixels that geometric ops uncover (timm uses the dataset mean colour).
+    """
+    if isinstance(config, str):
+        config = parse_rand_augment(config)
+    image = tf.convert_to_tensor(image, tf.uint8)
+    if config.num_layers == 0:
+        return image
+    layer_seeds = tf.random.experimental.stateless_split(seed, num=config.num_layers)
+    for layer in range(config.num_layers):
+        image = _random_layer(image, layer_seeds[layer], config, fill)
+    return image

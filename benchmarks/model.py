@@ -10,10 +10,9 @@ The two frameworks are timed in alternating rounds (K JAX steps, then K torch st
 order swapped each round) and the median images/s of each is reported with the ratio.
 
 Run (from the repository root):
-    PYTHONPATH=. /work/venv311/bin/python benchmarks/model.py [--quick] [--json out.json]
+    python benchmarks/model.py [--quick] [--json out.json] [--no-hugepages]
+(in the environment of ``bash scripts/test.sh``: ``.venv/bin/python benchmarks/model.py``)
 """
-
-from __future__ import annotations
 
 import argparse
 import json
@@ -34,6 +33,7 @@ from torch_reference import TorchDynaMixer  # noqa: E402
 
 from dynamixer_jax.convert import torch_to_flax  # noqa: E402
 from dynamixer_jax.fast_init import init_variables  # noqa: E402
+from dynamixer_jax.hugepages import ensure_hugepage_malloc, hugepage_malloc_active  # noqa: E402
 from dynamixer_jax.variants import VARIANTS, create_model  # noqa: E402
 
 NUM_CLASSES, NUM_BATCHES, LR, WEIGHT_DECAY = 1000, 4, 1e-3, 0.05
@@ -72,8 +72,7 @@ def make_batches(batch, image_size, seed):
 def compile_timed(fn, *args):
     """(compiled executable, seconds to lower and compile ``fn`` for ``args``)."""
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    return compiled, time.perf_counter() - start
+    return fn.lower(*args).compile(), time.perf_counter() - start
 
 
 def jax_infer_runner(model, params, batches, compile_times, batch):
@@ -98,7 +97,10 @@ def torch_infer_runner(torch_model, batches):
 
 
 def make_train_step(model, tx):
-    """The whole training step as one pure function: (params, opt_state, images, labels, key) -> (params, opt_state, loss)."""
+    """One jitted AdamW step, params and optimizer state donated.
+
+    (params, opt_state, images, labels, dropout_key) -> (params, opt_state, loss).
+    """
     def loss_fn(params, images, labels, key):
         logits = model.apply({"params": params}, images, train=True, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -113,8 +115,8 @@ def make_train_step(model, tx):
 def jax_train_runner(model, params, batches, compile_times, batch):
     """A function running k donated, jitted AdamW train steps on its own copy of the params."""
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-    state = {"params": jax.tree_util.tree_map(jnp.copy, params)}
-    state["opt"] = tx.init(state["params"])
+    own_params = jax.tree_util.tree_map(jnp.copy, params)  # the inference params must survive donation
+    state = {"params": own_params, "opt": tx.init(own_params)}
     images, _, labels, _, key = batches[0]
     compiled, compile_times[f"train b={batch}"] = compile_timed(
         make_train_step(model, tx), state["params"], state["opt"], images, labels, key)
@@ -149,28 +151,37 @@ def busy_cpu_seconds():
     return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
-def seconds(fn, *args):
-    """Wall time of fn(*args)."""
-    start = time.perf_counter()
+def timed(fn, *args):
+    """(wall, user CPU, system CPU) seconds of this process while running fn(*args)."""
+    wall, cpu = time.perf_counter(), os.times()
     fn(*args)
-    return time.perf_counter() - start
+    end = os.times()
+    return time.perf_counter() - wall, end.user - cpu.user, end.system - cpu.system
 
 
 def measure(jax_run, torch_run, batch, rounds, steps, warmup, round_seconds):
-    """Alternating rounds; returns dict with median images/s of each framework, their ratio and the raw rounds."""
+    """Alternating rounds; returns median images/s of each framework, their ratio, raw rounds and diagnostics.
+
+    ``*_sys_frac`` is the share of this process's CPU time spent in the kernel (e.g. page faults);
+    ``other_load`` the number of cores other processes kept busy meanwhile.
+    """
     for _ in range(max(1, warmup)):
-        t_jax, t_torch = seconds(jax_run, 1), seconds(torch_run, 1)
+        t_jax, t_torch = timed(jax_run, 1)[0], timed(torch_run, 1)[0]
     k = steps or max(1, round(round_seconds / (t_jax + t_torch)))
-    rates = {"jax": [], "torch": []}
+    rates, cpu = {"jax": [], "torch": []}, {"jax": [0.0, 0.0], "torch": [0.0, 0.0]}
     (busy0, own0), wall0 = busy_cpu_seconds(), time.perf_counter()
     for r in range(rounds):
         order = [("jax", jax_run), ("torch", torch_run)]
         for name, run in (order if r % 2 == 0 else order[::-1]):
-            rates[name].append(k * batch / seconds(run, k, r * k))
+            wall, user, system = timed(run, k, r * k)
+            rates[name].append(k * batch / wall)
+            cpu[name][0] += user
+            cpu[name][1] += system
     (busy1, own1), wall1 = busy_cpu_seconds(), time.perf_counter()
     jax_ips, torch_ips = statistics.median(rates["jax"]), statistics.median(rates["torch"])
     return {"batch": batch, "steps_per_round": k, "jax_img_s": jax_ips, "torch_img_s": torch_ips,
             "ratio": jax_ips / torch_ips, "rounds": rates,
+            **{f"{name}_sys_frac": system / max(user + system, 1e-9) for name, (user, system) in cpu.items()},
             "other_load": max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)}
 
 
@@ -181,6 +192,26 @@ def parity(model, params, torch_model, image_size):
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
     return float(np.abs(np.asarray(model.apply({"params": params}, images)) - expected).max())
+
+
+def print_report(info, compile_times, results):
+    """The init/compile timings and one table row per setting."""
+    print(f"{info['model']} {info['image_size']}x{info['image_size']}  jax {info['jax']} ({info['device']})  "
+          f"torch {info['torch']} ({info['torch_threads']} threads)  rounds={info['rounds']}  "
+          f"huge-page malloc: {'on' if info['hugepage_malloc'] else 'off'}")
+    print(f"init_variables (cold): {info['init_s']:.2f} s   "
+          f"parity max|dlogit|: {info['parity_max_abs_logit_diff']:.1e}")
+    print("compile: " + "  ".join(f"{name} {sec:.1f}s" for name, sec in compile_times.items()))
+    print(f"{'setting':<13}{'jax img/s':>10}{'torch img/s':>13}{'jax/torch':>11}{'k':>4}"
+          f"{'jax sys%':>10}{'torch sys%':>12}{'other load':>12}")
+    for name, r in results.items():
+        print(f"{name:<13}{r['jax_img_s']:>10.2f}{r['torch_img_s']:>13.2f}{r['ratio']:>11.2f}{r['steps_per_round']:>4}"
+              f"{100 * r['jax_sys_frac']:>10.0f}{100 * r['torch_sys_frac']:>12.0f}{r['other_load']:>12.2f}")
+    print("k = steps per round; sys% = share of the process's CPU time spent in the kernel; "
+          "other load = cores busy with other processes.")
+    if max(r["other_load"] for r in results.values()) > 0.2:
+        print("WARNING: other processes used the CPU while timing; torch's OpenMP threads suffer far more "
+              "from that than XLA's, so the ratios are not trustworthy.")
 
 
 def main():
@@ -194,14 +225,19 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per framework before timing")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 step, 1 warm-up step")
     parser.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
+    parser.add_argument("--no-hugepages", action="store_true",
+                        help="keep glibc's default malloc (see dynamixer_jax/hugepages.py)")
     args = parser.parse_args()
+    if not args.no_hugepages:
+        ensure_hugepage_malloc()  # re-executes this command once, before any timing
     if args.quick:
         args.rounds, args.steps, args.warmup = 2, 1, 1
     torch.set_num_threads(2)
 
     model, params, torch_model = build_models(args.model, args.image_size, drop_path_rate=0.1)
     info = {"model": args.model, "image_size": args.image_size, "jax": jax.__version__, "torch": torch.__version__,
-            "device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(), "rounds": args.rounds}
+            "device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
+            "hugepage_malloc": hugepage_malloc_active()}
     info["init_s"] = time_init(model)
     info["parity_max_abs_logit_diff"] = parity(model, params, torch_model, args.image_size)
     compile_times, results = {}, {}
@@ -217,17 +253,7 @@ def main():
         results[f"{kind} b={batch}"] = measure(*runners, batch, args.rounds, args.steps, args.warmup, 1.5)
         print(f"  done {kind} b={batch}", file=sys.stderr, flush=True)
 
-    print(f"{args.model} {args.image_size}x{args.image_size}  jax {info['jax']} ({info['device']})  "
-          f"torch {info['torch']} ({info['torch_threads']} threads)  rounds={args.rounds}")
-    print(f"init_variables (cold): {info['init_s']:.2f} s   parity max|dlogit|: {info['parity_max_abs_logit_diff']:.2e}")
-    print("compile: " + "  ".join(f"{name} {sec:.1f}s" for name, sec in compile_times.items()))
-    print(f"{'setting':<16}{'jax img/s':>12}{'torch img/s':>14}{'jax/torch':>11}{'steps/round':>13}{'other load':>12}")
-    for name, r in results.items():
-        print(f"{name:<16}{r['jax_img_s']:>12.2f}{r['torch_img_s']:>14.2f}{r['ratio']:>11.2f}"
-              f"{r['steps_per_round']:>13}{r['other_load']:>12.2f}")
-    if max(r["other_load"] for r in results.values()) > 0.2:
-        print("WARNING: other processes used CPU during timing (other load = their cores in use); torch's "
-              "OpenMP threads suffer far more from that than XLA's, so the ratios are not trustworthy.")
+    print_report(info, compile_times, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**info, "compile_s": compile_times, "results": results}, f, indent=2)

@@ -5,8 +5,8 @@ blocks with mmap and returns them with munmap, so each step faults in every
 page again (about 600,000 4-KiB page faults per DynaMixer-S step at batch 8,
 40% of a core in the kernel). With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (glibc 2.35+) those blocks are backed by 2-MiB transparent huge pages: the
-faults drop ~300x and the step gets 1.25-1.35x faster
-(``benchmarks/model.py`` measures it).
+faults drop 50-200x and the step got 1.6x (batch 8) and 1.26x (batch 16)
+faster on a 2-core CPU (``python benchmarks/train_step.py`` measures it).
 
 glibc reads tunables once, at process start, so this re-executes the current
 command with the variable set. It changes nothing on accelerators, on other

@@ -35,37 +35,29 @@ def random_input(*shape, seed=0):
     return np.random.RandomState(seed).randn(*shape).astype(np.float32)
 
 
-def test_operation_parity():
-    torch_op = randomize_(TorchDynaMixerOp(dim=32, seq_len=8, segments=4, reduced=2))
-    flax_op = DynaMixerOp(seq_len=8, num_segments=4, reduced_dim=2)
-    x = random_input(6, 8, 32)
-    params = module_params(torch_op, flax_op, x)
-    expected = torch_op(torch.from_numpy(x)).detach().numpy()
-    got = np.asarray(jax.jit(flax_op.apply)({"params": params}, x))
-    record_parity("operation max |diff|", np.abs(got - expected).max())
+def assert_module_parity(label, torch_module, flax_module, x):
+    """The module's output from our Flax twin, weights carried over by the converter, within 1e-5."""
+    params = module_params(torch_module, flax_module, x)
+    expected = torch_module(torch.from_numpy(x)).detach().numpy()
+    got = np.asarray(jax.jit(flax_module.apply)({"params": params}, x))
+    record_parity(f"{label} max |diff|", np.abs(got - expected).max())
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_operation_parity():
+    assert_module_parity("operation", randomize_(TorchDynaMixerOp(dim=32, seq_len=8, segments=4, reduced=2)),
+                         DynaMixerOp(seq_len=8, num_segments=4, reduced_dim=2), random_input(6, 8, 32))
 
 
 def test_block_parity_on_a_non_square_grid():
-    torch_block = randomize_(TorchDynaMixerBlock(dim=32, height=8, width=6, segments=4, reduced=3))
-    flax_block = DynaMixerBlock(height=8, width=6, num_segments=4, reduced_dim=3)
-    x = random_input(2, 8, 6, 32)
-    params = module_params(torch_block, flax_block, x)
-    expected = torch_block(torch.from_numpy(x)).detach().numpy()
-    got = np.asarray(jax.jit(flax_block.apply)({"params": params}, x))
-    record_parity("block max |diff|", np.abs(got - expected).max())
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert_module_parity("block", randomize_(TorchDynaMixerBlock(dim=32, height=8, width=6, segments=4, reduced=3)),
+                         DynaMixerBlock(height=8, width=6, num_segments=4, reduced_dim=3),
+                         random_input(2, 8, 6, 32))
 
 
 def test_layer_parity():
-    torch_layer = randomize_(TorchMixerLayer(dim=64, height=8, width=8, segments=8, reduced=2)).eval()
-    flax_layer = MixerLayer(height=8, width=8, num_segments=8, reduced_dim=2)
-    x = random_input(2, 8, 8, 64)
-    params = module_params(torch_layer, flax_layer, x)
-    expected = torch_layer(torch.from_numpy(x)).detach().numpy()
-    got = np.asarray(jax.jit(flax_layer.apply)({"params": params}, x))
-    record_parity("layer max |diff|", np.abs(got - expected).max())
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert_module_parity("layer", randomize_(TorchMixerLayer(dim=64, height=8, width=8, segments=8, reduced=2)).eval(),
+                         MixerLayer(height=8, width=8, num_segments=8, reduced_dim=2), random_input(2, 8, 8, 64))
 
 
 def torch_logits(torch_model, images_nhwc):

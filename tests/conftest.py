@@ -6,7 +6,7 @@ import pytest
 
 # CI's second Python installs only the model's test needs (no torch, no TensorFlow):
 # leave out, by name, the modules that need those.
-HEAVY_MODULES = ["test_parity.py", "test_convert.py", "test_augment.py"]
+HEAVY_MODULES = ["test_parity.py", "test_convert.py", "test_augment.py", "test_pipeline.py"]
 collect_ignore = HEAVY_MODULES if os.environ.get("DYNAMIXER_CORE_ONLY") == "1" else []
 
 PARITY_FIGURES = {}
@@ -26,6 +26,15 @@ def _torch_threads():
         return
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory):
+    """A TFDS data dir holding the built-in sklearn_digits dataset, prepared once per run."""
+    from dynamixer_jax.data.sources import open_source
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    open_source("sklearn_digits", data_dir)  # prepares it on first use
+    return data_dir
 
 
 def pytest_terminal_summary(terminalreporter):

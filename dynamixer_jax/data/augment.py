@@ -258,8 +258,47 @@ def eval_preprocess(image_bytes: tf.Tensor, size: int = 224, crop_fraction: floa
     return crop
 
 
+def train_decode(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, *,
+                 scale: Sequence[float] | None = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 interpolation: str = "random") -> tf.Tensor:
+    """The decoding part of ``train_preprocess``: uint8 (size, size, 3), a random resized crop
+    (or the whole image resized, if ``scale`` is None). This is the only step that can fail on
+    bad bytes; ``seed`` is the same seed ``train_preprocess`` gets."""
+    crop_seed = _split(seed, 4)[0]
+    if scale is None:
+        return _resize(_decode(image_bytes), size, interpolation, crop_seed)
+    return decode_and_random_resized_crop(image_bytes, crop_seed, size, scale, ratio,
+                                          interpolation)
+
+
+def train_augment(image: tf.Tensor, seed: tf.Tensor, *,
+                  hflip: float = 0.5,
+                  rand_augment: str | None = "rand-m9-mstd0.5-inc1",
+                  color_jitter: float | None = 0.4,
+                  random_erase_prob: float = 0.25,
+                  random_erase_mode: str = "pixel",
+                  random_erase_count: int = 1,
+                  mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
+    """The rest of ``train_preprocess`` on a decoded uint8 crop: float32, normalised."""
+    _, flip_seed, color_seed, erase_seed = _split(seed, 4)
+    if hflip:
+        image = random_horizontal_flip(image, flip_seed, hflip)
+    if rand_augment:
+        fill = tuple(min(255, round(255 * value)) for value in mean)
+        image = ra.rand_augment(image, color_seed, rand_augment, fill)
+    elif color_jitter:
+        image = _color_jitter(image, color_seed, color_jitter)
+    image = normalize(image, mean, std)
+    if random_erase_prob:
+        image = random_erasing(image, erase_seed, random_erase_prob, random_erase_mode,
+                               max_count=random_erase_count)
+    return image
+
+
 def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, *,
-                     scale: Sequence[float] = (0.08, 1.0),
+                     scale: Sequence[float] | None = (0.08, 1.0),
                      ratio: Sequence[float] = (3 / 4, 4 / 3),
                      interpolation: str = "random",
                      hflip: float = 0.5,
@@ -278,23 +317,11 @@ def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, *
     -> normalisation with ``mean``/``std`` (0-1 scale) -> random erasing with
     ``random_erase_prob``. A falsy ``hflip``, ``rand_augment``, ``color_jitter`` or
     ``random_erase_prob`` turns its step off; ``scale=None`` resizes the whole image instead of
-    cropping it.
+    cropping it. It is ``train_decode`` followed by ``train_augment``.
     """
-    crop_seed, flip_seed, color_seed, erase_seed = _split(seed, 4)
-    if scale is None:
-        image = _resize(_decode(image_bytes), size, interpolation, crop_seed)
-    else:
-        image = decode_and_random_resized_crop(image_bytes, crop_seed, size, scale, ratio,
-                                               interpolation)
-    if hflip:
-        image = random_horizontal_flip(image, flip_seed, hflip)
-    if rand_augment:
-        fill = tuple(min(255, round(255 * value)) for value in mean)
-        image = ra.rand_augment(image, color_seed, rand_augment, fill)
-    elif color_jitter:
-        image = _color_jitter(image, color_seed, color_jitter)
-    image = normalize(image, mean, std)
-    if random_erase_prob:
-        image = random_erasing(image, erase_seed, random_erase_prob, random_erase_mode,
-                               max_count=random_erase_count)
-    return image
+    image = train_decode(image_bytes, seed, size, scale=scale, ratio=ratio,
+                         interpolation=interpolation)
+    return train_augment(image, seed, hflip=hflip, rand_augment=rand_augment,
+                         color_jitter=color_jitter, random_erase_prob=random_erase_prob,
+                         random_erase_mode=random_erase_mode,
+                         random_erase_count=random_erase_count, mean=mean, std=std)

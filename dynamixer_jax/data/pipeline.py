@@ -1,0 +1,260 @@
+"""Training and evaluation batches on tf.data, deterministic and multi-process.
+
+:class:`TrainData` yields this process's share of every global training batch, as numpy:
+``{"image": float32 (b, S, S, 3) normalised, "label": int32 (b,), "mask": bool (b,), "id": bytes
+(b,)}`` where ``b = global_batch_size / process_count``. Batch ``k`` is a pure function of
+``(seed, k)``: the example order of an epoch comes from the source (see ``sources.py``) and each
+example's augmentation is seeded by its global position in the stream, so
+``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run sees from step k,
+without decoding the k steps before. Epochs drop their last partial batch.
+
+:class:`EvalData` yields the whole eval split exactly once: the last batches are padded, and
+``mask`` is False on padding, so nothing is dropped or repeated. Every process yields the same
+number of batches (the jitted eval step runs on all of them together).
+
+An image that cannot be decoded (a corrupt or truncated file) does not stop the run: it comes
+out as a zero image with ``mask`` False, at its place in the batch, and is counted and named in
+the log. Grey, CMYK and PNG-named-JPEG files decode to RGB. Mixup/CutMix and label smoothing
+run on device, in ``dynamixer_jax.mixup``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dynamixer_jax.data import augment
+from dynamixer_jax.data.sources import DataError, FolderSource, TfdsSource, open_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainAugment:
+    """Per-image training augmentation (SPEC section 6 by default); a falsy field turns a step off.
+
+    Fields are the keyword arguments of :func:`dynamixer_jax.data.augment.train_preprocess`
+    (split between ``decode`` and ``augment``):
+    ``scale=None`` resizes the whole image instead of a random resized crop; ``rand_augment``
+    is a timm-style string (``""`` off, then ``color_jitter`` applies); ``random_erase_prob``
+    0 turns random erasing off.
+    """
+    scale: tuple[float, float] | None = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "random"
+    hflip: float = 0.5
+    rand_augment: str = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    random_erase_prob: float = 0.25
+    random_erase_mode: str = "pixel"
+    random_erase_count: int = 1
+    mean: tuple[float, float, float] = augment.IMAGENET_MEAN
+    std: tuple[float, float, float] = augment.IMAGENET_STD
+
+    def __post_init__(self):
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise DataError(f"augment scale must satisfy 0 < low <= high <= 1, not {self.scale}")
+        if self.interpolation not in ("random", "bilinear", "bicubic"):
+            raise DataError("augment interpolation must be 'random', 'bilinear' or 'bicubic', "
+                            f"not {self.interpolation!r}")
+        for name in ("hflip", "random_erase_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise DataError(f"augment {name} is a probability in [0, 1], "
+                                f"not {getattr(self, name)}")
+        if self.rand_augment:
+            from dynamixer_jax.data.rand_augment import parse_rand_augment
+            try:
+                parse_rand_augment(self.rand_augment)
+            except ValueError as error:
+                raise DataError(f"augment rand_augment: {error}") from None
+
+    _DECODE_FIELDS = ("scale", "ratio", "interpolation")
+
+    def decode(self, image_bytes: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+        """Decode and crop one encoded image: uint8 (size, size, 3). Can fail on bad bytes."""
+        fields = {name: getattr(self, name) for name in self._DECODE_FIELDS}
+        return augment.train_decode(image_bytes, seed, size, **fields)
+
+    def augment(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """The rest of the recipe on a decoded crop: float32, normalised. Never fails."""
+        fields = {name: value for name, value in dataclasses.asdict(self).items()
+                  if name not in self._DECODE_FIELDS}
+        return augment.train_augment(image, seed, **fields)
+
+
+def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(index, count) of this process: given, or asked of JAX (imported only when needed)."""
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is not in [0, {process_count})")
+    return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise DataError(f"batch_size {global_batch_size} must be a positive multiple of the "
+                        f"number of processes ({process_count})")
+    return global_batch_size // process_count
+
+
+def _decode_safely(records: tf.data.Dataset, decode, finish, size: int) -> tf.data.Dataset:
+    """``decode`` each record (bytes -> uint8 image, the only step that can fail), then
+    ``finish`` it (-> float32), keeping the order. A record that fails to decode, or is
+    padding (``real`` False), becomes a zero image with ``mask`` False at its place.
+
+    tf.data can only drop a failing element (``ignore_errors``), which would shift every later
+    batch; so each record's decoding runs in a one-element dataset of its own, with a blank
+    to fall back on. Only the decoding is inside it: it costs far less per element than the
+    whole augmentation would.
+    """
+    blank = tf.zeros([size, size, 3], tf.uint8)
+
+    def decode_one(record):
+        decoded = (tf.data.Dataset.from_tensors(record)
+                   .filter(lambda r: r["real"])
+                   .map(lambda r: (decode(r), True))
+                   .ignore_errors())
+        return decoded.concatenate(tf.data.Dataset.from_tensors((blank, False))).take(1).map(
+            lambda image, ok: {**record, "image": image, "mask": ok})
+
+    def finish_one(record):
+        image = finish(record["image"], record)
+        return {"image": tf.where(record["mask"], image, tf.zeros_like(image)),
+                "label": tf.cast(record["label"], tf.int32), "mask": record["mask"],
+                "id": record["id"], "real": record["real"]}
+
+    decoded = records.interleave(decode_one, cycle_length=tf.data.AUTOTUNE, block_length=1,
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return decoded.map(finish_one, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _options(threads: int | None) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    if threads:
+        options.threading.private_threadpool_size = threads
+    return options
+
+
+class _SkipCounter:
+    """Counts and logs the examples that could not be decoded."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.count = 0
+
+    def check(self, batch: dict) -> dict:
+        bad = batch["real"] & ~batch["mask"]
+        if bad.any():
+            names = [name.decode(errors="replace") for name in batch["id"][bad]]
+            self.count += len(names)
+            log.warning("%s: skipped %d undecodable image(s) (%d so far): %s", self.what,
+                        len(names), self.count, ", ".join(names[:5]))
+        del batch["real"]
+        return batch
+
+
+class TrainData:
+    """This process's stream of training batches (see the module docstring)."""
+
+    def __init__(self, dataset: str | TfdsSource | FolderSource, *, global_batch_size: int,
+                 image_size: int, seed: int = 0, split: str = "train",
+                 augment: TrainAugment = TrainAugment(), data_dir: str | None = None,
+                 shuffle_buffer_size: int = 10_000, process_index: int | None = None,
+                 process_count: int | None = None, threads: int | None = None,
+                 prefetch_batches: int = 2):
+        self.source = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
+        self.process_index, self.process_count = _process_info(process_index, process_count)
+        self.local_batch_size = _local_batch_size(global_batch_size, self.process_count)
+        self.global_batch_size = global_batch_size
+        self.image_size, self.seed, self.split, self.augment = image_size, seed, split, augment
+        self.shuffle_buffer_size, self.threads = shuffle_buffer_size, threads
+        self.prefetch_batches = prefetch_batches
+        self.num_classes = self.source.num_classes
+        self.num_examples = self.source.num_examples(split)
+        self.steps_per_epoch = self.source.steps_per_epoch(split, global_batch_size,
+                                                           self.process_count)
+        if self.steps_per_epoch < 1:
+            raise DataError(f"split {split!r} of {self.source.name} has {self.num_examples} "
+                            f"examples, fewer than one global batch of {global_batch_size} "
+                            f"({self.process_count} process(es)); lower batch_size")
+        self.skipped = _SkipCounter(f"{self.source.name}/{split}")
+
+    def epoch_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
+        """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based)."""
+        b, steps = self.local_batch_size, self.steps_per_epoch
+        records = self.source.train_records(
+            self.split, seed=self.seed, epoch=epoch, process_index=self.process_index,
+            process_count=self.process_count, local_batch_size=b, steps_per_epoch=steps,
+            start_step=start_step, shuffle_buffer_size=self.shuffle_buffer_size)
+        # The global stream position of each record: its augmentation seed.
+        steps_done = epoch * steps + np.arange(start_step, steps, dtype=np.int64)
+        positions = (steps_done[:, None] * self.global_batch_size + self.process_index * b
+                     + np.arange(b, dtype=np.int64)[None, :]).reshape(-1)
+        records = tf.data.Dataset.zip(records, tf.data.Dataset.from_tensor_slices(positions))
+        seed, size, recipe = self.seed, self.image_size, self.augment
+        records = records.map(lambda r, position: {
+            **r, "seed": tf.stack([tf.constant(seed, tf.int64), position]), "real": True})
+        batches = _decode_safely(records, lambda r: recipe.decode(r["image"], r["seed"], size),
+                                 lambda image, r: recipe.augment(image, r["seed"]), size)
+        batches = batches.batch(b, drop_remainder=True).prefetch(self.prefetch_batches)
+        return batches.with_options(_options(self.threads))
+
+    def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Batches ``start_step, start_step + 1, ...`` forever (numpy, this process's share)."""
+        epoch, step_in_epoch = divmod(start_step, self.steps_per_epoch)
+        while True:
+            for batch in self.epoch_dataset(epoch, step_in_epoch).as_numpy_iterator():
+                yield self.skipped.check(batch)
+            epoch, step_in_epoch = epoch + 1, 0
+
+
+class EvalData:
+    """The whole eval split once, in padded batches (see the module docstring)."""
+
+    def __init__(self, dataset: str | TfdsSource | FolderSource, *, global_batch_size: int,
+                 image_size: int, crop_fraction: float = 0.875, split: str = "validation",
+                 mean: Sequence[float] = augment.IMAGENET_MEAN,
+                 std: Sequence[float] = augment.IMAGENET_STD, data_dir: str | None = None,
+                 process_index: int | None = None, process_count: int | None = None,
+                 threads: int | None = None):
+        if not 0 < crop_fraction <= 1:
+            raise DataError(f"crop_fraction must be in (0, 1], not {crop_fraction}")
+        self.source = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
+        self.process_index, self.process_count = _process_info(process_index, process_count)
+        self.local_batch_size = _local_batch_size(global_batch_size, self.process_count)
+        self.image_size, self.crop_fraction, self.split = image_size, crop_fraction, split
+        self.mean, self.std, self.threads = tuple(mean), tuple(std), threads
+        self.num_classes = self.source.num_classes
+        self.num_examples = self.source.num_examples(split)
+        largest_share = -(-self.num_examples // self.process_count)
+        self.num_batches = -(-largest_share // self.local_batch_size)
+        self.skipped = _SkipCounter(f"{self.source.name}/{split}")
+
+    def dataset(self) -> tf.data.Dataset:
+        """This process's eval batches, padded to ``num_batches`` full batches."""
+        records, count = self.source.eval_records(
+            self.split, process_index=self.process_index, process_count=self.process_count)
+        records = records.map(lambda r: {**r, "real": True})
+        padding = self.num_batches * self.local_batch_size - count
+        pad = {"image": tf.constant(b""), "label": tf.constant(0, tf.int64),
+               "id": tf.constant(b""), "real": tf.constant(False)}
+        records = records.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
+        size, crop, mean, std = self.image_size, self.crop_fraction, self.mean, self.std
+        batches = _decode_safely(
+            records, lambda r: augment.eval_preprocess(r["image"], size, crop),
+            lambda image, r: augment.normalize(image, mean, std), size)
+        batches = batches.batch(self.local_batch_size, drop_remainder=True).prefetch(2)
+        return batches.with_options(_options(self.threads))
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """The eval batches once (numpy, this process's share; ``mask`` False on padding)."""
+        for batch in self.dataset().as_numpy_iterator():
+            yield self.skipped.check(batch)

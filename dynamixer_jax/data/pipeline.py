@@ -104,35 +104,56 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _decode_safely(records: tf.data.Dataset, decode, finish, size: int) -> tf.data.Dataset:
-    """``decode`` each record (bytes -> uint8 image, the only step that can fail), then
-    ``finish`` it (-> float32), keeping the order. A record that fails to decode, or is
-    padding (``real`` False), becomes a zero image with ``mask`` False at its place.
+def _decode_safely(records: tf.data.Dataset, count: int, decode, finish, size: int,
+                   ids: np.ndarray | None = None) -> tf.data.Dataset:
+    """Turn ``count`` records into examples, in order: ``decode`` (bytes -> uint8 image; the
+    step that can fail) then ``finish`` (-> float32). A record that fails to read or decode,
+    or is padding (``real`` False), becomes a zero image with ``mask`` False at its place.
 
     tf.data can only drop a failing element (``ignore_errors``), which would shift every later
-    batch; so each record's decoding runs in a one-element dataset of its own, with a blank
-    to fall back on. Only the decoding is inside it: it costs far less per element than the
-    whole augmentation would.
+    batch. So the examples are numbered before the parallel map, failures are dropped, and a
+    ``scan`` puts a blank back into each gap the numbering shows (a sentinel numbered
+    ``count`` closes a gap at the end). The blank's id comes from ``ids`` when the source knows
+    them (folders), else it is empty.
     """
-    blank = tf.zeros([size, size, 3], tf.uint8)
+    zeros = tf.zeros([size, size, 3], tf.float32)
+    reads_files = "path" in records.element_spec
 
-    def decode_one(record):
-        decoded = (tf.data.Dataset.from_tensors(record)
-                   .filter(lambda r: r["real"])
-                   .map(lambda r: (decode(r), True))
-                   .ignore_errors())
-        return decoded.concatenate(tf.data.Dataset.from_tensors((blank, False))).take(1).map(
-            lambda image, ok: {**record, "image": image, "mask": ok})
+    def example(number, record):
+        def load():
+            data = tf.io.read_file(record["path"]) if reads_files else record["image"]
+            return finish(decode(data, record), record)
 
-    def finish_one(record):
-        image = finish(record["image"], record)
-        return {"image": tf.where(record["mask"], image, tf.zeros_like(image)),
-                "label": tf.cast(record["label"], tf.int32), "mask": record["mask"],
+        return {"number": number, "image": tf.cond(record["real"], load, lambda: zeros),
+                "mask": record["real"], "label": tf.cast(record["label"], tf.int32),
                 "id": record["id"], "real": record["real"]}
 
-    decoded = records.interleave(decode_one, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return decoded.map(finish_one, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = records.enumerate().map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True).ignore_errors()
+    sentinel = {"number": tf.constant(count, tf.int64), "image": zeros,
+                "mask": tf.constant(False), "label": tf.constant(0, tf.int32),
+                "id": tf.constant(b""), "real": tf.constant(False)}
+    examples = examples.concatenate(tf.data.Dataset.from_tensors(sentinel))
+    id_table = tf.constant(ids if ids is not None and len(ids) else [b""])
+
+    def fill_gap(expected, example):
+        gap = tf.cast(example["number"] - expected, tf.int32)
+        gap_ids = (tf.gather(id_table, tf.range(expected, example["number"])) if ids is not None
+                   else tf.fill([gap], b""))
+        filled = {
+            "image": tf.concat([tf.zeros(tf.stack([gap, size, size, 3])),
+                                example["image"][None]], 0),
+            "mask": tf.concat([tf.zeros([gap], tf.bool), [example["mask"]]], 0),
+            "label": tf.concat([tf.zeros([gap], tf.int32), [example["label"]]], 0),
+            "id": tf.concat([gap_ids, [example["id"]]], 0),
+            "real": tf.concat([tf.ones([gap], tf.bool), [example["real"]]], 0),
+            "sentinel": tf.concat([tf.zeros([gap], tf.bool), [example["number"] == count]], 0),
+        }
+        return example["number"] + 1, filled
+
+    filled = examples.scan(tf.constant(0, tf.int64), fill_gap).unbatch()
+    return filled.filter(lambda e: tf.logical_not(e["sentinel"])).map(
+        lambda e: {key: value for key, value in e.items() if key != "sentinel"})
 
 
 def _options(threads: int | None) -> tf.data.Options:
@@ -190,7 +211,7 @@ class TrainData:
     def epoch_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
         """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based)."""
         b, steps = self.local_batch_size, self.steps_per_epoch
-        records = self.source.train_records(
+        records, ids = self.source.train_records(
             self.split, seed=self.seed, epoch=epoch, process_index=self.process_index,
             process_count=self.process_count, local_batch_size=b, steps_per_epoch=steps,
             start_step=start_step, shuffle_buffer_size=self.shuffle_buffer_size)
@@ -202,8 +223,9 @@ class TrainData:
         seed, size, recipe = self.seed, self.image_size, self.augment
         records = records.map(lambda r, position: {
             **r, "seed": tf.stack([tf.constant(seed, tf.int64), position]), "real": True})
-        batches = _decode_safely(records, lambda r: recipe.decode(r["image"], r["seed"], size),
-                                 lambda image, r: recipe.augment(image, r["seed"]), size)
+        batches = _decode_safely(records, len(positions),
+                                 lambda data, r: recipe.decode(data, r["seed"], size),
+                                 lambda image, r: recipe.augment(image, r["seed"]), size, ids)
         batches = batches.batch(b, drop_remainder=True).prefetch(self.prefetch_batches)
         return batches.with_options(_options(self.threads))
 
@@ -240,17 +262,18 @@ class EvalData:
 
     def dataset(self) -> tf.data.Dataset:
         """This process's eval batches, padded to ``num_batches`` full batches."""
-        records, count = self.source.eval_records(
+        records, count, ids = self.source.eval_records(
             self.split, process_index=self.process_index, process_count=self.process_count)
         records = records.map(lambda r: {**r, "real": True})
-        padding = self.num_batches * self.local_batch_size - count
-        pad = {"image": tf.constant(b""), "label": tf.constant(0, tf.int64),
-               "id": tf.constant(b""), "real": tf.constant(False)}
-        records = records.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
+        total = self.num_batches * self.local_batch_size
+        pad = {key: tf.zeros([], spec.dtype) for key, spec in records.element_spec.items()}
+        records = records.concatenate(tf.data.Dataset.from_tensors(pad).repeat(total - count))
+        if ids is not None:
+            ids = np.concatenate([ids, np.full(total - count, b"", dtype=ids.dtype)])
         size, crop, mean, std = self.image_size, self.crop_fraction, self.mean, self.std
         batches = _decode_safely(
-            records, lambda r: augment.eval_preprocess(r["image"], size, crop),
-            lambda image, r: augment.normalize(image, mean, std), size)
+            records, total, lambda data, r: augment.eval_preprocess(data, size, crop),
+            lambda image, r: augment.normalize(image, mean, std), size, ids)
         batches = batches.batch(self.local_batch_size, drop_remainder=True).prefetch(2)
         return batches.with_options(_options(self.threads))
 

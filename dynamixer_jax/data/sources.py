@@ -1,7 +1,7 @@
 """Where images come from: a TFDS dataset by name, or an ImageNet-style folder.
 
-Both kinds of source hand the pipeline the same records, ``{"image": encoded bytes, "label":
-int64, "id": string}``, in an order that is a pure function of (seed, epoch, process), and can
+Both kinds of source hand the pipeline records ``{"image": encoded bytes (or "path": a file to
+read), "label": int64, "id": string}``, in an order that is a pure function of (seed, epoch, process), and can
 start an epoch part-way through without decoding what comes before.
 
 * :class:`TfdsSource` reads a prepared TFDS dataset (``imagenet2012``, ``cifar10``, the built-in
@@ -131,22 +131,24 @@ class TfdsSource:
 
     def train_records(self, split: str, *, seed: int, epoch: int, process_index: int,
                       process_count: int, local_batch_size: int, steps_per_epoch: int,
-                      start_step: int, shuffle_buffer_size: int) -> tf.data.Dataset:
-        """This process's records for steps ``start_step..steps_per_epoch-1`` of ``epoch``."""
+                      start_step: int, shuffle_buffer_size: int
+                      ) -> tuple[tf.data.Dataset, np.ndarray | None]:
+        """This process's records for steps ``start_step..steps_per_epoch-1`` of ``epoch``
+        (and None: TFDS record ids are only known by reading the records)."""
         part = tfds.even_splits(split, n=process_count)[process_index]
         order_seed = epoch_seed(seed, epoch, process_index)
         records = self._read(part, shuffle_seed=order_seed)
         records = records.shuffle(shuffle_buffer_size, seed=order_seed,
                                   reshuffle_each_iteration=False)
         return (records.take(steps_per_epoch * local_batch_size)
-                .skip(start_step * local_batch_size))
+                .skip(start_step * local_batch_size)), None
 
     def eval_records(self, split: str, *, process_index: int,
-                     process_count: int) -> tuple[tf.data.Dataset, int]:
-        """This process's part of ``split`` in a fixed order, and its size."""
+                     process_count: int) -> tuple[tf.data.Dataset, int, np.ndarray | None]:
+        """This process's part of ``split`` in a fixed order, its size (and None: no ids)."""
         share = _split_share(self.num_examples(split), process_index, process_count)
         part = tfds.even_splits(split, n=process_count)[process_index]
-        return self._read(part), len(share)
+        return self._read(part), len(share), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,18 +211,21 @@ class FolderSource:
         del process_count
         return self.num_examples(split) // global_batch_size
 
-    def _records(self, split: str, indices: np.ndarray) -> tf.data.Dataset:
+    def _records(self, split: str, indices: np.ndarray) -> tuple[tf.data.Dataset, np.ndarray]:
+        """Records of the files at ``indices`` (``path`` instead of ``image``: the pipeline
+        reads each file where a failure cannot stop the run), and their ids."""
         files = self.files(split)
-        relative = np.asarray([os.path.relpath(p, self.root) for p in files.paths[indices]])
+        relative = np.asarray([os.path.relpath(p, self.root) for p in files.paths[indices]],
+                              dtype=object).astype(bytes)
         records = tf.data.Dataset.from_tensor_slices(
             {"path": files.paths[indices], "label": files.labels[indices], "id": relative})
-        return records.map(lambda r: {"image": tf.io.read_file(r["path"]), "label": r["label"],
-                                      "id": r["id"]}, num_parallel_calls=tf.data.AUTOTUNE)
+        return records, relative
 
     def train_records(self, split: str, *, seed: int, epoch: int, process_index: int,
                       process_count: int, local_batch_size: int, steps_per_epoch: int,
-                      start_step: int, shuffle_buffer_size: int) -> tf.data.Dataset:
-        """This process's records for steps ``start_step..`` of ``epoch``: a slice of one global
+                      start_step: int, shuffle_buffer_size: int
+                      ) -> tuple[tf.data.Dataset, np.ndarray]:
+        """This process's records for steps ``start_step..`` of ``epoch`` and their ids: a slice of one global
         permutation of the split (so the global batches do not depend on ``process_count``)."""
         del shuffle_buffer_size  # the permutation is exact
         order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(
@@ -231,10 +236,11 @@ class FolderSource:
         return self._records(split, mine.reshape(-1))
 
     def eval_records(self, split: str, *, process_index: int,
-                     process_count: int) -> tuple[tf.data.Dataset, int]:
-        """This process's contiguous part of ``split`` in sorted order, and its size."""
+                     process_count: int) -> tuple[tf.data.Dataset, int, np.ndarray]:
+        """This process's contiguous part of ``split`` in sorted order, its size and ids."""
         share = _split_share(self.num_examples(split), process_index, process_count)
-        return self._records(split, np.arange(share.start, share.stop)), len(share)
+        records, ids = self._records(split, np.arange(share.start, share.stop))
+        return records, len(share), ids
 
 
 def is_folder_dataset(dataset: str) -> bool:

@@ -1,0 +1,105 @@
+"""Evaluation: top-1, top-5 and cross-entropy over a whole eval split.
+
+:func:`evaluate_params` runs the compiled eval step over every batch of an ``EvalData`` (padded
+batches are masked, so each example counts exactly once) for one or more parameter sets at
+once. :func:`evaluate` is the entry point behind ``main.py --mode=evaluate``: it evaluates a
+workdir of ours (raw and EMA parameters), a converted Flax checkpoint or an authors' PyTorch
+checkpoint on the configured dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import flax
+import jax
+import numpy as np
+
+from dynamixer_jax.train import builders, parallel
+from dynamixer_jax.train.checkpoints import CheckpointError
+from dynamixer_jax.train.steps import make_eval_step
+
+log = logging.getLogger("dynamixer_jax.train")
+
+
+def evaluate_params(eval_step, params_by_name: Mapping[str, Any], eval_data, mesh
+                    ) -> dict[str, float]:
+    """``{eval_top1, eval_top5, eval_loss}`` for ``"raw"`` params and ``{name}_eval_...`` for
+    the others (e.g. ``ema_eval_top1``), over the whole split of ``eval_data``."""
+    totals = None
+    for batch in eval_data.batches():
+        sums = eval_step(dict(params_by_name), parallel.global_batch(batch, mesh))
+        totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
+    totals = jax.device_get(totals)
+    results = {}
+    for name, sums in totals.items():
+        prefix = "" if name == "raw" else f"{name}_"
+        count = max(float(sums["count"]), 1.0)
+        results[f"{prefix}eval_top1"] = float(sums["top1"]) / count
+        results[f"{prefix}eval_top5"] = float(sums["top5"]) / count
+        results[f"{prefix}eval_loss"] = float(sums["loss"]) / count
+    results["eval_examples"] = float(next(iter(totals.values()))["count"])
+    return results
+
+
+def make_eval_data(config, source):
+    """The configured eval split of ``source`` (an opened data source) as ``EvalData``."""
+    from dynamixer_jax.data.pipeline import EvalData  # noqa: PLC0415 (TensorFlow)
+    return EvalData(source, global_batch_size=builders.eval_batch_size(config),
+                    image_size=config.image_size, crop_fraction=config.crop_fraction,
+                    split=config.eval_split, mean=tuple(config.mean), std=tuple(config.std),
+                    threads=config.get("data_threads"))
+
+
+def open_configured_source(config):
+    """The configured dataset (TFDS name or folder), opened (raises DataError with advice)."""
+    from dynamixer_jax.data.sources import open_source  # noqa: PLC0415 (TensorFlow)
+    return open_source(config.dataset, config.get("data_dir"),
+                       image_key=config.get("image_key", "image"),
+                       label_key=config.get("label_key", "label"))
+
+
+def _check_fit(params: Any, abstract: Any, source: str, config) -> None:
+    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract), sep="/")
+    have = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    for path, leaf in want.items():
+        if path not in have or tuple(np.shape(have[path])) != tuple(leaf.shape):
+            got = np.shape(have[path]) if path in have else "missing"
+            raise builders.ConfigError(
+                f"weights at {source} do not fit model {config.model} at image_size "
+                f"{config.image_size} with {config.get('num_classes')} classes ({path}: "
+                f"{got} vs {tuple(leaf.shape)}); set --config.model, --config.image_size, "
+                "--config.model_overrides and the dataset to the ones they were trained with")
+
+
+def evaluate(config, source: str) -> dict[str, float]:
+    """Evaluate the weights at ``source`` on ``config``'s eval split; returns the metrics.
+
+    ``source``: a workdir (its latest checkpoint, raw and EMA parameters), a checkpoint
+    directory, a Flax checkpoint from ``dynamixer_jax.convert``, or an authors' .pth file (its
+    ``state_dict_ema`` is evaluated too when present).
+    """
+    from dynamixer_jax.fast_init import abstract_variables  # noqa: PLC0415
+    from dynamixer_jax.train.weights import load_params  # noqa: PLC0415
+
+    builders.check_devices(config)
+    mesh = parallel.make_mesh()
+    data_source = open_configured_source(config)
+    num_classes = config.num_classes if config.num_classes > 0 else data_source.num_classes
+    model = builders.build_model(config, num_classes, train=False)
+    abstract = abstract_variables(model)["params"]
+    params_by_name = {"raw": load_params(source, mesh)}
+    try:
+        params_by_name["ema"] = load_params(source, mesh, ema=True)
+    except (CheckpointError, ValueError):
+        pass  # no EMA copy at this source
+    for params in params_by_name.values():
+        _check_fit(params, abstract, source, config)
+    params_by_name = jax.device_put(params_by_name, parallel.replicated(mesh))
+    eval_data = make_eval_data(config, data_source)
+    log.info("evaluating %s (%s) on %s/%s: %d examples", source, ", ".join(params_by_name),
+             config.dataset, config.eval_split, eval_data.num_examples)
+    results = evaluate_params(make_eval_step(model, mesh), params_by_name, eval_data, mesh)
+    log.info("%s", "  ".join(f"{key} {value:.4f}" for key, value in results.items()))
+    return results

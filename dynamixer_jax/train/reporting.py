@@ -1,0 +1,112 @@
+"""What a person watching a run sees: a progress line, TensorBoard events and ``metrics.jsonl``.
+
+* ``WORKDIR/metrics.jsonl``: one JSON object per line: every logged training step
+  (``step``, ``train_loss``, ``learning_rate``, ``grad_norm``, ``images_per_second``) and every
+  evaluation (``step``, ``eval_top1``, ``eval_top5``, ``eval_loss``, and the ``ema_``-prefixed
+  three when the EMA is on). A resumed run first drops the lines after the restored step, so the
+  file always tells one consistent history.
+* TensorBoard event files in ``WORKDIR`` (clu's default writer), the same scalars.
+* The log: ``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  ETA 0:03:12``.
+
+Only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import time
+from typing import Mapping
+
+log = logging.getLogger("dynamixer_jax.train")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Every record of ``WORKDIR/metrics.jsonl`` (a partly written last line is skipped)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    records = []
+    if os.path.exists(path):
+        with open(path) as file:
+            for line in file:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return records
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl`` and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, start_step: int = 0):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.writer = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._truncate_after(start_step)
+        from clu import metric_writers  # noqa: PLC0415 (TensorFlow-backed; training only)
+        self.writer = metric_writers.create_default_writer(workdir, asynchronous=True)
+
+    def _truncate_after(self, step: int) -> None:
+        """Keep only the records up to ``step`` (a resumed run replays what came after)."""
+        if not os.path.exists(self.path):
+            return
+        kept = [record for record in read_metrics(os.path.dirname(self.path))
+                if record.get("step", 0) <= step]
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as file:
+            file.writelines(json.dumps(record) + "\n" for record in kept)
+        os.replace(temporary, self.path)
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One record: ``{"step": step, **scalars}``."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{key: float(value) for key, value in scalars.items()}}
+        with open(self.path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+        self.writer.write_scalars(int(step), {k: v for k, v in record.items() if k != "step"})
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Progress:
+    """Throughput and ETA between log lines."""
+
+    def __init__(self, start_step: int, total_steps: int, global_batch_size: int):
+        self.total_steps, self.batch = total_steps, global_batch_size
+        self.last_step, self.last_time = start_step, time.perf_counter()
+
+    def restart(self, step: int) -> None:
+        """Start the next throughput interval at ``step`` now (after an evaluation, say)."""
+        self.last_step, self.last_time = step, time.perf_counter()
+
+    def images_per_second(self, step: int) -> float:
+        """Images per second since the previous call (or since the start)."""
+        now = time.perf_counter()
+        rate = (step - self.last_step) * self.batch / max(now - self.last_time, 1e-9)
+        self.last_step, self.last_time = step, now
+        return rate
+
+    def line(self, step: int, loss: float, learning_rate: float, images_per_second: float) -> str:
+        """``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  ETA 0:03:12``."""
+        remaining = (self.total_steps - step) * self.batch / max(images_per_second, 1e-9)
+        eta = (str(datetime.timedelta(seconds=int(remaining))) if math.isfinite(remaining)
+               else "?")
+        return (f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {learning_rate:.2e}  "
+                f"{images_per_second:.0f} img/s  ETA {eta}")

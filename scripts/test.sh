@@ -4,7 +4,7 @@
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k parity       # extra arguments go to pytest
 # PYTHON picks the interpreter (default python3; Python 3.11 is what CI uses).
-# DYNAMIXER_CORE_ONLY=1 installs neither torch nor TensorFlow and leaves out the tests that need them
+# DYNAMIXER_NO_TORCH=1 installs everything but torch and leaves out the tests that need it
 # (CI's second leg, on a Python for which no CPU torch wheel is at hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +16,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-if [ "${DYNAMIXER_CORE_ONLY:-0}" = 1 ]; then
-  "$VENV/bin/python" -m pip install --quiet -e ".[test-core]"
+if [ "${DYNAMIXER_NO_TORCH:-0}" = 1 ]; then
+  "$VENV/bin/python" -m pip install --quiet -e ".[train,test-core]"
 else
   "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
   "$VENV/bin/python" -m pip install --quiet -e ".[test]"

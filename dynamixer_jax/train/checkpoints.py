@@ -14,6 +14,7 @@ checkpoint written on 8 devices restores on 1 and the other way round.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -30,10 +31,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used as asked; the message says what to do."""
 
 
+def _key_name(key: Any) -> str:
+    """One path entry as plain text, whether an attribute, a dict key or an index."""
+    for field in ("name", "key", "idx"):
+        if hasattr(key, field):
+            return str(getattr(key, field))
+    return str(key)
+
+
 def _shape_tree(tree: Any) -> dict[str, tuple]:
-    """{path: (shape, dtype name)} of a pytree of arrays or array metadata."""
+    """{path: (shape, dtype name)} of a pytree of arrays or array metadata. Paths are written
+    the same way for a TrainState and for the nested dicts Orbax reads back."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in flat}
+    return {"/".join(_key_name(key) for key in path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in flat}
+
+
+def _score(metrics: dict) -> float:
+    """What "best" means: eval top-1 (checkpoints saved without an evaluation never win)."""
+    return float(metrics.get(BEST_METRIC, -math.inf))
 
 
 def _first_line(error: BaseException) -> str:
@@ -49,11 +65,12 @@ class Checkpoints:
         self.directory = os.path.abspath(directory)
         policy = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(n=max(int(keep), 1)),
-            checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+            checkpoint_managers.BestN(get_metric_fn=_score, n=1,
                                       keep_checkpoints_without_metrics=False),
         ])
+        # best_fn makes Orbax store each checkpoint's metrics (the policy above reads them).
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=asynchronous,
+            preservation_policy=policy, best_fn=_score, enable_async_checkpointing=asynchronous,
             create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -83,7 +100,7 @@ class Checkpoints:
         if step in self.manager.all_steps():
             return  # already saved (e.g. a final save right after a periodic one)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
         self.manager.save(step, args=args, metrics=metrics, force=True)
 
     def wait(self) -> None:
@@ -93,6 +110,12 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
         try:

@@ -43,6 +43,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
     logger.propagate = False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFDS's deprecation notices
 
 
 def load_config(path: str, **overrides: Any):

@@ -98,6 +98,7 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
 
 def describe(mesh: Mesh) -> str:
     """A short line about the devices, for the log."""
-    device = mesh.devices.flat[0]
-    return (f"{mesh.devices.size} {device.platform} device(s) ({getattr(device, 'device_kind', '')})"
-            f" in {jax.process_count()} process(es)")
+    device, count, processes = mesh.devices.flat[0], mesh.devices.size, jax.process_count()
+    kind = getattr(device, "device_kind", "") or device.platform
+    return (f"{count} {device.platform} device{'s' if count > 1 else ''} ({kind}) in "
+            f"{processes} process{'es' if processes > 1 else ''}")

@@ -27,6 +27,10 @@ from dynamixer_jax.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
+# optax.tree.norm replaced optax.global_norm (deprecated) in optax 0.2.5.
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
+
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of ``values`` over the examples where ``mask`` is True (0 if there are none)."""
     mask = mask.astype(jnp.float32)
@@ -94,7 +98,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         denominator = jnp.maximum(count, 1.0)
         loss = loss_sum / denominator
         grads = jax.tree_util.tree_map(lambda g: g / denominator, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = _global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if ema_decay:

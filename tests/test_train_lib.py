@@ -1,0 +1,334 @@
+"""The training library's pieces, in one process: schedule, weight-decay mask, the train step
+(accumulation, NaN guard, EMA), checkpoint round trips, fine-tuning merges, config checks, and
+DynaMixer-S at 224 training on ``tfds.testing.mock_data('imagenet2012')``."""
+
+import functools
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from dynamixer_jax.fast_init import abstract_variables, init_variables
+from dynamixer_jax.mixup import MixupConfig
+from dynamixer_jax.train import builders, load_config, parallel, train_and_evaluate
+from dynamixer_jax.train.builders import ConfigError
+from dynamixer_jax.train.checkpoints import CheckpointError, Checkpoints
+from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
+from dynamixer_jax.train.reporting import read_metrics
+from dynamixer_jax.train.state import create_train_state
+from dynamixer_jax.train.steps import make_train_step
+from dynamixer_jax.train.weights import merge_params
+from dynamixer_jax.variants import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.py")
+TINY = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False), num_segments=(2, 4),
+            reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
+
+
+def _tiny_model(**kwargs):
+    return create_model("dynamixer_s", num_classes=10, image_size=16, **{**TINY, **kwargs})
+
+
+def _batch(seed, size=8, image_size=16):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.normal(size=(size, image_size, image_size, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, size=size).astype(np.int32),
+            "mask": np.ones(size, bool)}
+
+
+# ---- learning rate schedule and weight decay
+
+def test_schedule_is_timm_warmup_then_cosine_counted_from_zero_then_cooldown():
+    peak, start, floor, warmup, cosine = 2e-3, 1e-6, 1e-5, 20, 300
+    schedule = learning_rate_schedule(learning_rate=peak, warmup_learning_rate=start,
+                                      min_learning_rate=floor, warmup_steps=warmup,
+                                      cosine_steps=cosine)
+
+    def timm(t):  # timm CosineLRScheduler(t_initial=300, warmup_t=20, warmup_prefix=False)
+        if t < warmup:
+            return start + t * (peak - start) / warmup
+        if t < cosine:
+            return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t / cosine))
+        return floor  # cooldown
+
+    for t in [0, 1, 10, 19, 20, 21, 150, 299, 300, 305, 10_000]:
+        assert float(schedule(t)) == pytest.approx(timm(t), rel=1e-5), t
+
+
+def test_weight_decay_touches_only_weights_with_two_or_more_axes():
+    params = init_variables(_tiny_model(), jax.random.key(0))["params"]
+    flat = {"/".join(str(k.key) for k in path): decayed for path, decayed in
+            jax.tree_util.tree_leaves_with_path(weight_decay_mask(params))}
+    assert flat["head/kernel"] and not flat["head/bias"]
+    assert not any(decayed for name, decayed in flat.items() if name.endswith(("bias", "scale")))
+    assert all(decayed for name, decayed in flat.items() if name.endswith("kernel"))
+    # the decay really is masked: with zero gradients AdamW moves exactly the decayed weights,
+    # by -lr * weight_decay * w
+    tx = make_optimizer(optax.constant_schedule(0.1), weight_decay=0.5)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    for update, param, decayed in zip(*(jax.tree_util.tree_leaves(tree) for tree in
+                                        (updates, params, weight_decay_mask(params)))):
+        np.testing.assert_allclose(update, -0.05 * param if decayed else 0 * param, rtol=1e-6)
+
+
+# ---- the train step
+
+@functools.lru_cache(maxsize=None)  # compiled once per setting for the whole module
+def _step_setup(grad_accum_steps=1, ema_decay=0.9, learning_rate=1e-3, mixup=MixupConfig(),
+                eps=1e-8, dtype=None):
+    model = _tiny_model(dtype=dtype)
+    mesh = parallel.make_mesh()
+    schedule = optax.constant_schedule(learning_rate)
+    tx = make_optimizer(schedule, weight_decay=0.05, eps=eps)
+    params = init_variables(model, jax.random.key(0))["params"]
+    state = jax.jit(lambda p: create_train_state(p, tx, seed=1, use_ema=ema_decay > 0))(params)
+    step = make_train_step(model, tx, schedule, mesh, num_classes=10, mixup=mixup,
+                           ema_decay=ema_decay, grad_accum_steps=grad_accum_steps, donate=False)
+    return state, step, mesh
+
+
+def test_gradient_accumulation_gives_the_same_update():
+    # No mixing and no stochastic depth in this model: the micro-batches see exactly the
+    # examples of the whole batch, so only float summation order differs (~1e-7 relative).
+    # Adam's first update is lr * g / (|g| + eps): with the default eps a gradient component
+    # within rounding of zero can flip the sign of a whole lr-sized step, so this test uses
+    # eps = 1e-3, where the update is smooth in g (slope <= lr / eps = 1) and a 1e-7 relative
+    # gradient difference can move no weight by more than ~1e-7 * |g| (|g| < 1 here).
+    plain, step1, mesh = _step_setup(grad_accum_steps=1, mixup=MixupConfig(0.0, 0.0), eps=1e-3)
+    accumulated, step4, _ = _step_setup(grad_accum_steps=4, mixup=MixupConfig(0.0, 0.0), eps=1e-3)
+    batch = parallel.global_batch(_batch(0), mesh)
+    new1, metrics1 = step1(plain, batch)
+    new4, metrics4 = step4(accumulated, batch)
+    assert float(metrics1["train_loss"]) == pytest.approx(float(metrics4["train_loss"]), rel=1e-6)
+    assert float(metrics1["grad_norm"]) == pytest.approx(float(metrics4["grad_norm"]), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(new1.params), jax.tree_util.tree_leaves(new4.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+
+
+def test_masked_examples_do_not_count():
+    state, step, mesh = _step_setup(mixup=MixupConfig(0.0, 0.0), eps=1e-3)
+    full = _batch(0)
+    padded = {key: value.copy() for key, value in full.items()}
+    padded["image"][4:] = 1e3  # garbage that must not matter
+    padded["mask"][4:] = False
+    half = {key: value[:4] for key, value in full.items()}
+    _, half_metrics = step(state, parallel.global_batch(half, mesh))
+    _, padded_metrics = step(state, parallel.global_batch(padded, mesh))
+    assert float(padded_metrics["train_loss"]) == pytest.approx(float(half_metrics["train_loss"]),
+                                                                rel=1e-6)
+
+
+def test_non_finite_loss_leaves_the_state_unchanged():
+    state, step, mesh = _step_setup(learning_rate=1e30)
+    batch = parallel.global_batch(_batch(0), mesh)
+    finite_seen = []
+    for seed in range(4):
+        new, metrics = step(state, parallel.global_batch(_batch(seed), mesh))
+        finite_seen.append(bool(metrics["finite"]))
+        if not finite_seen[-1]:
+            for a, b in zip(jax.tree_util.tree_leaves(new.params),
+                            jax.tree_util.tree_leaves(state.params)):
+                np.testing.assert_array_equal(a, b)
+            assert int(new.step) == int(state.step) + 1
+            break
+        state = new
+    assert finite_seen[0] and not finite_seen[-1], finite_seen
+    del batch
+
+
+def test_ema_follows_the_parameters_at_its_decay():
+    state, step, mesh = _step_setup(ema_decay=0.9)
+    new, _ = step(state, parallel.global_batch(_batch(0), mesh))
+    for ema, old, params in zip(*(jax.tree_util.tree_leaves(tree) for tree in
+                                  (new.ema_params, state.params, new.params))):
+        np.testing.assert_allclose(ema, 0.9 * old + 0.1 * params, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_step_keeps_float32_state_and_tracks_the_float32_loss():
+    batch_seed = 5
+    state32, step32, mesh = _step_setup()
+    state16, step16, _ = _step_setup(dtype=jnp.bfloat16)
+    batch = parallel.global_batch(_batch(batch_seed), mesh)
+    new32, metrics32 = step32(state32, batch)
+    new16, metrics16 = step16(state16, batch)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(new16.params))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(new16.ema_params))
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 2e-3 per operation); through a
+    # few layers the loss of a ~2.3-loss batch stays within 2%
+    assert float(metrics16["train_loss"]) == pytest.approx(float(metrics32["train_loss"]), rel=2e-2)
+    assert bool(metrics16["finite"])
+
+
+# ---- checkpoints
+
+def _trained_state(steps=2):
+    state, step, mesh = _step_setup(ema_decay=0.9)
+    for seed in range(steps):
+        state, _ = step(state, parallel.global_batch(_batch(seed), mesh))
+    return state, mesh
+
+
+def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
+    state, mesh = _trained_state()
+    meta = {"seed": 1, "global_batch_size": 8}
+    with Checkpoints(str(tmp_path), keep=2, asynchronous=True) as checkpoints:
+        checkpoints.save(2, state, meta, metrics={"eval_top1": 0.5})
+        checkpoints.wait()
+    abstract = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=parallel.replicated(mesh)), state)
+    with Checkpoints(str(tmp_path)) as checkpoints:
+        assert checkpoints.latest_step() == 2
+        restored, restored_meta = checkpoints.restore(2, abstract)
+    assert restored_meta == meta
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    assert len(leaves) > 50  # params, both Adam moments, EMA, step, rng
+    for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(restored)):
+        assert got.dtype == want.dtype, path
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(path))
+
+
+def test_keeps_the_last_n_and_the_best(tmp_path):
+    state, _ = _trained_state(steps=1)
+    with Checkpoints(str(tmp_path), keep=2, asynchronous=False) as checkpoints:
+        for step, top1 in [(1, 0.2), (2, 0.9), (3, 0.3), (4, 0.4), (5, 0.1)]:
+            checkpoints.save(step, state, {}, metrics={"eval_top1": top1})
+        checkpoints.wait()
+        assert checkpoints.all_steps() == [2, 4, 5]
+        assert checkpoints.best_step() == 2
+
+
+def test_checkpoint_of_another_model_is_one_clear_error(tmp_path):
+    state, mesh = _trained_state(steps=1)
+    with Checkpoints(str(tmp_path), asynchronous=False) as checkpoints:
+        checkpoints.save(1, state, {})
+    other = _tiny_model(embed_dims=(16, 48))
+    tx = make_optimizer(optax.constant_schedule(1e-3), weight_decay=0.05)
+    abstract = jax.eval_shape(lambda params: create_train_state(params, tx, seed=1, use_ema=True),
+                              abstract_variables(other)["params"])
+    with Checkpoints(str(tmp_path)) as checkpoints, pytest.raises(CheckpointError) as error:
+        checkpoints.restore(1, abstract)
+    assert "\n" not in str(error.value) and "different" in str(error.value)
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    state, mesh = _trained_state(steps=1)
+    with Checkpoints(str(tmp_path), asynchronous=False) as checkpoints:
+        checkpoints.save(1, state, {})
+    for file in (tmp_path / "1").rglob("*"):
+        if file.is_file() and file.stat().st_size > 1000:
+            file.write_bytes(b"\0" * 64)
+    abstract = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
+                                      state)
+    with Checkpoints(str(tmp_path)) as checkpoints, pytest.raises(CheckpointError) as error:
+        checkpoints.restore(1, abstract)
+    assert "\n" not in str(error.value) and "cannot be read" in str(error.value)
+    assert "move it away to start from scratch" in str(error.value)
+
+
+# ---- fine-tuning merge
+
+def test_merge_keeps_matching_weights_and_resets_the_head_and_grid_layers():
+    source = init_variables(_tiny_model(), jax.random.key(0))["params"]
+    bigger = create_model("dynamixer_s", num_classes=5, image_size=32, **TINY)
+    fresh = init_variables(bigger, jax.random.key(1))["params"]
+    merged, report = merge_params(fresh, source, reset_head=True)
+    assert "head/kernel" in report["reinitialised"]
+    assert any("generate" in path for path in report["reinitialised"])  # grid 4 -> 8
+    assert not any("generate" in path for path in report["taken"])
+    assert "patch_embed/proj/kernel" in report["taken"] or any(
+        "patch" in path for path in report["taken"])
+    flat_merged = jax.tree_util.tree_leaves_with_path(merged)
+    flat_source = dict((jax.tree_util.keystr(p), v)
+                       for p, v in jax.tree_util.tree_leaves_with_path(source))
+    taken = 0
+    for path, leaf in flat_merged:
+        key = jax.tree_util.keystr(path)
+        if key in flat_source and np.shape(flat_source[key]) == np.shape(leaf) and "head" not in key:
+            np.testing.assert_array_equal(leaf, flat_source[key])
+            taken += 1
+    assert taken == len(report["taken"])
+
+
+# ---- configs
+
+@pytest.mark.parametrize("config_file", ["default", "dynamixer_s", "dynamixer_m", "dynamixer_l",
+                                         "quickstart", "finetune"])
+def test_every_config_builds_its_model(config_file):
+    config = load_config(str(REPO / "configs" / f"{config_file}.py"))
+    model = builders.build_model(config, 10)
+    assert model.num_classes == 10
+    plan = builders.plan_steps(config, steps_per_epoch=100)
+    assert plan.total_steps == (config.num_epochs + config.cooldown_epochs) * 100
+    text = (REPO / "configs" / f"{config_file}.py").read_text()
+    assert "python main.py --config=configs/" in text  # the docstring gives the command
+
+
+def test_recipe_configs_follow_the_spec():
+    expected = {"dynamixer_s": (2048, 0.1), "dynamixer_m": (1024, 0.1), "dynamixer_l": (512, 0.3)}
+    for name, (batch_size, drop_path) in expected.items():
+        config = load_config(str(REPO / "configs" / f"{name}.py"))
+        assert (config.model, config.batch_size, config.drop_path_rate) == (name, batch_size,
+                                                                            drop_path)
+        assert (config.learning_rate, config.weight_decay, config.num_epochs,
+                config.warmup_epochs, config.cooldown_epochs) == (2e-3, 0.05, 300, 20, 10)
+        assert (config.mixup.mixup_alpha, config.mixup.cutmix_alpha, config.label_smoothing,
+                config.ema_decay, config.seed) == (0.8, 1.0, 0.1, 0.99996, 42)
+        assert config.augment.rand_augment == "rand-m9-mstd0.5-inc1"
+        assert config.augment.random_erase_prob == 0.25
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model="dynamixer_xl"), "unknown model"),
+    (dict(image_size=30), "image_size 30"),
+    (dict(batch_size=0), "batch_size 0"),
+    (dict(grad_accum_steps=3), "grad_accum_steps 3"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(augment__rand_augment="rand-q9"), "rand"),
+    (dict(mixup__switch_prob=2.0), "mixup"),
+    (dict(dataset="no_such_dataset_y"), "unknown dataset"),
+])
+def test_config_errors_are_one_line(overrides, message, tmp_path, digits_data_dir):
+    config = load_config(QUICKSTART, data_dir=digits_data_dir, **overrides)
+    from dynamixer_jax.train.cli import user_errors
+    with pytest.raises(user_errors()) as error:
+        train_and_evaluate(config, str(tmp_path))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_finetune_config_asks_for_its_starting_weights(tmp_path):
+    config = load_config(str(REPO / "configs" / "finetune.py"))
+    with pytest.raises(ConfigError, match="--config.init_from="):
+        train_and_evaluate(config, str(tmp_path))
+
+
+# ---- DynaMixer-S at 224 on mock ImageNet
+
+def test_dynamixer_s_at_224_trains_on_mock_imagenet(tmp_path):
+    # The recipe as is, but for the batch size, bfloat16 and the EMA (slow to compile and run
+    # on a CPU; both are tested on small models elsewhere).
+    config = load_config(str(REPO / "configs" / "dynamixer_s.py"), batch_size=4,
+                         eval_batch_size=8, num_train_steps=2, log_every_steps=1,
+                         data_dir=str(tmp_path / "tfds"), shuffle_buffer_size=16,
+                         half_precision=False, ema_decay=0.0)
+    with tfds.testing.mock_data(num_examples=8):
+        result = train_and_evaluate(config, str(tmp_path / "work"))
+    assert result["status"] == "finished" and result["step"] == 2
+    records = read_metrics(str(tmp_path / "work"))
+    losses = [record["train_loss"] for record in records if "train_loss" in record]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    # 1000 classes, label smoothing 0.1, mixed targets: the loss starts near ln(1000) = 6.9
+    assert 6.0 < losses[0] < 8.0
+    assert 0.0 <= result["eval_top1"] <= result["eval_top5"] <= 1.0
+    evaluations = [record for record in records if "eval_top1" in record]
+    assert [record["step"] for record in evaluations] == [2]

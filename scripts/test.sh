@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 if [ "${DYNAMIXER_NO_TORCH:-0}" = 1 ]; then
-  "$VENV/bin/python" -m pip install --quiet -e ".[train,test-core]"
+  "$VENV/bin/python" -m pip install --quiet -e ".[train,notebooks,test-core]"
 else
   "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
   "$VENV/bin/python" -m pip install --quiet -e ".[test]"

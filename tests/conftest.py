@@ -36,6 +36,15 @@ def digits_data_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory):
+    """Environment for subprocesses that share one JAX persistent compilation cache (as a user
+    would set one up): later runs of the same model skip compiling its steps."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
 def pytest_terminal_summary(terminalreporter):
     if PARITY_FIGURES:
         terminalreporter.section("parity figures (worst seen)")

@@ -27,24 +27,21 @@ EXACT_FIELDS = ("train_loss", "learning_rate", "grad_norm", "eval_top1", "eval_l
                 "ema_eval_top1", "ema_eval_loss")
 
 
-# JAX's persistent compilation cache, shared by this module's runs (as a user would set it up on
-# a TPU VM): later runs skip compiling the train and eval steps, ~12 s each here.
+# JAX's persistent compilation cache, shared by the test session's runs (conftest.py): later
+# runs skip compiling the train and eval steps, ~12 s each here.
 COMPILATION_CACHE = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    COMPILATION_CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
+def _compilation_cache(compilation_cache):
+    COMPILATION_CACHE.update(compilation_cache)
     yield
     COMPILATION_CACHE.clear()
 
 
 def _environment(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE["dir"],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **COMPILATION_CACHE)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env
 

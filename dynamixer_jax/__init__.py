@@ -1,12 +1,18 @@
 """DynaMixer (Wang et al., ICML 2022) in JAX/Flax.
 
-Importing this package needs only jax, flax and numpy.
+Importing this package needs only jax, flax and numpy. It asks XLA:CPU for its
+memory-minimising scheduler (``dynamixer_jax/xla_cpu.py``; ``DYNAMIXER_KEEP_XLA_FLAGS=1`` opts
+out), which takes effect if no JAX computation has run yet in this process.
 """
 
-from dynamixer_jax.fast_init import init_variables
-from dynamixer_jax.layers import DynaMixerBlock, DynaMixerOp, MixerLayer
-from dynamixer_jax.model import DynaMixer, stage_grids
-from dynamixer_jax.variants import PUBLISHED, VARIANTS, create_model, list_models
+from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
+
+prefer_memory_saving_scheduler()
+
+from dynamixer_jax.fast_init import init_variables  # noqa: E402
+from dynamixer_jax.layers import DynaMixerBlock, DynaMixerOp, MixerLayer  # noqa: E402
+from dynamixer_jax.model import DynaMixer, stage_grids  # noqa: E402
+from dynamixer_jax.variants import PUBLISHED, VARIANTS, create_model, list_models  # noqa: E402
 
 __all__ = [
     "DynaMixer", "DynaMixerBlock", "DynaMixerOp", "MixerLayer", "PUBLISHED", "VARIANTS",

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from dynamixer_jax.initializers import torch_conv_bias_init, torch_conv_kernel_init
 from dynamixer_jax.layers import Dtype, MixerLayer, dense, layer_norm
+from dynamixer_jax.remat import REMAT_POLICIES, remat_layer
 
 ImageSize = Union[int, Tuple[int, int]]
 
@@ -82,18 +83,20 @@ class Stage(nn.Module):
     drop_path_rates: Tuple[float, ...]
     drop_rate: float = 0.0
     skip_lam: float = 1.0
+    remat: str = "minimal"
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        layer = remat_layer(MixerLayer, self.remat)
         for j, rate in enumerate(self.drop_path_rates):
-            x = MixerLayer(
+            x = layer(
                 self.height, self.width, self.num_segments, self.reduced_dim,
                 mlp_ratio=self.mlp_ratio, drop_path_rate=rate, drop_rate=self.drop_rate,
                 skip_lam=self.skip_lam, dtype=self.dtype, param_dtype=self.param_dtype,
                 name=f"layers_{j}",
-            )(x, train=train)
+            )(x, train)
         return x
 
 
@@ -112,6 +115,8 @@ class DynaMixer(nn.Module):
 
     ``train=True`` turns on stochastic depth and dropout (rng collection
     ``dropout``). ``num_classes=0`` returns the pooled features instead of logits.
+    ``remat`` chooses what each mixer layer keeps for the backward pass
+    (``dynamixer_jax.remat``); it changes memory and speed, never the result.
     """
 
     layers: Tuple[int, ...]
@@ -127,6 +132,7 @@ class DynaMixer(nn.Module):
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0
     skip_lam: float = 1.0
+    remat: str = "minimal"
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
@@ -145,6 +151,8 @@ class DynaMixer(nn.Module):
             if dim % segments:
                 raise ValueError(f"stage {stage}: {dim} channels are not divisible by {segments} segments; "
                                  "choose a segment count that divides the channel count.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, not {self.remat!r}.")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}.")
         stage_grids(self.image_size, self.patch_size, self.transitions)
@@ -160,7 +168,8 @@ class DynaMixer(nn.Module):
         rates = drop_path_rates(self.layers, self.drop_path_rate)
         self.stages = [
             Stage(height, width, self.num_segments[i], self.reduced_dims[i], self.mlp_ratios[i], rates[i],
-                  drop_rate=self.drop_rate, skip_lam=self.skip_lam, dtype=self.dtype, param_dtype=self.param_dtype)
+                  drop_rate=self.drop_rate, skip_lam=self.skip_lam, remat=self.remat, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
             for i, (height, width) in enumerate(self.grids)
         ]
         downsamples = []

@@ -1,0 +1,40 @@
+"""What each mixer layer keeps for the backward pass: the ``remat`` choices of ``create_model``.
+
+Without rematerialisation XLA keeps every intermediate the backward pass reads, several of them
+more than once: an exact GELU leaves four arrays of the MLP's hidden size, a LayerNorm four of
+the token grid's, stochastic depth a full-size mask. The choices, from most memory to least:
+
+``"none"``
+    No rematerialisation: everything XLA keeps (the largest activation memory).
+``"minimal"`` (default)
+    Keep the output of every matrix product (and each layer's input); recompute the cheap
+    element-wise work (LayerNorms, softmaxes, GELU, reweighting, stochastic depth) in the
+    backward pass. No matrix product runs twice, so the extra work is a few element-wise passes;
+    activation memory falls to what the matmuls' weight gradients need anyway.
+``"full"``
+    Keep only each layer's input and recompute the whole layer in the backward pass: about one
+    more forward pass of compute (training FLOPs x4/3) for the smallest memory, one layer's
+    intermediates at a time. For batches that do not fit otherwise.
+
+The forward and backward values are the same with every choice, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+REMAT_POLICIES = {
+    "none": None,
+    "minimal": jax.checkpoint_policies.dots_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_layer(layer_cls: type[nn.Module], remat: str) -> type[nn.Module]:
+    """``layer_cls`` wrapped to keep what ``remat`` says; it must be called as ``layer(x, train)``."""
+    policy = REMAT_POLICIES[remat]
+    if policy is None:
+        return layer_cls
+    # static_argnums counts the module as argument 0: ``train`` (a Python bool) is argument 2.
+    return nn.remat(layer_cls, policy=policy, static_argnums=(2,))

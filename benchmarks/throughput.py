@@ -334,8 +334,9 @@ def jax_params_for(name: str, model, torch_model) -> Any:
 
 
 def import_torch(args):
-    """(torch, TorchDynaMixer) or None when the baseline is off or torch is missing."""
-    if os.environ.get("DYNAMIXER_NO_TORCH") == "1" or "torch" not in args.frameworks:
+    """(torch, TorchDynaMixer), or None with DYNAMIXER_NO_TORCH=1 or torch missing. Imported
+    also for ``--frameworks jax``, for the twin's weights (made on the CPU; CUDA untouched)."""
+    if os.environ.get("DYNAMIXER_NO_TORCH") == "1" or args.no_twin_weights:
         return None
     try:
         import torch
@@ -524,18 +525,16 @@ def run_config(recorder: Recorder, base: Dict[str, Any], measure: Callable[[], D
 
 
 def plan(args, batches: Dict[str, List[int]]) -> List[Tuple[str, str, int, str]]:
-    """(model, dtype, batch, remat) in priority order: breadth first over batches, then remat."""
-    out = []
-    rounds = max(len(b) for b in batches.values())
-    for i in range(rounds):
-        for dtype in args.dtypes:
-            for name in args.models:
-                if i < len(batches[name]):
-                    out.append((name, dtype, batches[name][i], "none"))
+    """(model, dtype, batch, remat) in priority order: every model and dtype at its first batch,
+    the same with each remat value, then the other batches in the order given."""
+    def one_round(i: int, remat: str):
+        return [(name, dtype, batches[name][i], remat) for name in args.models
+                for dtype in args.dtypes if i < len(batches[name])]
+    out = one_round(0, "none")
     for remat in [r for r in args.remat if r != "none"]:
-        for dtype in args.dtypes:
-            for name in args.models:
-                out.append((name, dtype, batches[name][0], remat))
+        out += one_round(0, remat)
+    for i in range(1, max(len(b) for b in batches.values())):
+        out += one_round(i, "none")
     return out
 
 
@@ -561,8 +560,8 @@ def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, devi
         if need is None:
             raise RuntimeError("memory_analysis() gave no temp/argument sizes on this backend")
         tried.append({"batch": batch, "required_bytes": need})
-        print(f"[throughput] max-batch {name} {dtype}: batch {batch} needs {need / 2**30:.2f} GiB "
-              f"of {(limit_bytes - in_use) / 2**30:.2f}", flush=True)
+        print(f"[throughput] max-batch {name} {dtype}: batch {batch} needs {need / 2**30:.3g} GiB "
+              f"of {(limit_bytes - in_use) / 2**30:.3g}", flush=True)
         if need > limit_bytes - in_use:
             break
         fits, previous = batch, (batch, need, memory["argument_bytes"] or 0)
@@ -588,63 +587,73 @@ def _one_round(args):
     return argparse.Namespace(**{**vars(args), "rounds": 2, "warmup": 1})
 
 
-def run_jax(recorder, args, batches, peaks, torch_mod, deadline) -> None:
-    """Every planned JAX measurement (and, in the same process, PyTorch's for the same config)."""
+def run_plan(recorder, args, batches, peaks, torch_mod, deadline) -> None:
+    """Every planned measurement: per configuration JAX then PyTorch eager (when both run);
+    torch.compile ones after all the others, since they cost the most time."""
     device = jax.devices()[0]
     torch_models: Dict[str, Any] = {}
+    baseline = bool(torch_mod) and "torch" in args.frameworks
+    deferred = []
     for name, dtype, batch, remat in plan(args, batches):
-        for mode in ("train", "infer"):
+        for mode in args.modes:
             if mode == "infer" and remat != "none":
-                continue
+                continue  # remat changes nothing without a backward pass
             base = {"framework": "jax", "model": name, "dtype": dtype, "batch": batch,
                     "mode": mode, "remat": remat, "image_size": args.image_size}
-            if "jax" not in args.frameworks and remat != "none":
-                continue
-            if time.monotonic() > deadline:
-                recorder.add(dict(base, framework=args.frameworks[0], status="skipped",
-                                  error="time budget"))
-                continue
-            if "jax" in args.frameworks and remat != "none" and not create_model_accepts_remat():
-                recorder.add(dict(base, status="skipped", error="create_model has no remat"))
-                continue
             if "jax" in args.frameworks:
-                try:
-                    model = build_model(name, args.image_size, dtype, remat, mode == "train")
-                    if torch_mod and name not in torch_models:
-                        torch_models[name] = build_torch_model(torch_mod, name, args.image_size)
-                    params = jax_params_for(name, model, torch_models.get(name))
-                except Exception as exc:
-                    recorder.add(dict(base, status="error", error=short_error(exc)))
-                    continue
-                run_config(recorder, base, lambda: jax_measure(model, params, batch, mode, args,
-                                                               deadline), model, peaks, device)
-                del params
-            if torch_mod and remat == "none":
-                run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline)
+                run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device,
+                               deadline)
+            if baseline and remat == "none":
+                deferred += run_torch_configs(recorder, args, torch_mod, torch_models, base,
+                                              peaks, deadline)
+    for base in deferred:
+        run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline,
+                          compiled=True)
 
 
-def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline) -> None:
-    """PyTorch eager (and torch.compile on CUDA, within budget) for one configuration."""
+def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device, deadline):
+    """One JAX measurement (or a skipped/error record)."""
+    name, remat = base["model"], base["remat"]
+    if time.monotonic() > deadline:
+        recorder.add(dict(base, status="skipped", error="time budget"))
+        return
+    if remat != "none" and not create_model_accepts_remat():
+        recorder.add(dict(base, status="skipped", error="create_model has no remat argument"))
+        return
+    try:
+        model = build_model(name, args.image_size, base["dtype"], remat, base["mode"] == "train")
+        if torch_mod and name not in torch_models:
+            torch_models[name] = build_torch_model(torch_mod, name, args.image_size)
+        params = jax_params_for(name, model, torch_models.get(name))
+    except Exception as exc:
+        recorder.add(dict(base, status="error", error=short_error(exc)))
+        return
+    run_config(recorder, base, lambda: jax_measure(model, params, base["batch"], base["mode"],
+                                                   args, deadline), model, peaks, device)
+
+
+def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline,
+                      compiled: bool = False) -> list:
+    """PyTorch eager (or, with ``compiled``, torch.compile) for one configuration; returns the
+    configurations whose torch.compile run is still to come."""
     torch = torch_mod[0]
     name = base["model"]
     if name not in torch_models:
         torch_models[name] = build_torch_model(torch_mod, name, args.image_size)
     if torch_models[name] is None:
-        return
+        return []
     model = build_model(name, args.image_size, base["dtype"], "none", False)  # for FLOPs only
-    variants = [("torch", False)]
-    if torch_device(torch).type == "cuda" and args.torch_compile and (
-            base["model"], base["dtype"], base["batch"]) in args.torch_compile_configs:
-        variants.append(("torch-compile", True))
-    for framework, compiled in variants:
-        record = dict(base, framework=framework)
-        left = deadline - time.monotonic()
-        if left < 0 or (compiled and left < args.compile_reserve_s):
-            recorder.add(dict(record, status="skipped", error="time budget"))
-            continue
-        run_config(recorder, record, lambda: torch_measure(
-            torch_mod, torch_models[name], base["batch"], base["mode"], base["dtype"], compiled,
-            args, deadline), model, peaks)
+    record = dict(base, framework="torch-compile" if compiled else "torch")
+    left = deadline - time.monotonic()
+    if left < 0 or (compiled and left < args.compile_reserve_s):
+        recorder.add(dict(record, status="skipped", error="time budget"))
+        return []
+    run_config(recorder, record, lambda: torch_measure(
+        torch_mod, torch_models[name], base["batch"], base["mode"], base["dtype"], compiled,
+        args, deadline), model, peaks)
+    wants_compile = (torch_device(torch).type == "cuda" and args.torch_compile and
+                     (name, base["dtype"], base["batch"]) in args.torch_compile_configs)
+    return [base] if wants_compile and not compiled else []
 
 
 def environment(args, torch_mod) -> Dict[str, Any]:
@@ -666,6 +675,8 @@ def environment(args, torch_mod) -> Dict[str, Any]:
     except Exception:
         pass
     if torch_mod:
+        meta["jax_weights"] = "torch twin, torch.manual_seed(0)"
+    if torch_mod and "torch" in args.frameworks:
         torch = torch_mod[0]
         meta.update(torch=torch.__version__, torch_device=str(torch_device(torch)),
                     torch_threads=torch.get_num_threads(),
@@ -682,7 +693,7 @@ def measure_peaks(args, torch_mod) -> Dict[str, Any]:
     peaks = {}
     for dtype in args.dtypes:
         try:
-            if "jax" in args.frameworks or not torch_mod:
+            if "jax" in args.frameworks or not (torch_mod and "torch" in args.frameworks):
                 peaks[dtype] = measure_peak_jax(dtype, size, args.peak_repeats)
             else:
                 peaks[dtype] = measure_peak_torch(torch_mod[0], dtype, size, args.peak_repeats)
@@ -707,7 +718,7 @@ def summary_lines(records: List[Dict[str, Any]]) -> List[str]:
         if r.get("mode") == "max_batch":
             lines.append(f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<5} "
                          f"{'none':<6} {'max batch':<10} {fmt(r.get('batch'), 'd'):>0} "
-                         f"(limit {r.get('limit_bytes', 0) / 1e9:.1f} GB, confirmed by a real "
+                         f"(limit {r.get('limit_bytes', 0) / 1e9:.3g} GB, confirmed by a real "
                          f"step: {r.get('confirmed', '-')}) {r.get('error') or ''}")
             continue
         if r.get("status") != "ok":
@@ -758,6 +769,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
                         choices=["jax", "torch"])
+    parser.add_argument("--modes", nargs="+", default=["train", "infer"],
+                        choices=["train", "infer"])
+    parser.add_argument("--no-twin-weights", action="store_true",
+                        help="JAX weights from init_variables instead of the torch twin's")
+    parser.add_argument("--max-batch-dtypes", nargs="+", default=None, choices=sorted(DTYPES),
+                        help="dtypes of the max-batch search (default: --dtypes)")
     parser.add_argument("--remat", nargs="+", default=["none"],
                         help="remat values for create_model (if it takes one), e.g. none layer")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
@@ -775,7 +792,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="skip torch.compile on CUDA")
     parser.add_argument("--torch-compile-for", nargs="*", default=None, metavar="MODEL:DTYPE:BATCH",
                         help="configurations that also run torch.compile (default: the first "
-                             "model, every dtype, its first batch)")
+                             "model, dtype and batch)")
     parser.add_argument("--compile-reserve-s", type=float, default=60.0,
                         help="start torch.compile only with this much budget left")
     parser.add_argument("--peak-size", type=int, default=0,
@@ -805,7 +822,7 @@ def torch_compile_configs(args, batches) -> set:
     """(model, dtype, batch) triples that also run torch.compile."""
     if args.torch_compile_for is None:
         first = args.models[0]
-        return {(first, dtype, batches[first][0]) for dtype in args.dtypes}
+        return {(first, args.dtypes[0], batches[first][0])}
     out = set()
     for item in args.torch_compile_for:
         try:
@@ -831,16 +848,16 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     deadline = started + args.budget_s
     batches = parse_batches(args.batches, args.models)
     args.torch_compile_configs = torch_compile_configs(args, batches)
+    device = jax.devices()[0]  # JAX's backend (and its CUDA libraries) before torch's
     torch_mod = import_torch(args)
-    if torch_mod:
+    if torch_mod and "torch" in args.frameworks:
         torch = torch_mod[0]
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32, as XLA's default precision
             torch.backends.cudnn.benchmark = True
         print(f"[throughput] torch {torch.__version__} on {torch_device(torch)}", flush=True)
-    if "jax" not in args.frameworks and not torch_mod:
+    if "jax" not in args.frameworks and not (torch_mod and "torch" in args.frameworks):
         raise UserError("nothing to run: --frameworks torch but PyTorch is unavailable")
-    device = jax.devices()[0]
     print(f"[throughput] jax {jax.__version__} on {device.platform} ({device.device_kind}); "
           f"models {args.models}, dtypes {args.dtypes}, batches {batches}", flush=True)
     peaks = measure_peaks(args, torch_mod)
@@ -851,7 +868,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 training_flops_convention="3 x forward matmul/conv FLOPs (dynamixer_jax.flops)")
     recorder = Recorder(args.json, meta, args.append)
     recorder.write()
-    run_jax(recorder, args, batches, peaks, torch_mod, deadline)
+    run_plan(recorder, args, batches, peaks, torch_mod, deadline)
     if args.max_batch and "jax" in args.frameworks:
         run_max_batch(recorder, args, batches, peaks, torch_mod, deadline)
     recorder.meta["elapsed_s"] = time.monotonic() - started
@@ -875,7 +892,7 @@ def run_max_batch(recorder, args, batches, peaks, torch_mod, deadline) -> None:
               flush=True)
         return
     for name in args.max_batch:
-        for dtype in args.dtypes:
+        for dtype in args.max_batch_dtypes or args.dtypes:
             base = {"framework": "jax", "model": name, "dtype": dtype, "mode": "max_batch",
                     "remat": "none", "batch": None, "image_size": args.image_size}
             if time.monotonic() > deadline:

@@ -761,12 +761,14 @@ def ratio_lines(records: List[Dict[str, Any]]) -> List[str]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["S", "M", "L"],
-                        help="S, M, L, tiny or full names (default: S M L)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="S, M, L, tiny or full names (default: S M L; --quick: tiny)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--batches", nargs="+", default=["32", "64", "128"],
-                        help="batch sizes for all models, or per model as S:64,128,256")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batches", nargs="+", default=None,
+                        help="batch sizes for all models, or per model as S:64,128,256 "
+                             "(default: 32 64 128; --quick: 2)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="default 224; --quick: 56")
     parser.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
                         choices=["jax", "torch"])
     parser.add_argument("--modes", nargs="+", default=["train", "infer"],
@@ -805,8 +807,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--summarize", nargs="+", metavar="JSON",
                         help="only print the table of these result files")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.models, args.image_size, args.batches = ["tiny"], 56, ["2"]
+    quick = args.quick
+    args.models = args.models or (["tiny"] if quick else ["S", "M", "L"])
+    args.batches = args.batches or (["2"] if quick else ["32", "64", "128"])
+    args.image_size = args.image_size or (56 if quick else 224)
+    if quick:
         args.rounds, args.warmup, args.round_seconds = 2, 3, 0.05
         args.peak_size, args.peak_repeats = args.peak_size or 256, 2
         args.compile_reserve_s = 0.0

@@ -20,6 +20,7 @@ mistakes in biases or norms would show, and argmaxes are not ties.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -73,10 +74,25 @@ def smooth_images(batch: int, size: int, seed: int) -> np.ndarray:
     return np.asarray(resized)
 
 
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """``jax.default_matmul_precision`` where this jax has it, else the config option."""
+    if hasattr(jax, "default_matmul_precision"):
+        with jax.default_matmul_precision(precision):
+            yield
+        return
+    previous = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", precision)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_default_matmul_precision", previous)
+
+
 def logits_on(model, params, images: np.ndarray, device, precision: str) -> np.ndarray:
     """Float32 numpy logits of ``model`` computed on ``device`` at a matmul precision."""
     params, images = jax.device_put((params, images), device)
-    with jax.default_matmul_precision(precision):
+    with matmul_precision(precision):
         apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
         return np.asarray(apply(params, images), np.float32)
 

@@ -225,7 +225,8 @@ def measure_peak_jax(dtype: str, size: int, repeats: int) -> Dict[str, Any]:
         jax.block_until_ready(matmul(a, b))
         times.append(time.perf_counter() - start)
     del a, b
-    return {"flops_per_s": 2 * size ** 3 / median(times), "matmul_size": size, "framework": "jax"}
+    return {"flops_per_s": 2 * size ** 3 / median(times), "matmul_size": size, "framework": "jax",
+            "best_flops_per_s": 2 * size ** 3 / min(times)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,8 +285,11 @@ def input_batches(model, batch: int, seed: int):
     return out
 
 
-def jax_measure(model, params, batch: int, mode: str, args, deadline: float) -> Dict[str, Any]:
-    """Compile and time one JAX step; returns the measured fields of a record."""
+def jax_measure(model, params, batch: int, mode: str, args, deadline: float,
+                precompiled: Optional[Tuple[Any, float]] = None) -> Dict[str, Any]:
+    """Compile and time one JAX step; returns the measured fields of a record.
+
+    ``precompiled``: (executable, compile seconds) of this very step, to skip compiling."""
     tx = make_optimizer()
     fn = make_jax_train_step(model, tx) if mode == "train" else make_jax_infer(model)
     batches = input_batches(model, batch, seed=batch)
@@ -294,10 +298,11 @@ def jax_measure(model, params, batch: int, mode: str, args, deadline: float) -> 
         own = jax.tree_util.tree_map(jnp.copy, params)  # the caller's params survive donation
         state = {"params": own, "opt": tx.init(own)}
         images, labels, key = batches[0]
-        compiled = fn.lower(state["params"], state["opt"], images, labels, key).compile()
+        compiled = precompiled[0] if precompiled else fn.lower(
+            state["params"], state["opt"], images, labels, key).compile()
     else:
-        compiled = fn.lower(params, batches[0][0]).compile()
-    compile_s = time.perf_counter() - start
+        compiled = precompiled[0] if precompiled else fn.lower(params, batches[0][0]).compile()
+    compile_s = precompiled[1] if precompiled else time.perf_counter() - start
 
     def run(steps: int):
         out = None
@@ -382,7 +387,7 @@ def measure_peak_torch(torch, dtype: str, size: int, repeats: int) -> Dict[str, 
         sync()
         times.append(time.perf_counter() - start)
     return {"flops_per_s": 2 * size ** 3 / median(times), "matmul_size": size,
-            "framework": "torch"}
+            "framework": "torch", "best_flops_per_s": 2 * size ** 3 / min(times)}
 
 
 def torch_measure(torch_mod, base_model, batch: int, mode: str, dtype: str, compiled: bool,
@@ -547,15 +552,17 @@ def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, devi
     tx = make_optimizer()
     step = make_jax_train_step(model, tx)
     in_use = device_memory_stats(device).get("bytes_in_use", 0) or 0
-    fits, tried, batch, previous = None, [], start_batch, None
+    fits, tried, batch, previous, executables = None, [], start_batch, None, {}
     while time.monotonic() < deadline:
         if previous is not None:  # skip a compile where the linear trend already says no
             per_image = (previous[1] - previous[2]) / previous[0]
             if previous[2] + per_image * batch > 1.5 * (limit_bytes - in_use):
                 tried.append({"batch": batch, "required_bytes": None, "skipped": "extrapolated"})
                 break
-        lowered = step.lower(*abstract_args(model, params, batch, "train", tx))
-        memory = bytes_fields(lowered.compile())
+        start = time.perf_counter()
+        compiled = step.lower(*abstract_args(model, params, batch, "train", tx)).compile()
+        executables[batch] = (compiled, time.perf_counter() - start)
+        memory = bytes_fields(compiled)
         need = required_bytes(memory)
         if need is None:
             raise RuntimeError("memory_analysis() gave no temp/argument sizes on this backend")
@@ -570,16 +577,22 @@ def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, devi
               "remat": "none", "image_size": args.image_size, "limit_bytes": limit_bytes,
               "tried": tried, "status": "ok" if fits else "error",
               "error": None if fits else f"batch {start_batch} does not fit"}
-    if fits and confirm:
-        base = {k: record[k] for k in ("framework", "model", "dtype", "mode", "remat",
-                                       "image_size")}
-        real = run_config(recorder, dict(base, mode="train", batch=fits, note="max batch"),
-                          lambda: jax_measure(model, jax_params_for(name, model, None), fits,
-                                              "train", _one_round(args), deadline + 60),
+    # Confirm with one real step (two short timed rounds) of the executable compiled above; if
+    # it does not fit after all, try the next smaller batch, which was compile-checked too.
+    for candidate in ([fits, fits // 2] if fits and confirm else []):
+        if candidate not in executables:
+            break
+        base = {k: record[k] for k in ("framework", "model", "dtype", "remat", "image_size")}
+        real = run_config(recorder, dict(base, mode="train", batch=candidate, note="max batch"),
+                          lambda: jax_measure(model, jax_params_for(name, model, None), candidate,
+                                              "train", _one_round(args), deadline,
+                                              precompiled=executables[candidate]),
                           model, peaks, device)
-        record["confirmed"] = real["status"] == "ok"
-        if real["status"] != "ok":
-            record["error"] = real.get("error")
+        record.update(batch=candidate, confirmed=real["status"] == "ok",
+                      error=None if real["status"] == "ok" else real.get("error"))
+        if record["confirmed"]:
+            break
+    executables.clear()
     recorder.add(record)
 
 
@@ -651,6 +664,8 @@ def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, dead
     run_config(recorder, record, lambda: torch_measure(
         torch_mod, torch_models[name], base["batch"], base["mode"], base["dtype"], compiled,
         args, deadline), model, peaks)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # also after a failure, for the next configuration
     wants_compile = (torch_device(torch).type == "cuda" and args.torch_compile and
                      (name, base["dtype"], base["batch"]) in args.torch_compile_configs)
     return [base] if wants_compile and not compiled else []

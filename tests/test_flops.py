@@ -82,7 +82,7 @@ def traced_matmul_flops(jaxpr) -> int:
 
 
 def xla_flops(compiled) -> float:
-    """``cost_analysis()['flops']``: a dict in recent jax, a list of one dict per module in older."""
+    """``cost_analysis()['flops']``: a dict in recent jax, a list of dicts in older versions."""
     costs = compiled.cost_analysis()
     if isinstance(costs, (list, tuple)):
         costs = costs[0]
@@ -94,7 +94,7 @@ BATCH = 2
 
 @pytest.fixture(scope="module")
 def small():
-    """A small non-square model with every kind of part (1x1 and 2x2 downsamples), its params and data."""
+    """A small non-square model with every kind of part (1x1 and 2x2 downsamples), and data."""
     model = create_model("dynamixer_s", num_classes=10, image_size=(56, 42), layers=(1, 1, 1, 1),
                          embed_dims=(32, 64, 64, 96), num_segments=(4, 8, 8, 8), drop_path_rate=0.1)
     params = init_variables(model, 0)["params"]

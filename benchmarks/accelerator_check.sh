@@ -47,10 +47,10 @@ else
   QUICK=()
   # Priority order: every model and dtype at its first batch, then remat, then other batches,
   # then the max-batch search (S, bf16).
-  JAX_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:128,64 L:128,64
+  JAX_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
              --remat none layer --max-batch S --max-batch-dtypes bf16
              --rounds 3 --round-seconds 0.3 --warmup 2 --no-twin-weights)
-  TORCH_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:128,64 L:128,64
+  TORCH_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
                --torch-compile-for S:bf16:128 S:fp32:128 --compile-reserve-s 50
                --rounds 3 --round-seconds 0.3 --warmup 3)
   T_CORR=$(secs 75); B_CORR=$(secs 50)

@@ -286,10 +286,13 @@ def input_batches(model, batch: int, seed: int):
 
 
 def jax_measure(model, params, batch: int, mode: str, args, deadline: float,
-                precompiled: Optional[Tuple[Any, float]] = None) -> Dict[str, Any]:
+                precompiled: Optional[Tuple[Any, float]] = None,
+                free_bytes: Optional[int] = None) -> Dict[str, Any]:
     """Compile and time one JAX step; returns the measured fields of a record.
 
-    ``precompiled``: (executable, compile seconds) of this very step, to skip compiling."""
+    ``precompiled``: (executable, compile seconds) of this very step, to skip compiling.
+    ``free_bytes``: device memory available; a step whose compile-only memory analysis needs
+    more is not run (an 'error' record with the figures) rather than failing out of memory."""
     tx = make_optimizer()
     fn = make_jax_train_step(model, tx) if mode == "train" else make_jax_infer(model)
     batches = input_batches(model, batch, seed=batch)
@@ -303,6 +306,11 @@ def jax_measure(model, params, batch: int, mode: str, args, deadline: float,
     else:
         compiled = precompiled[0] if precompiled else fn.lower(params, batches[0][0]).compile()
     compile_s = precompiled[1] if precompiled else time.perf_counter() - start
+    need = required_bytes(bytes_fields(compiled))
+    if free_bytes and need and need > free_bytes:
+        return {"status": "error", "compile_s": compile_s, "memory": bytes_fields(compiled),
+                "error": f"does not fit: needs {need / 2**30:.1f} GiB, "
+                         f"{free_bytes / 2**30:.1f} GiB free (compile-only memory analysis)"}
 
     def run(steps: int):
         out = None
@@ -641,8 +649,31 @@ def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device,
     except Exception as exc:
         recorder.add(dict(base, status="error", error=short_error(exc)))
         return
+    stats = device_memory_stats(device)
+    free = (stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+            if stats.get("bytes_limit") else None)
+    predicted = predicted_bytes(recorder.records, base)
+    if free and predicted and predicted > 1.05 * free:
+        recorder.add(dict(base, status="skipped", error=f"would not fit: ~{predicted / 2**30:.1f} "
+                          f"GiB by a smaller batch's memory, {free / 2**30:.1f} GiB free"))
+        return
     run_config(recorder, base, lambda: jax_measure(model, params, base["batch"], base["mode"],
-                                                   args, deadline), model, peaks, device)
+                                                   args, deadline, free_bytes=free),
+               model, peaks, device)
+
+
+def predicted_bytes(records: List[Dict[str, Any]], base: Dict[str, Any]) -> Optional[int]:
+    """Device bytes ``base`` needs, extrapolated linearly in the batch from the largest smaller
+    batch of the same JAX configuration (arguments fixed, the rest per image); None if none."""
+    same = [r for r in records if r.get("framework") == "jax" and r.get("memory")
+            and all(r.get(k) == base[k] for k in ("model", "dtype", "mode", "remat"))
+            and isinstance(r.get("batch"), int) and r["batch"] < base["batch"]
+            and required_bytes(r["memory"])]
+    if not same:
+        return None
+    ref = max(same, key=lambda r: r["batch"])
+    need, fixed = required_bytes(ref["memory"]), ref["memory"]["argument_bytes"] or 0
+    return int(fixed + (need - fixed) * base["batch"] / ref["batch"])
 
 
 def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline,

@@ -109,3 +109,12 @@ def test_memory_fields_tolerate_missing_analysis():
                                               (None, None), ([], None)])
 def test_xla_flops_dict_or_list(costs, expected):
     assert throughput.xla_flops(types.SimpleNamespace(cost_analysis=lambda: costs)) == expected
+
+
+def test_memory_of_a_larger_batch_is_extrapolated():
+    base = {"model": "m", "dtype": "bf16", "mode": "train", "remat": "none", "batch": 256}
+    memory = {"argument_bytes": 100, "temp_bytes": 640, "output_bytes": 100, "alias_bytes": 100}
+    records = [dict(base, framework="jax", batch=64, memory=memory),
+               dict(base, framework="jax", batch=32, memory=dict(memory, temp_bytes=1))]
+    assert throughput.predicted_bytes(records, base) == 100 + 640 * 4
+    assert throughput.predicted_bytes(records, dict(base, dtype="fp32")) is None

@@ -646,8 +646,10 @@ def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device,
         if torch_mod and name not in torch_models:
             torch_models[name] = build_torch_model(torch_mod, name, args.image_size)
         params = jax_params_for(name, model, torch_models.get(name))
-    except Exception as exc:
-        recorder.add(dict(base, status="error", error=short_error(exc)))
+    except Exception as exc:  # an unknown remat value counts as remat not available
+        unknown_remat = remat != "none" and isinstance(exc, (ValueError, TypeError))
+        recorder.add(dict(base, status="skipped" if unknown_remat else "error",
+                          error=short_error(exc)))
         return
     stats = device_memory_stats(device)
     free = (stats["bytes_limit"] - stats.get("bytes_in_use", 0)

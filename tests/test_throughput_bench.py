@@ -118,3 +118,18 @@ def test_memory_of_a_larger_batch_is_extrapolated():
                dict(base, framework="jax", batch=32, memory=dict(memory, temp_bytes=1))]
     assert throughput.predicted_bytes(records, base) == 100 + 640 * 4
     assert throughput.predicted_bytes(records, dict(base, dtype="fp32")) is None
+
+
+def test_benchmark_imports_no_tensorflow():
+    """What the benchmark and the accelerator check import must exist on a machine without
+    TensorFlow, ml_collections or clu (the GPU box has none of them)."""
+    import subprocess
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check; "
+            "from dynamixer_jax.convert import torch_to_flax; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

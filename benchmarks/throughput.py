@@ -12,7 +12,8 @@ code bytes; activation bytes per image = temp / batch), the device's peak bytes 
 the backend reports it, XLA's FLOP count, and MFU = analytic FLOPs per image
 (``dynamixer_jax.flops``; a training step counts 3 x forward) x images/s / peak FLOP/s, the
 peak measured in this run by a large matmul in the compute dtype (same default precision as
-the model: TF32 for float32 on recent NVIDIA GPUs).
+the model: XLA may run float32 matmuls as TF32 on NVIDIA GPUs; PyTorch's float32 baseline
+uses TF32 too, ``--torch-fp32-precision high``).
 
 ``bf16`` is ``create_model(..., dtype=jnp.bfloat16)`` with float32 parameters; for PyTorch it
 is ``torch.autocast(bfloat16)`` with float32 parameters. The PyTorch model is the test twin
@@ -377,7 +378,7 @@ def torch_device(torch):
 
 
 def measure_peak_torch(torch, dtype: str, size: int, repeats: int) -> Dict[str, Any]:
-    """Median FLOP/s of a size^3 torch matmul in ``dtype`` (TF32 allowed for float32)."""
+    """Median FLOP/s of a size^3 torch matmul in ``dtype`` (float32 at --torch-fp32-precision)."""
     device = torch_device(torch)
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
     a = torch.randn(size, size, device=device, dtype=torch_dtype)
@@ -539,13 +540,13 @@ def run_config(recorder: Recorder, base: Dict[str, Any], measure: Callable[[], D
 
 def plan(args, batches: Dict[str, List[int]]) -> List[Tuple[str, str, int, str]]:
     """(model, dtype, batch, remat) in priority order: every model and dtype at its first batch,
-    the same with each remat value, then the other batches in the order given."""
+    the same with each remat value (first dtype only), then the other batches in order."""
     def one_round(i: int, remat: str):
         return [(name, dtype, batches[name][i], remat) for name in args.models
                 for dtype in args.dtypes if i < len(batches[name])]
     out = one_round(0, "none")
     for remat in [r for r in args.remat if r != "none"]:
-        out += one_round(0, remat)
+        out += [config for config in one_round(0, remat) if config[1] == args.dtypes[0]]
     for i in range(1, max(len(b) for b in batches.values())):
         out += one_round(i, "none")
     return out
@@ -613,6 +614,7 @@ def run_plan(recorder, args, batches, peaks, torch_mod, deadline) -> None:
     torch.compile ones after all the others, since they cost the most time."""
     device = jax.devices()[0]
     torch_models: Dict[str, Any] = {}
+    params_cache: Dict[Tuple[str, str], Any] = {}
     baseline = bool(torch_mod) and "torch" in args.frameworks
     deferred = []
     for name, dtype, batch, remat in plan(args, batches):
@@ -622,8 +624,8 @@ def run_plan(recorder, args, batches, peaks, torch_mod, deadline) -> None:
             base = {"framework": "jax", "model": name, "dtype": dtype, "batch": batch,
                     "mode": mode, "remat": remat, "image_size": args.image_size}
             if "jax" in args.frameworks:
-                run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device,
-                               deadline)
+                run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_cache,
+                               device, deadline)
             if baseline and remat == "none":
                 deferred += run_torch_configs(recorder, args, torch_mod, torch_models, base,
                                               peaks, deadline)
@@ -632,8 +634,10 @@ def run_plan(recorder, args, batches, peaks, torch_mod, deadline) -> None:
                           compiled=True)
 
 
-def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device, deadline):
-    """One JAX measurement (or a skipped/error record)."""
+def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_cache, device,
+                   deadline):
+    """One JAX measurement (or a skipped/error record). Parameters (float32 whatever the
+    compute dtype) are made once per model and remat setting, kept in ``params_cache``."""
     name, remat = base["model"], base["remat"]
     if time.monotonic() > deadline:
         recorder.add(dict(base, status="skipped", error="time budget"))
@@ -645,7 +649,10 @@ def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, device,
         model = build_model(name, args.image_size, base["dtype"], remat, base["mode"] == "train")
         if torch_mod and name not in torch_models:
             torch_models[name] = build_torch_model(torch_mod, name, args.image_size)
-        params = jax_params_for(name, model, torch_models.get(name))
+        if (name, remat) not in params_cache:
+            params_cache.clear()  # one model's parameters on the device at a time
+            params_cache[(name, remat)] = jax_params_for(name, model, torch_models.get(name))
+        params = params_cache[(name, remat)]
     except Exception as exc:  # an unknown remat value counts as remat not available
         unknown_remat = remat != "none" and isinstance(exc, (ValueError, TypeError))
         recorder.add(dict(base, status="skipped" if unknown_remat else "error",
@@ -826,7 +833,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-dtypes", nargs="+", default=None, choices=sorted(DTYPES),
                         help="dtypes of the max-batch search (default: --dtypes)")
     parser.add_argument("--remat", nargs="+", default=["none"],
-                        help="remat values for create_model (if it takes one), e.g. none layer")
+                        help="remat values for create_model (if it takes one), e.g. none layer; "
+                             "other than none: training, first dtype, first batch")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--round-seconds", type=float, default=0.5,
@@ -845,6 +853,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "model, dtype and batch)")
     parser.add_argument("--compile-reserve-s", type=float, default=60.0,
                         help="start torch.compile only with this much budget left")
+    parser.add_argument("--torch-fp32-precision", default="high", choices=["high", "highest"],
+                        help="torch.set_float32_matmul_precision on CUDA: high = TF32 (like "
+                             "XLA's default on recent NVIDIA GPUs), highest = full float32")
     parser.add_argument("--peak-size", type=int, default=0,
                         help="matmul size for the peak FLOP/s (default 8192; 2048 on CPU)")
     parser.add_argument("--peak-repeats", type=int, default=10)
@@ -906,7 +917,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if torch_mod and "torch" in args.frameworks:
         torch = torch_mod[0]
         if torch.cuda.is_available():
-            torch.set_float32_matmul_precision("high")  # TF32, as XLA's default precision
+            torch.set_float32_matmul_precision(args.torch_fp32_precision)
             torch.backends.cudnn.benchmark = True
         print(f"[throughput] torch {torch.__version__} on {torch_device(torch)}", flush=True)
     if "jax" not in args.frameworks and not (torch_mod and "torch" in args.frameworks):

@@ -16,7 +16,8 @@
 #   CHECK_QUICK=1        tiny models at 56x56, batch 2 (a CPU smoke run of this script)
 #   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
 #   PYTHON=python3       the interpreter
-#   JAX_EXTRA / TORCH_EXTRA   extra arguments for the two throughput runs
+#   JAX_EXTRA / TORCH_EXTRA   extra arguments for the two throughput runs; they come last, so
+#                        they override, e.g. JAX_EXTRA="--remat none dots --budget-s 200"
 set -u
 OUTDIR="${1:-${OUT:-./accelerator_out}}"
 mkdir -p "$OUTDIR"

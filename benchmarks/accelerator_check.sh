@@ -17,7 +17,7 @@
 #   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
 #   PYTHON=python3       the interpreter
 #   JAX_EXTRA / TORCH_EXTRA   extra arguments for the two throughput runs; they come last, so
-#                        they override, e.g. JAX_EXTRA="--remat none dots --budget-s 200"
+#                        they override, e.g. JAX_EXTRA="--remat none dots"
 set -u
 OUTDIR="${1:-${OUT:-./accelerator_out}}"
 mkdir -p "$OUTDIR"

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Correctness and throughput of DynaMixer on one accelerator, in about 6.5 minutes at most.
+#
+#   bash benchmarks/accelerator_check.sh [OUTDIR]      # from the repository root
+#
+# OUTDIR defaults to $OUT, else ./accelerator_out. Writes there:
+#   log.txt           everything printed (kept even if a section times out)
+#   environment.txt   nvidia-smi and jax's environment report
+#   correctness.json  device vs CPU logits (S, M, L), JAX vs the PyTorch twin, bf16 vs fp32 top-1
+#   throughput.json   JAX and PyTorch records (benchmarks/throughput.py), one run each
+# Needs python3 with jax, flax, optax, numpy (torch for the twin and the baseline; no
+# TensorFlow). The package is not installed: PYTHONPATH=. is set here.
+#
+# Each section runs under `timeout` and also stops starting new work at its own budget, so
+# one slow compile cannot eat the rest. Environment knobs:
+#   CHECK_QUICK=1        tiny models at 56x56, batch 2 (a CPU smoke run of this script)
+#   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
+#   PYTHON=python3       the interpreter
+#   JAX_EXTRA / TORCH_EXTRA   extra arguments for the two throughput runs; they come last, so
+#                        they override, e.g. JAX_EXTRA="--remat none dots"
+set -u
+OUTDIR="${1:-${OUT:-./accelerator_out}}"
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}"
+PY="${PYTHON:-python3}"
+SCALE="${CHECK_TIME_SCALE:-1}"
+exec > >(tee -a "$OUTDIR/log.txt") 2>&1
+
+secs() { "$PY" -c "import sys; print(int(float(sys.argv[1]) * float(sys.argv[2])))" "$1" "$SCALE"; }
+stamp() { echo "=== $(date -u +%H:%M:%S) $* ==="; }
+START=$(date +%s)
+
+# Sections: timeout (s) of the process, and the budget after which it starts nothing new.
+# The JAX sweep uses init_variables weights (--no-twin-weights): importing CUDA torch into the
+# JAX process could clash over CUDA libraries, and the values do not change the speed. The
+# correctness section does run both frameworks in one process (JAX first), on the same weights.
+if [ "${CHECK_QUICK:-0}" = "1" ]; then
+  QUICK=(--quick)
+  JAX_SWEEP=(--quick --dtypes fp32 bf16 --remat none layer --max-batch tiny
+             --max-batch-dtypes fp32 --memory-limit-gb 0.012)
+  TORCH_SWEEP=(--quick --dtypes fp32 bf16)
+  T_CORR=$(secs 120); B_CORR=$(secs 90)
+  T_JAX=$(secs 240); B_JAX=$(secs 200)
+  T_TORCH=$(secs 120); B_TORCH=$(secs 90)
+else
+  QUICK=()
+  # Priority order: every model and dtype at its first batch, then remat, then other batches,
+  # then the max-batch search (S, bf16).
+  JAX_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
+             --remat none layer --max-batch S --max-batch-dtypes bf16
+             --rounds 3 --round-seconds 0.3 --warmup 2 --no-twin-weights)
+  TORCH_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
+               --torch-compile-for S:bf16:128 S:fp32:128 --compile-reserve-s 50
+               --rounds 3 --round-seconds 0.3 --warmup 3)
+  T_CORR=$(secs 75); B_CORR=$(secs 50)
+  T_JAX=$(secs 190); B_JAX=$(secs 160)
+  T_TORCH=$(secs 110); B_TORCH=$(secs 90)
+fi
+
+stamp "environment"
+{
+  date -u
+  nvidia-smi 2>&1 | head -20 || true
+  "$PY" -c "import jax; print(jax.devices()); jax.print_environment_info()" 2>&1 || true
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.is_available() and torch.cuda.get_device_name(0))" 2>&1 || true
+} > "$OUTDIR/environment.txt" 2>&1
+cat "$OUTDIR/environment.txt"
+
+stamp "correctness (timeout ${T_CORR}s)"
+XLA_PYTHON_CLIENT_MEM_FRACTION=.5 \
+timeout -k 10 "$T_CORR" "$PY" benchmarks/accelerator_check.py "${QUICK[@]}" \
+  --budget-s "$B_CORR" --json "$OUTDIR/correctness.json"
+echo "correctness exit code $?"
+
+stamp "JAX throughput (timeout ${T_JAX}s)"
+XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-.9}" \
+timeout -k 10 "$T_JAX" "$PY" benchmarks/throughput.py --frameworks jax "${JAX_SWEEP[@]}" \
+  --budget-s "$B_JAX" --json "$OUTDIR/throughput.json" ${JAX_EXTRA:-}
+echo "JAX throughput exit code $?"
+
+# PyTorch in its own process, JAX kept off the GPU there (it would preallocate memory).
+stamp "PyTorch throughput (timeout ${T_TORCH}s)"
+JAX_PLATFORMS=cpu timeout -k 10 "$T_TORCH" "$PY" benchmarks/throughput.py --frameworks torch \
+  "${TORCH_SWEEP[@]}" --budget-s "$B_TORCH" --append --json "$OUTDIR/throughput.json" \
+  ${TORCH_EXTRA:-}
+echo "PyTorch throughput exit code $?"
+
+stamp "summary"
+JAX_PLATFORMS=cpu timeout -k 5 60 "$PY" benchmarks/throughput.py \
+  --summarize "$OUTDIR/throughput.json"
+JAX_PLATFORMS=cpu timeout -k 5 30 "$PY" - "$OUTDIR/correctness.json" <<'PYEOF'
+import json, sys
+try:
+    checks = json.load(open(sys.argv[1]))["checks"]
+except Exception as exc:
+    sys.exit(f"no correctness results: {exc}")
+for c in checks:
+    if c["status"] != "ok":
+        print(f"{c['check']:<14} {c['status']}: {c.get('error')}")
+    elif c["check"] == "device_vs_cpu":
+        print(f"device_vs_cpu  {c['model']:<12} highest max_rel {c['highest']['max_rel']:.2e}  "
+              f"default max_rel {c['default_precision']['max_rel']:.2e}  "
+              f"jax_vs_torch max_rel {c['jax_vs_torch']['max_rel']:.2e}")
+    else:
+        print(f"bf16_vs_fp32   {c['model']:<12} top-1 agreement {100 * c['top1_agreement']:.1f}%  "
+              f"max |dlogit| / std {c['max_abs_over_logit_std']:.3f}")
+PYEOF
+stamp "done in $(( $(date +%s) - START )) s; files in $OUTDIR"
+ls -la "$OUTDIR"

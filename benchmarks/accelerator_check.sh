@@ -17,7 +17,7 @@
 #   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
 #   PYTHON=python3       the interpreter
 #   JAX_EXTRA / TORCH_EXTRA   extra arguments for the two throughput runs; they come last, so
-#                        they override, e.g. JAX_EXTRA="--remat none dots"
+#                        they override, e.g. JAX_EXTRA="--remat minimal none"
 set -u
 OUTDIR="${1:-${OUT:-./accelerator_out}}"
 mkdir -p "$OUTDIR"
@@ -38,7 +38,7 @@ START=$(date +%s)
 # correctness section does run both frameworks in one process (JAX first), on the same weights.
 if [ "${CHECK_QUICK:-0}" = "1" ]; then
   QUICK=(--quick)
-  JAX_SWEEP=(--quick --dtypes fp32 bf16 --remat none layer --max-batch tiny
+  JAX_SWEEP=(--quick --dtypes fp32 bf16 --remat minimal full --max-batch tiny
              --max-batch-dtypes fp32 --memory-limit-gb 0.012)
   TORCH_SWEEP=(--quick --dtypes fp32 bf16)
   T_CORR=$(secs 120); B_CORR=$(secs 90)
@@ -49,7 +49,7 @@ else
   # Priority order: every model and dtype at its first batch, then remat, then other batches,
   # then the max-batch search (S, bf16).
   JAX_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
-             --remat none layer --max-batch S --max-batch-dtypes bf16
+             --remat minimal full --max-batch S --max-batch-dtypes bf16
              --rounds 3 --round-seconds 0.3 --warmup 2 --no-twin-weights)
   TORCH_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
                --torch-compile-for S:bf16:128 S:fp32:128 --compile-reserve-s 50

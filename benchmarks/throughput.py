@@ -23,7 +23,7 @@ On CUDA, PyTorch also runs ``torch.compile`` (within the time budget).
 
     python benchmarks/throughput.py                        # S, M, L; fp32, bf16; batches 32 64 128
     python benchmarks/throughput.py --quick                # tiny smoke run
-    python benchmarks/throughput.py --models S --batches S:64,128,256 --remat none layer
+    python benchmarks/throughput.py --models S --batches S:64,128,256 --remat minimal full none
     python benchmarks/throughput.py --frameworks torch --append --json out.json
     python benchmarks/throughput.py --summarize out.json   # print the table of a JSON file
 
@@ -99,10 +99,10 @@ def create_model_accepts_remat() -> bool:
 
 
 def build_model(name: str, image_size: int, dtype: str, remat: str, train: bool):
-    """The Flax model for one measurement (``remat`` only passed when not 'none')."""
+    """The Flax model for one measurement (``remat`` passed where ``create_model`` takes it)."""
     kwargs = dict(num_classes=NUM_CLASSES, image_size=image_size, dtype=DTYPES[dtype],
                   param_dtype=jnp.float32, drop_path_rate=DROP_PATH_RATE if train else 0.0)
-    if remat != "none":
+    if create_model_accepts_remat():
         kwargs["remat"] = remat
     if name == "tiny":
         return create_model("dynamixer_s", **kwargs, **TINY)
@@ -539,16 +539,18 @@ def run_config(recorder: Recorder, base: Dict[str, Any], measure: Callable[[], D
 
 
 def plan(args, batches: Dict[str, List[int]]) -> List[Tuple[str, str, int, str]]:
-    """(model, dtype, batch, remat) in priority order: every model and dtype at its first batch,
-    the same with each remat value (first dtype only), then the other batches in order."""
+    """(model, dtype, batch, remat) in priority order: every model and dtype at its first batch
+    with the first remat value, the same with each other remat value (first dtype only), then the
+    other batches in order."""
     def one_round(i: int, remat: str):
         return [(name, dtype, batches[name][i], remat) for name in args.models
                 for dtype in args.dtypes if i < len(batches[name])]
-    out = one_round(0, "none")
-    for remat in [r for r in args.remat if r != "none"]:
+    primary = args.remat[0]
+    out = one_round(0, primary)
+    for remat in [r for r in args.remat if r != primary]:
         out += [config for config in one_round(0, remat) if config[1] == args.dtypes[0]]
     for i in range(1, max(len(b) for b in batches.values())):
-        out += one_round(i, "none")
+        out += one_round(i, primary)
     return out
 
 
@@ -556,7 +558,7 @@ def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, devi
                      deadline, confirm: bool, torch_mod) -> None:
     """Largest power-of-two multiple of ``start_batch`` whose training step fits in
     ``limit_bytes`` by XLA's compile-only memory analysis, confirmed by one real step."""
-    model = build_model(name, args.image_size, dtype, "none", train=True)
+    model = build_model(name, args.image_size, dtype, args.remat[0], train=True)
     params = abstract_variables(model)["params"]
     tx = make_optimizer()
     step = make_jax_train_step(model, tx)
@@ -583,7 +585,7 @@ def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, devi
         fits, previous = batch, (batch, need, memory["argument_bytes"] or 0)
         batch *= 2
     record = {"framework": "jax", "model": name, "dtype": dtype, "batch": fits, "mode": "max_batch",
-              "remat": "none", "image_size": args.image_size, "limit_bytes": limit_bytes,
+              "remat": args.remat[0], "image_size": args.image_size, "limit_bytes": limit_bytes,
               "tried": tried, "status": "ok" if fits else "error",
               "error": None if fits else f"batch {start_batch} does not fit"}
     # Confirm with one real step (two short timed rounds) of the executable compiled above; if
@@ -619,14 +621,14 @@ def run_plan(recorder, args, batches, peaks, torch_mod, deadline) -> None:
     deferred = []
     for name, dtype, batch, remat in plan(args, batches):
         for mode in args.modes:
-            if mode == "infer" and remat != "none":
+            if mode == "infer" and remat != args.remat[0]:
                 continue  # remat changes nothing without a backward pass
             base = {"framework": "jax", "model": name, "dtype": dtype, "batch": batch,
                     "mode": mode, "remat": remat, "image_size": args.image_size}
             if "jax" in args.frameworks:
                 run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_cache,
                                device, deadline)
-            if baseline and remat == "none":
+            if baseline and remat == args.remat[0]:
                 deferred += run_torch_configs(recorder, args, torch_mod, torch_models, base,
                                               peaks, deadline)
     for base in deferred:
@@ -642,7 +644,7 @@ def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_
     if time.monotonic() > deadline:
         recorder.add(dict(base, status="skipped", error="time budget"))
         return
-    if remat != "none" and not create_model_accepts_remat():
+    if remat != args.remat[0] and not create_model_accepts_remat():
         recorder.add(dict(base, status="skipped", error="create_model has no remat argument"))
         return
     try:
@@ -654,7 +656,7 @@ def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_
             params_cache[(name, remat)] = jax_params_for(name, model, torch_models.get(name))
         params = params_cache[(name, remat)]
     except Exception as exc:  # an unknown remat value counts as remat not available
-        unknown_remat = remat != "none" and isinstance(exc, (ValueError, TypeError))
+        unknown_remat = remat != args.remat[0] and isinstance(exc, (ValueError, TypeError))
         recorder.add(dict(base, status="skipped" if unknown_remat else "error",
                           error=short_error(exc)))
         return
@@ -695,7 +697,7 @@ def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, dead
         torch_models[name] = build_torch_model(torch_mod, name, args.image_size)
     if torch_models[name] is None:
         return []
-    model = build_model(name, args.image_size, base["dtype"], "none", False)  # for FLOPs only
+    model = build_model(name, args.image_size, base["dtype"], args.remat[0], False)  # FLOPs only
     record = dict(base, framework="torch-compile" if compiled else "torch")
     left = deadline - time.monotonic()
     if left < 0 or (compiled and left < args.compile_reserve_s):
@@ -794,16 +796,18 @@ def summary_lines(records: List[Dict[str, Any]]) -> List[str]:
 
 
 def ratio_lines(records: List[Dict[str, Any]]) -> List[str]:
-    """JAX images/s divided by each PyTorch variant's, for the configurations both measured."""
-    ok = {(r["framework"], r["model"], r["dtype"], r["batch"], r["mode"]): r["img_s"]
+    """JAX images/s divided by each PyTorch variant's, for the configurations both measured (a
+    PyTorch record carries the remat value of the JAX configuration it was measured beside)."""
+    ok = {(r["framework"], r["model"], r["dtype"], r["batch"], r["mode"], r.get("remat")):
+          r["img_s"]
           for r in records if r.get("status") == "ok" and r.get("mode") in ("train", "infer")
-          and r.get("remat", "none") == "none" and not r.get("note")}
+          and not r.get("note")}
     lines = []
-    for (framework, model, dtype, batch, mode), jax_rate in sorted(ok.items(), key=str):
+    for (framework, model, dtype, batch, mode, remat), jax_rate in sorted(ok.items(), key=str):
         if framework != "jax":
             continue
         for other in ("torch", "torch-compile"):
-            rate = ok.get((other, model, dtype, batch, mode))
+            rate = ok.get((other, model, dtype, batch, mode, remat))
             if rate:
                 lines.append(f"JAX / {other:<13} {model:<12} {dtype:<5} {mode:<5} b={batch:<5} "
                              f"{jax_rate / rate:6.2f}")
@@ -832,9 +836,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="JAX weights from init_variables instead of the torch twin's")
     parser.add_argument("--max-batch-dtypes", nargs="+", default=None, choices=sorted(DTYPES),
                         help="dtypes of the max-batch search (default: --dtypes)")
-    parser.add_argument("--remat", nargs="+", default=["none"],
-                        help="remat values for create_model (if it takes one), e.g. none layer; "
-                             "other than none: training, first dtype, first batch")
+    parser.add_argument("--remat", nargs="+", default=["minimal"],
+                        help="remat values for create_model (none, minimal, full); the first is "
+                             "used everywhere, the others for training, first dtype, first batch")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--round-seconds", type=float, default=0.5,
@@ -927,7 +931,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     peaks = measure_peaks(args, torch_mod)
     meta = dict(environment(args, torch_mod), peak_flops=peaks,
                 flops_per_image={m: flop_count.summary(build_model(m, args.image_size, "fp32",
-                                                                   "none", False))
+                                                                   args.remat[0], False))
                                  for m in args.models},
                 training_flops_convention="3 x forward matmul/conv FLOPs (dynamixer_jax.flops)")
     recorder = Recorder(args.json, meta, args.append)
@@ -958,7 +962,7 @@ def run_max_batch(recorder, args, batches, peaks, torch_mod, deadline) -> None:
     for name in args.max_batch:
         for dtype in args.max_batch_dtypes or args.dtypes:
             base = {"framework": "jax", "model": name, "dtype": dtype, "mode": "max_batch",
-                    "remat": "none", "batch": None, "image_size": args.image_size}
+                    "remat": args.remat[0], "batch": None, "image_size": args.image_size}
             if time.monotonic() > deadline:
                 recorder.add(dict(base, status="skipped", error="time budget"))
                 continue

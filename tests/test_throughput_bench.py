@@ -36,7 +36,7 @@ def torch_available() -> bool:
 def test_quick_run_writes_every_field(tmp_path, capsys):
     path = tmp_path / "throughput.json"
     result = throughput.run(["--quick", "--dtypes", "fp32", "--peak-size", "128",
-                             "--remat", "none", "layer", "--json", str(path)])
+                             "--remat", "minimal", "full", "--json", str(path)])
     assert json.loads(path.read_text()) == json.loads(json.dumps(result, default=str))
     run = result["runs"][0]
     for key in ("jax_device_platform", "jax_device_kind", "jax", "flax", "optax", "numpy",
@@ -45,10 +45,10 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
     assert positive(run["peak_flops"]["fp32"]["flops_per_s"])
 
     records = {(r["framework"], r["mode"], r["remat"]): r for r in result["records"]}
-    model = throughput.build_model("tiny", 56, "fp32", "none", train=True)
+    model = throughput.build_model("tiny", 56, "fp32", "minimal", train=True)
     for mode, per_image in (("train", flops.training_flops(model)),
                             ("infer", flops.forward_flops(model))):
-        r = records[("jax", mode, "none")]
+        r = records[("jax", mode, "minimal")]
         assert r["status"] == "ok", r
         assert (r["model"], r["dtype"], r["batch"], r["image_size"]) == ("tiny", "fp32", 2, 56)
         for key in ("img_s", "step_ms", "compile_s", "tflops_per_s", "mfu",
@@ -57,12 +57,12 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
         assert r["flops_per_image"] == per_image
         assert positive(r["memory"]["temp_bytes"]) and positive(r["memory"]["argument_bytes"])
         assert all(positive(v) for v in r["rounds_img_s"])
-    remat = records[("jax", "train", "layer")]
+    remat = records[("jax", "train", "full")]
     assert remat["status"] == ("skipped" if not run["create_model_accepts_remat"] else "ok")
 
     if torch_available():
         for mode in ("train", "infer"):
-            r = records[("torch", mode, "none")]
+            r = records[("torch", mode, "minimal")]
             assert r["status"] == "ok", r
             assert positive(r["img_s"]) and positive(r["step_ms"])
         assert "JAX / torch" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Correctness and throughput of DynaMixer on one accelerator, in about 6.5 minutes at most.
+# Correctness, throughput and a profile of DynaMixer on one accelerator, in under 7 minutes.
 #
 #   bash benchmarks/accelerator_check.sh [OUTDIR]      # from the repository root
 #
@@ -8,6 +8,8 @@
 #   environment.txt   nvidia-smi and jax's environment report
 #   correctness.json  device vs CPU logits (S, M, L), JAX vs the PyTorch twin, bf16 vs fp32 top-1
 #   throughput.json   JAX and PyTorch records (benchmarks/throughput.py), one run each
+#   step.xplane.pb    a jax.profiler trace of two S bf16 training steps (benchmarks/profile_step.py
+#                     --summarize reads it where TensorFlow is installed)
 # Needs python3 with jax, flax, optax, numpy (torch for the twin and the baseline; no
 # TensorFlow). The package is not installed: PYTHONPATH=. is set here.
 #
@@ -44,6 +46,7 @@ if [ "${CHECK_QUICK:-0}" = "1" ]; then
   T_CORR=$(secs 120); B_CORR=$(secs 90)
   T_JAX=$(secs 240); B_JAX=$(secs 200)
   T_TORCH=$(secs 120); B_TORCH=$(secs 90)
+  PROFILE_ARGS=(--quick); T_PROF=$(secs 120)
 else
   QUICK=()
   # Priority order: every model and dtype at its first batch, then remat, then other batches,
@@ -54,9 +57,10 @@ else
   TORCH_SWEEP=(--models S M L --dtypes bf16 fp32 --batches S:128,256,64 M:64,128 L:64,128
                --torch-compile-for S:bf16:128 S:fp32:128 --compile-reserve-s 50
                --rounds 3 --round-seconds 0.3 --warmup 3)
-  T_CORR=$(secs 75); B_CORR=$(secs 50)
-  T_JAX=$(secs 190); B_JAX=$(secs 160)
-  T_TORCH=$(secs 110); B_TORCH=$(secs 90)
+  T_CORR=$(secs 65); B_CORR=$(secs 45)
+  T_JAX=$(secs 175); B_JAX=$(secs 150)
+  T_TORCH=$(secs 95); B_TORCH=$(secs 80)
+  PROFILE_ARGS=(--model dynamixer_s --batch 256 --dtype bf16 --steps 2); T_PROF=$(secs 60)
 fi
 
 stamp "environment"
@@ -87,6 +91,11 @@ JAX_PLATFORMS=cpu timeout -k 10 "$T_TORCH" "$PY" benchmarks/throughput.py --fram
   "${TORCH_SWEEP[@]}" --budget-s "$B_TORCH" --append --json "$OUTDIR/throughput.json" \
   ${TORCH_EXTRA:-}
 echo "PyTorch throughput exit code $?"
+
+stamp "profile of the S bf16 training step (timeout ${T_PROF}s)"
+XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-.9}" \
+timeout -k 10 "$T_PROF" "$PY" benchmarks/profile_step.py "${PROFILE_ARGS[@]}" --out "$OUTDIR"
+echo "profile exit code $?"
 
 stamp "summary"
 JAX_PLATFORMS=cpu timeout -k 5 60 "$PY" benchmarks/throughput.py \

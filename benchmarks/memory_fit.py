@@ -21,7 +21,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
+from adamw_step import make_adamw_step
 
 from dynamixer_jax import create_model
 
@@ -36,18 +36,8 @@ def step_memory(model, batch: int) -> dict:
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
     params = params["params"]
-    tx = optax.adamw(1e-3, weight_decay=0.05)
+    step, tx = make_adamw_step(model)
     opt_state = jax.eval_shape(tx.init, params)
-
-    def step(params, opt_state, images, labels, key):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), labels).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
 
     jitted = jax.jit(step, donate_argnums=(0, 1))
     start = time.perf_counter()

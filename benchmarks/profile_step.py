@@ -29,24 +29,14 @@ def trace_steps(model_name: str, batch: int, dtype: str, remat: str, steps: int,
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
+    from adamw_step import make_adamw_step
 
     from dynamixer_jax import create_model, init_variables
 
     model = create_model(model_name, image_size=image_size, drop_path_rate=0.1, remat=remat,
                          dtype=jnp.bfloat16 if dtype == "bf16" else None, **(overrides or {}))
     params = init_variables(model, 0)["params"]
-    tx = optax.adamw(1e-3, weight_decay=0.05)
-
-    def step(params, opt_state, images, labels, key):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), labels).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step, tx = make_adamw_step(model)
 
     step = jax.jit(step, donate_argnums=(0, 1))
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-NUM_CLASSES, LR, WEIGHT_DECAY, DROP_PATH = 1000, 1e-3, 0.05, 0.1
+NUM_CLASSES, DROP_PATH = 1000, 0.1
 
 
 def _rusage_delta(before, after, steps):
@@ -39,22 +39,13 @@ def run_jax(model_name: str, batch: int, steps: int, remat: str) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
+    from adamw_step import make_adamw_step
 
     from dynamixer_jax import create_model, init_variables
 
     model = create_model(model_name, drop_path_rate=DROP_PATH, remat=remat)
     params = init_variables(model, 0)["params"]
-    tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-
-    def step(params, opt_state, images, labels, key):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step, tx = make_adamw_step(model)
 
     step = jax.jit(step, donate_argnums=(0, 1))
     rng = np.random.default_rng(0)
@@ -94,7 +85,8 @@ def run_torch(model_name: str, batch: int, steps: int) -> dict:
     torch.manual_seed(0)
     model = TorchDynaMixer(**VARIANTS[model_name], num_classes=NUM_CLASSES, image_size=224,
                            drop_path_rate=DROP_PATH).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    from adamw_step import LEARNING_RATE, WEIGHT_DECAY
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(0)
     batches = [torch.from_numpy(rng.standard_normal((batch, 3, 224, 224), dtype=np.float32))
                for _ in range(3)]

@@ -325,3 +325,7 @@ def test_bad_settings_are_one_clear_line(digits_data_dir):
         TrainAugment(interpolation="nearest")
     with pytest.raises(DataError, match="rand_augment"):
         TrainAugment(rand_augment="rand-x9")
+    with pytest.raises(DataError, match="random_erase_mode"):
+        TrainAugment(random_erase_mode="noise")
+    with pytest.raises(DataError, match="random_erase_count"):
+        TrainAugment(random_erase_count=0)

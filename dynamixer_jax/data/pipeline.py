@@ -4,11 +4,11 @@
 ``{"image": uint8 (b, S, S, 3), "label": int32 (b,), "mask": bool (b,), "id": bytes (b,)}``
 where ``b = global_batch_size / process_count``. Images stay uint8 (a quarter of float32's
 bytes): normalisation and random erasing run on device in the train step
-(``dynamixer_jax.device_augment``), and the eval step normalises eval batches, uint8 as well. Batch ``k`` is a pure function of
-``(seed, k)``: the example order of an epoch comes from the source (see ``sources.py``) and each
-example's augmentation is seeded by its global position in the stream, so
-``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run sees from step k,
-without decoding the k steps before. Epochs drop their last partial batch.
+(``dynamixer_jax.device_augment``), and the eval step normalises the (uint8) eval batches.
+Batch ``k`` is a pure function of ``(seed, k)``: the example order of an epoch comes from the
+source (see ``sources.py``) and each example's augmentation is seeded by its global position
+in the stream, so ``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run
+sees from step k, without decoding the k steps before. Epochs drop their last partial batch.
 
 :class:`EvalData` yields the whole eval split exactly once: the last batches are padded, and
 ``mask`` is False on padding, so nothing is dropped or repeated. Every process yields the same
@@ -16,8 +16,8 @@ number of batches (the jitted eval step runs on all of them together).
 
 An image that cannot be decoded (a corrupt or truncated file) does not stop the run: it comes
 out as a zero image with ``mask`` False, at its place in the batch, and is counted and named in
-the log (``_fill_gaps``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode to RGB. Mixup/CutMix and label smoothing
-run on device, in ``dynamixer_jax.mixup``.
+the log (``_fill_gaps``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode
+to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.mixup``.
 """
 
 from __future__ import annotations
@@ -75,10 +75,14 @@ class TrainAugment:
                 parse_rand_augment(self.rand_augment)
             except ValueError as error:
                 raise DataError(f"augment rand_augment: {error}") from None
-        try:
-            self.on_device()
-        except ValueError as error:
-            raise DataError(f"augment: {error}") from None
+        if self.random_erase_mode not in ("pixel", "rand", "const"):
+            raise DataError("augment random_erase_mode must be 'pixel', 'rand' or 'const', "
+                            f"not {self.random_erase_mode!r}")
+        if self.random_erase_count < 1:
+            raise DataError(f"augment random_erase_count must be >= 1, "
+                            f"not {self.random_erase_count}")
+        if min(self.std) <= 0:
+            raise DataError(f"std must be positive, not {self.std}")
 
     _DECODE_FIELDS = ("scale", "ratio", "interpolation")
     _AUGMENT_FIELDS = ("hflip", "rand_augment", "color_jitter", "mean")
@@ -96,7 +100,7 @@ class TrainAugment:
 
     def on_device(self):
         """The train step's share of the recipe: a ``DeviceAugment`` (normalise, erase)."""
-        from dynamixer_jax.device_augment import DeviceAugment
+        from dynamixer_jax.device_augment import DeviceAugment  # noqa: PLC0415 (JAX)
         return DeviceAugment(mean=tuple(self.mean), std=tuple(self.std),
                              erase_prob=self.random_erase_prob, erase_mode=self.random_erase_mode,
                              erase_count=self.random_erase_count)

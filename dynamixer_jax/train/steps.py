@@ -66,7 +66,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
 
     ``batch``: ``image`` uint8 (B, H, W, 3), or float already normalised, ``label`` int (B,),
     ``mask`` bool (B,), split over the mesh. ``augment``: normalisation and random erasing (its
-    default erases nothing; training builds it from ``TrainAugment.on_device()``). ``metrics``: ``train_loss``, ``learning_rate``, ``grad_norm``, ``finite``.
+    default erases nothing; training builds it from ``TrainAugment.on_device()``).
+    ``metrics``: ``train_loss``, ``learning_rate``, ``grad_norm``, ``finite``.
     ``grad_accum_steps`` > 1 computes the gradient of the same global batch in that many
     sequential micro-batches (less activation memory, same update up to float rounding).
     """
@@ -147,9 +148,10 @@ def make_eval_step(model, mesh: Mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD
     """The compiled evaluation step ``(params_by_name, batch) -> {name: sums}``.
 
     ``batch["image"]`` is uint8, normalised here with ``mean``/``std`` (0-1 scale), or float
-    already normalised. ``params_by_name`` maps a name (``"raw"``, ``"ema"``) to a parameter tree; every tree is
-    evaluated on the same batch. Sums are over real examples only (``mask``), so padded
-    batches count nothing; add them up over the split and divide by ``count``.
+    already normalised. ``params_by_name`` maps a name (``"raw"``, ``"ema"``) to a parameter
+    tree; every tree is evaluated on the same batch. Sums are over real examples only
+    (``mask``), so padded batches count nothing; add them up over the split and divide by
+    ``count``.
     """
     compute_dtype = model.dtype or jnp.float32
 

@@ -222,25 +222,34 @@ def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
 
 
 def _resample_along(pixels: tf.Tensor, source: tf.Tensor, axis: int) -> tf.Tensor:
-    """Bilinear samples of float ``pixels`` (H, W, C) at source index ``source`` (H, W) along
-    ``axis`` (1: within each row, 0: within each column), the other index kept.
+    """Bilinear samples of float ``pixels`` (H, W, C) at source index ``source`` along ``axis``
+    (1: within each row, 0: within each column), the other index kept. ``source`` is (H, W),
+    or (1, W) / (H, 1) when every row / column moves alike (a translation: whole columns or
+    rows are gathered).
 
     The arithmetic of TF's projective-transform kernel with ``fill_mode='NEAREST'`` (the
     position clamped to the edge) for a transform that moves pixels along one axis, where its
-    weights across the other axis are exactly 1 and 0; two gathers instead of the kernel's
-    per-channel projection make it several times faster.
+    weights across the other axis are exactly 1 and 0; gathers instead of the kernel's
+    per-channel projection make it faster.
     """
-    if axis == 0:
-        pixels, source = tf.transpose(pixels, [1, 0, 2]), tf.transpose(source)
-    length = tf.shape(pixels)[1]
+    length = tf.shape(pixels)[axis]
     position = tf.clip_by_value(source, 0.0, tf.cast(length - 1, tf.float32))
     low = tf.floor(position)
     low_index = tf.cast(low, tf.int32)
     # Past the last pixel the kernel reads a zero with weight zero: any pixel does as well.
     high_index = tf.minimum(low_index + 1, length - 1)
-    samples = ((low + 1.0 - position)[..., None] * tf.gather(pixels, low_index, batch_dims=1)
-               + (position - low)[..., None] * tf.gather(pixels, high_index, batch_dims=1))
-    return tf.transpose(samples, [1, 0, 2]) if axis == 0 else samples
+    low_weight, high_weight = (low + 1.0 - position)[..., None], (position - low)[..., None]
+    if source.shape[1 - axis] == 1:
+        return (low_weight * tf.gather(pixels, tf.reshape(low_index, [-1]), axis=axis)
+                + high_weight * tf.gather(pixels, tf.reshape(high_index, [-1]), axis=axis))
+    if axis == 0:
+        pixels = tf.transpose(pixels, [1, 0, 2])
+        low_index, high_index = tf.transpose(low_index), tf.transpose(high_index)
+    samples = (tf.gather(pixels, low_index, batch_dims=1),
+               tf.gather(pixels, high_index, batch_dims=1))
+    if axis == 0:
+        samples = [tf.transpose(sample, [1, 0, 2]) for sample in samples]
+    return low_weight * samples[0] + high_weight * samples[1]
 
 
 def affine_transform(image: tf.Tensor, matrix: Sequence, fill: Sequence[int] = IMAGENET_FILL,
@@ -253,7 +262,8 @@ def affine_transform(image: tf.Tensor, matrix: Sequence, fill: Sequence[int] = I
     per-channel ``fill`` colour, one inside it is interpolated with edge-clamped neighbours, and
     the result is truncated to an integer. ``along='x'`` (the matrix is (a, b, c, 0, 1, 0)) or
     ``'y'`` ((1, 0, 0, d, e, f)) says that pixels move along one axis only, which is sampled
-    with the same arithmetic, faster (shears and translations).
+    with the same arithmetic, faster (shears); ``'shift-x'`` ((1, 0, c, 0, 1, 0)) and
+    ``'shift-y'`` ((1, 0, 0, 0, 1, f)) say that they all move alike (translations).
     """
     image = tf.convert_to_tensor(image, tf.uint8)
     a, b, c, d, e, f = [tf.cast(value, tf.float32) for value in matrix]
@@ -267,6 +277,10 @@ def affine_transform(image: tf.Tensor, matrix: Sequence, fill: Sequence[int] = I
         warped = _resample_along(pixels, a * column + b * row + c_index, axis=1)
     elif along == "y":
         warped = _resample_along(pixels, d * column + e * row + f_index, axis=0)
+    elif along == "shift-x":
+        warped = _resample_along(pixels, a * tf.range(width)[None, :] + c_index, axis=1)
+    elif along == "shift-y":
+        warped = _resample_along(pixels, e * tf.range(height)[:, None] + f_index, axis=0)
     else:
         transform = tf.stack([a, b, c_index, d, e, f_index, 0.0, 0.0])
         warped = tf.raw_ops.ImageProjectiveTransformV3(
@@ -305,13 +319,15 @@ def shear_y(image: tf.Tensor, factor, fill: Sequence[int] = IMAGENET_FILL) -> tf
 def translate_x_rel(image: tf.Tensor, fraction, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
     """Translate by ``fraction`` of the width: x_in = x + fraction * W (timm ``translate_x_rel``)."""
     pixels = tf.cast(fraction, tf.float32) * tf.cast(tf.shape(image)[1], tf.float32)
-    return affine_transform(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill, along="x")
+    return affine_transform(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill,
+                            along="shift-x")
 
 
 def translate_y_rel(image: tf.Tensor, fraction, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
     """Translate by ``fraction`` of the height: y_in = y + fraction * H (timm ``translate_y_rel``)."""
     pixels = tf.cast(fraction, tf.float32) * tf.cast(tf.shape(image)[0], tf.float32)
-    return affine_transform(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill, along="y")
+    return affine_transform(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill,
+                            along="shift-y")
 
 
 # ----------------------------------------------------------------- magnitude -> argument rules

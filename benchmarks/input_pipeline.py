@@ -1,22 +1,34 @@
-"""Training input throughput: images/s (and per core) of the whole tf.data pipeline.
+"""Training input throughput: images/s, and images per second of CPU time, of the tf.data pipeline.
 
-    PYTHONPATH=. python benchmarks/input_pipeline.py [--images 1024] [--rounds 3]
+    PYTHONPATH=. python benchmarks/input_pipeline.py [--images 1024] [--rounds 3] [--before DIR]
 
 Writes an ImageNet-style folder of generated 500x375 quality-90 JPEGs to a temporary directory
 and reads it with ``TrainData`` (the pipeline training uses), at 224, global batch 32, for a
 ladder of recipes that adds one augmentation at a time: decode + random resized crop (the
-baseline), + flip, + RandAugment, + random erasing (the full SPEC recipe). Each step's share
-of the full recipe's time is the difference to the step before. The last line compares the
-pipeline with a plain ``map`` of ``train_preprocess`` over the same files, which is the cost
-of keeping undecodable files from stopping a run. Rounds alternate between the recipes (the
-machine is noisy); the median round counts. Read the figures on an otherwise idle machine.
+baseline), + flip, + RandAugment (the host's whole share of the SPEC recipe: the pipeline ships
+uint8, and normalisation and random erasing run in the train step on device, so they are not
+in these figures). The last line times a plain ``map`` of ``train_preprocess`` (the whole
+recipe in TensorFlow, float32 out, normalised and erased on the host) over the same files.
+
+Two figures per recipe: wall time (images/s, and that over the cores), and the process's CPU
+time (user + system, all threads) per image, whose inverse is images/s per busy core. On a
+machine shared with other work the CPU figure is the steadier one. Each step's share is its
+difference to the step before in CPU time. Rounds alternate between the recipes; the median
+round counts.
+
+``--before DIR``: a checkout of an earlier commit (``git worktree add /tmp/before 8e8c9b2``).
+Each round first runs this same measurement in a subprocess that imports that checkout (its
+pipeline, float32 out, normalising and erasing on the host), and "before" columns show its
+medians, recipe by recipe.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,14 +42,17 @@ from dynamixer_jax.data import augment  # noqa: E402
 from dynamixer_jax.data.pipeline import TrainAugment, TrainData  # noqa: E402
 
 BATCH = 32
+FULL = "+ RandAugment m9-mstd0.5-inc1 (full recipe)"
+# Random erasing is off but in the full recipe, as the ladder was when it ran on the host.
 LADDER = {
     "decode + random resized crop": TrainAugment(hflip=0, rand_augment="", color_jitter=0,
                                                  random_erase_prob=0),
     "+ horizontal flip": TrainAugment(rand_augment="", color_jitter=0, random_erase_prob=0),
-    "+ RandAugment m9-mstd0.5-inc1": TrainAugment(random_erase_prob=0),
-    "+ random erasing 0.25 (full recipe)": TrainAugment(),
+    FULL: TrainAugment(),
 }
-COLOUR_JITTER = TrainAugment(rand_augment="", random_erase_prob=0)
+RECIPES = {**LADDER, "colour jitter 0.4 instead of RandAugment": TrainAugment(
+    rand_augment="", random_erase_prob=0)}
+PLAIN = "plain map of train_preprocess (float)"
 
 
 def write_folder(root: str, unique: int, total: int) -> None:
@@ -56,13 +71,14 @@ def write_folder(root: str, unique: int, total: int) -> None:
             os.link(source, path)
 
 
-def seconds_per_image(batches, images: int) -> float:
-    """Wall time per image over ``images`` images, after two warm-up batches."""
+def seconds_per_image(batches, images: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per image over ``images`` images, after two warm-up batches."""
     next(batches), next(batches)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(images // BATCH):
         next(batches)
-    return (time.perf_counter() - start) / (images // BATCH * BATCH)
+    count = images // BATCH * BATCH
+    return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
 def pipeline_batches(root: str, recipe: TrainAugment):
@@ -81,40 +97,74 @@ def plain_map_batches(root: str):
     return dataset.as_numpy_iterator()
 
 
+def one_round(root: str, images: int) -> dict[str, tuple[float, float]]:
+    """{recipe: (wall, CPU) seconds per image} of every recipe once, in order."""
+    times = {name: seconds_per_image(pipeline_batches(root, recipe), images)
+             for name, recipe in RECIPES.items()}
+    times[PLAIN] = seconds_per_image(plain_map_batches(root), images)
+    return times
+
+
+def before_round(checkout: str, root: str, images: int) -> dict[str, tuple[float, float]]:
+    """One round of the same measurement in a subprocess importing ``checkout``."""
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--images", str(images), "--worker", root],
+        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": checkout})
+    return {name: tuple(value) for name, value in json.loads(output.stdout).items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024, help="timed images per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", help="a checkout of an earlier commit to time alongside")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one round on this folder, as JSON
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(one_round(args.worker, args.images)))
+        return
     cores = os.cpu_count() or 1
-    recipes = {**LADDER, "colour jitter 0.4 instead of RandAugment": COLOUR_JITTER}
+    names = [*RECIPES, PLAIN]
+    times = {name: [] for name in names}
+    before = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as root:
         write_folder(root, unique=128, total=args.images + 4 * BATCH)
-        times = {name: [] for name in [*recipes, "plain map of train_preprocess"]}
         for round_index in range(args.rounds):
-            for name, recipe in recipes.items():
-                times[name].append(seconds_per_image(pipeline_batches(root, recipe),
-                                                     args.images))
-            times["plain map of train_preprocess"].append(
-                seconds_per_image(plain_map_batches(root), args.images))
+            if args.before:
+                for name, value in before_round(args.before, root, args.images).items():
+                    before[name].append(value)
+            for name, value in one_round(root, args.images).items():
+                times[name].append(value)
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    full = median["+ random erasing 0.25 (full recipe)"]
-    baseline = median["decode + random resized crop"]
+
+    def median(values, which):
+        return statistics.median(value[which] for value in values)
+
+    full_cpu = median(times[FULL], 1)
     print(f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
-          "alternating rounds")
-    print(f"{'recipe':42s} {'ms/img':>7s} {'img/s':>7s} {'/core':>6s} {'x base':>7s} "
-          f"{'share':>6s}")
+          "alternating rounds; uint8 out: normalisation and random erasing run in the train "
+          "step, on device, and are not in these figures")
+    header = (f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "
+              f"{'img/s per CPU core':>18s} {'share':>6s}")
+    if args.before:
+        header += f" {'before: /core':>13s} {'per CPU core':>12s} {'speed-up':>8s}"
+    print(header)
     previous = 0.0
-    for name, seconds in median.items():
+    for name in names:
+        wall, cpu = median(times[name], 0), median(times[name], 1)
         share = ""
         if name in LADDER:
-            share = f"{(seconds - previous) / full:6.0%}"
-            previous = seconds
-        print(f"{name:42s} {seconds * 1e3:7.2f} {1 / seconds:7.0f} {1 / seconds / cores:6.0f} "
-              f"{seconds / baseline:7.2f} {share:>6s}")
-    plain = median["plain map of train_preprocess"]
-    print(f"pipeline / plain map, full recipe: {full / plain:.2f}x the time per image")
+            share = f"{(cpu - previous) / full_cpu:6.0%}"
+            previous = cpu
+        line = (f"{name:44s} {1 / wall:6.0f} {1 / wall / cores:6.0f} {cpu * 1e3:10.2f} "
+                f"{1 / cpu:18.0f} {share:>6s}")
+        if before[name]:
+            then_wall, then_cpu = median(before[name], 0), median(before[name], 1)
+            line += f" {1 / then_wall / cores:13.0f} {1 / then_cpu:12.0f} {then_cpu / cpu:7.2f}x"
+        print(line)
+    if args.before:
+        print(f"before: {args.before} (float32 out; its full recipe also normalises and erases "
+              "on the host); speed-up: ratio of CPU time per image")
 
 
 if __name__ == "__main__":

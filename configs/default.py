@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_threads = config_dict.placeholder(int)  # tf.data threads; None: all cores
     config.prefetch_batches = 2  # host batches prepared ahead of the step
 
-    # ---- per-image training augmentation (in tf.data); a 0 / "" / None turns a step off
+    # ---- per-image training augmentation (tf.data; random erasing on device, in the train
+    # step); a 0 / "" / None turns a step off
     config.augment = ml_collections.ConfigDict({
         "scale": config_dict.placeholder(tuple),  # random resized crop area; None: whole image
         "ratio": (3 / 4, 4 / 3),  # random resized crop aspect ratio range
@@ -65,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
         "random_erase_count": 1,
     })
     config.augment.scale = (0.08, 1.0)
-    config.mean = IMAGENET_MEAN  # normalisation, 0-1 scale
+    config.mean = IMAGENET_MEAN  # normalisation (on device, train and eval steps), 0-1 scale
     config.std = IMAGENET_STD
     config.crop_fraction = 0.9  # eval: resize the short side to image_size / crop_fraction, crop
 

@@ -9,6 +9,7 @@ import torch
 from torch_reference import TorchDynaMixer, randomize_
 
 from dynamixer_jax.data.sources import open_source
+from dynamixer_jax.device_augment import normalize
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.evaluation import make_eval_data
 from dynamixer_jax.train.reporting import read_metrics
@@ -36,7 +37,8 @@ def _torch_metrics(model, config, data_dir):
     with torch.no_grad():
         for batch in eval_data.batches():
             real = batch["mask"]
-            images = torch.from_numpy(np.ascontiguousarray(batch["image"][real].transpose(0, 3, 1, 2)))
+            images = np.asarray(normalize(batch["image"][real], config.mean, config.std))
+            images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
             labels = torch.from_numpy(batch["label"][real]).long()
             logits = model(images.float())
             sums["loss"] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))

@@ -15,8 +15,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData
+from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData, _fill_gaps
 from dynamixer_jax.data.sources import DataError, open_source
+from dynamixer_jax.device_augment import normalize
 
 NO_AUGMENT = TrainAugment(scale=None, hflip=0, rand_augment="", color_jitter=0,
                           random_erase_prob=0)
@@ -59,13 +60,15 @@ def test_train_batches_shapes_dtypes_and_ranges(digits_data_dir):
     assert data.steps_per_epoch == 1437 // 32 and data.num_classes == 10
     batch = next(data.batches())
     assert set(batch) == {"image", "label", "mask", "id"}
-    assert batch["image"].shape == (32, 16, 16, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (32, 16, 16, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
     assert batch["mask"].dtype == np.bool_ and batch["mask"].all()
     assert set(batch["label"]) <= set(range(10)) and len(set(batch["label"])) > 3
+    # The images use most of 0..255; the train step normalises them on device.
+    image = np.asarray(normalize(batch["image"]))
     # Normalised with the ImageNet mean/std: 0..255 maps into [-2.118, 2.640] (no erasing).
-    assert -2.12 < batch["image"].min() < -1.5 and 1.5 < batch["image"].max() < 2.641
-    assert np.isfinite(batch["image"]).all()
+    assert -2.12 < image.min() < -1.5 and 1.5 < image.max() < 2.641
+    assert np.isfinite(image).all()
 
 
 def test_same_seed_same_batches_other_seed_other_batches(digits_data_dir):
@@ -128,9 +131,43 @@ def test_eval_preprocessing_is_a_centre_crop_of_the_stored_image(digits_data_dir
     stored = {example["tfds_id"]: example["image"] for example in tfds.as_numpy(
         data.source.builder.as_dataset(split="test", read_config=tfds.ReadConfig(
             add_tfds_id=True)))}
-    mean, std = np.array(data.mean) * 255, np.array(data.std) * 255
+    assert batch["image"].dtype == np.uint8  # the eval step normalises on device
     for image, name in zip(batch["image"], batch["id"]):
-        np.testing.assert_allclose(image * std + mean, stored[name], atol=0.01)
+        np.testing.assert_array_equal(image, stored[name])
+
+
+def _numbered(numbers, size=2):
+    """A batch of survivors as ``_decode_safely`` gives it: example n's image is all n."""
+    numbers = np.array(numbers, np.int64)
+    return {"number": numbers, "image": np.ones((len(numbers), size, size, 3), np.uint8)
+            * numbers[:, None, None, None].astype(np.uint8),
+            "mask": np.ones(len(numbers), bool), "label": numbers.astype(np.int32),
+            "id": np.array([b"%d" % n for n in numbers], object),
+            "real": np.ones(len(numbers), bool)}
+
+
+@pytest.mark.parametrize("survivors", [
+    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]],  # nothing failed
+    [[0, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]],  # 1 failed
+    [[0, 1, 2, 3], [8, 9, 10, 11]],  # a whole batch failed
+    [[1, 2, 3, 5], [6, 7]],  # the first, 4 and the end failed
+    [],  # everything failed
+])
+def test_fill_gaps_puts_blanks_at_the_failed_places(survivors):
+    ids = np.array([b"%d" % n for n in range(12)], object)
+    batches = list(_fill_gaps([_numbered(n) for n in survivors], 12, 4, 2, ids))
+    survived = set(np.concatenate([np.array(n, int) for n in survivors] + [np.zeros(0, int)]))
+    assert len(batches) == 3
+    for step, batch in enumerate(batches):
+        assert set(batch) == {"image", "mask", "label", "id", "real"}
+        numbers = np.arange(4 * step, 4 * step + 4)
+        assert batch["image"].shape == (4, 2, 2, 3) and batch["image"].dtype == np.uint8
+        assert list(batch["id"]) == list(ids[numbers]) and batch["real"].all()
+        for row, number in enumerate(numbers):
+            ok = number in survived
+            assert batch["mask"][row] == ok
+            assert (batch["image"][row] == (number if ok else 0)).all()
+            assert batch["label"][row] == (number if ok else 0)
 
 
 # ---------------------------------------------------------------- folder datasets
@@ -288,3 +325,7 @@ def test_bad_settings_are_one_clear_line(digits_data_dir):
         TrainAugment(interpolation="nearest")
     with pytest.raises(DataError, match="rand_augment"):
         TrainAugment(rand_augment="rand-x9")
+    with pytest.raises(DataError, match="random_erase_mode"):
+        TrainAugment(random_erase_mode="noise")
+    with pytest.raises(DataError, match="random_erase_count"):
+        TrainAugment(random_erase_count=0)

@@ -13,6 +13,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
+from dynamixer_jax.device_augment import normalize
 from dynamixer_jax.fast_init import abstract_variables, init_variables
 from dynamixer_jax.mixup import MixupConfig
 from dynamixer_jax.train import builders, load_config, parallel, train_and_evaluate
@@ -21,7 +22,7 @@ from dynamixer_jax.train.checkpoints import CheckpointError, Checkpoints
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
 from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_jax.train.state import create_train_state
-from dynamixer_jax.train.steps import make_train_step
+from dynamixer_jax.train.steps import make_eval_step, make_train_step
 from dynamixer_jax.train.weights import merge_params
 from dynamixer_jax.variants import create_model
 
@@ -123,6 +124,23 @@ def test_masked_examples_do_not_count():
     _, padded_metrics = step(state, parallel.global_batch(padded, mesh))
     assert float(padded_metrics["train_loss"]) == pytest.approx(float(half_metrics["train_loss"]),
                                                                 rel=1e-6)
+
+
+def test_uint8_batches_are_normalised_on_device():
+    # The pipeline ships uint8; the steps normalise with the ImageNet mean/std on device, and
+    # take a float batch as already normalised: both must see the same images.
+    state, step, mesh = _step_setup(mixup=MixupConfig(0.0, 0.0), eps=1e-3)
+    rng = np.random.default_rng(5)
+    raw = {**_batch(0), "image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)}
+    floats = {**raw, "image": np.asarray(normalize(raw["image"]))}
+    _, from_uint8 = step(state, parallel.global_batch(raw, mesh))
+    _, from_float = step(state, parallel.global_batch(floats, mesh))
+    assert float(from_uint8["train_loss"]) == pytest.approx(float(from_float["train_loss"]),
+                                                            rel=1e-6)
+    evaluate = make_eval_step(_tiny_model(), mesh)
+    sums = [evaluate({"raw": state.params}, parallel.global_batch(batch, mesh))["raw"]
+            for batch in (raw, floats)]
+    assert float(sums[0]["loss"]) == pytest.approx(float(sums[1]["loss"]), rel=1e-6)
 
 
 def test_non_finite_loss_leaves_the_state_unchanged():

@@ -276,13 +276,10 @@ def train_augment(image: tf.Tensor, seed: tf.Tensor, *,
                   hflip: float = 0.5,
                   rand_augment: str | None = "rand-m9-mstd0.5-inc1",
                   color_jitter: float | None = 0.4,
-                  random_erase_prob: float = 0.25,
-                  random_erase_mode: str = "pixel",
-                  random_erase_count: int = 1,
-                  mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
-    """The rest of ``train_preprocess`` on a decoded uint8 crop: float32, normalised."""
-    _, flip_seed, color_seed, erase_seed = _split(seed, 4)
+                  mean: Sequence[float] = IMAGENET_MEAN) -> tf.Tensor:
+    """The uint8 part of ``train_preprocess`` after decoding: flip, then RandAugment (its fill
+    colour is ``mean`` in 0..255) or colour jitter. uint8 in, uint8 out."""
+    _, flip_seed, color_seed, _ = _split(seed, 4)
     if hflip:
         image = random_horizontal_flip(image, flip_seed, hflip)
     if rand_augment:
@@ -290,10 +287,6 @@ def train_augment(image: tf.Tensor, seed: tf.Tensor, *,
         image = ra.rand_augment(image, color_seed, rand_augment, fill)
     elif color_jitter:
         image = _color_jitter(image, color_seed, color_jitter)
-    image = normalize(image, mean, std)
-    if random_erase_prob:
-        image = random_erasing(image, erase_seed, random_erase_prob, random_erase_mode,
-                               max_count=random_erase_count)
     return image
 
 
@@ -317,11 +310,17 @@ def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, *
     -> normalisation with ``mean``/``std`` (0-1 scale) -> random erasing with
     ``random_erase_prob``. A falsy ``hflip``, ``rand_augment``, ``color_jitter`` or
     ``random_erase_prob`` turns its step off; ``scale=None`` resizes the whole image instead of
-    cropping it. It is ``train_decode`` followed by ``train_augment``.
+    cropping it. It is ``train_decode``, ``train_augment``, ``normalize`` and
+    ``random_erasing``; the training pipeline stops after ``train_augment`` and the train step
+    does the last two on device (``dynamixer_jax.device_augment``).
     """
     image = train_decode(image_bytes, seed, size, scale=scale, ratio=ratio,
                          interpolation=interpolation)
-    return train_augment(image, seed, hflip=hflip, rand_augment=rand_augment,
-                         color_jitter=color_jitter, random_erase_prob=random_erase_prob,
-                         random_erase_mode=random_erase_mode,
-                         random_erase_count=random_erase_count, mean=mean, std=std)
+    image = train_augment(image, seed, hflip=hflip, rand_augment=rand_augment,
+                          color_jitter=color_jitter, mean=mean)
+    image = normalize(image, mean, std)
+    if random_erase_prob:
+        erase_seed = _split(seed, 4)[3]
+        image = random_erasing(image, erase_seed, random_erase_prob, random_erase_mode,
+                               max_count=random_erase_count)
+    return image

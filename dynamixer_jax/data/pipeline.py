@@ -1,12 +1,14 @@
 """Training and evaluation batches on tf.data, deterministic and multi-process.
 
 :class:`TrainData` yields this process's share of every global training batch, as numpy:
-``{"image": float32 (b, S, S, 3) normalised, "label": int32 (b,), "mask": bool (b,), "id": bytes
-(b,)}`` where ``b = global_batch_size / process_count``. Batch ``k`` is a pure function of
-``(seed, k)``: the example order of an epoch comes from the source (see ``sources.py``) and each
-example's augmentation is seeded by its global position in the stream, so
-``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run sees from step k,
-without decoding the k steps before. Epochs drop their last partial batch.
+``{"image": uint8 (b, S, S, 3), "label": int32 (b,), "mask": bool (b,), "id": bytes (b,)}``
+where ``b = global_batch_size / process_count``. Images stay uint8 (a quarter of float32's
+bytes): normalisation and random erasing run on device in the train step
+(``dynamixer_jax.device_augment``), and the eval step normalises the (uint8) eval batches.
+Batch ``k`` is a pure function of ``(seed, k)``: the example order of an epoch comes from the
+source (see ``sources.py``) and each example's augmentation is seeded by its global position
+in the stream, so ``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run
+sees from step k, without decoding the k steps before. Epochs drop their last partial batch.
 
 :class:`EvalData` yields the whole eval split exactly once: the last batches are padded, and
 ``mask`` is False on padding, so nothing is dropped or repeated. Every process yields the same
@@ -14,15 +16,16 @@ number of batches (the jitted eval step runs on all of them together).
 
 An image that cannot be decoded (a corrupt or truncated file) does not stop the run: it comes
 out as a zero image with ``mask`` False, at its place in the batch, and is counted and named in
-the log. Grey, CMYK and PNG-named-JPEG files decode to RGB. Mixup/CutMix and label smoothing
-run on device, in ``dynamixer_jax.mixup``.
+the log (``_fill_gaps``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode
+to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.mixup``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -41,7 +44,8 @@ class TrainAugment:
     (split between ``decode`` and ``augment``):
     ``scale=None`` resizes the whole image instead of a random resized crop; ``rand_augment``
     is a timm-style string (``""`` off, then ``color_jitter`` applies); ``random_erase_prob``
-    0 turns random erasing off.
+    0 turns random erasing off. Normalisation (``mean``, ``std``) and random erasing run in the
+    train step on device, with the settings :meth:`on_device` gives; the rest runs in tf.data.
     """
     scale: tuple[float, float] | None = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -71,8 +75,17 @@ class TrainAugment:
                 parse_rand_augment(self.rand_augment)
             except ValueError as error:
                 raise DataError(f"augment rand_augment: {error}") from None
+        if self.random_erase_mode not in ("pixel", "rand", "const"):
+            raise DataError("augment random_erase_mode must be 'pixel', 'rand' or 'const', "
+                            f"not {self.random_erase_mode!r}")
+        if self.random_erase_count < 1:
+            raise DataError(f"augment random_erase_count must be >= 1, "
+                            f"not {self.random_erase_count}")
+        if min(self.std) <= 0:
+            raise DataError(f"std must be positive, not {self.std}")
 
     _DECODE_FIELDS = ("scale", "ratio", "interpolation")
+    _AUGMENT_FIELDS = ("hflip", "rand_augment", "color_jitter", "mean")
 
     def decode(self, image_bytes: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
         """Decode and crop one encoded image: uint8 (size, size, 3). Can fail on bad bytes."""
@@ -80,10 +93,17 @@ class TrainAugment:
         return augment.train_decode(image_bytes, seed, size, **fields)
 
     def augment(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """The rest of the recipe on a decoded crop: float32, normalised. Never fails."""
-        fields = {name: value for name, value in dataclasses.asdict(self).items()
-                  if name not in self._DECODE_FIELDS}
+        """The host's rest of the recipe on a decoded crop (flip, RandAugment or colour jitter):
+        uint8. Never fails."""
+        fields = {name: getattr(self, name) for name in self._AUGMENT_FIELDS}
         return augment.train_augment(image, seed, **fields)
+
+    def on_device(self):
+        """The train step's share of the recipe: a ``DeviceAugment`` (normalise, erase)."""
+        from dynamixer_jax.device_augment import DeviceAugment  # noqa: PLC0415 (JAX)
+        return DeviceAugment(mean=tuple(self.mean), std=tuple(self.std),
+                             erase_prob=self.random_erase_prob, erase_mode=self.random_erase_mode,
+                             erase_count=self.random_erase_count)
 
 
 def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -104,19 +124,18 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _decode_safely(records: tf.data.Dataset, count: int, decode, finish, size: int,
-                   ids: np.ndarray | None = None) -> tf.data.Dataset:
-    """Turn ``count`` records into examples, in order: ``decode`` (bytes -> uint8 image; the
-    step that can fail) then ``finish`` (-> float32). A record that fails to read or decode,
-    or is padding (``real`` False), becomes a zero image with ``mask`` False at its place.
+def _decode_safely(records: tf.data.Dataset, decode, finish, size: int,
+                   batch_size: int) -> tf.data.Dataset:
+    """Turn records into uint8 examples, in order, batched: ``decode`` (bytes -> uint8 image; the
+    step that can fail) then ``finish`` (uint8 -> uint8). A padding record (``real`` False)
+    becomes a zero image with ``mask`` False. A record that fails to read or decode is dropped.
 
     tf.data can only drop a failing element (``ignore_errors``), which would shift every later
-    batch. So the examples are numbered before the parallel map, failures are dropped, and a
-    ``scan`` puts a blank back into each gap the numbering shows (a sentinel numbered
-    ``count`` closes a gap at the end). The blank's id comes from ``ids`` when the source knows
-    them (folders), else it is empty.
+    batch. So each example carries its ``number`` in the stream, and :func:`_fill_gaps` puts a
+    blank back into each gap, on the host, batch by batch: far cheaper than doing it per
+    element in tf.data, and nothing at all when no record failed.
     """
-    zeros = tf.zeros([size, size, 3], tf.float32)
+    zeros = tf.zeros([size, size, 3], tf.uint8)
     reads_files = "path" in records.element_spec
 
     def example(number, record):
@@ -133,30 +152,50 @@ def _decode_safely(records: tf.data.Dataset, count: int, decode, finish, size: i
     examples = records.enumerate().map(tf.autograph.experimental.do_not_convert(example),
                                        num_parallel_calls=tf.data.AUTOTUNE,
                                        deterministic=True).ignore_errors()
-    sentinel = {"number": tf.constant(count, tf.int64), "image": zeros,
-                "mask": tf.constant(False), "label": tf.constant(0, tf.int32),
-                "id": tf.constant(b""), "real": tf.constant(False)}
-    examples = examples.concatenate(tf.data.Dataset.from_tensors(sentinel))
-    id_table = tf.constant(ids if ids is not None and len(ids) else [b""])
+    return examples.batch(batch_size)
 
-    def fill_gap(expected, example):
-        gap = tf.cast(example["number"] - expected, tf.int32)
-        gap_ids = (tf.gather(id_table, tf.range(expected, example["number"])) if ids is not None
-                   else tf.fill([gap], b""))
-        filled = {
-            "image": tf.concat([tf.zeros(tf.stack([gap, size, size, 3])),
-                                example["image"][None]], 0),
-            "mask": tf.concat([tf.zeros([gap], tf.bool), [example["mask"]]], 0),
-            "label": tf.concat([tf.zeros([gap], tf.int32), [example["label"]]], 0),
-            "id": tf.concat([gap_ids, [example["id"]]], 0),
-            "real": tf.concat([tf.ones([gap], tf.bool), [example["real"]]], 0),
-            "sentinel": tf.concat([tf.zeros([gap], tf.bool), [example["number"] == count]], 0),
-        }
-        return example["number"] + 1, filled
 
-    filled = examples.scan(tf.constant(0, tf.int64), fill_gap).unbatch()
-    return filled.filter(lambda e: tf.logical_not(e["sentinel"])).map(
-        lambda e: {key: value for key, value in e.items() if key != "sentinel"})
+def _blank_batch(start: int, batch_size: int, size: int, ids: np.ndarray | None) -> dict:
+    """Examples ``start .. start + batch_size - 1`` as failed ones: zero images, ``mask`` False,
+    ``real`` True, ids from ``ids`` (indexed by stream number) or empty."""
+    numbers = np.arange(start, start + batch_size)
+    return {"image": np.zeros((batch_size, size, size, 3), np.uint8),
+            "mask": np.zeros(batch_size, bool), "label": np.zeros(batch_size, np.int32),
+            "id": (ids[numbers].astype(object) if ids is not None
+                   else np.full(batch_size, b"", object)),
+            "real": np.ones(batch_size, bool)}
+
+
+def _fill_gaps(batches: Iterable[dict], count: int, batch_size: int, size: int,
+               ids: np.ndarray | None = None) -> Iterator[dict]:
+    """Exact batches of examples ``0 .. count - 1`` from batches of the numbered examples that
+    survived (``_decode_safely``): example ``n`` is row ``n % batch_size`` of batch
+    ``n // batch_size``, and a missing number becomes a blank (``_blank_batch``). ``count`` is
+    a multiple of ``batch_size``."""
+    start, rows = 0, None  # rows: survivors not yet placed, numbers >= start
+    for batch in itertools.chain(batches, [None]):
+        numbers = None if batch is None else batch.pop("number")
+        if (rows is None and batch is not None and len(numbers) == batch_size
+                and numbers[0] == start and numbers[-1] == start + batch_size - 1):
+            yield batch  # the usual case: nothing failed
+            start += batch_size
+            continue
+        if batch is not None:
+            batch["number"] = numbers
+            rows = batch if rows is None else {key: np.concatenate([rows[key], batch[key]])
+                                               for key in rows}
+        # A batch is complete once a later number arrived, or the stream ended.
+        while start < count and (batch is None or (
+                rows is not None and rows["number"][-1] >= start + batch_size - 1)):
+            filled = _blank_batch(start, batch_size, size, ids)
+            if rows is not None:
+                here = rows["number"] < start + batch_size
+                for key, value in filled.items():
+                    value[rows["number"][here] - start] = rows[key][here]
+                rows = {key: value[~here] for key, value in rows.items()}
+                rows = rows if len(rows["number"]) else None
+            yield filled
+            start += batch_size
 
 
 def _options(threads: int | None) -> tf.data.Options:
@@ -211,8 +250,9 @@ class TrainData:
                             f"({self.process_count} process(es)); lower batch_size")
         self.skipped = _SkipCounter(f"{self.source.name}/{split}")
 
-    def epoch_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
-        """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based)."""
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based), with
+        ``real`` (True but for padding)."""
         b, steps = self.local_batch_size, self.steps_per_epoch
         records, ids = self.source.train_records(
             self.split, seed=self.seed, epoch=epoch, process_index=self.process_index,
@@ -226,17 +266,16 @@ class TrainData:
         seed, size, recipe = self.seed, self.image_size, self.augment
         records = records.map(lambda r, position: {
             **r, "seed": tf.stack([tf.constant(seed, tf.int64), position]), "real": True})
-        batches = _decode_safely(records, len(positions),
-                                 lambda data, r: recipe.decode(data, r["seed"], size),
-                                 lambda image, r: recipe.augment(image, r["seed"]), size, ids)
-        batches = batches.batch(b, drop_remainder=True).prefetch(self.prefetch_batches)
-        return batches.with_options(_options(self.threads))
+        batches = _decode_safely(records, lambda data, r: recipe.decode(data, r["seed"], size),
+                                 lambda image, r: recipe.augment(image, r["seed"]), size, b)
+        batches = batches.prefetch(self.prefetch_batches).with_options(_options(self.threads))
+        return _fill_gaps(batches.as_numpy_iterator(), len(positions), b, size, ids)
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start_step, start_step + 1, ...`` forever (numpy, this process's share)."""
         epoch, step_in_epoch = divmod(start_step, self.steps_per_epoch)
         while True:
-            for batch in self.epoch_dataset(epoch, step_in_epoch).as_numpy_iterator():
+            for batch in self.epoch_batches(epoch, step_in_epoch):
                 yield self.skipped.check(batch)
             epoch, step_in_epoch = epoch + 1, 0
 
@@ -246,8 +285,7 @@ class EvalData:
 
     def __init__(self, dataset: str | TfdsSource | FolderSource, *, global_batch_size: int,
                  image_size: int, crop_fraction: float = 0.875, split: str = "validation",
-                 mean: Sequence[float] = augment.IMAGENET_MEAN,
-                 std: Sequence[float] = augment.IMAGENET_STD, data_dir: str | None = None,
+                 data_dir: str | None = None,
                  process_index: int | None = None, process_count: int | None = None,
                  threads: int | None = None):
         if not 0 < crop_fraction <= 1:
@@ -256,15 +294,15 @@ class EvalData:
         self.process_index, self.process_count = _process_info(process_index, process_count)
         self.local_batch_size = _local_batch_size(global_batch_size, self.process_count)
         self.image_size, self.crop_fraction, self.split = image_size, crop_fraction, split
-        self.mean, self.std, self.threads = tuple(mean), tuple(std), threads
+        self.threads = threads
         self.num_classes = self.source.num_classes
         self.num_examples = self.source.num_examples(split)
         largest_share = -(-self.num_examples // self.process_count)
         self.num_batches = -(-largest_share // self.local_batch_size)
         self.skipped = _SkipCounter(f"{self.source.name}/{split}")
 
-    def dataset(self) -> tf.data.Dataset:
-        """This process's eval batches, padded to ``num_batches`` full batches."""
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """The eval batches once (numpy, this process's share; ``mask`` False on padding)."""
         records, count, ids = self.source.eval_records(
             self.split, process_index=self.process_index, process_count=self.process_count)
         records = records.map(lambda r: {**r, "real": True})
@@ -273,14 +311,9 @@ class EvalData:
         records = records.concatenate(tf.data.Dataset.from_tensors(pad).repeat(total - count))
         if ids is not None:
             ids = np.concatenate([ids, np.full(total - count, b"", dtype=ids.dtype)])
-        size, crop, mean, std = self.image_size, self.crop_fraction, self.mean, self.std
-        batches = _decode_safely(
-            records, total, lambda data, r: augment.eval_preprocess(data, size, crop),
-            lambda image, r: augment.normalize(image, mean, std), size, ids)
-        batches = batches.batch(self.local_batch_size, drop_remainder=True).prefetch(2)
-        return batches.with_options(_options(self.threads))
-
-    def batches(self) -> Iterator[dict[str, np.ndarray]]:
-        """The eval batches once (numpy, this process's share; ``mask`` False on padding)."""
-        for batch in self.dataset().as_numpy_iterator():
+        size, crop, b = self.image_size, self.crop_fraction, self.local_batch_size
+        batches = _decode_safely(records, lambda data, r: augment.eval_preprocess(data, size, crop),
+                                 lambda image, r: image, size, b)
+        batches = batches.prefetch(2).with_options(_options(self.threads))
+        for batch in _fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):
             yield self.skipped.check(batch)

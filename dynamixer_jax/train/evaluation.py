@@ -48,8 +48,7 @@ def make_eval_data(config, source):
     from dynamixer_jax.data.pipeline import EvalData  # noqa: PLC0415 (TensorFlow)
     return EvalData(source, global_batch_size=builders.eval_batch_size(config),
                     image_size=config.image_size, crop_fraction=config.crop_fraction,
-                    split=config.eval_split, mean=tuple(config.mean), std=tuple(config.std),
-                    threads=config.get("data_threads"))
+                    split=config.eval_split, threads=config.get("data_threads"))
 
 
 def open_configured_source(config):
@@ -100,6 +99,7 @@ def evaluate(config, source: str) -> dict[str, float]:
     eval_data = make_eval_data(config, data_source)
     log.info("evaluating %s (%s) on %s/%s: %d examples", source, ", ".join(params_by_name),
              config.dataset, config.eval_split, eval_data.num_examples)
-    results = evaluate_params(make_eval_step(model, mesh), params_by_name, eval_data, mesh)
+    eval_step = make_eval_step(model, mesh, mean=tuple(config.mean), std=tuple(config.std))
+    results = evaluate_params(eval_step, params_by_name, eval_data, mesh)
     log.info("%s", "  ".join(f"{key} {value:.4f}" for key, value in results.items()))
     return results

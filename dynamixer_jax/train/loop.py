@@ -149,9 +149,10 @@ def _run(config, state: TrainState, model, tx, schedule, mixup, num_classes, mes
     step = int(jax.device_get(state.step))
     metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=step)
     train_step = make_train_step(model, tx, schedule, mesh, num_classes=num_classes, mixup=mixup,
+                                 augment=train_data.augment.on_device(),
                                  ema_decay=config.ema_decay,
                                  grad_accum_steps=config.grad_accum_steps)
-    eval_step = make_eval_step(model, mesh)
+    eval_step = make_eval_step(model, mesh, mean=tuple(config.mean), std=tuple(config.std))
     progress = Progress(step, plan.total_steps, config.batch_size)
     interval_losses: list[float] = []
     last_eval: dict[str, float] = {}

@@ -4,7 +4,9 @@ Both are compiled once with :func:`jax.jit` over the data-parallel mesh (``paral
 state is replicated, the batch is split over the ``data`` axis, and XLA inserts the gradient
 all-reduce. Nothing in a step returns to the host; metrics come back as small replicated arrays.
 
-Training step, in order: Mixup/CutMix and label smoothing on device (``dynamixer_jax.mixup``) ->
+Images arrive as uint8 (the tf.data pipeline's output); both steps normalise them on device.
+Training step, in order: normalisation and random erasing per image
+(``dynamixer_jax.device_augment``) -> Mixup/CutMix and label smoothing (``dynamixer_jax.mixup``) ->
 forward with stochastic depth -> soft-target cross-entropy averaged over the real examples
 (``mask``) -> gradients, optionally accumulated over micro-batches with ``lax.scan`` -> AdamW
 (``optimizer.py``) -> EMA of the parameters. A step whose loss is not finite changes nothing in
@@ -21,6 +23,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from dynamixer_jax.device_augment import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment
+from dynamixer_jax.device_augment import augment_batch, normalize
 from dynamixer_jax.mixup import MixupConfig, mix_batch
 from dynamixer_jax.train.parallel import batch_sharded, replicated
 from dynamixer_jax.train.state import TrainState
@@ -55,13 +59,16 @@ def _split_micro_batches(tree: Any, count: int) -> Any:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
-                    mesh: Mesh, *, num_classes: int, mixup: MixupConfig, ema_decay: float = 0.0,
+                    mesh: Mesh, *, num_classes: int, mixup: MixupConfig,
+                    augment: DeviceAugment = DeviceAugment(), ema_decay: float = 0.0,
                     grad_accum_steps: int = 1, donate: bool = True
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled training step ``(state, batch) -> (state, metrics)``.
 
-    ``batch``: ``image`` float (B, H, W, 3), ``label`` int (B,), ``mask`` bool (B,), split over
-    the mesh. ``metrics``: ``train_loss``, ``learning_rate``, ``grad_norm``, ``finite``.
+    ``batch``: ``image`` uint8 (B, H, W, 3), or float already normalised, ``label`` int (B,),
+    ``mask`` bool (B,), split over the mesh. ``augment``: normalisation and random erasing (its
+    default erases nothing; training builds it from ``TrainAugment.on_device()``).
+    ``metrics``: ``train_loss``, ``learning_rate``, ``grad_norm``, ``finite``.
     ``grad_accum_steps`` > 1 computes the gradient of the same global batch in that many
     sequential micro-batches (less activation memory, same update up to float rounding).
     """
@@ -76,8 +83,11 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch):
-        mix_key, drop_key = jax.random.split(state.step_key())
-        images, targets = mix_batch(mix_key, batch["image"], batch["label"], num_classes, mixup)
+        step_key = state.step_key()
+        mix_key, drop_key = jax.random.split(step_key)
+        # A key of its own for erasing keeps the mixing and dropout draws of a step as they were.
+        images = augment_batch(jax.random.fold_in(step_key, 1), batch["image"], augment)
+        images, targets = mix_batch(mix_key, images, batch["label"], num_classes, mixup)
         mask = batch["mask"].astype(jnp.float32)
         if grad_accum_steps == 1:
             (loss_sum, count), grads = grad_fn(state.params, images, targets, mask, drop_key)
@@ -141,17 +151,20 @@ def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -
             "top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
 
 
-def make_eval_step(model, mesh: Mesh) -> Callable[[dict[str, Any], Batch], dict[str, Any]]:
+def make_eval_step(model, mesh: Mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD
+                   ) -> Callable[[dict[str, Any], Batch], dict[str, Any]]:
     """The compiled evaluation step ``(params_by_name, batch) -> {name: sums}``.
 
-    ``params_by_name`` maps a name (``"raw"``, ``"ema"``) to a parameter tree; every tree is
-    evaluated on the same batch. Sums are over real examples only (``mask``), so padded
-    batches count nothing; add them up over the split and divide by ``count``.
+    ``batch["image"]`` is uint8, normalised here with ``mean``/``std`` (0-1 scale), or float
+    already normalised. ``params_by_name`` maps a name (``"raw"``, ``"ema"``) to a parameter
+    tree; every tree is evaluated on the same batch. Sums are over real examples only
+    (``mask``), so padded batches count nothing; add them up over the split and divide by
+    ``count``.
     """
     compute_dtype = model.dtype or jnp.float32
 
     def eval_step(params_by_name, batch):
-        images = batch["image"].astype(compute_dtype)
+        images = normalize(batch["image"], mean, std).astype(compute_dtype)
         return {name: classification_sums(model.apply({"params": params}, images, train=False),
                                           batch["label"], batch["mask"])
                 for name, params in params_by_name.items()}

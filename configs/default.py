@@ -12,8 +12,7 @@ can be set from the command line, e.g. ``--config.batch_size=1024`` or
 import ml_collections
 from ml_collections import config_dict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dynamixer_jax.device_augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config() -> ml_collections.ConfigDict:

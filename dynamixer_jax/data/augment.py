@@ -18,11 +18,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from dynamixer_jax.data import rand_augment as ra
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""ImageNet channel means on the 0-1 scale (as timm and torchvision give them)."""
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""ImageNet channel standard deviations on the 0-1 scale."""
+from dynamixer_jax.device_augment import IMAGENET_MEAN, IMAGENET_STD
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
 

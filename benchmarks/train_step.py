@@ -10,7 +10,8 @@ page faults per step (see ``dynamixer_jax/hugepages.py``).
     python benchmarks/train_step.py [--batches 8 16] [--rounds 2] [--model dynamixer_s]
         [--settings jax:minimal jax:none torch] [--json out.json]
 
-Settings: ``jax:<remat>`` (``none``, ``minimal``, ``full``), ``jax-default-scheduler:<remat>``
+Settings: ``jax:<remat>`` (``none``, ``minimal``, ``full``), ``jax-scan:<remat>`` (the same with
+``scan_layers=True``), ``jax-default-scheduler:<remat>``
 (XLA:CPU's own concurrency-optimised scheduler, which defeats rematerialisation; see
 ``dynamixer_jax/xla_cpu.py``), ``torch``. Read the figures
 on an otherwise idle machine.
@@ -34,7 +35,7 @@ def _rusage_delta(before, after, steps):
             "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps}
 
 
-def run_jax(model_name: str, batch: int, steps: int, remat: str) -> dict:
+def run_jax(model_name: str, batch: int, steps: int, remat: str, scan_layers: bool = False) -> dict:
     """Time ``steps`` jitted AdamW steps of our model in this process (after one compiling step)."""
     import jax
     import jax.numpy as jnp
@@ -43,7 +44,7 @@ def run_jax(model_name: str, batch: int, steps: int, remat: str) -> dict:
 
     from dynamixer_jax import create_model, init_variables
 
-    model = create_model(model_name, drop_path_rate=DROP_PATH, remat=remat)
+    model = create_model(model_name, drop_path_rate=DROP_PATH, remat=remat, scan_layers=scan_layers)
     params = init_variables(model, 0)["params"]
     step, tx = make_adamw_step(model)
 
@@ -107,10 +108,12 @@ def run_torch(model_name: str, batch: int, steps: int) -> dict:
 
 
 def run_setting(setting: str, model_name: str, batch: int, steps: int) -> dict:
-    """Run one setting (``jax:<remat>``, ``jax-default-scheduler:<remat>``, ``torch``) here."""
+    """Run one setting (``jax:<remat>``, ``jax-scan:<remat>``, ``jax-default-scheduler:<remat>``,
+    ``torch``) here."""
     if setting == "torch":
         return run_torch(model_name, batch, steps)
-    return run_jax(model_name, batch, steps, setting.split(":")[1])
+    kind, remat = setting.split(":")
+    return run_jax(model_name, batch, steps, remat, scan_layers=kind == "jax-scan")
 
 
 def measure_in_subprocess(setting: str, model_name: str, batch: int, steps: int) -> dict:

@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     # matmul outputs and recomputes element-wise work; "full" keeps only layer inputs (about
     # 2.2x less activation memory than "minimal", ~25% more compute); "none" keeps everything.
     config.remat = "minimal"
+    # Run each stage's layers as one lax.scan: S compiles ~25% faster and holds ~15% less
+    # activation memory on the CPU, same values; not yet timed on a GPU, hence off.
+    config.scan_layers = False
 
     # ---- data (tf.data on the host; see dynamixer_jax/data)
     config.dataset = "imagenet2012"  # a TFDS name, or a folder ROOT/{train,val}/<class>/<image>

@@ -235,18 +235,27 @@ class MixerLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, drop_path_rate=None) -> jax.Array:
+        """``drop_path_rate`` (a float or a traced scalar) replaces the field's rate: a scan over
+        layers passes each layer's rate as data."""
         channels = x.shape[-1]
-        # Stochastic depth: one keep/drop decision per sample, kept samples scaled by 1/(1-p).
-        drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=not train)
+        rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
 
         y = layer_norm(self.dtype, self.param_dtype, name="norm1")(x)
         y = DynaMixerBlock(self.height, self.width, self.num_segments, self.reduced_dim,
                            proj_drop_rate=self.drop_rate, dtype=self.dtype, param_dtype=self.param_dtype,
                            name="attn")(y, train=train)
-        x = x + drop_path(y) / self.skip_lam
+        x = x + self._drop_path(y, rate, train) / self.skip_lam
 
         y = layer_norm(self.dtype, self.param_dtype, name="norm2")(x)
         y = Mlp(int(channels * self.mlp_ratio), channels, drop_rate=self.drop_rate, dtype=self.dtype,
                 param_dtype=self.param_dtype, name="mlp")(y, train=train)
-        return x + drop_path(y) / self.skip_lam
+        return x + self._drop_path(y, rate, train) / self.skip_lam
+
+    def _drop_path(self, y: jax.Array, rate, train: bool) -> jax.Array:
+        """Stochastic depth: one keep/drop decision per sample, kept samples scaled by 1/(1-rate)."""
+        if not train or (isinstance(rate, (int, float)) and rate == 0.0):
+            return y
+        keep = 1.0 - rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+        return jnp.where(mask, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))

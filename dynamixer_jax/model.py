@@ -73,7 +73,13 @@ def drop_path_rates(layers: Sequence[int], drop_path_rate: float) -> Tuple[Tuple
 
 
 class Stage(nn.Module):
-    """A run of mixer layers on one token grid."""
+    """A run of mixer layers on one token grid.
+
+    With ``scan_layers`` the layers run as one ``lax.scan`` over their stacked parameters (XLA
+    compiles the layer once instead of once per layer); the parameters stay one subtree per
+    layer (``layers_{j}``). Initialisation and runs that collect ``intermediates`` (the mixing
+    matrices) unroll the layers.
+    """
 
     height: int
     width: int
@@ -84,19 +90,47 @@ class Stage(nn.Module):
     drop_rate: float = 0.0
     skip_lam: float = 1.0
     remat: str = "minimal"
+    scan_layers: bool = False
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
+    def _layer_fields(self) -> dict:
+        return dict(height=self.height, width=self.width, num_segments=self.num_segments,
+                    reduced_dim=self.reduced_dim, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                    skip_lam=self.skip_lam, dtype=self.dtype, param_dtype=self.param_dtype)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        count = len(self.drop_path_rates)
+        if (self.scan_layers and count > 1 and not self.is_initializing()
+                and not self.is_mutable_collection("intermediates")):
+            return self._scan(x, train)
         layer = remat_layer(MixerLayer, self.remat)
         for j, rate in enumerate(self.drop_path_rates):
-            x = layer(
-                self.height, self.width, self.num_segments, self.reduced_dim,
-                mlp_ratio=self.mlp_ratio, drop_path_rate=rate, drop_rate=self.drop_rate,
-                skip_lam=self.skip_lam, dtype=self.dtype, param_dtype=self.param_dtype,
-                name=f"layers_{j}",
-            )(x, train)
+            x = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())(x, train)
+        return x
+
+    def _scan(self, x: jax.Array, train: bool) -> jax.Array:
+        count = len(self.drop_path_rates)
+        params = self.variables["params"]
+        stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
+                                         *[params[f"layers_{j}"] for j in range(count)])
+        rates = jnp.asarray(self.drop_path_rates, jnp.float32)
+        stochastic = train and (any(self.drop_path_rates) or self.drop_rate > 0)
+        keys = jax.random.split(self.make_rng("dropout"), count) if stochastic else jnp.zeros((count,))
+        template = MixerLayer(parent=None, **self._layer_fields())
+
+        def body(carry, inputs):
+            layer_params, rate, key = inputs
+            if not stochastic:  # every rate is 0: no random draw, no key needed
+                return template.apply({"params": layer_params}, carry, train), None
+            return template.apply({"params": layer_params}, carry, train, rate,
+                                  rngs={"dropout": key}), None
+
+        policy = REMAT_POLICIES[self.remat]
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
         return x
 
 
@@ -133,6 +167,7 @@ class DynaMixer(nn.Module):
     drop_rate: float = 0.0
     skip_lam: float = 1.0
     remat: str = "minimal"
+    scan_layers: bool = False
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
@@ -168,7 +203,8 @@ class DynaMixer(nn.Module):
         rates = drop_path_rates(self.layers, self.drop_path_rate)
         self.stages = [
             Stage(height, width, self.num_segments[i], self.reduced_dims[i], self.mlp_ratios[i], rates[i],
-                  drop_rate=self.drop_rate, skip_lam=self.skip_lam, remat=self.remat, dtype=self.dtype,
+                  drop_rate=self.drop_rate, skip_lam=self.skip_lam, remat=self.remat,
+                  scan_layers=self.scan_layers, dtype=self.dtype,
                   param_dtype=self.param_dtype)
             for i, (height, width) in enumerate(self.grids)
         ]

@@ -53,6 +53,7 @@ def build_model(config, num_classes: int, *, train: bool = True) -> DynaMixer:
             drop_path_rate=config.drop_path_rate if train else 0.0,
             drop_rate=config.drop_rate if train else 0.0,
             remat=_get(config, "remat", "minimal"),
+            scan_layers=bool(_get(config, "scan_layers", False)),
             dtype=jnp.bfloat16 if config.half_precision else None, **model_overrides(config))
     except ValueError as error:
         raise ConfigError(f"model {config.model} at image_size {config.image_size}: "

@@ -57,8 +57,8 @@ def create_model(
     ``jnp.bfloat16``), ``param_dtype`` the storage dtype of the parameters.
     ``remat`` ("none", "minimal", "full") trades memory for recomputation in
     training (see ``dynamixer_jax.remat``); results do not depend on it.
-    ``scan_layers`` runs each stage's layers as one ``lax.scan`` (much faster compilation,
-    the same parameter tree).
+    ``scan_layers`` runs each stage's layers as one ``lax.scan`` (the same parameter tree and
+    values; faster compilation, less activation memory).
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}.")
@@ -72,4 +72,5 @@ def create_model(
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
     return DynaMixer(num_classes=num_classes, image_size=image_size, drop_path_rate=drop_path_rate,
-                     drop_rate=drop_rate, remat=remat, scan_layers=scan_layers, dtype=dtype, param_dtype=param_dtype, **arch)
+                     drop_rate=drop_rate, remat=remat, scan_layers=scan_layers, dtype=dtype,
+                     param_dtype=param_dtype, **arch)

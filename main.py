@@ -42,7 +42,7 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    from dynamixer_jax.hugepages import ensure_hugepage_malloc
+    from dynamixer_jax.train.hugepages import ensure_hugepage_malloc
 
     ensure_hugepage_malloc()  # CPU training steps ~1.3-1.6x faster; a no-op elsewhere
     app.run(main)

@@ -35,7 +35,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [p for p in (REPO, os.path.join(REPO, "tests")) if p not in sys.path]
 
-from dynamixer_jax.variants import VARIANTS, create_model  # noqa: E402
+from dynamixer_jax.model.variants import VARIANTS, create_model  # noqa: E402
 
 TINY = dict(VARIANTS["dynamixer_s"], layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64),
             num_segments=(4, 8, 8, 8))

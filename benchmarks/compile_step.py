@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from dynamixer_jax import create_model
-from dynamixer_jax.mixup import MixupConfig
+from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state

@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from torch_reference import TorchDynaMixer  # noqa: E402
 
 from dynamixer_jax.convert import torch_to_flax  # noqa: E402
-from dynamixer_jax.fast_init import init_variables  # noqa: E402
-from dynamixer_jax.hugepages import ensure_hugepage_malloc, hugepage_malloc_active  # noqa: E402
-from dynamixer_jax.variants import VARIANTS, create_model  # noqa: E402
+from dynamixer_jax.model.init import init_variables  # noqa: E402
+from dynamixer_jax.train.hugepages import ensure_hugepage_malloc, hugepage_malloc_active  # noqa: E402
+from dynamixer_jax.model.variants import VARIANTS, create_model  # noqa: E402
 
 NUM_CLASSES, NUM_BATCHES, LR, WEIGHT_DECAY = 1000, 4, 1e-3, 0.05
 
@@ -226,7 +226,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 step, 1 warm-up step")
     parser.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
     parser.add_argument("--no-hugepages", action="store_true",
-                        help="keep glibc's default malloc (see dynamixer_jax/hugepages.py)")
+                        help="keep glibc's default malloc (see dynamixer_jax/train/hugepages.py)")
     args = parser.parse_args()
     if not args.no_hugepages:
         ensure_hugepage_malloc()  # re-executes this command once, before any timing

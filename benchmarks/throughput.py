@@ -10,7 +10,7 @@ timed rounds of:
 plus the compile time, XLA's memory analysis of the compiled step (temp, argument, output,
 code bytes; activation bytes per image = temp / batch), the device's peak bytes in use where
 the backend reports it, XLA's FLOP count, and MFU = analytic FLOPs per image
-(``dynamixer_jax.flops``; a training step counts 3 x forward) x images/s / peak FLOP/s, the
+(``dynamixer_jax.model.flops``; a training step counts 3 x forward) x images/s / peak FLOP/s, the
 peak measured in this run by a large matmul in the compute dtype (same default precision as
 the model: XLA may run float32 matmuls as TF32 on NVIDIA GPUs; PyTorch's float32 baseline
 uses TF32 too, ``--torch-fp32-precision high``).
@@ -58,10 +58,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from dynamixer_jax import flops as flop_count  # noqa: E402
-from dynamixer_jax.fast_init import abstract_variables, init_variables  # noqa: E402
-from dynamixer_jax.model import as_hw  # noqa: E402
-from dynamixer_jax.variants import VARIANTS, create_model  # noqa: E402
+from dynamixer_jax.model import flops as flop_count  # noqa: E402
+from dynamixer_jax.model.init import abstract_variables, init_variables  # noqa: E402
+from dynamixer_jax.model.network import as_hw  # noqa: E402
+from dynamixer_jax.model.variants import VARIANTS, create_model  # noqa: E402
 
 ALIASES = {"S": "dynamixer_s", "M": "dynamixer_m", "L": "dynamixer_l", "tiny": "tiny"}
 # A small custom architecture with every kind of part, for smoke runs and tests.
@@ -933,7 +933,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 flops_per_image={m: flop_count.summary(build_model(m, args.image_size, "fp32",
                                                                    args.remat[0], False))
                                  for m in args.models},
-                training_flops_convention="3 x forward matmul/conv FLOPs (dynamixer_jax.flops)")
+                training_flops_convention="3 x forward matmul/conv FLOPs (dynamixer_jax.model.flops)")
     recorder = Recorder(args.json, meta, args.append)
     recorder.write()
     run_plan(recorder, args, batches, peaks, torch_mod, deadline)

@@ -5,7 +5,7 @@ our PyTorch twin of the authors' model with ``torch.optim.AdamW``) runs in a fre
 started with glibc's huge-page malloc, one after the other, for ``--rounds`` rounds, so that no
 framework warms the allocator or the caches for the other. The median images/s of each setting
 and its ratio to PyTorch in the same run are printed, with the kernel share of CPU time and the
-page faults per step (see ``dynamixer_jax/hugepages.py``).
+page faults per step (see ``dynamixer_jax/train/hugepages.py``).
 
     python benchmarks/train_step.py [--batches 8 16] [--rounds 2] [--model dynamixer_s]
         [--settings jax:minimal jax:none torch] [--json out.json]
@@ -80,7 +80,7 @@ def run_torch(model_name: str, batch: int, steps: int) -> dict:
                                     "tests"))
     from torch_reference import TorchDynaMixer
 
-    from dynamixer_jax.variants import VARIANTS
+    from dynamixer_jax.model.variants import VARIANTS
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ can be set from the command line, e.g. ``--config.batch_size=1024`` or
 import ml_collections
 from ml_collections import config_dict
 
-from dynamixer_jax.device_augment import IMAGENET_MEAN, IMAGENET_STD
+from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.drop_path_rate = 0.1  # stochastic depth, growing linearly to this over all layers
     config.drop_rate = 0.0  # dropout in the MLPs and after the token mixer's projection
     config.half_precision = False  # bfloat16 computation (parameters, softmaxes, norms in fp32)
-    # What each mixer layer keeps for the backward pass (dynamixer_jax/remat.py): "minimal" keeps
+    # What each mixer layer keeps for the backward pass (dynamixer_jax/model/remat.py): "minimal" keeps
     # matmul outputs and recomputes element-wise work; "full" keeps only layer inputs (about
     # 2.2x less activation memory than "minimal", ~25% more compute); "none" keeps everything.
     config.remat = "minimal"

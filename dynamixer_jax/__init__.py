@@ -9,13 +9,13 @@ from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
 
 prefer_memory_saving_scheduler()
 
-from dynamixer_jax.fast_init import init_variables  # noqa: E402
-from dynamixer_jax.layers import DynaMixerBlock, DynaMixerOp, MixerLayer  # noqa: E402
-from dynamixer_jax.model import DynaMixer, stage_grids  # noqa: E402
-from dynamixer_jax.variants import PUBLISHED, VARIANTS, create_model, list_models  # noqa: E402
+from dynamixer_jax.errors import DynaMixerError  # noqa: E402
+from dynamixer_jax.model import (  # noqa: E402
+    PUBLISHED, VARIANTS, DynaMixer, DynaMixerBlock, DynaMixerOp, MixerLayer, create_model,
+    init_variables, list_models, stage_grids)
 
 __all__ = [
-    "DynaMixer", "DynaMixerBlock", "DynaMixerOp", "MixerLayer", "PUBLISHED", "VARIANTS",
+    "DynaMixer", "DynaMixerBlock", "DynaMixerError", "DynaMixerOp", "MixerLayer", "PUBLISHED", "VARIANTS",
     "create_model", "init_variables", "list_models", "stage_grids",
 ]
 __version__ = "0.1.0"

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch_reference import TorchDynaMixer, randomize_
 
+from dynamixer_jax.errors import ConversionError
 from dynamixer_jax import create_model
-from dynamixer_jax.convert import ConversionError, architecture_from_state_dict, flax_to_torch, torch_to_flax
-from dynamixer_jax.convert.files import load_flax
+from dynamixer_jax.convert import architecture_from_state_dict, flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.flax_io import load_flax
 
 ARCH = dict(layers=(1, 2, 1, 1), embed_dims=(16, 32, 32, 32), transitions=(True, False, False, False),
             num_segments=(2, 4, 4, 4), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))

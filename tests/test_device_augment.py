@@ -1,4 +1,4 @@
-"""Normalisation and random erasing on device (dynamixer_jax.device_augment), as the train step
+"""Normalisation and random erasing on device (dynamixer_jax.data.device_augment), as the train step
 runs them on the pipeline's uint8 batches."""
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dynamixer_jax.device_augment import (IMAGENET_MEAN, IMAGENET_STD, DeviceAugment,
+from dynamixer_jax.data.device_augment import (IMAGENET_MEAN, IMAGENET_STD, DeviceAugment,
                                           augment_batch, normalize)
 
 ERASE = DeviceAugment(erase_prob=0.25)

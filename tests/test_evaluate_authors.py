@@ -9,7 +9,7 @@ import torch
 from torch_reference import TorchDynaMixer, randomize_
 
 from dynamixer_jax.data.sources import open_source
-from dynamixer_jax.device_augment import normalize
+from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.evaluation import make_eval_data
 from dynamixer_jax.train.reporting import read_metrics

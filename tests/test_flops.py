@@ -1,8 +1,8 @@
-"""The analytic FLOP count (dynamixer_jax.flops): the SPEC's figures, and agreement with what JAX
+"""The analytic FLOP count (dynamixer_jax.model.flops): the SPEC's figures, and agreement with what JAX
 traces and XLA compiles for a small model.
 
 Three counts of the same small model are compared:
-  * analytic: ``dynamixer_jax.flops`` (matmuls and convolutions only);
+  * analytic: ``dynamixer_jax.model.flops`` (matmuls and convolutions only);
   * traced: every ``dot_general`` and ``conv_general_dilated`` in the jaxpr, 2 FLOPs per
     multiply-add. This must equal the analytic count exactly (forward), and the training-step
     count minus the input gradient of the patch embedding, which JAX never computes (backward);
@@ -21,7 +21,8 @@ import numpy as np
 import optax
 import pytest
 
-from dynamixer_jax import create_model, flops, init_variables
+from dynamixer_jax import create_model, init_variables
+from dynamixer_jax.model import flops
 
 SPEC_GMACS = {"dynamixer_s": 7.30, "dynamixer_m": 16.98, "dynamixer_l": 27.34}
 

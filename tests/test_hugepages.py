@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import os, sys
-from dynamixer_jax.hugepages import ensure_hugepage_malloc
+from dynamixer_jax.train.hugepages import ensure_hugepage_malloc
 print("started", flush=True)
 ensure_hugepage_malloc()
 print("args", sys.argv[1:], "tunables", os.environ.get("GLIBC_TUNABLES"), flush=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dynamixer_jax import create_model, init_variables
-from dynamixer_jax.mixing_maps import collect_mixing
-from dynamixer_jax.plots import plot_branch_weights, plot_mixing_matrices, plot_training_curves
+from dynamixer_jax.analysis.mixing_maps import collect_mixing
+from dynamixer_jax.analysis.plots import plot_branch_weights, plot_mixing_matrices, plot_training_curves
 
 matplotlib.use("Agg")
 

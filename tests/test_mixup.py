@@ -1,4 +1,4 @@
-"""Mixup/CutMix on device (dynamixer_jax.mixup): targets, pixels, rates, dtypes and sharding.
+"""Mixup/CutMix on device (dynamixer_jax.train.mixup): targets, pixels, rates, dtypes and sharding.
 
 Everything runs through ``jax.jit`` (the config and class count static), as in the train step.
 """
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dynamixer_jax.mixup import MixupConfig, mix_batch, smooth_labels
+from dynamixer_jax.train.mixup import MixupConfig, mix_batch, smooth_labels
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
@@ -220,7 +220,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from dynamixer_jax.mixup import MixupConfig, mix_batch
+    from dynamixer_jax.train.mixup import MixupConfig, mix_batch
 
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("batch",))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dynamixer_jax import PUBLISHED, DynaMixerOp, create_model, init_variables, list_models, stage_grids
-from dynamixer_jax.fast_init import abstract_variables
+from dynamixer_jax.model.init import abstract_variables
 
 # A tiny network with every structural feature: a transition, a 1x1 channel change, no-op boundaries.
 TINY = dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 32, 48), transitions=(True, False, False, False),
@@ -150,7 +150,7 @@ def test_stochastic_depth_is_per_sample_and_only_in_training():
 
 
 def test_drop_path_rates_grow_linearly():
-    from dynamixer_jax.model import drop_path_rates
+    from dynamixer_jax.model.network import drop_path_rates
 
     rates = drop_path_rates((1, 1, 2, 1), 0.4)
     assert rates == ((0.0,), (0.1,), (0.2, 0.30000000000000004), (0.4,))

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from dynamixer_jax import create_model, init_variables
-from dynamixer_jax.nnx_bridge import to_nnx
+from dynamixer_jax.model.nnx_bridge import to_nnx
 
 ARCH = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), transitions=(True, False, False, False),
             num_segments=(2, 4, 4, 4), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))

@@ -15,9 +15,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from dynamixer_jax.errors import DataError
 from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData, _fill_gaps
-from dynamixer_jax.data.sources import DataError, open_source
-from dynamixer_jax.device_augment import normalize
+from dynamixer_jax.data.sources import open_source
+from dynamixer_jax.data.device_augment import normalize
 
 NO_AUGMENT = TrainAugment(scale=None, hflip=0, rand_augment="", color_jitter=0,
                           random_erase_prob=0)

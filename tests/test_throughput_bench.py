@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "benchmarks"))
 import throughput  # noqa: E402
 
-from dynamixer_jax import flops  # noqa: E402
+from dynamixer_jax.model import flops  # noqa: E402
 
 
 def positive(value) -> bool:

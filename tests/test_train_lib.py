@@ -13,18 +13,19 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from dynamixer_jax.device_augment import normalize
-from dynamixer_jax.fast_init import abstract_variables, init_variables
-from dynamixer_jax.mixup import MixupConfig
+from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
+from dynamixer_jax.data.device_augment import normalize
+from dynamixer_jax.model.init import abstract_variables, init_variables
+from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train import builders, load_config, parallel, train_and_evaluate
-from dynamixer_jax.train.builders import ConfigError
-from dynamixer_jax.train.checkpoints import CheckpointError, Checkpoints
+
+from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
 from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
 from dynamixer_jax.train.weights import merge_params
-from dynamixer_jax.variants import create_model
+from dynamixer_jax.model.variants import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
@@ -316,8 +317,7 @@ def test_recipe_configs_follow_the_spec():
 ])
 def test_config_errors_are_one_line(overrides, message, tmp_path, digits_data_dir):
     config = load_config(QUICKSTART, data_dir=digits_data_dir, **overrides)
-    from dynamixer_jax.train.cli import user_errors
-    with pytest.raises(user_errors()) as error:
+    with pytest.raises(DynaMixerError) as error:
         train_and_evaluate(config, str(tmp_path))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "checkpoints").exists()

@@ -13,12 +13,13 @@ from typing import Any, Dict, Optional
 import flax
 import numpy as np
 
+from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.convert.architecture import architecture_from_state_dict, model_from_state_dict
 from dynamixer_jax.convert.mapping import flax_paths_to_torch_keys, flax_to_torch_layout, torch_sort_key, \
     torch_to_flax_layout
-from dynamixer_jax.convert.sources import ConversionError, to_numpy, unwrap_state_dict
-from dynamixer_jax.fast_init import abstract_variables
-from dynamixer_jax.model import DynaMixer
+from dynamixer_jax.convert.torch_io import to_numpy, unwrap_state_dict
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.network import DynaMixer
 
 __all__ = ["ConversionError", "architecture_from_state_dict", "flax_to_torch", "model_from_state_dict",
            "params_from_torch", "torch_to_flax"]

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dynamixer_jax.convert import ConversionError, flax_to_torch, torch_to_flax
-from dynamixer_jax.convert.files import is_torch_file, load_flax, save_flax, save_torch
-from dynamixer_jax.variants import create_model
+from dynamixer_jax.errors import ConversionError
+from dynamixer_jax.convert import flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.flax_io import load_flax, save_flax
+from dynamixer_jax.convert.torch_io import is_torch_file, save_torch
+from dynamixer_jax.model.variants import create_model
 
 
 def main(argv=None) -> int:

@@ -11,9 +11,10 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
+from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.convert.mapping import network_entries
-from dynamixer_jax.convert.sources import ConversionError
-from dynamixer_jax.model import DynaMixer
+
+from dynamixer_jax.model.network import DynaMixer
 
 
 def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from dynamixer_jax.data import rand_augment as ra
-from dynamixer_jax.device_augment import IMAGENET_MEAN, IMAGENET_STD
+from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -308,7 +308,7 @@ def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, *
     ``random_erase_prob`` turns its step off; ``scale=None`` resizes the whole image instead of
     cropping it. It is ``train_decode``, ``train_augment``, ``normalize`` and
     ``random_erasing``; the training pipeline stops after ``train_augment`` and the train step
-    does the last two on device (``dynamixer_jax.device_augment``).
+    does the last two on device (``dynamixer_jax.data.device_augment``).
     """
     image = train_decode(image_bytes, seed, size, scale=scale, ratio=ratio,
                          interpolation=interpolation)

@@ -4,7 +4,7 @@
 ``{"image": uint8 (b, S, S, 3), "label": int32 (b,), "mask": bool (b,), "id": bytes (b,)}``
 where ``b = global_batch_size / process_count``. Images stay uint8 (a quarter of float32's
 bytes): normalisation and random erasing run on device in the train step
-(``dynamixer_jax.device_augment``), and the eval step normalises the (uint8) eval batches.
+(``dynamixer_jax.data.device_augment``), and the eval step normalises the (uint8) eval batches.
 Batch ``k`` is a pure function of ``(seed, k)``: the example order of an epoch comes from the
 source (see ``sources.py``) and each example's augmentation is seeded by its global position
 in the stream, so ``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run
@@ -17,7 +17,7 @@ number of batches (the jitted eval step runs on all of them together).
 An image that cannot be decoded (a corrupt or truncated file) does not stop the run: it comes
 out as a zero image with ``mask`` False, at its place in the batch, and is counted and named in
 the log (``_fill_gaps``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode
-to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.mixup``.
+to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.train.mixup``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from dynamixer_jax.errors import DataError
 from dynamixer_jax.data import augment
-from dynamixer_jax.data.sources import DataError, FolderSource, TfdsSource, open_source
+from dynamixer_jax.data.sources import FolderSource, TfdsSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class TrainAugment:
 
     def on_device(self):
         """The train step's share of the recipe: a ``DeviceAugment`` (normalise, erase)."""
-        from dynamixer_jax.device_augment import DeviceAugment  # noqa: PLC0415 (JAX)
+        from dynamixer_jax.data.device_augment import DeviceAugment  # noqa: PLC0415 (JAX)
         return DeviceAugment(mean=tuple(self.mean), std=tuple(self.std),
                              erase_prob=self.random_erase_prob, erase_mode=self.random_erase_mode,
                              erase_count=self.random_erase_count)

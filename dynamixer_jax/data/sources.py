@@ -27,16 +27,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from dynamixer_jax.errors import DataError
 from dynamixer_jax.data import digits as _digits  # noqa: F401  (registers sklearn_digits)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp")
 """File suffixes a folder dataset reads (case-insensitive); TensorFlow decodes all of them."""
 SPLIT_ALIASES = {"validation": ("val", "valid"), "val": ("validation",), "test": ("val",)}
 """Folder names tried when a folder dataset has no directory named after the split."""
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read as configured; the message says what to do."""
 
 
 def epoch_seed(seed: int, epoch: int, *salt: int) -> int:

@@ -9,9 +9,10 @@ Importing this package imports neither TensorFlow nor torch; the input pipeline 
 imported when a run starts.
 """
 
+from dynamixer_jax.errors import TrainingDiverged
 from dynamixer_jax.train.cli import load_config
 from dynamixer_jax.train.evaluation import evaluate
-from dynamixer_jax.train.loop import TrainingDiverged, train_and_evaluate
+from dynamixer_jax.train.loop import train_and_evaluate
 from dynamixer_jax.train.parallel import initialize_distributed
 
 __all__ = ["TrainingDiverged", "evaluate", "initialize_distributed", "load_config",

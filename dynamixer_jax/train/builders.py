@@ -14,16 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dynamixer_jax.mixup import MixupConfig
-from dynamixer_jax.model import DynaMixer
-from dynamixer_jax.variants import create_model, list_models
+from dynamixer_jax.errors import ConfigError
+from dynamixer_jax.train.mixup import MixupConfig
+from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import create_model, list_models
 
 ARCHITECTURE_FIELDS = ("layers", "embed_dims", "transitions", "num_segments", "reduced_dims",
                        "mlp_ratios", "patch_size")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says which field and what to do."""
 
 
 def _get(config, name: str, default: Any = None) -> Any:

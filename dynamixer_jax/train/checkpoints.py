@@ -22,13 +22,11 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from dynamixer_jax.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 BEST_METRIC = "eval_top1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used as asked; the message says what to do."""
 
 
 def _key_name(key: Any) -> str:

@@ -13,18 +13,10 @@ import os
 import sys
 from typing import Any, Callable
 
-from dynamixer_jax.convert.sources import ConversionError
-from dynamixer_jax.train.builders import ConfigError
-from dynamixer_jax.train.checkpoints import CheckpointError
+from dynamixer_jax.errors import DynaMixerError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the user can fix this": printed as one line, no traceback."""
-    from dynamixer_jax.data.sources import DataError  # noqa: PLC0415 (TensorFlow)
-    return (ConfigError, DataError, CheckpointError, ConversionError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -69,13 +61,12 @@ def load_config(path: str, **overrides: Any):
 
 def run_reporting_errors(function: Callable[[], Any]) -> int:
     """Run ``function``; turn user errors and divergence into a one-line message and exit code."""
-    from dynamixer_jax.train.loop import TrainingDiverged  # noqa: PLC0415
     try:
         function()
-    except user_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
+    except DynaMixerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0

@@ -16,8 +16,10 @@ import flax
 import jax
 import numpy as np
 
+from dynamixer_jax.errors import CheckpointError, ConfigError, DataError
+from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import builders, parallel
-from dynamixer_jax.train.checkpoints import CheckpointError
+
 from dynamixer_jax.train.steps import make_eval_step
 
 log = logging.getLogger("dynamixer_jax.train")
@@ -65,7 +67,7 @@ def _check_fit(params: Any, abstract: Any, source: str, config) -> None:
     for path, leaf in want.items():
         if path not in have or tuple(np.shape(have[path])) != tuple(leaf.shape):
             got = np.shape(have[path]) if path in have else "missing"
-            raise builders.ConfigError(
+            raise ConfigError(
                 f"weights at {source} do not fit model {config.model} at image_size "
                 f"{config.image_size} with {config.get('num_classes')} classes ({path}: "
                 f"{got} vs {tuple(leaf.shape)}); set --config.model, --config.image_size, "
@@ -79,7 +81,6 @@ def evaluate(config, source: str) -> dict[str, float]:
     directory, a Flax checkpoint from ``dynamixer_jax.convert``, or an authors' .pth file (its
     ``state_dict_ema`` is evaluated too when present).
     """
-    from dynamixer_jax.fast_init import abstract_variables  # noqa: PLC0415
     from dynamixer_jax.train.weights import load_params  # noqa: PLC0415
 
     builders.check_devices(config)

@@ -26,7 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from dynamixer_jax.fast_init import init_variables
+from dynamixer_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.train import builders, parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.evaluation import evaluate_params, make_eval_data, open_configured_source
@@ -37,10 +38,6 @@ from dynamixer_jax.train.state import TrainState, create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
 
 log = logging.getLogger("dynamixer_jax.train")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the checkpoint kept."""
 
 
 def _initial_params(config, model, mesh) -> Any:
@@ -125,7 +122,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     try:
         latest = checkpoints.latest_step()
         if latest is not None:
-            from dynamixer_jax.fast_init import abstract_variables  # noqa: PLC0415
             abstract = jax.eval_shape(create, abstract_variables(model)["params"])
             state, saved_meta = checkpoints.restore(latest, _with_sharding(abstract, replicated))
             changed = {key: (saved_meta.get(key), value) for key, value in meta.items()

@@ -22,9 +22,11 @@ import flax
 import jax
 import numpy as np
 
-from dynamixer_jax.convert.files import is_torch_file, load_flax
-from dynamixer_jax.convert.sources import ConversionError
-from dynamixer_jax.train.checkpoints import CheckpointError, find_checkpoint
+from dynamixer_jax.errors import CheckpointError, ConversionError
+from dynamixer_jax.convert.flax_io import load_flax
+from dynamixer_jax.convert.torch_io import is_torch_file
+
+from dynamixer_jax.train.checkpoints import find_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dynamixer_jax.mixing_maps import BRANCHES, LayerMixing
+from dynamixer_jax.analysis.mixing_maps import BRANCHES, LayerMixing
 
 
 def _pyplot():

@@ -21,9 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dynamixer_jax.initializers import torch_conv_bias_init, torch_conv_kernel_init
-from dynamixer_jax.layers import Dtype, MixerLayer, dense, layer_norm
-from dynamixer_jax.remat import REMAT_POLICIES, remat_layer
+from dynamixer_jax.model.init import torch_conv_bias_init, torch_conv_kernel_init
+from dynamixer_jax.model.layers import Dtype, MixerLayer, dense, layer_norm
+from dynamixer_jax.model.remat import REMAT_POLICIES, remat_layer
 
 ImageSize = Union[int, Tuple[int, int]]
 
@@ -150,7 +150,7 @@ class DynaMixer(nn.Module):
     ``train=True`` turns on stochastic depth and dropout (rng collection
     ``dropout``). ``num_classes=0`` returns the pooled features instead of logits.
     ``remat`` chooses what each mixer layer keeps for the backward pass
-    (``dynamixer_jax.remat``); it changes memory and speed, never the result.
+    (``dynamixer_jax.model.remat``); it changes memory and speed, never the result.
     """
 
     layers: Tuple[int, ...]
@@ -219,6 +219,10 @@ class DynaMixer(nn.Module):
         self.downsamples = downsamples
         self.norm = layer_norm(self.dtype, self.param_dtype)
         self.head = dense(self.num_classes, None, self.dtype, self.param_dtype) if self.num_classes else None
+
+    def input_shape(self, batch_size: int = 1) -> Tuple[int, int, int, int]:
+        """The (batch, height, width, channels) of the images this model takes."""
+        return (batch_size, *as_hw(self.image_size), self.in_chans)
 
     def _check_input(self, images: jax.Array) -> None:
         expected = as_hw(self.image_size)

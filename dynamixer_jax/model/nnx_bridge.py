@@ -1,7 +1,7 @@
 """Using DynaMixer from Flax NNX, through ``flax.nnx.bridge``.
 
     from dynamixer_jax import create_model
-    from dynamixer_jax.nnx_bridge import to_nnx
+    from dynamixer_jax.model.nnx_bridge import to_nnx
     model = to_nnx(create_model('dynamixer_s'), variables)   # variables e.g. from torch_to_flax
     logits = model(images)                                   # an nnx.Module
     logits = model(images, train=True)                       # dropout keys from rngs
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dynamixer_jax.model import DynaMixer, as_hw
+from dynamixer_jax.model.network import DynaMixer
 
 
 def to_nnx(model: DynaMixer, variables: Optional[Any] = None, rngs: Optional[nnx.Rngs] = None) -> nnx.Module:
@@ -25,8 +25,7 @@ def to_nnx(model: DynaMixer, variables: Optional[Any] = None, rngs: Optional[nnx
     ``dropout`` stream (for ``train=True``); by default ``nnx.Rngs(0)``.
     """
     wrapped = nnx.bridge.ToNNX(model, rngs=rngs or nnx.Rngs(0))
-    height, width = as_hw(model.image_size)
-    nnx.bridge.lazy_init(wrapped, jnp.zeros((1, height, width, model.in_chans), jnp.float32))
+    nnx.bridge.lazy_init(wrapped, jnp.zeros(model.input_shape(1), jnp.float32))
     if variables is not None:
         params = variables.get("params", variables)
         nnx.update(wrapped, nnx.State(jax.tree_util.tree_map(nnx.Param, params)))

@@ -1,4 +1,4 @@
-"""Reading and writing converted weights: Flax checkpoints (Orbax directory or .msgpack) and PyTorch files."""
+"""Reading and writing Flax weights: an Orbax checkpoint directory or a .msgpack file."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ import os
 from typing import Any, Dict
 
 import flax
+import jax
 import numpy as np
 
-from dynamixer_jax.convert.sources import ConversionError, import_torch
-
-TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
-
-
-def is_torch_file(path: str) -> bool:
-    """True for the suffixes PyTorch checkpoints use (.pth, .pth.tar, .pt, .bin)."""
-    return str(path).endswith(TORCH_SUFFIXES)
+from dynamixer_jax.errors import ConversionError
 
 
 def save_flax(variables: Dict[str, Any], path: str) -> None:
@@ -50,14 +44,6 @@ def load_flax(path: str) -> Dict[str, Any]:
     return restored if "params" in restored else {"params": restored}
 
 
-def save_torch(state_dict: Dict[str, np.ndarray], path: str) -> None:
-    """torch.save a bare state_dict (loads with the authors' ``model.load_state_dict``)."""
-    torch = import_torch()
-    torch.save({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state_dict.items()}, path)
-
-
 def jax_free(tree: Any) -> Any:
     """The same tree with numpy leaves (device arrays fetched)."""
-    import jax  # noqa: PLC0415
-
     return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(tree))

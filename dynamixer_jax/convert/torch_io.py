@@ -16,10 +16,15 @@ from typing import Any, Dict, Mapping
 import numpy as np
 
 from dynamixer_jax.convert.mapping import strip_prefix
+from dynamixer_jax.errors import ConversionError
 
 
-class ConversionError(ValueError):
-    """A checkpoint that does not fit the DynaMixer layout; the message lists every problem."""
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
+
+
+def is_torch_file(path: str) -> bool:
+    """True for the suffixes PyTorch checkpoints use (.pth, .pth.tar, .pt, .bin)."""
+    return str(path).endswith(TORCH_SUFFIXES)
 
 
 def import_torch():
@@ -75,3 +80,9 @@ def unwrap_state_dict(source: Any, ema: bool = False) -> Dict[str, np.ndarray]:
             source = source[container]
             break
     return {key: to_numpy(value) for key, value in strip_prefix(source).items()}
+
+
+def save_torch(state_dict: Dict[str, np.ndarray], path: str) -> None:
+    """torch.save a bare state_dict (loads with the authors' ``model.load_state_dict``)."""
+    torch = import_torch()
+    torch.save({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state_dict.items()}, path)

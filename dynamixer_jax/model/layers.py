@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dynamixer_jax.initializers import timm_trunc_normal
+from dynamixer_jax.model.init import timm_trunc_normal
 
 Dtype = Any
 

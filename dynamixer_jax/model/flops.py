@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dynamixer_jax.model import DynaMixer
+from dynamixer_jax.model.network import DynaMixer
 
 # Backward = 2 x forward for every matmul, so a training step is 3 x forward.
 TRAINING_STEP_MULTIPLIER = 3

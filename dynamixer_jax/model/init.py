@@ -1,27 +1,62 @@
-"""Fast parameter initialisation, distributed exactly as the modules' own initialisers.
+"""How DynaMixer's parameters are initialised: the authors' PyTorch rules, and a fast way to draw them.
 
-Why this exists: ``jax.jit(model.init)`` draws every parameter with its own
-random-number call, and XLA compiles each of those ~300 calls separately; on a
-2-core CPU that is ~30 s for DynaMixer-S. Here the parameters are drawn in two
-calls (one truncated normal for all Linear weights, one uniform for all
-convolutions), cut into leaves and scaled, so compiling takes about a second.
+The rules: every ``nn.Linear`` weight of the authors' model starts from timm's
+``trunc_normal_(std=0.02)`` (whose bounds are *absolute*, -2 and 2, i.e. about 100 standard
+deviations: effectively a plain normal), every bias from zeros, LayerNorm from ones and zeros;
+``nn.Conv2d`` keeps PyTorch's default (kaiming-uniform with ``a = sqrt(5)``, i.e. uniform in
+``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` for the kernel and the bias alike). The modules in
+``layers.py`` and ``network.py`` use the initialisers defined here.
 
-The rule per leaf (``initializer_kind``) mirrors the modules in ``layers.py``
-and ``model.py``; ``tests/test_fast_init.py`` checks that both agree.
+Why a fast path: ``jax.jit(model.init)`` draws every parameter with its own random-number call,
+and XLA compiles each of those ~300 calls separately; on a 2-core CPU that is ~30 s for
+DynaMixer-S. ``init_variables`` draws them in two calls (one truncated normal for all Linear
+weights, one uniform for all convolutions), cuts them into leaves and scales them, so compiling
+takes about a second. ``initializer_kind`` mirrors the modules' initialisers leaf by leaf;
+``tests/test_fast_init.py`` checks that both agree.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamixer_jax.initializers import LINEAR_STD
-from dynamixer_jax.model import DynaMixer, as_hw
+if TYPE_CHECKING:
+    from dynamixer_jax.model.network import DynaMixer
+
+LINEAR_STD = 0.02
+
+
+
+def timm_trunc_normal(std: float = LINEAR_STD, lower: float = -2.0, upper: float = 2.0):
+    """Normal(0, std) truncated to the absolute interval [lower, upper], like timm's trunc_normal_."""
+
+    def init(key, shape, dtype=jnp.float32):
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
+        unit = jax.random.truncated_normal(key, lower / std, upper / std, shape, jnp.float32)
+        return (unit * std).astype(dtype)
+
+    return init
+
+
+def torch_conv_kernel_init():
+    """PyTorch's default Conv2d weight init: uniform(+-1/sqrt(fan_in)), fan_in = kh*kw*in (HWIO kernel)."""
+    return jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_conv_bias_init(fan_in: int):
+    """PyTorch's default Conv2d bias init: uniform(+-1/sqrt(fan_in)) with the kernel's fan_in."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
 
 # timm's absolute truncation bounds, in units of the standard deviation.
 _TRUNC_BOUND = 2.0 / LINEAR_STD
@@ -29,8 +64,7 @@ _TRUNC_BOUND = 2.0 / LINEAR_STD
 
 def abstract_variables(model: DynaMixer, batch_size: int = 1) -> Dict[str, Any]:
     """Shapes and dtypes of ``model.init``'s output, without computing anything."""
-    height, width = as_hw(model.image_size)
-    images = jax.ShapeDtypeStruct((batch_size, height, width, model.in_chans), jnp.float32)
+    images = jax.ShapeDtypeStruct(model.input_shape(batch_size), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
 
 

@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import jax.numpy as jnp
 
-from dynamixer_jax.model import DynaMixer, ImageSize
+from dynamixer_jax.model.network import DynaMixer, ImageSize
 
 # Architecture of each published variant; everything else is a create_model argument.
 VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -56,7 +56,7 @@ def create_model(
     to make a custom or tiny model. ``dtype`` is the computation dtype (e.g.
     ``jnp.bfloat16``), ``param_dtype`` the storage dtype of the parameters.
     ``remat`` ("none", "minimal", "full") trades memory for recomputation in
-    training (see ``dynamixer_jax.remat``); results do not depend on it.
+    training (see ``dynamixer_jax.model.remat``); results do not depend on it.
     ``scan_layers`` runs each stage's layers as one ``lax.scan`` (the same parameter tree and
     values; faster compilation, less activation memory).
     """

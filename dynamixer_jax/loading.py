@@ -139,7 +139,7 @@ def load(path: str | os.PathLike, *, ema: bool = False, dtype: Any = None,
     model = _model_for(path, params, model_kwargs)
     abstract = abstract_variables(model)["params"]
     trees.check(abstract, params, error=CheckpointError,
-                what=f"the weights at {path} do not fit the model they describe",
+                what=f"the weights at {path} do not fit the model built for them",
                 advice="pass the architecture fields they were trained with as keyword arguments")
     flat = trees.flatten(params)
     params = jax.tree_util.tree_map_with_path(

@@ -16,10 +16,17 @@ import numpy as np
 
 from dynamixer_jax import trees
 from dynamixer_jax.convert.architecture import (
-    architecture_from_params, architecture_from_state_dict, model_from_state_dict)
+    architecture_from_params,
+    architecture_from_state_dict,
+    model_from_state_dict,
+)
 from dynamixer_jax.convert.mapping import (
-    flax_paths_to_torch_keys, flax_to_torch_layout, flax_to_torch_shape, torch_sort_key,
-    torch_to_flax_layout)
+    flax_paths_to_torch_keys,
+    flax_to_torch_layout,
+    flax_to_torch_shape,
+    torch_sort_key,
+    torch_to_flax_layout,
+)
 from dynamixer_jax.convert.torch_io import to_numpy, unwrap_state_dict
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.init import abstract_variables

@@ -15,7 +15,10 @@ import numpy as np
 
 from dynamixer_jax import trees
 from dynamixer_jax.convert.mapping import (
-    flax_paths_to_torch_keys, flax_to_torch_shape, network_entries)
+    flax_paths_to_torch_keys,
+    flax_to_torch_shape,
+    network_entries,
+)
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.network import DynaMixer
 

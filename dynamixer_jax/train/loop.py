@@ -45,10 +45,12 @@ def _initial_params(config, model, mesh) -> Any:
     params = init_variables(model, jax.random.key(config.seed))["params"]
     init_from = config.get("init_from")
     if init_from:
-        from dynamixer_jax.train.weights import load_params, merge_params  # noqa: PLC0415
+        from dynamixer_jax.train.weights import (  # noqa: PLC0415
+            grid_patterns, load_params, merge_params)
         loaded = load_params(init_from, mesh, ema=config.get("init_from_ema", False))
         params, report = merge_params(jax.device_get(params), loaded,
-                                      reset_head=config.get("reset_head", True))
+                                      reset_head=config.get("reset_head", True),
+                                      reinit=grid_patterns(loaded, model))
         log.info("fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), "
                  "%d unused", init_from, len(report["taken"]), len(report["reinitialised"]),
                  ", ".join(report["reinitialised"][:6]) + (" ..." if len(report["reinitialised"]) > 6 else ""),

@@ -26,42 +26,33 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [p for p in (REPO, os.path.join(REPO, "tests")) if p not in sys.path]
+from benchlib.models import NUM_CLASSES, architecture, create, torch_reference
+from benchlib.records import short_error, write_json
+from benchlib.torch_side import torch_device
 
-from dynamixer_jax.model.variants import VARIANTS, create_model  # noqa: E402
-
-TINY = dict(VARIANTS["dynamixer_s"], layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64),
-            num_segments=(4, 8, 8, 8))
-NUM_CLASSES = 1000
-
-
-def architecture(name: str) -> Dict[str, Any]:
-    return dict(TINY if name == "tiny" else VARIANTS[name])
+from dynamixer_jax.convert import torch_to_flax
 
 
 def flax_model(name: str, image_size: int, dtype=None):
     """The Flax model for ``name`` ('tiny' is a small custom architecture)."""
-    overrides = TINY if name == "tiny" else {}
-    return create_model("dynamixer_s" if name == "tiny" else name, num_classes=NUM_CLASSES,
-                        image_size=image_size, dtype=dtype, **overrides)
+    return create(name, num_classes=NUM_CLASSES, image_size=image_size, dtype=dtype)
 
 
 def twin_and_params(name: str, image_size: int):
     """(torch twin with randomised weights, the same weights as Flax params in numpy)."""
-    import torch
-    from torch_reference import TorchDynaMixer, randomize_
+    import torch  # noqa: PLC0415 - torch is optional
 
-    from dynamixer_jax.convert import torch_to_flax
+    twin_module = torch_reference()
     torch.manual_seed(0)
-    twin = randomize_(TorchDynaMixer(**architecture(name), num_classes=NUM_CLASSES,
-                                     image_size=image_size), seed=0).eval()
+    twin = twin_module.randomize_(twin_module.TorchDynaMixer(
+        **architecture(name), num_classes=NUM_CLASSES, image_size=image_size), seed=0).eval()
     params = torch_to_flax(twin.state_dict(), flax_model(name, image_size))["params"]
     return twin, params
 
@@ -97,13 +88,13 @@ def logits_on(model, params, images: np.ndarray, device, precision: str) -> np.n
         return np.asarray(apply(params, images), np.float32)
 
 
-def errors(got: np.ndarray, want: np.ndarray) -> Dict[str, float]:
+def errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     """Max abs error, and max abs error over the largest |reference|."""
     diff = float(np.max(np.abs(got.astype(np.float64) - want)))
     return {"max_abs": diff, "max_rel": diff / max(float(np.max(np.abs(want))), 1e-30)}
 
 
-def device_vs_cpu(name: str, image_size: int, batch: int) -> Dict[str, Any]:
+def device_vs_cpu(name: str, image_size: int, batch: int) -> dict[str, Any]:
     """Default device vs CPU logits (highest precision), and the default-precision error."""
     twin, params = twin_and_params(name, image_size)
     model = flax_model(name, image_size)
@@ -121,10 +112,11 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> Dict[str, Any]:
     return out
 
 
-def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> Dict[str, Any]:
+def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict[str, Any]:
     """The torch twin's float32 logits (TF32 off) on its device vs JAX's."""
-    import torch
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    import torch  # noqa: PLC0415 - torch is optional
+
+    device = torch_device(torch)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = twin.to(device).eval()
@@ -135,7 +127,7 @@ def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> Dict[str, 
     return {"torch_device": str(device), **errors(jax_logits, logits)}
 
 
-def bf16_vs_fp32(name: str, image_size: int, batch: int) -> Dict[str, Any]:
+def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict[str, Any]:
     """Top-1 agreement and relative logit error of bfloat16 vs float32, on the default device."""
     _, params = twin_and_params(name, image_size)
     images = smooth_images(batch, image_size, seed=2)
@@ -163,7 +155,7 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.budget_s
     size = 56 if args.quick else 224
     device = jax.devices()[0]
-    result: Dict[str, Any] = {"jax": jax.__version__, "device": str(device),
+    result: dict[str, Any] = {"jax": jax.__version__, "device": str(device),
                               "device_kind": device.device_kind, "platform": device.platform,
                               "image_size": size, "checks": []}
     checks: list = (
@@ -175,11 +167,12 @@ def main(argv=None) -> int:
          ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_l", size, 2))])
     for kind, check in checks:
         run_check(result, kind, check, deadline)
-        write(path, result)
+        if path:
+            write_json(path, result)
     return 0
 
 
-def run_check(result: Dict[str, Any], kind: str, check: Callable[[], Dict[str, Any]],
+def run_check(result: dict[str, Any], kind: str, check: Callable[[], dict[str, Any]],
               deadline: float) -> None:
     """Run one check into ``result['checks']``, printing it; errors and skips are recorded."""
     start = time.monotonic()
@@ -190,19 +183,10 @@ def run_check(result: Dict[str, Any], kind: str, check: Callable[[], Dict[str, A
             entry = {"check": kind, "status": "ok", **check()}
         except Exception as exc:
             traceback.print_exc()
-            entry = {"check": kind, "status": "error",
-                     "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:400]}
+            entry = {"check": kind, "status": "error", "error": short_error(exc)}
     entry["seconds"] = time.monotonic() - start
     result["checks"].append(entry)
     print(f"[correctness] {json.dumps(entry)}", flush=True)
-
-
-def write(path, result) -> None:
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

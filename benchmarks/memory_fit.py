@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
-from adamw_step import make_adamw_step
+from benchlib.adamw import make_adamw_step
+from benchlib.timing import compile_timed
 
 from dynamixer_jax import create_model
+from dynamixer_jax.model.init import abstract_variables
 
 DEVICE_GB = (16, 32, 80)
 DTYPES = {"fp32": None, "bf16": jnp.bfloat16}
@@ -34,15 +35,10 @@ def step_memory(model, batch: int) -> dict:
     size = model.image_size if isinstance(model.image_size, int) else model.image_size[0]
     images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-    params = params["params"]
+    params = abstract_variables(model)["params"]
     step, tx = make_adamw_step(model)
     opt_state = jax.eval_shape(tx.init, params)
-
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    start = time.perf_counter()
-    compiled = jitted.lower(params, opt_state, images, labels, jax.random.key(0)).compile()
-    seconds = time.perf_counter() - start
+    compiled, seconds = compile_timed(step, params, opt_state, images, labels, jax.random.key(0))
     analysis = compiled.memory_analysis()
     temp = analysis.temp_size_in_bytes
     arguments = analysis.argument_size_in_bytes
@@ -67,7 +63,8 @@ def fit(model_name: str, dtype: str, remat: str, batches: tuple[int, int],
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["dynamixer_s", "dynamixer_m", "dynamixer_l"])
+    parser.add_argument("--models", nargs="+",
+                        default=["dynamixer_s", "dynamixer_m", "dynamixer_l"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--remat", nargs="+", default=["none", "minimal", "full"])
     parser.add_argument("--batches", type=int, nargs=2, default=[8, 16])

@@ -24,25 +24,25 @@ import time
 
 
 def trace_steps(model_name: str, batch: int, dtype: str, remat: str, steps: int, out: str,
-                image_size: int = 224, overrides: dict | None = None) -> str:
-    """Trace ``steps`` training steps; returns the path of the copied ``.xplane.pb`` file."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from adamw_step import make_adamw_step
+                image_size: int = 224) -> str:
+    """Trace ``steps`` training steps of a variant or 'tiny'; returns the path of the copied
+    ``.xplane.pb`` file."""
+    # jax and this package only here: --summarize runs where TensorFlow is, maybe without jax.
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from benchlib.adamw import make_adamw_step  # noqa: PLC0415
+    from benchlib.models import create  # noqa: PLC0415
 
-    from dynamixer_jax import create_model, init_variables
+    from dynamixer_jax import init_variables  # noqa: PLC0415
 
-    model = create_model(model_name, image_size=image_size, drop_path_rate=0.1, remat=remat,
-                         dtype=jnp.bfloat16 if dtype == "bf16" else None, **(overrides or {}))
+    model = create(model_name, image_size=image_size, drop_path_rate=0.1, remat=remat,
+                   dtype=jnp.bfloat16 if dtype == "bf16" else None)
     params = init_variables(model, 0)["params"]
     step, tx = make_adamw_step(model)
-
-    step = jax.jit(step, donate_argnums=(0, 1))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
-    labels = jnp.asarray(rng.integers(0, 1000 if model.num_classes == 1000 else
-                                      model.num_classes, batch).astype(np.int32))
+    labels = jnp.asarray(rng.integers(0, model.num_classes, batch).astype(np.int32))
     opt_state = tx.init(params)
     for i in range(2):
         params, opt_state, loss = step(params, opt_state, images, labels, jax.random.key(i))
@@ -107,7 +107,7 @@ def summarize(path: str, top: int = 40) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="dynamixer_s")
+    parser.add_argument("--model", default="dynamixer_s", help="a variant's name, or tiny")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--remat", default="minimal")
@@ -120,13 +120,10 @@ def main():
     if args.summarize:
         summarize(args.summarize)
         return
-    overrides = None
     if args.quick:
-        overrides = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False),
-                         num_segments=(2, 4), reduced_dims=(2, 2), mlp_ratios=(3, 3))
-        args.image_size, args.batch = 56, 2
+        args.model, args.image_size, args.batch = "tiny", 56, 2
     print(trace_steps(args.model, args.batch, args.dtype, args.remat, args.steps, args.out,
-                      args.image_size, overrides), flush=True)
+                      args.image_size), flush=True)
 
 
 if __name__ == "__main__":

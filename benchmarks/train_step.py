@@ -17,6 +17,8 @@ Settings: ``jax:<remat>`` (``none``, ``minimal``, ``full``), ``jax-scan:<remat>`
 on an otherwise idle machine.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -40,23 +42,21 @@ def run_jax(model_name: str, batch: int, steps: int, remat: str, scan_layers: bo
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from adamw_step import make_adamw_step
+    from benchlib.adamw import make_adamw_step
+    from benchlib.timing import compile_timed
 
     from dynamixer_jax import create_model, init_variables
 
     model = create_model(model_name, drop_path_rate=DROP_PATH, remat=remat, scan_layers=scan_layers)
     params = init_variables(model, 0)["params"]
     step, tx = make_adamw_step(model)
-
-    step = jax.jit(step, donate_argnums=(0, 1))
     rng = np.random.default_rng(0)
     batches = [jnp.asarray(rng.standard_normal((batch, 224, 224, 3), dtype=np.float32))
                for _ in range(3)]
     labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
     opt_state = tx.init(params)
-    start = time.perf_counter()
-    compiled = step.lower(params, opt_state, batches[0], labels, jax.random.key(0)).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = compile_timed(step, params, opt_state, batches[0], labels,
+                                        jax.random.key(0))
     temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0)
     params, opt_state, loss = compiled(params, opt_state, batches[0], labels, jax.random.key(0))
     jax.block_until_ready(loss)
@@ -66,7 +66,8 @@ def run_jax(model_name: str, batch: int, steps: int, remat: str, scan_layers: bo
                                            jax.random.key(i))
     jax.block_until_ready(loss)
     wall = time.perf_counter() - start
-    return {"img_s": steps * batch / wall, "compile_s": compile_s, "temp_mb_per_image": temp / batch / 1e6,
+    return {"img_s": steps * batch / wall, "compile_s": compile_s,
+            "temp_mb_per_image": temp / batch / 1e6,
             **_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF), steps)}
 
 
@@ -76,17 +77,13 @@ def run_torch(model_name: str, batch: int, steps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "tests"))
-    from torch_reference import TorchDynaMixer
-
-    from dynamixer_jax.model.variants import VARIANTS
+    from benchlib.adamw import LEARNING_RATE, WEIGHT_DECAY
+    from benchlib.models import architecture, torch_reference
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = TorchDynaMixer(**VARIANTS[model_name], num_classes=NUM_CLASSES, image_size=224,
-                           drop_path_rate=DROP_PATH).train()
-    from adamw_step import LEARNING_RATE, WEIGHT_DECAY
+    model = torch_reference().TorchDynaMixer(**architecture(model_name), num_classes=NUM_CLASSES,
+                                             image_size=224, drop_path_rate=DROP_PATH).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(0)
     batches = [torch.from_numpy(rng.standard_normal((batch, 3, 224, 224), dtype=np.float32))
@@ -121,7 +118,8 @@ def measure_in_subprocess(setting: str, model_name: str, batch: int, steps: int)
     env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
     if setting.startswith("jax-default-scheduler:"):
         env["DYNAMIXER_KEEP_XLA_FLAGS"] = "1"
-    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import json, sys; sys.path.insert(0, {here!r}); "
             f"from train_step import run_setting; "
             f"print(json.dumps(run_setting({setting!r}, {model_name!r}, {batch}, {steps})))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -155,7 +153,10 @@ def main():
             row = {"batch": batch, "setting": setting, "img_s": rate,
                    "vs_torch": rate / baseline if baseline else None, "runs": results}
             report.append(row)
-            median = lambda key: statistics.median(r.get(key, float("nan")) for r in results)  # noqa: E731
+
+            def median(key, results=results):
+                return statistics.median(r.get(key, float("nan")) for r in results)
+
             ratio = f"{rate / baseline:7.2f}" if baseline else f"{'':>7}"
             print(f"{batch:>5} {setting:>28} {rate:>7.2f} {ratio} {median('compile_s'):>9.1f} "
                   f"{median('temp_mb_per_image'):>7.0f} {100 * median('sys_share'):>5.0f} "

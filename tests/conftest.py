@@ -1,8 +1,32 @@
-"""Shared test setup: PyTorch on this machine's 2 threads, and a summary of measured parity figures."""
+"""Shared test setup: the repository's path, the tiny architecture most tests build, PyTorch on
+this machine's 2 threads, and a summary of measured parity figures."""
+
+from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+from dynamixer_jax.model.variants import create_model
+
+REPO = Path(__file__).resolve().parents[1]  # the repository root: configs/, notebooks/, main.py
+
+# A tiny network with every structural feature of the published ones: four stages; a transition
+# after stage 0 (the grid halves, the width doubles); a boundary with nothing to do (stages 1-2);
+# a width change without a transition (stages 2-3, a 1x1 projection); a stage of two layers;
+# several segments in every stage. 56x56 images give grids of 8x8 then 4x4.
+TINY_ARCH = dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 32, 48),
+                 transitions=(True, False, False, False), num_segments=(2, 4, 4, 4),
+                 reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))
+TINY_CLASSES, TINY_IMAGE_SIZE = 10, 56
+
+
+def tiny_model(**overrides):
+    """The TINY_ARCH DynaMixer (10 classes, 56x56 unless overridden); ``overrides`` go to
+    ``create_model`` (dtype, remat, drop_path_rate, or an architecture field)."""
+    return create_model("dynamixer_s", **{**TINY_ARCH, "num_classes": TINY_CLASSES,
+                                          "image_size": TINY_IMAGE_SIZE, **overrides})
 
 # CI's second Python has no CPU torch wheel at hand: leave out, by name, the modules that need it.
 TORCH_MODULES = ["test_parity.py", "test_convert.py", "test_evaluate_authors.py"]

@@ -1,11 +1,10 @@
 """``evaluate`` on an authors'-format PyTorch checkpoint (raw and EMA weights) agrees with our
 PyTorch reference model run on the same eval batches; fine-tuning starts from such a file."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from torch_reference import TorchDynaMixer, randomize_
 
 from dynamixer_jax.data.sources import open_source
@@ -14,10 +13,9 @@ from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.evaluation import make_eval_data
 from dynamixer_jax.train.reporting import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
 ARCH = dict(layers=(2, 2), embed_dims=(64, 128), transitions=(True, False), num_segments=(4, 8),
-            reduced_dims=(2, 2), mlp_ratios=(3, 3), patch_size=4)  # the quickstart model
+            reduced_dims=(2, 2), mlp_ratios=(3, 3), patch_size=4)  # configs/quickstart.py's model
 
 
 @pytest.fixture(scope="module")

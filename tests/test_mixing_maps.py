@@ -11,6 +11,8 @@ from dynamixer_jax.analysis.plots import plot_branch_weights, plot_mixing_matric
 
 matplotlib.use("Agg")
 
+# Its own shape rather than the shared tiny one: the exact matrix shapes below need a
+# non-square grid (24x16 pixels, patch 4) and two layers in the first stage.
 ARCH = dict(layers=(2, 1), embed_dims=(16, 32), transitions=(True, False), num_segments=(2, 4),
             reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
 

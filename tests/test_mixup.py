@@ -8,16 +8,15 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 
 from dynamixer_jax.train.mixup import MixupConfig, mix_batch, smooth_labels
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
 SMOOTHING = 0.1
 OFF = SMOOTHING / NUM_CLASSES

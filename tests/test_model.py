@@ -7,16 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY_ARCH, tiny_model
+
 from dynamixer_jax import PUBLISHED, DynaMixerOp, create_model, init_variables, list_models, stage_grids
 from dynamixer_jax.model.init import abstract_variables
-
-# A tiny network with every structural feature: a transition, a 1x1 channel change, no-op boundaries.
-TINY = dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 32, 48), transitions=(True, False, False, False),
-            num_segments=(2, 4, 4, 4), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))
-
-
-def tiny_model(**kwargs):
-    return create_model("dynamixer_s", **{**TINY, "num_classes": 10, "image_size": 56, **kwargs})
 
 
 def jitted(model):
@@ -152,8 +146,13 @@ def test_stochastic_depth_is_per_sample_and_only_in_training():
 def test_drop_path_rates_grow_linearly():
     from dynamixer_jax.model.network import drop_path_rates
 
-    rates = drop_path_rates((1, 1, 2, 1), 0.4)
-    assert rates == ((0.0,), (0.1,), (0.2, 0.30000000000000004), (0.4,))
+    rates = drop_path_rates(TINY_ARCH["layers"], 0.4)  # (1, 1, 2, 1): 5 layers, steps of 0.1
+    assert [len(stage) for stage in rates] == list(TINY_ARCH["layers"])
+    flat = [rate for stage in rates for rate in stage]
+    assert flat[0] == 0.0 and flat[-1] == 0.4  # the ends exactly, as torch/np.linspace give them
+    # 0.4 * i / 4 rounds twice in float64 (0.4 * 3 / 4 is 0.30000000000000004): within a few
+    # ulps of i / 10, i.e. 1e-15; any other schedule is off by at least 0.02 somewhere.
+    assert flat == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4], rel=0, abs=1e-15)
 
 
 def test_jit_and_grad_are_finite():

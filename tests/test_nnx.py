@@ -3,17 +3,15 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import tiny_model
 from flax import nnx
 
-from dynamixer_jax import create_model, init_variables
+from dynamixer_jax import init_variables
 from dynamixer_jax.model.nnx_bridge import to_nnx
-
-ARCH = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), transitions=(True, False, False, False),
-            num_segments=(2, 4, 4, 4), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))
 
 
 def test_nnx_bridge_inference_and_training():
-    linen_model = create_model("dynamixer_s", num_classes=5, image_size=28, drop_path_rate=0.5, **ARCH)
+    linen_model = tiny_model(num_classes=5, image_size=28, drop_path_rate=0.5)
     variables = init_variables(linen_model, 3)
     model = to_nnx(linen_model, variables, rngs=nnx.Rngs(0, dropout=1))
     images = jax.random.normal(jax.random.key(0), (4, 28, 28, 3))

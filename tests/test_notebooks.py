@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 papermill = pytest.importorskip("papermill")  # part of the test extras; see pyproject.toml
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 
 

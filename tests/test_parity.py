@@ -117,6 +117,9 @@ def test_gradient_parity_dynamixer_s():
 
 
 def test_gradient_parity_non_square_small_network():
+    # Its own architecture rather than the shared tiny one: what the published variants and the
+    # tiny model lack (a transition after stage 1 that keeps the width, as in DynaMixer-M;
+    # reduced_dim 3; mlp_ratio 2; 8 segments of 6 channels in the last stage).
     arch = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 48), transitions=(False, True, False, False),
                 num_segments=(2, 4, 4, 8), reduced_dims=(3, 3, 3, 3), mlp_ratios=(2, 2, 2, 2))
     torch_model = randomize_(TorchDynaMixer(**arch, num_classes=5, image_size=56), seed=5).eval()

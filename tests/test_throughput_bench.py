@@ -11,10 +11,13 @@ import sys
 import types
 
 import pytest
+from conftest import REPO
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 import throughput  # noqa: E402
+from benchlib.models import build_model  # noqa: E402
+from benchlib.records import summary_lines  # noqa: E402
+from benchlib.xla_stats import bytes_fields, predicted_bytes, required_bytes, xla_flops  # noqa: E402
 
 from dynamixer_jax.model import flops  # noqa: E402
 
@@ -45,7 +48,7 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
     assert positive(run["peak_flops"]["fp32"]["flops_per_s"])
 
     records = {(r["framework"], r["mode"], r["remat"]): r for r in result["records"]}
-    model = throughput.build_model("tiny", 56, "fp32", "minimal", train=True)
+    model = build_model("tiny", 56, "fp32", "minimal", train=True)
     for mode, per_image in (("train", flops.training_flops(model)),
                             ("infer", flops.forward_flops(model))):
         r = records[("jax", mode, "minimal")]
@@ -69,7 +72,7 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
     else:
         assert not any(r["framework"].startswith("torch") for r in result["records"])
 
-    summary = "\n".join(throughput.summary_lines(result["records"]))
+    summary = "\n".join(summary_lines(result["records"]))
     assert "img/s" in summary and "tiny" in summary
 
 
@@ -97,18 +100,18 @@ def test_memory_fields_tolerate_missing_analysis():
 
     partial = types.SimpleNamespace(temp_size_in_bytes=10, argument_size_in_bytes=5)
     for compiled in (NoAnalysis(), Raises()):
-        fields = throughput.bytes_fields(compiled)
+        fields = bytes_fields(compiled)
         assert set(fields.values()) == {None}
-        assert throughput.required_bytes(fields) is None
-    fields = throughput.bytes_fields(types.SimpleNamespace(memory_analysis=lambda: [partial]))
+        assert required_bytes(fields) is None
+    fields = bytes_fields(types.SimpleNamespace(memory_analysis=lambda: [partial]))
     assert fields["temp_bytes"] == 10 and fields["output_bytes"] is None
-    assert throughput.required_bytes(fields) == 15
+    assert required_bytes(fields) == 15
 
 
 @pytest.mark.parametrize("costs, expected", [({"flops": 6.0}, 6.0), ([{"flops": 4.0}], 4.0),
                                               (None, None), ([], None)])
 def test_xla_flops_dict_or_list(costs, expected):
-    assert throughput.xla_flops(types.SimpleNamespace(cost_analysis=lambda: costs)) == expected
+    assert xla_flops(types.SimpleNamespace(cost_analysis=lambda: costs)) == expected
 
 
 def test_memory_of_a_larger_batch_is_extrapolated():
@@ -116,8 +119,8 @@ def test_memory_of_a_larger_batch_is_extrapolated():
     memory = {"argument_bytes": 100, "temp_bytes": 640, "output_bytes": 100, "alias_bytes": 100}
     records = [dict(base, framework="jax", batch=64, memory=memory),
                dict(base, framework="jax", batch=32, memory=dict(memory, temp_bytes=1))]
-    assert throughput.predicted_bytes(records, base) == 100 + 640 * 4
-    assert throughput.predicted_bytes(records, dict(base, dtype="fp32")) is None
+    assert predicted_bytes(records, base) == 100 + 640 * 4
+    assert predicted_bytes(records, dict(base, dtype="fp32")) is None
 
 
 def test_benchmark_imports_no_tensorflow():
@@ -128,8 +131,7 @@ def test_benchmark_imports_no_tensorflow():
             "from dynamixer_jax.convert import torch_to_flax; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

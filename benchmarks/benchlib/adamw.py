@@ -1,8 +1,10 @@
-"""The plain AdamW training step the benchmarks time and measure, shared by them.
+"""The plain AdamW training step the benchmarks time and measure.
 
 Forward in training mode (stochastic depth from ``key``), integer-label cross-entropy in float32,
 backward, optax AdamW; no mixup, EMA or NaN guard (``dynamixer_jax.train.steps`` has those).
 """
+
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +13,21 @@ import optax
 LEARNING_RATE, WEIGHT_DECAY = 1e-3, 0.05
 
 
-def make_adamw_step(model, tx=None):
+def weight_decay_mask(params):
+    """True for weights of 2+ axes (no decay on biases and norm scales), as the recipe."""
+    return jax.tree_util.tree_map(lambda leaf: jnp.ndim(leaf) > 1, params)
+
+
+def make_optimizer(mask_decay: bool = False) -> optax.GradientTransformation:
+    """AdamW at the benchmarks' rate and decay; ``mask_decay``: the recipe's decay mask."""
+    return optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                       mask=weight_decay_mask if mask_decay else None)
+
+
+def make_adamw_step(model, tx: optax.GradientTransformation | None = None):
     """(step, tx): ``step(params, opt_state, images, labels, key) -> (params, opt_state, loss)``,
-    not jitted (callers jit it with donation)."""
-    tx = tx or optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    jitted with the parameters and the optimizer state donated."""
+    tx = tx or make_optimizer()
 
     def step(params, opt_state, images, labels, key):
         def loss_fn(p):
@@ -26,4 +39,4 @@ def make_adamw_step(model, tx=None):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return step, tx
+    return jax.jit(step, donate_argnums=(0, 1)), tx

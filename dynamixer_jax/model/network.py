@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from dynamixer_jax.model.init import torch_conv_bias_init, torch_conv_kernel_init
 from dynamixer_jax.model.layers import Dtype, MixerLayer, dense, layer_norm
-from dynamixer_jax.model.remat import REMAT_POLICIES, remat_layer
+from dynamixer_jax.model.remat import REMAT_POLICIES, call_layer, remat_layer
 
 ImageSize = Union[int, Tuple[int, int]]
 
@@ -106,8 +106,12 @@ class Stage(nn.Module):
                 and not self.is_mutable_collection("intermediates")):
             return self._scan(x, train)
         layer = remat_layer(MixerLayer, self.remat)
+        # One unit per rematerialised layer when training (see dynamixer_jax.model.remat).
+        as_unit = (train and REMAT_POLICIES[self.remat] is not None and not self.is_initializing()
+                   and not self.is_mutable_collection("intermediates"))
         for j, rate in enumerate(self.drop_path_rates):
-            x = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())(x, train)
+            module = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())
+            x = call_layer(module, x, train) if as_unit else module(x, train)
         return x
 
     def _scan(self, x: jax.Array, train: bool) -> jax.Array:

@@ -17,6 +17,14 @@ the token grid's, stochastic depth a full-size mask. The choices, from most memo
     intermediates at a time. For batches that do not fit otherwise.
 
 The forward and backward values are the same with every choice, up to float rounding.
+
+Under a gradient, a rematerialised layer runs as one unit (``call_layer``): XLA:CPU's
+memory scheduler orders the whole step depth-first and otherwise leaves each layer's
+parameter-gradient reductions until the backward pass has reached the first layer (every layer's
+MLP cotangent stays alive) or runs a layer's recomputation during the forward pass. DynaMixer-S,
+float32, batch 32, the library's training step (``benchmarks/compile_step.py``): ``"full"`` 134 ->
+38 MB per image, ``"minimal"`` 144 -> 118. Without rematerialisation the unit costs memory
+(231 -> 290), so ``"none"`` layers run as before.
 """
 
 from __future__ import annotations
@@ -29,6 +37,21 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
+
+
+def call_layer(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    """``module(x, train)`` as one conditional, so that XLA schedules the layer's forward, its
+    recomputation, its backward and its parameter gradients each as one step.
+
+    Both branches are the same layer, so the predicate (a comparison XLA cannot fold away) never
+    changes the result; random draws are the layer's own, as without the conditional.
+    """
+
+    def run(layer: nn.Module, y: jax.Array) -> jax.Array:
+        return layer(y, train)
+
+    corner = x[(0,) * x.ndim]
+    return nn.cond(corner == corner, run, run, module, x)
 
 
 def remat_layer(layer_cls: type[nn.Module], remat: str) -> type[nn.Module]:

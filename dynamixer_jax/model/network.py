@@ -106,8 +106,9 @@ class Stage(nn.Module):
                 and not self.is_mutable_collection("intermediates")):
             return self._scan(x, train)
         layer = remat_layer(MixerLayer, self.remat)
-        # One unit per rematerialised layer when training (see dynamixer_jax.model.remat).
-        as_unit = (train and REMAT_POLICIES[self.remat] is not None and not self.is_initializing()
+        # With remat="full" on the CPU, one unit per layer when training (see model/remat.py).
+        as_unit = (train and self.remat == "full" and jax.default_backend() == "cpu"
+                   and not self.is_initializing()
                    and not self.is_mutable_collection("intermediates"))
         for j, rate in enumerate(self.drop_path_rates):
             module = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())

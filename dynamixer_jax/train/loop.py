@@ -165,7 +165,8 @@ def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
 
 
 def _fetch(checkpoints: Checkpoints, step: int, metrics: Any) -> dict[str, float]:
-    """The step's metrics on the host; TrainingDiverged (nothing saved) if the loss is not finite."""
+    """The step's metrics on the host; TrainingDiverged (nothing saved) if the loss is not
+    finite."""
     values = {key: float(value) for key, value in jax.device_get(metrics).items()}
     if values.pop("finite"):
         return values

@@ -9,7 +9,7 @@ classes, steps per epoch) is combined with the plan by :meth:`RunPlan.steps` and
 :meth:`ModelPlan.classes`.
 
 A field that is unset is ``None`` (``config_dict.placeholder``); every default is in
-``configs/default.py`` and nowhere else.
+``configs/default.py`` and nowhere else (``config_files.ConfigReader`` reads fields strictly).
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import jax.numpy as jnp
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import create_model, list_models
+from dynamixer_jax.train.config_files import ConfigReader
 from dynamixer_jax.train.mixup import MixupConfig
 
 ARCHITECTURE_FIELDS = ("layers", "embed_dims", "transitions", "num_segments", "reduced_dims",
                        "mlp_ratios", "patch_size")
-# Fields whose "unset" used to be spelled -1; it is None now.
-_UNSET_WAS_MINUS_ONE = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,39 +167,6 @@ class RunPlan:
         return Steps(steps_per_epoch, total, warmup, cosine, every)
 
 
-class _Reader:
-    """Reads a config strictly (no defaults here) and remembers which fields it read."""
-
-    def __init__(self, config: Any):
-        self.config, self.read = config, set()
-
-    def __call__(self, name: str) -> Any:
-        node = self.config
-        for part in name.split("."):
-            try:
-                node = node[part]
-            except (KeyError, TypeError):
-                raise ConfigError(f"the config has no field {name}; start it from "
-                                  "configs/default.py, which lists every field") from None
-        self.read.add(name)
-        if name in _UNSET_WAS_MINUS_ONE and node is not None and node <= 0:
-            raise ConfigError(f"{name} {node}: -1 no longer means unset; leave "
-                              f"--config.{name} out (unset, None, is the default)")
-        return tuple(node) if isinstance(node, list) else node
-
-    def unknown(self) -> list[str]:
-        """Fields of the config that nothing read (misspelt or from another version)."""
-        names = []
-        for name, value in self.config.items():
-            if name in self.read:
-                continue
-            if hasattr(value, "items"):
-                names += [f"{name}.{key}" for key in value if f"{name}.{key}" not in self.read]
-            else:
-                names.append(name)
-        return sorted(names)
-
-
 def augment_recipe(config: Any) -> Any:
     """Per-image training augmentation from ``config.augment``, ``mean`` and ``std``.
 
@@ -229,7 +195,7 @@ def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
                  for key, item in overrides.items() if item is not None)
 
 
-def _model(read: _Reader) -> ModelPlan:
+def _model(read: ConfigReader) -> ModelPlan:
     name = read("model")
     if name not in list_models():
         raise ConfigError(f"unknown model {name!r}: set --config.model to one of "
@@ -244,7 +210,7 @@ def _model(read: _Reader) -> ModelPlan:
     return model
 
 
-def _mixup(read: _Reader) -> MixupConfig:
+def _mixup(read: ConfigReader) -> MixupConfig:
     try:
         return MixupConfig(mixup_alpha=read("mixup.mixup_alpha"),
                            cutmix_alpha=read("mixup.cutmix_alpha"),
@@ -289,7 +255,7 @@ def _check_numbers(optim: OptimPlan, schedule: SchedulePlan, cadence: CadencePla
             raise ConfigError(f"{name} must be a positive number, not {getattr(cadence, name)}")
 
 
-def _init_from(read: _Reader) -> InitPlan | None:
+def _init_from(read: ConfigReader) -> InitPlan | None:
     path = read("init_from")
     ema, reset_head = bool(read("init_from_ema")), bool(read("reset_head"))
     required = bool(read("init_from_required"))
@@ -305,7 +271,7 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
     (default: JAX's); raises ConfigError (or DataError for the augmentation) with one line."""
     devices = jax.device_count() if devices is None else devices
     processes = jax.process_count() if processes is None else processes
-    read = _Reader(config)
+    read = ConfigReader(config)
     model = _model(read)
     batch_size = read("batch_size")
     eval_batch_size = read("eval_batch_size")

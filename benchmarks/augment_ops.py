@@ -17,8 +17,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dynamixer_jax.data import augment
+from dynamixer_jax.data import augment, decode
 from dynamixer_jax.data import rand_augment as ra
+from dynamixer_jax.data.device_augment import DeviceAugment
+from dynamixer_jax.data.rand_augment_config import INCREASING_OPS
 
 
 def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -33,7 +35,8 @@ def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
                     for c in range(3)]
         image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        pixels = np.clip(image, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
         jpegs.append(buffer.getvalue())
     return jpegs
 
@@ -70,25 +73,26 @@ def main():
     args = parser.parse_args()
     size = args.size
     jpegs = [tf.constant(data) for data in make_jpegs(16)]
-    crops = [augment.decode_and_random_resized_crop(data, tf.constant([0, i], tf.int64), size)
+    crops = [decode.decode_and_random_resized_crop(data, tf.constant([0, i], tf.int64), size)
              for i, data in enumerate(jpegs)]
     normalized = [augment.normalize(crop) for crop in crops]
 
     stages = {
         "decode whole JPEG": (lambda data, seed: tf.io.decode_jpeg(data, channels=3), jpegs),
         "decode_and_random_resized_crop": (
-            lambda data, seed: augment.decode_and_random_resized_crop(data, seed, size), jpegs),
+            lambda data, seed: decode.decode_and_random_resized_crop(data, seed, size), jpegs),
         "random_horizontal_flip": (augment.random_horizontal_flip, crops),
         "rand_augment rand-m9-mstd0.5-inc1": (
             lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1"), crops),
         "color_jitter 0.4": (augment.color_jitter, crops),
         "normalize": (lambda image, seed: augment.normalize(image), crops),
-        "random_erasing 0.25": (augment.random_erasing, normalized),
+        "random_erasing 0.25": (lambda image, seed: augment.random_erasing(
+            image, seed, DeviceAugment(erase_prob=0.25)), normalized),
         "train_preprocess (full recipe)": (
             lambda data, seed: augment.train_preprocess(data, seed, size), jpegs),
-        "eval_preprocess": (lambda data, seed: augment.eval_preprocess(data, size), jpegs),
+        "eval_preprocess": (lambda data, seed: decode.eval_preprocess(data, size), jpegs),
     }
-    for name in ra.INCREASING_OPS:
+    for name in INCREASING_OPS:
         stages[f"  op {name} (m=9)"] = (
             lambda image, seed, name=name: ra.apply_op(image, name, 9.0, 1.0), crops)
 
@@ -98,7 +102,7 @@ def main():
 
     print(f"tf.data, batches of 32, {args.images} images:")
     train = lambda data, seed: augment.train_preprocess(data, seed, size)  # noqa: E731
-    evaluate = lambda data, seed: augment.eval_preprocess(data, size)  # noqa: E731
+    evaluate = lambda data, seed: decode.eval_preprocess(data, size)  # noqa: E731
     for name, fn in (("train_preprocess", train), ("eval_preprocess", evaluate)):
         for parallel in (1, tf.data.AUTOTUNE):
             label = "AUTOTUNE" if parallel == tf.data.AUTOTUNE else parallel

@@ -14,6 +14,7 @@ leave it off the command line). ``dynamixer_jax/train/plan.py`` reads and checks
 import ml_collections
 from ml_collections import config_dict
 
+from dynamixer_jax.data import recipe
 from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -57,19 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.prefetch_batches = 2  # host batches prepared ahead of the step
 
     # ---- per-image training augmentation (tf.data; random erasing on device, in the train
-    # step); a 0 / "" / None turns a step off
-    config.augment = ml_collections.ConfigDict({
-        "scale": config_dict.placeholder(tuple),  # random resized crop area; None: whole image
-        "ratio": (3 / 4, 4 / 3),  # random resized crop aspect ratio range
-        "interpolation": "random",  # random | bilinear | bicubic
-        "hflip": 0.5,  # horizontal flip probability
-        "rand_augment": "rand-m9-mstd0.5-inc1",  # timm-style RandAugment string; "" off
-        "color_jitter": 0.4,  # used only when rand_augment is off, as in timm
-        "random_erase_prob": 0.25,  # random erasing probability
-        "random_erase_mode": "pixel",  # pixel (per-pixel normal noise) | rand | const
-        "random_erase_count": 1,
-    })
-    config.augment.scale = (0.08, 1.0)
+    # step): every field, its default and meaning in dynamixer_jax/data/recipe.py
+    config.augment = ml_collections.ConfigDict(recipe.config_fields())
     config.mean = IMAGENET_MEAN  # normalisation (on device, train and eval steps), 0-1 scale
     config.std = IMAGENET_STD
     config.crop_fraction = 0.9  # eval: resize the short side to image_size / crop_fraction, crop

@@ -12,8 +12,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from dynamixer_jax.data import augment
+from dynamixer_jax.data import augment, decode
+from dynamixer_jax.data import image_ops as ops
 from dynamixer_jax.data import rand_augment as ra
+from dynamixer_jax.data.device_augment import DeviceAugment
+from dynamixer_jax.data.rand_augment_config import INCREASING_OPS, parse_rand_augment
+from dynamixer_jax.data.recipe import TrainAugment
 
 FILL = (124, 116, 104)
 
@@ -58,20 +62,21 @@ def _max_diff(a, b):
 
 
 def test_parse_target_config():
-    config = ra.parse_rand_augment("rand-m9-mstd0.5-inc1")
+    config = parse_rand_augment("rand-m9-mstd0.5-inc1")
     assert (config.num_layers, config.magnitude, config.magnitude_std) == (2, 9, 0.5)
     assert config.increasing and config.prob == 0.5 and config.magnitude_max == 10
-    assert config.op_names == ra.INCREASING_OPS and len(ra.INCREASING_OPS) == 15
+    assert config.op_names == INCREASING_OPS and len(INCREASING_OPS) == 15
 
 
 def test_parse_other_configs():
-    config = ra.parse_rand_augment("rand-n3-m5-mstd101-mmax12-inc0-p0.7")
-    assert (config.num_layers, config.magnitude, config.magnitude_max, config.prob) == (3, 5, 12, 0.7)
+    config = parse_rand_augment("rand-n3-m5-mstd101-mmax12-inc0-p0.7")
+    assert ((config.num_layers, config.magnitude, config.magnitude_max, config.prob)
+            == (3, 5, 12, 0.7))
     assert config.magnitude_std == math.inf and not config.increasing
-    assert ra.parse_rand_augment("rand").magnitude == 10
+    assert parse_rand_augment("rand").magnitude == 10
     for bad in ("auto-m9", "rand-w0", "rand-m"):
         with pytest.raises(ValueError):
-            ra.parse_rand_augment(bad)
+            parse_rand_augment(bad)
 
 
 # ------------------------------------------------------- RandAugment ops against PIL references
@@ -79,15 +84,17 @@ def test_parse_other_configs():
 
 def test_lut_ops_match_pil(random_image):
     pil = Image.fromarray(random_image)
-    assert _max_diff(ra.invert(random_image), ImageOps.invert(pil)) == 0
+    assert _max_diff(ops.invert(random_image), ImageOps.invert(pil)) == 0
     for bits in range(1, 9):
-        assert _max_diff(ra.posterize(random_image, bits), ImageOps.posterize(pil, bits)) == 0
+        assert _max_diff(ops.posterize(random_image, bits), ImageOps.posterize(pil, bits)) == 0
     # Old PIL (and so timm's PosterizeIncreasing at magnitude 10) maps 0 bits to black.
-    assert _max_diff(ra.posterize(random_image, 0), np.zeros_like(random_image)) == 0
+    assert _max_diff(ops.posterize(random_image, 0), np.zeros_like(random_image)) == 0
     for threshold in (0, 100, 128, 256):
-        assert _max_diff(ra.solarize(random_image, threshold), ImageOps.solarize(pil, threshold)) == 0
-    added = np.where(random_image < 128, np.minimum(random_image.astype(int) + 70, 255), random_image)
-    assert _max_diff(ra.solarize_add(random_image, 70), added) == 0
+        expected = ImageOps.solarize(pil, threshold)
+        assert _max_diff(ops.solarize(random_image, threshold), expected) == 0
+    added = np.where(random_image < 128, np.minimum(random_image.astype(int) + 70, 255),
+                     random_image)
+    assert _max_diff(ops.solarize_add(random_image, 70), added) == 0
 
 
 def test_equalize_and_autocontrast_match_pil(random_image):
@@ -96,14 +103,14 @@ def test_equalize_and_autocontrast_match_pil(random_image):
     constant = np.full_like(random_image, 77)
     for image in (random_image, low_contrast, skewed, constant):
         pil = Image.fromarray(image)
-        assert _max_diff(ra.equalize(image), ImageOps.equalize(pil)) == 0
-        assert _max_diff(ra.auto_contrast(image), ImageOps.autocontrast(pil)) == 0
+        assert _max_diff(ops.equalize(image), ImageOps.equalize(pil)) == 0
+        assert _max_diff(ops.auto_contrast(image), ImageOps.autocontrast(pil)) == 0
 
 
 @pytest.mark.parametrize("name", ["Color", "Contrast", "Brightness", "Sharpness"])
 def test_enhance_ops_match_pil(random_image, name):
     pil = Image.fromarray(random_image)
-    operation = getattr(ra, name.lower())
+    operation = getattr(ops, name.lower())
     for factor in (0.1, 0.55, 1.0, 1.9):
         expected = getattr(ImageEnhance, name)(pil).enhance(factor)
         # Same integer arithmetic; a float32 rounding edge may move a pixel by one level.
@@ -114,7 +121,7 @@ def test_rotate_by_90_degrees_is_exact(random_image):
     square = random_image[:37, :37]
     rotated = square
     for turn in range(1, 5):
-        rotated = ra.rotate(rotated, 90.0).numpy()
+        rotated = ops.rotate(rotated, 90.0).numpy()
         np.testing.assert_array_equal(rotated, np.rot90(square, turn))
 
 
@@ -130,13 +137,14 @@ def test_affine_ops_match_pil(random_image, op, argument, pil_matrix):
                              fillcolor=FILL)
     # Same sample positions, edge handling and truncation as PIL's bilinear transform; float32
     # against PIL's float64 arithmetic may move a truncated value by one level.
-    assert _max_diff(getattr(ra, op)(random_image, argument, FILL), expected) <= 1
+    assert _max_diff(getattr(ops, op)(random_image, argument, FILL), expected) <= 1
 
 
 @pytest.mark.parametrize("degrees", [17.0, -30.0])
 def test_rotate_matches_pil(random_image, degrees):
     expected = Image.fromarray(random_image).rotate(degrees, Image.BILINEAR, fillcolor=FILL)
-    difference = np.abs(ra.rotate(random_image, degrees).numpy().astype(int) - np.asarray(expected))
+    rotated = ops.rotate(random_image, degrees).numpy().astype(int)
+    difference = np.abs(rotated - np.asarray(expected))
     # Off by one where float32 truncation differs; a source position within float32 error of
     # the image border can flip between sampled and filled, so allow a few such pixels.
     assert (difference > 1).any(axis=-1).sum() <= 3
@@ -144,31 +152,32 @@ def test_rotate_matches_pil(random_image, degrees):
 
 
 def test_translate_fills_with_mean_colour(random_image):
-    moved = ra.translate_x_rel(random_image, 0.45, FILL).numpy()
+    moved = ops.translate_x_rel(random_image, 0.45, FILL).numpy()
     np.testing.assert_array_equal(moved[:, -19:], np.broadcast_to(FILL, moved[:, -19:].shape))
 
 
 def test_apply_op_magnitude_rules(random_image):
     # PosterizeIncreasing at m=9 keeps 4 - int(3.6) = 1 bit; SolarizeIncreasing at m=5 uses 128.
     np.testing.assert_array_equal(ra.apply_op(random_image, "PosterizeIncreasing", 9.0),
-                                  ra.posterize(random_image, 1))
+                                  ops.posterize(random_image, 1))
     np.testing.assert_array_equal(ra.apply_op(random_image, "SolarizeIncreasing", 5.0),
-                                  ra.solarize(random_image, 128))
+                                  ops.solarize(random_image, 128))
     np.testing.assert_array_equal(ra.apply_op(random_image, "SolarizeAdd", 10.0),
-                                  ra.solarize_add(random_image, 110))
+                                  ops.solarize_add(random_image, 110))
     # Rotate at m=10 with sign -1 is -30 degrees; enhance increasing is 1 -/+ 0.9 m / 10.
     np.testing.assert_array_equal(ra.apply_op(random_image, "Rotate", 10.0, -1.0),
-                                  ra.rotate(random_image, -30.0))
+                                  ops.rotate(random_image, -30.0))
     np.testing.assert_array_equal(ra.apply_op(random_image, "ContrastIncreasing", 5.0, -1.0),
-                                  ra.contrast(random_image, 0.55))
+                                  ops.contrast(random_image, 0.55))
     np.testing.assert_array_equal(ra.apply_op(random_image, "ShearX", 10.0, 1.0),
-                                  ra.shear_x(random_image, 0.3))
+                                  ops.shear_x(random_image, 0.3))
     np.testing.assert_array_equal(ra.apply_op(random_image, "TranslateYRel", 10.0, -1.0),
-                                  ra.translate_y_rel(random_image, -0.45))
+                                  ops.translate_y_rel(random_image, -0.45))
 
 
 def test_rand_augment_is_deterministic_and_graph_safe(random_image):
-    augment_fn = tf.function(lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1"))
+    augment_fn = tf.function(
+        lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1"))
     outputs = [augment_fn(random_image, _seed(0, i)).numpy() for i in range(24)]
     for output in outputs:
         assert output.shape == random_image.shape and output.dtype == np.uint8
@@ -178,14 +187,15 @@ def test_rand_augment_is_deterministic_and_graph_safe(random_image):
     assert 8 <= changed < 24
     assert len({output.tobytes() for output in outputs}) > 12
     # p0: no op is ever applied.
-    np.testing.assert_array_equal(ra.rand_augment(random_image, _seed(3, 4), "rand-m9-p0"), random_image)
+    np.testing.assert_array_equal(ra.rand_augment(random_image, _seed(3, 4), "rand-m9-p0"),
+                                  random_image)
 
 
 # ------------------------------------------------------------------------ training preprocessing
 
 
 def test_crop_window_bounds():
-    windows = np.stack([augment.random_resized_crop_window([375, 500], _seed(5, i)).numpy()
+    windows = np.stack([decode.random_resized_crop_window([375, 500], _seed(5, i)).numpy()
                         for i in range(100)])
     top, left, height, width = windows.T
     assert (top >= 0).all() and (left >= 0).all()
@@ -196,7 +206,7 @@ def test_crop_window_bounds():
     assert (width / height >= 0.74).all() and (width / height <= 1.35).all()
     # No window is fit for a 1000x10 image at scale >= 0.9: the fallback is a centred crop
     # with the aspect ratio clamped to 4/3.
-    fallback = augment.random_resized_crop_window([10, 1000], _seed(0, 0), scale=(0.9, 1.0))
+    fallback = decode.random_resized_crop_window([10, 1000], _seed(0, 0), scale=(0.9, 1.0))
     np.testing.assert_array_equal(fallback, [0, (1000 - 13) // 2, 10, 13])
 
 
@@ -205,8 +215,10 @@ def test_jpeg_and_png_crops_agree(photo):
     decoded = tf.io.decode_jpeg(jpeg).numpy()
     png = _encode(decoded, "PNG")
     for index in range(3):
-        from_jpeg = augment.decode_and_random_resized_crop(jpeg, _seed(7, index), 96, interpolation="bicubic")
-        from_png = augment.decode_and_random_resized_crop(png, _seed(7, index), 96, interpolation="bicubic")
+        from_jpeg = decode.decode_and_random_resized_crop(jpeg, _seed(7, index), 96,
+                                                          interpolation="bicubic")
+        from_png = decode.decode_and_random_resized_crop(png, _seed(7, index), 96,
+                                                         interpolation="bicubic")
         assert from_jpeg.shape == (96, 96, 3) and from_jpeg.dtype == tf.uint8
         # Same window; decoding only the window may change a few edge pixels slightly.
         assert np.abs(from_jpeg.numpy().astype(int) - from_png.numpy()).mean() < 0.5
@@ -222,17 +234,17 @@ def test_train_preprocess_shapes_ranges_determinism(photo):
     # Without random erasing, values stay in the normalised range of 0..255.
     low = (0 - 255 * np.array(augment.IMAGENET_MEAN)) / (255 * np.array(augment.IMAGENET_STD))
     high = (255 - 255 * np.array(augment.IMAGENET_MEAN)) / (255 * np.array(augment.IMAGENET_STD))
-    plain = augment.train_preprocess(jpeg, _seed(4, 4), 128, random_erase_prob=0,
-                                     rand_augment=None, color_jitter=0.4).numpy()
+    plain = augment.train_preprocess(jpeg, _seed(4, 4), 128, TrainAugment(
+        random_erase_prob=0, rand_augment=None, color_jitter=0.4)).numpy()
     assert plain.shape == (128, 128, 3)
     assert (plain >= low - 1e-5).all() and (plain <= high + 1e-5).all()
 
 
 def test_train_preprocess_all_steps_off_is_a_resize(photo):
     image, jpeg = photo
-    output = augment.train_preprocess(
-        jpeg, _seed(0, 0), 100, scale=None, interpolation="bilinear", hflip=0,
-        rand_augment=None, color_jitter=None, random_erase_prob=0, mean=(0, 0, 0), std=(1, 1, 1))
+    output = augment.train_preprocess(jpeg, _seed(0, 0), 100, TrainAugment(
+        scale=None, interpolation="bilinear", hflip=0, rand_augment=None, color_jitter=None,
+        random_erase_prob=0, mean=(0, 0, 0), std=(1, 1, 1)))
     expected = np.asarray(Image.fromarray(image).resize((100, 100), Image.BILINEAR), np.float32)
     # Normalising with mean 0 and std 1 divides by 255; JPEG and resampler differences remain.
     assert np.abs(output.numpy() * 255 - expected).mean() < 3.0
@@ -243,7 +255,8 @@ def test_flip_and_normalize():
     flips = [np.array_equal(augment.random_horizontal_flip(image, _seed(0, i)), image[:, ::-1])
              for i in range(40)]
     assert 8 < sum(flips) < 32
-    assert not any(np.array_equal(augment.random_horizontal_flip(image, _seed(0, i), 0.0), image[:, ::-1])
+    assert not any(np.array_equal(augment.random_horizontal_flip(image, _seed(0, i), 0.0),
+                                  image[:, ::-1])
                    for i in range(5))
     normalized = augment.normalize(np.full((1, 1, 3), 255, np.uint8)).numpy()
     expected = (1 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)
@@ -253,12 +266,14 @@ def test_flip_and_normalize():
 def test_color_jitter(random_image):
     output = augment.color_jitter(random_image, _seed(2, 2), 0.4).numpy()
     assert output.shape == random_image.shape and output.dtype == np.uint8
-    np.testing.assert_array_equal(augment.color_jitter(random_image, _seed(2, 2), 0.0), random_image)
+    np.testing.assert_array_equal(augment.color_jitter(random_image, _seed(2, 2), 0.0),
+                                  random_image)
 
 
 def test_random_erasing_rate_and_content():
     image = tf.zeros([32, 32, 3])
-    erase = tf.function(lambda seed: augment.random_erasing(image, seed, probability=0.25))
+    erase = tf.function(lambda seed: augment.random_erasing(image, seed,
+                                                            DeviceAugment(erase_prob=0.25)))
     trials = 2000
     erased = 0
     for index in range(trials):
@@ -276,9 +291,11 @@ def test_random_erasing_rate_and_content():
 
 def test_random_erasing_modes():
     image = tf.zeros([16, 16, 3])
-    const = augment.random_erasing(image, _seed(1, 1), 1.0, "const").numpy()
+    const = augment.random_erasing(image, _seed(1, 1),
+                                   DeviceAugment(erase_prob=1.0, erase_mode="const")).numpy()
     np.testing.assert_array_equal(const, 0)
-    colour = augment.random_erasing(image, _seed(1, 1), 1.0, "rand", max_count=3).numpy()
+    colour = augment.random_erasing(image, _seed(1, 1), DeviceAugment(
+        erase_prob=1.0, erase_mode="rand", erase_count=3)).numpy()
     values = {tuple(pixel) for pixel in colour.reshape(-1, 3) if pixel.any()}
     assert 1 <= len(values) <= 3
 
@@ -288,7 +305,7 @@ def test_random_erasing_modes():
 
 def test_eval_preprocess_centre_crop_matches_pil(photo):
     image, jpeg = photo
-    output = augment.eval_preprocess(jpeg, 224, 0.875).numpy()
+    output = decode.eval_preprocess(jpeg, 224, 0.875).numpy()
     assert output.shape == (224, 224, 3) and output.dtype == np.uint8
     # timm: shorter side 375 -> 256, longer 500 -> int(256 * 500 / 375) = 341, crop at (16, 58).
     decoded = Image.open(io.BytesIO(jpeg)).convert("RGB")
@@ -309,11 +326,11 @@ def test_eval_preprocess_other_formats():
     cmyk = io.BytesIO()
     Image.fromarray(colour).convert("CMYK").save(cmyk, format="JPEG", quality=95)
     for data in (_encode(grey), _encode(colour, "PNG"), _encode(rgba, "PNG"), cmyk.getvalue()):
-        output = augment.eval_preprocess(data, 64, 0.875).numpy()
+        output = decode.eval_preprocess(data, 64, 0.875).numpy()
         assert output.shape == (64, 64, 3) and output.dtype == np.uint8
-    grey_output = augment.eval_preprocess(_encode(grey, "PNG"), 64).numpy()
+    grey_output = decode.eval_preprocess(_encode(grey, "PNG"), 64).numpy()
     np.testing.assert_array_equal(grey_output[..., 0], grey_output[..., 2])
-    crop = augment.decode_and_random_resized_crop(_encode(grey), _seed(0, 1), 32)
+    crop = decode.decode_and_random_resized_crop(_encode(grey), _seed(0, 1), 32)
     assert crop.shape == (32, 32, 3)
 
 

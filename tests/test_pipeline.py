@@ -8,6 +8,9 @@ datasets the tests write, and on ``tfds.testing.mock_data('imagenet2012')``. Und
 import io
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +18,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from dynamixer_jax.errors import DataError
+from dynamixer_jax.data import recipe
+from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData, _fill_gaps
 from dynamixer_jax.data.sources import open_source
-from dynamixer_jax.data.device_augment import normalize
+from dynamixer_jax.errors import ConfigError, DataError
+from dynamixer_jax.train import load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 NO_AUGMENT = TrainAugment(scale=None, hflip=0, rand_augment="", color_jitter=0,
                           random_erase_prob=0)
@@ -322,11 +329,63 @@ def test_bad_settings_are_one_clear_line(digits_data_dir):
         _train(digits_data_dir, global_batch_size=33, process_count=2)
     with pytest.raises(DataError, match="fewer than one global batch"):
         _train(digits_data_dir, global_batch_size=2048)
-    with pytest.raises(DataError, match="interpolation"):
+    with pytest.raises(ConfigError, match="interpolation"):
         TrainAugment(interpolation="nearest")
-    with pytest.raises(DataError, match="rand_augment"):
+    with pytest.raises(ConfigError, match="rand_augment"):
         TrainAugment(rand_augment="rand-x9")
-    with pytest.raises(DataError, match="random_erase_mode"):
+    with pytest.raises(ConfigError, match="random_erase_mode"):
         TrainAugment(random_erase_mode="noise")
-    with pytest.raises(DataError, match="random_erase_count"):
+    with pytest.raises(ConfigError, match="random_erase_count"):
         TrainAugment(random_erase_count=0)
+
+
+# ---------------------------------------------------------------- the augmentation recipe
+
+
+def test_recipe_imports_without_tensorflow():
+    code = ("import sys, dynamixer_jax.data.recipe; "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'tensorflow'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.strip() == "[]"
+
+
+def test_default_config_declares_the_recipe_once():
+    config = load_config(str(REPO / "configs" / "default.py"))
+    assert config.augment.to_dict() == recipe.config_fields()
+    assert recipe.config_fields()["scale"] == (0.08, 1.0)
+    assert "mean" not in config.augment and "std" not in config.augment
+    built = TrainAugment.from_fields(config.augment, mean=config.mean, std=config.std)
+    assert built == TrainAugment()
+    assert built.on_device().erase_prob == 0.25
+
+
+def test_recipe_from_fields_takes_lists_as_tuples():
+    built = TrainAugment.from_fields({"scale": [0.5, 1.0], "ratio": [1.0, 1.0]},
+                                     mean=[0.5, 0.5, 0.5], std=(0.25, 0.25, 0.25))
+    assert built.scale == (0.5, 1.0) and built.ratio == (1.0, 1.0)
+    assert built.mean == (0.5, 0.5, 0.5) and built.on_device().std == (0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"hflip": 1.5}, "augment.hflip must be a probability in [0, 1], not 1.5"),
+    ({"scale": (0.5, 0.1)}, "augment.scale must be None or (low, high)"),
+    ({"scale": (None,)}, "augment.scale"),
+    ({"ratio": (0.0, 1.0)}, "augment.ratio"),
+    ({"interpolation": "nearest"}, "augment.interpolation must be random | bilinear | bicubic"),
+    ({"rand_augment": "rand-x9"}, "augment.rand_augment: unsupported key 'x'"),
+    ({"color_jitter": -0.1}, "augment.color_jitter"),
+    ({"random_erase_prob": 2.0}, "augment.random_erase_prob"),
+    ({"random_erase_mode": "noise"}, "augment.random_erase_mode) must be pixel | rand | const"),
+    ({"random_erase_count": 0}, "augment.random_erase_count"),
+    ({"hflipp": 0.5}, "augment has unknown field(s) ['hflipp']; known: color_jitter, hflip"),
+])
+def test_a_bad_recipe_field_is_one_config_error_line(fields, match):
+    with pytest.raises(ConfigError) as error:
+        TrainAugment.from_fields(fields, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert match in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_bad_std_is_one_config_error_line():
+    with pytest.raises(ConfigError, match="std must be 3 positive numbers, not"):
+        TrainAugment.from_fields({}, mean=IMAGENET_MEAN, std=(0.2, 0.0, 0.2))

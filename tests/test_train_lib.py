@@ -25,7 +25,7 @@ from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
-from dynamixer_jax.train.weights import merge_params
+from dynamixer_jax.train.weights import grid_patterns, merge_params
 from dynamixer_jax.model.variants import PUBLISHED, create_model
 from dynamixer_jax.train.plan import make_plan
 
@@ -260,7 +260,8 @@ def test_merge_keeps_matching_weights_and_resets_the_head_and_grid_layers():
     source = init_variables(_tiny_model(), jax.random.key(0))["params"]
     bigger = create_model("dynamixer_s", num_classes=5, image_size=32, **TINY)
     fresh = init_variables(bigger, jax.random.key(1))["params"]
-    merged, report = merge_params(fresh, source, reset_head=True)
+    merged, report = merge_params(fresh, source, reset_head=True,
+                                  reinit=grid_patterns(source, bigger))
     assert "head/kernel" in report["reinitialised"]
     assert any("generate" in path for path in report["reinitialised"])  # grid 4 -> 8
     assert not any("generate" in path for path in report["taken"])

@@ -8,35 +8,35 @@ Command line: ``python -m dynamixer_jax.convert IN OUT`` (see ``__main__``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import flax
+import jax
 import numpy as np
 
-from dynamixer_jax.errors import ConversionError
-from dynamixer_jax.convert.architecture import architecture_from_state_dict, model_from_state_dict
-from dynamixer_jax.convert.mapping import flax_paths_to_torch_keys, flax_to_torch_layout, torch_sort_key, \
-    torch_to_flax_layout
+from dynamixer_jax import trees
+from dynamixer_jax.convert.architecture import (
+    architecture_from_params,
+    architecture_from_state_dict,
+    model_from_state_dict,
+)
+from dynamixer_jax.convert.mapping import (
+    flax_paths_to_torch_keys,
+    flax_to_torch_layout,
+    flax_to_torch_shape,
+    torch_sort_key,
+    torch_to_flax_layout,
+)
 from dynamixer_jax.convert.torch_io import to_numpy, unwrap_state_dict
+from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
 
-__all__ = ["ConversionError", "architecture_from_state_dict", "flax_to_torch", "model_from_state_dict",
-           "params_from_torch", "torch_to_flax"]
+__all__ = ["ConversionError", "architecture_from_params", "architecture_from_state_dict",
+           "flax_to_torch", "model_from_state_dict", "params_from_torch", "torch_to_flax"]
 
 
-def _mismatch_report(expected: Dict[str, tuple], got: Dict[str, tuple]) -> Optional[str]:
-    """One message naming every missing, unexpected and mis-shaped key, or None if all match."""
-    missing = sorted(set(expected) - set(got), key=torch_sort_key)
-    unexpected = sorted(set(got) - set(expected), key=torch_sort_key)
-    misshaped = [f"{key} (checkpoint {got[key]}, model {expected[key]})"
-                 for key in sorted(set(expected) & set(got), key=torch_sort_key) if expected[key] != got[key]]
-    parts = [f"{title}: {', '.join(items)}" for title, items in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)) if items]
-    return "; ".join(parts) or None
-
-
-def params_from_torch(state_dict: Dict[str, np.ndarray], abstract_params: Any) -> Dict[str, Any]:
+def params_from_torch(state_dict: dict[str, np.ndarray], abstract_params: Any) -> dict[str, Any]:
     """Flax params shaped like ``abstract_params`` (e.g. from ``jax.eval_shape(module.init, ...)``).
 
     Works for the whole network and for any of its modules (an operation, a
@@ -46,17 +46,19 @@ def params_from_torch(state_dict: Dict[str, np.ndarray], abstract_params: Any) -
     """
     abstract = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract_params))
     keys = flax_paths_to_torch_keys(list(abstract))
-    expected = {keys[path]: tuple(flax_to_torch_layout(np.empty(leaf.shape, np.bool_)).shape)
+    expected = {keys[path]: jax.ShapeDtypeStruct(flax_to_torch_shape(leaf.shape), leaf.dtype)
                 for path, leaf in abstract.items()}
-    report = _mismatch_report(expected, {key: tuple(np.shape(value)) for key, value in state_dict.items()})
-    if report:
+    diff = trees.compare(expected, dict(state_dict), order=torch_sort_key)
+    if diff:
+        report = diff.summary(None, noun="keys", given="checkpoint", expected="model")
         raise ConversionError(f"checkpoint does not fit this DynaMixer: {report}")
     params = {path: torch_to_flax_layout(to_numpy(state_dict[keys[path]])).astype(leaf.dtype)
               for path, leaf in abstract.items()}
     return flax.traverse_util.unflatten_dict(params)
 
 
-def torch_to_flax(source: Any, model: Optional[DynaMixer] = None, *, ema: bool = False) -> Dict[str, Any]:
+def torch_to_flax(source: Any, model: DynaMixer | None = None, *,
+                  ema: bool = False) -> dict[str, Any]:
     """Flax ``{'params': ...}`` (numpy leaves) from an authors' checkpoint.
 
     ``source``: a state_dict (name -> numpy array or torch tensor), a timm-style
@@ -72,8 +74,9 @@ def torch_to_flax(source: Any, model: Optional[DynaMixer] = None, *, ema: bool =
     return {"params": params_from_torch(state_dict, abstract_variables(model)["params"])}
 
 
-def flax_to_torch(variables: Any) -> Dict[str, np.ndarray]:
-    """The authors' state_dict ({key: numpy array}, in their order) from ``{'params': ...}`` or bare params."""
+def flax_to_torch(variables: Any) -> dict[str, np.ndarray]:
+    """The authors' state_dict ({key: numpy array}, in their order) from ``{'params': ...}`` or
+    bare params."""
     params = variables.get("params", variables) if hasattr(variables, "get") else variables
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     keys = flax_paths_to_torch_keys(list(flat))

@@ -1,7 +1,8 @@
 """Reading a DynaMixer's architecture off the shapes of an authors' state_dict.
 
 Lets ``torch_to_flax`` and the command line convert a checkpoint without being
-told which variant (or which image size, class count ...) it was trained as.
+told which variant (or which image size, class count ...) it was trained as, and
+``dynamixer_jax.load`` build the model for Flax weights alone.
 """
 
 from __future__ import annotations
@@ -9,11 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Mapping
 
+import flax
 import numpy as np
 
+from dynamixer_jax import trees
+from dynamixer_jax.convert.mapping import (
+    flax_paths_to_torch_keys,
+    flax_to_torch_shape,
+    network_entries,
+)
 from dynamixer_jax.errors import ConversionError
-from dynamixer_jax.convert.mapping import network_entries
-
 from dynamixer_jax.model.network import DynaMixer
 
 
@@ -63,6 +69,22 @@ def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[s
         arch["image_size"] = arch["image_size"][0]
     arch["num_classes"] = shape("head.weight")[0] if "head.weight" in state_dict else 0
     return {key: tuple(value) if isinstance(value, list) else value for key, value in arch.items()}
+
+
+def architecture_from_params(params: Any) -> Dict[str, Any]:
+    """DynaMixer constructor arguments that produce exactly the shapes of Flax ``params`` (the
+    ``{'params': ...}`` variables or the bare tree); reads shapes only, copies no array."""
+    params = params.get("params", params) if hasattr(params, "get") else params
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    try:
+        keys = flax_paths_to_torch_keys(list(flat))
+    except (IndexError, ValueError) as error:
+        raise ConversionError("these weights are not a DynaMixer's parameter tree "
+                              f"({type(error).__name__}: {error})") from None
+    empty = np.empty((), np.bool_)
+    shapes = {keys[path]: np.broadcast_to(empty, flax_to_torch_shape(trees.shape_of(leaf)))
+              for path, leaf in flat.items()}
+    return architecture_from_state_dict(shapes)
 
 
 def model_from_state_dict(state_dict: Mapping[str, np.ndarray], **kwargs: Any) -> DynaMixer:

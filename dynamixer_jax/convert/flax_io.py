@@ -31,8 +31,18 @@ def save_flax(variables: Dict[str, Any], path: str) -> None:
 def load_flax(path: str) -> Dict[str, Any]:
     """``{'params': ...}`` (numpy leaves) from a .msgpack file or an Orbax checkpoint directory."""
     if str(path).endswith(".msgpack"):
+        if not os.path.isfile(path):
+            raise ConversionError(f"no Flax checkpoint at {path}")
         with open(path, "rb") as f:
-            return flax.serialization.msgpack_restore(f.read())
+            data = f.read()
+        try:
+            restored = flax.serialization.msgpack_restore(data)
+        except Exception as error:  # noqa: BLE001 - any decoding failure means an unreadable file
+            raise ConversionError(f"{path} is not a readable .msgpack checkpoint "
+                                  f"({_first_line(error)})") from None
+        if not isinstance(restored, dict):
+            raise ConversionError(f"{path} holds no parameter tree")
+        return restored if "params" in restored else {"params": restored}
     if not os.path.isdir(path):
         raise ConversionError(f"no Flax checkpoint at {path} (expected an Orbax directory or a .msgpack file)")
     import orbax.checkpoint as ocp  # noqa: PLC0415
@@ -40,8 +50,14 @@ def load_flax(path: str) -> Dict[str, Any]:
     try:
         restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
     except Exception as error:  # noqa: BLE001 - any Orbax failure means an unreadable checkpoint
-        raise ConversionError(f"{path} is not a readable Orbax checkpoint ({type(error).__name__}: {error})") from error
+        raise ConversionError(f"{path} is not a readable Orbax checkpoint "
+                              f"({_first_line(error)})") from None
     return restored if "params" in restored else {"params": restored}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 def jax_free(tree: Any) -> Any:

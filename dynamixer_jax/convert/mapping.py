@@ -88,6 +88,11 @@ def flax_to_torch_layout(value: np.ndarray) -> np.ndarray:
     return value
 
 
+def flax_to_torch_shape(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The authors' shape of a Flax parameter of ``shape`` (no array is allocated)."""
+    return tuple(flax_to_torch_layout(np.broadcast_to(np.empty((), np.bool_), shape)).shape)
+
+
 def _flax_leaf_to_torch(path: FlaxPath) -> str:
     """('attn', 'mix_h', 'out', 'kernel') -> 'attn.mix_h.out.weight'."""
     *modules, leaf = path

@@ -15,6 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dynamixer_jax.errors import ConfigError
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DeviceAugment", "normalize", "random_erasing",
            "augment_batch"]
 
@@ -36,7 +38,7 @@ class DeviceAugment:
     [1, ``erase_count``] of rectangles; ``erase_mode`` 'pixel' fills them with per-pixel
     standard normal noise (in the normalised space), 'rand' with one normal colour per
     rectangle, 'const' with zeros. ``erase_prob`` 0 turns erasing off. Frozen, hence hashable:
-    it decides the traced program.
+    it decides the traced program. A bad value raises ``ConfigError``.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -48,15 +50,25 @@ class DeviceAugment:
     erase_aspect: tuple[float, float] = (0.3, 1 / 0.3)
 
     def __post_init__(self):
-        if not 0.0 <= self.erase_prob <= 1.0:
-            raise ValueError(f"erase_prob is a probability in [0, 1], not {self.erase_prob}")
+        # The training recipe (recipe.TrainAugment) leaves these checks to this class, so each
+        # message also names the recipe's config field.
+        if not (_number(self.erase_prob) and 0.0 <= self.erase_prob <= 1.0):
+            _reject("erase_prob", "random_erase_prob", "a probability in [0, 1]", self.erase_prob)
         if self.erase_mode not in _ERASE_MODES:
-            raise ValueError(f"erase_mode must be 'pixel', 'rand' or 'const', "
-                             f"not {self.erase_mode!r}")
-        if self.erase_count < 1:
-            raise ValueError(f"erase_count must be >= 1, not {self.erase_count}")
-        if min(self.std) <= 0:
-            raise ValueError(f"std must be positive, not {self.std}")
+            _reject("erase_mode", "random_erase_mode", " | ".join(_ERASE_MODES), self.erase_mode)
+        if not (isinstance(self.erase_count, int) and self.erase_count >= 1):
+            _reject("erase_count", "random_erase_count", "an integer >= 1", self.erase_count)
+        if not (len(self.std) == 3 and all(_number(value) and value > 0 for value in self.std)):
+            raise ConfigError(f"std must be 3 positive numbers, not {self.std}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _reject(field: str, config_field: str, allowed: str, value) -> None:
+    raise ConfigError(f"random erasing {field} (augment.{config_field}) must be {allowed}, "
+                      f"not {value!r}")
 
 
 def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:

@@ -21,8 +21,9 @@ DIGITS_TEST_SIZE = 360
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The digits as uint8 images (1797, 32, 32, 3) and int64 labels (1797,)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    # Needed only the first time the dataset is built: scikit-learn is optional.
+    from PIL import Image  # noqa: PLC0415
+    from sklearn.datasets import load_digits  # noqa: PLC0415
 
     digits = load_digits()
     small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)

@@ -22,95 +22,28 @@ to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.train
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
+import jax
 import numpy as np
 import tensorflow as tf
 
-from dynamixer_jax.errors import DataError
-from dynamixer_jax.data import augment
+from dynamixer_jax.data.augment import train_augment
+from dynamixer_jax.data.decode import eval_preprocess, train_decode
+from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.data.sources import FolderSource, TfdsSource, open_source
+from dynamixer_jax.errors import DataError
+
+__all__ = ["TrainAugment", "TrainData", "EvalData"]  # TrainAugment: re-exported, its old home
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainAugment:
-    """Per-image training augmentation (SPEC section 6 by default); a falsy field turns a step off.
-
-    Fields are the keyword arguments of :func:`dynamixer_jax.data.augment.train_preprocess`
-    (split between ``decode`` and ``augment``):
-    ``scale=None`` resizes the whole image instead of a random resized crop; ``rand_augment``
-    is a timm-style string (``""`` off, then ``color_jitter`` applies); ``random_erase_prob``
-    0 turns random erasing off. Normalisation (``mean``, ``std``) and random erasing run in the
-    train step on device, with the settings :meth:`on_device` gives; the rest runs in tf.data.
-    """
-    scale: tuple[float, float] | None = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "random"
-    hflip: float = 0.5
-    rand_augment: str = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    random_erase_prob: float = 0.25
-    random_erase_mode: str = "pixel"
-    random_erase_count: int = 1
-    mean: tuple[float, float, float] = augment.IMAGENET_MEAN
-    std: tuple[float, float, float] = augment.IMAGENET_STD
-
-    def __post_init__(self):
-        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise DataError(f"augment scale must satisfy 0 < low <= high <= 1, not {self.scale}")
-        if self.interpolation not in ("random", "bilinear", "bicubic"):
-            raise DataError("augment interpolation must be 'random', 'bilinear' or 'bicubic', "
-                            f"not {self.interpolation!r}")
-        for name in ("hflip", "random_erase_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise DataError(f"augment {name} is a probability in [0, 1], "
-                                f"not {getattr(self, name)}")
-        if self.rand_augment:
-            from dynamixer_jax.data.rand_augment import parse_rand_augment
-            try:
-                parse_rand_augment(self.rand_augment)
-            except ValueError as error:
-                raise DataError(f"augment rand_augment: {error}") from None
-        if self.random_erase_mode not in ("pixel", "rand", "const"):
-            raise DataError("augment random_erase_mode must be 'pixel', 'rand' or 'const', "
-                            f"not {self.random_erase_mode!r}")
-        if self.random_erase_count < 1:
-            raise DataError(f"augment random_erase_count must be >= 1, "
-                            f"not {self.random_erase_count}")
-        if min(self.std) <= 0:
-            raise DataError(f"std must be positive, not {self.std}")
-
-    _DECODE_FIELDS = ("scale", "ratio", "interpolation")
-    _AUGMENT_FIELDS = ("hflip", "rand_augment", "color_jitter", "mean")
-
-    def decode(self, image_bytes: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
-        """Decode and crop one encoded image: uint8 (size, size, 3). Can fail on bad bytes."""
-        fields = {name: getattr(self, name) for name in self._DECODE_FIELDS}
-        return augment.train_decode(image_bytes, seed, size, **fields)
-
-    def augment(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """The host's rest of the recipe on a decoded crop (flip, RandAugment or colour jitter):
-        uint8. Never fails."""
-        fields = {name: getattr(self, name) for name in self._AUGMENT_FIELDS}
-        return augment.train_augment(image, seed, **fields)
-
-    def on_device(self):
-        """The train step's share of the recipe: a ``DeviceAugment`` (normalise, erase)."""
-        from dynamixer_jax.data.device_augment import DeviceAugment  # noqa: PLC0415 (JAX)
-        return DeviceAugment(mean=tuple(self.mean), std=tuple(self.std),
-                             erase_prob=self.random_erase_prob, erase_mode=self.random_erase_mode,
-                             erase_count=self.random_erase_count)
-
-
 def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    """(index, count) of this process: given, or asked of JAX (imported only when needed)."""
+    """(index, count) of this process: given, or asked of JAX."""
     if process_index is None or process_count is None:
-        import jax
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -267,8 +200,9 @@ class TrainData:
         seed, size, recipe = self.seed, self.image_size, self.augment
         records = records.map(lambda r, position: {
             **r, "seed": tf.stack([tf.constant(seed, tf.int64), position]), "real": True})
-        batches = _decode_safely(records, lambda data, r: recipe.decode(data, r["seed"], size),
-                                 lambda image, r: recipe.augment(image, r["seed"]), size, b)
+        batches = _decode_safely(
+            records, lambda data, r: train_decode(data, r["seed"], size, recipe),
+            lambda image, r: train_augment(image, r["seed"], recipe), size, b)
         batches = batches.prefetch(self.prefetch_batches).with_options(_options(self.threads))
         return _fill_gaps(batches.as_numpy_iterator(), len(positions), b, size, ids)
 
@@ -313,7 +247,7 @@ class EvalData:
         if ids is not None:
             ids = np.concatenate([ids, np.full(total - count, b"", dtype=ids.dtype)])
         size, crop, b = self.image_size, self.crop_fraction, self.local_batch_size
-        batches = _decode_safely(records, lambda data, r: augment.eval_preprocess(data, size, crop),
+        batches = _decode_safely(records, lambda data, r: eval_preprocess(data, size, crop),
                                  lambda image, r: image, size, b)
         batches = batches.prefetch(2).with_options(_options(self.threads))
         for batch in _fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):

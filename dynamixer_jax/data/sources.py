@@ -1,8 +1,8 @@
 """Where images come from: a TFDS dataset by name, or an ImageNet-style folder.
 
 Both kinds of source hand the pipeline records ``{"image": encoded bytes (or "path": a file to
-read), "label": int64, "id": string}``, in an order that is a pure function of (seed, epoch, process), and can
-start an epoch part-way through without decoding what comes before.
+read), "label": int64, "id": string}``, in an order that is a pure function of (seed, epoch,
+process), and can start an epoch part-way through without decoding what comes before.
 
 * :class:`TfdsSource` reads a prepared TFDS dataset (``imagenet2012``, ``cifar10``, the built-in
   ``sklearn_digits``, ...) from ``data_dir`` (local or ``gs://``). Each JAX process reads its own
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dynamixer_jax.errors import DataError
 from dynamixer_jax.data import digits as _digits  # noqa: F401  (registers sklearn_digits)
+from dynamixer_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp")
 """File suffixes a folder dataset reads (case-insensitive); TensorFlow decodes all of them."""
@@ -77,7 +76,8 @@ class TfdsSource:
         self._counts: dict[str, int] = {}
 
     def _read(self, split, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
-        """Raw records of ``split`` (deterministic file order; shuffled files if a seed is given)."""
+        """Raw records of ``split`` (deterministic file order; shuffled files if a seed is
+        given)."""
         read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=shuffle_seed,
                                       try_autocache=False)
         try:
@@ -222,8 +222,9 @@ class FolderSource:
                       process_count: int, local_batch_size: int, steps_per_epoch: int,
                       start_step: int, shuffle_buffer_size: int
                       ) -> tuple[tf.data.Dataset, np.ndarray]:
-        """This process's records for steps ``start_step..`` of ``epoch`` and their ids: a slice of one global
-        permutation of the split (so the global batches do not depend on ``process_count``)."""
+        """This process's records for steps ``start_step..`` of ``epoch`` and their ids: a
+        slice of one global permutation of the split (so the global batches do not depend on
+        ``process_count``)."""
         del shuffle_buffer_size  # the permutation is exact
         order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(
             self.num_examples(split))
@@ -256,9 +257,3 @@ def open_source(dataset: str, data_dir: str | None = None, *, image_key: str = "
         return FolderSource(root)
     return TfdsSource(dataset, data_dir, image_key=image_key, label_key=label_key)
 
-
-def split_names(source: TfdsSource | FolderSource) -> Sequence[str]:
-    """The split names a source has (for messages and configs)."""
-    if isinstance(source, FolderSource):
-        return sorted(tf.io.gfile.listdir(source.root))
-    return sorted(source.builder.info.splits)

@@ -18,31 +18,15 @@ import math
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 BEST_METRIC = "eval_top1"
-
-
-def _key_name(key: Any) -> str:
-    """One path entry as plain text, whether an attribute, a dict key or an index."""
-    for field in ("name", "key", "idx"):
-        if hasattr(key, field):
-            return str(getattr(key, field))
-    return str(key)
-
-
-def _shape_tree(tree: Any) -> dict[str, tuple]:
-    """{path: (shape, dtype name)} of a pytree of arrays or array metadata. Paths are written
-    the same way for a TrainState and for the nested dicts Orbax reads back."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_name(key) for key in path): (tuple(leaf.shape), str(leaf.dtype))
-            for path, leaf in flat}
 
 
 def _score(metrics: dict) -> float:
@@ -66,9 +50,11 @@ class Checkpoints:
             checkpoint_managers.BestN(get_metric_fn=_score, n=1,
                                       keep_checkpoints_without_metrics=False),
         ])
-        # best_fn makes Orbax store each checkpoint's metrics (the policy above reads them).
+        # best_fn makes Orbax store each checkpoint's metrics (the policy above reads them) and
+        # track the best step.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=_score, enable_async_checkpointing=asynchronous,
+            preservation_policy=policy, best_fn=_score, best_mode="max",
+            enable_async_checkpointing=asynchronous,
             create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -82,16 +68,12 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        """The step of the kept checkpoint with the highest ``eval_top1``, or None."""
-        scored = []
-        for step in self.all_steps():
-            try:
-                metrics = self.manager.metrics(step)
-            except Exception:  # noqa: BLE001 - a checkpoint without metrics
-                metrics = None
-            if metrics and BEST_METRIC in metrics:
-                scored.append((float(metrics[BEST_METRIC]), step))
-        return max(scored)[1] if scored else None
+        """The step of the kept checkpoint with the highest ``eval_top1``, or None (Orbax
+        tracks it through ``best_fn``; checkpoints saved without an evaluation never count)."""
+        step = self.manager.best_step()
+        if step is None or _score(self.manager.metrics(step) or {}) == -math.inf:
+            return None
+        return step
 
     def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
         """Start saving ``state`` as checkpoint ``step`` (returns once the arrays are copied)."""
@@ -116,19 +98,10 @@ class Checkpoints:
         self.close()
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
-        try:
-            saved = self.manager.item_metadata(step)["state"]
-        except Exception as error:  # noqa: BLE001
-            raise self._unreadable(step, error) from None
-        saved = getattr(saved, "tree", saved)
-        want, have = _shape_tree(abstract_state), _shape_tree(saved)
-        differing = sorted(set(want) ^ set(have)) + sorted(
-            path for path in set(want) & set(have) if want[path][0] != have[path][0])
-        if differing:
-            raise CheckpointError(
-                f"checkpoint {self._path(step)} was written for a different model or training "
-                f"configuration ({len(differing)} differing entries, e.g. {differing[0]}); run "
-                "with the configuration it was written with, or use a new --workdir")
+        trees.check(abstract_state, self.saved_state_metadata(step), error=CheckpointError,
+                    what=f"checkpoint {self._path(step)} was written for a different model or "
+                    "training configuration",
+                    advice="run with the configuration it was written with, or use a new --workdir")
 
     def _path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))

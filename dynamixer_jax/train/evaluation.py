@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-import flax
 import jax
 import numpy as np
 
+from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError, ConfigError, DataError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel
@@ -61,16 +61,11 @@ def open_configured_source(data: DataPlan):
 
 def _check_fit(params: Any, abstract: Any, source: str, model: ModelPlan,
                num_classes: int) -> None:
-    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract), sep="/")
-    have = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    for path, leaf in want.items():
-        if path not in have or tuple(np.shape(have[path])) != tuple(leaf.shape):
-            got = np.shape(have[path]) if path in have else "missing"
-            raise ConfigError(
-                f"weights at {source} do not fit model {model.name} at image_size "
-                f"{model.image_size} with {num_classes} classes ({path}: "
-                f"{got} vs {tuple(leaf.shape)}); set --config.model, --config.image_size, "
-                "--config.model_overrides and the dataset to the ones they were trained with")
+    trees.check(abstract, params, error=ConfigError,
+                what=f"weights at {source} do not fit model {model.name} at image_size "
+                f"{model.image_size} with {num_classes} classes",
+                advice="set --config.model, --config.image_size, --config.model_overrides and "
+                "the dataset to the ones they were trained with")
 
 
 def evaluate(config, source: str) -> dict[str, float]:

@@ -213,10 +213,12 @@ def _initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any
     """Fresh parameters (the authors' init), merged with ``init_from`` when fine-tuning."""
     params = init_variables(model, jax.random.key(seed))["params"]
     if init_from is not None:
-        from dynamixer_jax.train.weights import load_params, merge_params  # noqa: PLC0415
+        from dynamixer_jax.train.weights import (  # noqa: PLC0415
+            grid_patterns, load_params, merge_params)
         loaded = load_params(init_from.path, mesh, ema=init_from.ema)
         params, report = merge_params(jax.device_get(params), loaded,
-                                      reset_head=init_from.reset_head)
+                                      reset_head=init_from.reset_head,
+                                      reinit=grid_patterns(loaded, model))
         fresh = report["reinitialised"]
         log.info("fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), "
                  "%d unused", init_from.path, len(report["taken"]), len(fresh),

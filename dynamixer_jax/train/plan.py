@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import create_model, list_models
@@ -77,7 +78,7 @@ class DataPlan:
     crop_fraction: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: Any  # the per-image training recipe (see :func:`augment_recipe`)
+    augment: TrainAugment  # the per-image training recipe
     shuffle_buffer_size: int
     threads: int | None
     prefetch_batches: int
@@ -167,22 +168,9 @@ class RunPlan:
         return Steps(steps_per_epoch, total, warmup, cosine, every)
 
 
-def augment_recipe(config: Any) -> Any:
-    """Per-image training augmentation from ``config.augment``, ``mean`` and ``std``.
-
-    Today a ``data.pipeline.TrainAugment`` (which imports TensorFlow, hence the local import).
-    """
-    from dynamixer_jax.data.pipeline import TrainAugment  # noqa: PLC0415 (TensorFlow)
-    fields = {field.name for field in dataclasses.fields(TrainAugment)}
-    settings = dict(config.augment.items())
-    unknown = set(settings) - fields
-    if unknown:
-        raise ConfigError(f"augment has unknown field(s) {sorted(unknown)}; known: "
-                          f"{', '.join(sorted(fields - {'mean', 'std'}))}")
-    for key in ("scale", "ratio"):
-        if settings.get(key) is not None:
-            settings[key] = tuple(settings[key])
-    return TrainAugment(**settings, mean=tuple(config.mean), std=tuple(config.std))
+def augment_recipe(config: Any) -> TrainAugment:
+    """Per-image training augmentation from ``config.augment``, ``mean`` and ``std``."""
+    return TrainAugment.from_fields(config.augment, mean=tuple(config.mean), std=tuple(config.std))
 
 
 def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
@@ -268,7 +256,7 @@ def _init_from(read: ConfigReader) -> InitPlan | None:
 def make_plan(config: Any, *, devices: int | None = None, processes: int | None = None
               ) -> RunPlan:
     """The checked, typed plan of ``config`` for ``devices`` devices in ``processes`` processes
-    (default: JAX's); raises ConfigError (or DataError for the augmentation) with one line."""
+    (default: JAX's); raises ConfigError with one line."""
     devices = jax.device_count() if devices is None else devices
     processes = jax.process_count() if processes is None else processes
     read = ConfigReader(config)

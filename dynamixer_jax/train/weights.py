@@ -1,99 +1,67 @@
 """Weights from elsewhere: for fine-tuning (``config.init_from``) and for ``evaluate``.
 
-:func:`load_params` reads parameters from any of
+:func:`load_params` reads parameters from any form ``dynamixer_jax.load`` accepts (a workdir of
+ours, a converted Flax checkpoint, an authors' .pth), restored onto a device mesh.
 
-* a workdir of ours, its ``checkpoints/`` directory or one step in it (raw or EMA parameters);
-* a Flax checkpoint written by ``python -m dynamixer_jax.convert`` (Orbax directory or .msgpack);
-* an authors' PyTorch checkpoint (.pth, .pth.tar, ...; converted on the fly, needs torch).
-
-:func:`merge_params` fits such parameters into a freshly initialised model for fine-tuning: every
-leaf whose path and shape match is taken; the classifier head (with ``reset_head``) and any leaf
-the new model shapes differently stay freshly initialised, and the log names them. DynaMixer's
-``generate`` layers depend on the token grid, so a new image size re-initialises them.
+:func:`merge_params` fits them into a freshly initialised model for fine-tuning, as big_vision's
+``dont_load``: every leaf is loaded except the paths matching explicit patterns (:data:`HEAD`
+with ``reset_head``; :data:`GRID_DEPENDENT` when the image size changes, see
+:func:`grid_patterns`); any other difference is an error, never a silent re-initialisation.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+from collections.abc import Iterable
 from typing import Any
 
-import flax
-import jax
-import numpy as np
+from dynamixer_jax import trees
+from dynamixer_jax.convert.architecture import architecture_from_params
+from dynamixer_jax.errors import ConversionError
+from dynamixer_jax.loading import read_params
+from dynamixer_jax.model.network import DynaMixer
 
-from dynamixer_jax.errors import CheckpointError, ConversionError
-from dynamixer_jax.convert.flax_io import load_flax
-from dynamixer_jax.convert.torch_io import is_torch_file
-
-from dynamixer_jax.train.checkpoints import find_checkpoint
-
-log = logging.getLogger(__name__)
-
-HEAD = "head"
-
-
-def _looks_like_our_checkpoint(path: str) -> bool:
-    for candidate in (os.path.join(path, "checkpoints"), path, os.path.dirname(path.rstrip("/"))):
-        if os.path.isdir(candidate) and any(name.isdigit() for name in os.listdir(candidate)):
-            return True
-    return False
+# The classifier: a new dataset needs a new one.
+HEAD = (r"head/.*",)
+# DynaMixer's ``generate`` layers map a row or column of the token grid to its mixing matrix, so
+# their shapes follow the grid (image_size / patch_size): a new image size needs new ones.
+GRID_DEPENDENT = (r".*/generate/.*",)
 
 
 def load_params(path: str, mesh, *, ema: bool = False) -> Any:
-    """Parameters (numpy leaves) from ``path``; ``ema`` picks the EMA copy where there is one."""
-    path = os.path.expanduser(str(path))
-    if is_torch_file(path):
-        from dynamixer_jax.convert import torch_to_flax  # noqa: PLC0415 (torch only here)
-        return torch_to_flax(path, ema=ema)["params"]
-    if not os.path.exists(path):
-        raise CheckpointError(f"no weights at {path}: give a workdir, a checkpoint directory, a "
-                              ".msgpack file or an authors' .pth file")
-    if os.path.isdir(path) and _looks_like_our_checkpoint(path):
-        return _params_from_our_checkpoint(path, mesh, ema=ema)
-    if ema:
-        raise CheckpointError(f"{path} holds one set of weights, no EMA copy; drop the EMA option")
-    return load_flax(path)["params"]
+    """Parameters (numpy leaves) from ``path``; ``ema`` picks the EMA copy where there is one.
+    A workdir's checkpoint is restored replicated over ``mesh`` (every process reads it)."""
+    from dynamixer_jax.train.parallel import replicated  # noqa: PLC0415 (only for workdirs)
+
+    return read_params(path, ema=ema, sharding=replicated(mesh))
 
 
-def _params_from_our_checkpoint(path: str, mesh, *, ema: bool) -> Any:
-    from dynamixer_jax.train.parallel import replicated  # noqa: PLC0415
-
-    checkpoints, step = find_checkpoint(path)
-    saved = checkpoints.saved_state_metadata(step)
-    sharding = replicated(mesh)
-    abstract = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding), saved)
-    state, _ = checkpoints.restore(step, abstract)
-    key = "ema_params" if ema else "params"
-    params = state[key] if isinstance(state, dict) else getattr(state, key)
-    if ema and not jax.tree_util.tree_leaves(params):
-        raise CheckpointError(f"checkpoint {checkpoints.directory}/{step} was trained without "
-                              "EMA; use its raw parameters")
-    log.info("loaded %s of checkpoint %s/%d", key, checkpoints.directory, step)
-    return jax.device_get(params)
+def _pair(size: Any) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def merge_params(fresh: Any, loaded: Any, *, reset_head: bool = True) -> tuple[Any, dict]:
-    """``fresh`` with every leaf of ``loaded`` that fits (same path, same shape).
+def grid_patterns(loaded: Any, model: DynaMixer) -> tuple[str, ...]:
+    """:data:`GRID_DEPENDENT` if ``loaded`` was trained at another image size than ``model``
+    takes, else nothing (the sizes are read off the parameter shapes)."""
+    trained_at = architecture_from_params(loaded)["image_size"]
+    return GRID_DEPENDENT if _pair(trained_at) != _pair(model.image_size) else ()
 
-    Returns ``(params, report)``: ``report`` lists ``taken``, ``reinitialised`` (kept fresh:
-    the head if ``reset_head``, a missing path or a different shape) and ``unused`` loaded paths.
+
+def merge_params(fresh: Any, loaded: Any, *, reset_head: bool = True,
+                 reinit: Iterable[str] = ()) -> tuple[Any, dict]:
+    """``fresh`` with every leaf of ``loaded`` except the paths matching a ``reinit`` regex or,
+    with ``reset_head``, the head; those keep their fresh values.
+
+    Returns ``(params, report)``: ``report`` lists ``taken`` and ``reinitialised`` paths and the
+    ``unused`` loaded ones. Any other missing, unexpected or mis-shaped leaf raises a one-line
+    ConversionError.
     """
-    fresh_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh), sep="/")
-    loaded_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
-    merged, report = {}, {"taken": [], "reinitialised": [], "unused": []}
-    for path, leaf in fresh_flat.items():
-        source = loaded_flat.get(path)
-        is_head = path.split("/")[0] == HEAD
-        if source is not None and np.shape(source) == np.shape(leaf) and not (is_head and reset_head):
-            merged[path] = np.asarray(source, dtype=np.asarray(leaf).dtype)
-            report["taken"].append(path)
-        else:
-            merged[path] = leaf
-            report["reinitialised"].append(path)
-    report["unused"] = sorted(set(loaded_flat) - set(fresh_flat))
+    patterns = tuple(reinit) + (HEAD if reset_head else ())
+    merged, report = trees.merge(
+        fresh, loaded, reinit=patterns, error=ConversionError,
+        advice="fine-tune the architecture the weights were trained as (--config.model, "
+        "--config.model_overrides); only the head (reset_head) and, at a new image size, the "
+        "grid-dependent generate layers start fresh")
     if not report["taken"]:
-        raise ConversionError("none of the loaded weights fit this model (no parameter path and "
-                              "shape in common); check the model name and its overrides")
-    return flax.traverse_util.unflatten_dict(merged, sep="/"), report
+        raise ConversionError("none of the loaded weights fit this model (every parameter is "
+                              "re-initialised); check the model name and its overrides")
+    return merged, report

@@ -1,0 +1,147 @@
+"""A trained DynaMixer for inference, from wherever its weights are: ``dynamixer_jax.load``.
+
+    model, variables = dynamixer_jax.load("/tmp/quickstart")      # a training workdir of ours
+    logits = model.apply(variables, images, train=False)          # images normalised, NHWC
+
+Accepted: a workdir of ours (its latest checkpoint), its ``checkpoints/`` directory or one step
+in it; a ``.msgpack`` file or Orbax directory written by ``python -m dynamixer_jax.convert``; an
+authors' PyTorch checkpoint (``.pth``, ``.pth.tar``...; converted on the fly, needs torch). The
+architecture comes from the workdir's ``config.json`` where there is one, else from the
+parameter shapes. Needs no device mesh, no TensorFlow and no ml_collections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from dynamixer_jax import trees
+from dynamixer_jax.convert import architecture_from_params, model_from_state_dict, torch_to_flax
+from dynamixer_jax.convert.flax_io import load_flax
+from dynamixer_jax.convert.torch_io import is_torch_file, unwrap_state_dict
+from dynamixer_jax.errors import CheckpointError, ConversionError
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import create_model, list_models
+
+WHERE = ("give a training workdir, its checkpoints/ directory or one step in it, a .msgpack "
+         "file or Orbax directory from python -m dynamixer_jax.convert, or an authors' .pth file")
+
+
+def is_our_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a workdir of ours, its ``checkpoints/`` directory or a step in it."""
+    for candidate in (os.path.join(path, "checkpoints"), path, os.path.dirname(path.rstrip("/"))):
+        if os.path.isdir(candidate) and any(name.isdigit() for name in os.listdir(candidate)):
+            return True
+    return False
+
+
+def _checked_path(path: str | os.PathLike) -> str:
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.exists(path):
+        raise CheckpointError(f"no weights at {path}: {WHERE}")
+    return path
+
+
+def read_params(path: str | os.PathLike, *, ema: bool = False, sharding: Any = None) -> Any:
+    """The parameters (numpy leaves) stored at ``path`` (any form the module docstring lists);
+    ``ema`` takes the EMA copy where there is one. ``sharding`` places a workdir checkpoint's
+    arrays while it is restored (default: the first device)."""
+    path = _checked_path(path)
+    if is_torch_file(path):
+        return torch_to_flax(path, ema=ema)["params"]
+    if os.path.isdir(path) and is_our_checkpoint(path):
+        return _params_from_workdir(path, ema=ema, sharding=sharding)
+    if ema:
+        raise CheckpointError(f"{path} holds one set of weights, no EMA copy; drop the EMA option")
+    return load_flax(path)["params"]
+
+
+def _params_from_workdir(path: str, *, ema: bool, sharding: Any) -> Any:
+    # Orbax is imported only for our training checkpoints (it is slow to import).
+    from dynamixer_jax.train.checkpoints import find_checkpoint  # noqa: PLC0415
+
+    checkpoints, step = find_checkpoint(path)
+    try:
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding),
+            checkpoints.saved_state_metadata(step))
+        state, _ = checkpoints.restore(step, abstract)
+    finally:
+        checkpoints.close()
+    key = "ema_params" if ema else "params"
+    params = state[key] if isinstance(state, dict) else getattr(state, key)
+    if ema and not jax.tree_util.tree_leaves(params):
+        raise CheckpointError(f"checkpoint {checkpoints.directory}/{step} was trained without "
+                              "EMA; use its raw parameters")
+    return jax.device_get(params)
+
+
+def _saved_config(path: str) -> dict[str, Any]:
+    """The ``config.json`` a training run wrote beside its checkpoints, or {}."""
+    for directory in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        candidate = os.path.join(directory, "config.json")
+        if os.path.isdir(os.path.join(directory, "checkpoints")) and os.path.isfile(candidate):
+            try:
+                with open(candidate) as file:
+                    return json.load(file)
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _model_for(path: str, params: Any, model_kwargs: dict[str, Any]) -> DynaMixer:
+    """The model the run at ``path`` configured, else the one the parameter shapes describe."""
+    saved = _saved_config(path) if os.path.isdir(path) else {}
+    head = params.get("head", {}).get("kernel") if hasattr(params, "get") else None
+    try:
+        if saved.get("model") in list_models():  # a run's config.json holds every field
+            overrides = {key: _tuples(value)
+                         for key, value in (saved["model_overrides"] or {}).items()
+                         if value is not None}
+            settings = {"num_classes": int(np.shape(head)[-1]) if head is not None else 0,
+                        "image_size": _tuples(saved["image_size"]), **overrides}
+            return create_model(saved["model"], **{**settings, **model_kwargs})
+        return DynaMixer(**{**architecture_from_params(params), **model_kwargs})
+    except (TypeError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConversionError(f"cannot build the model of the weights at {path}: "
+                              f"{reason}") from None
+
+
+def load(path: str | os.PathLike, *, ema: bool = False, dtype: Any = None,
+         **model_kwargs: Any) -> tuple[DynaMixer, dict[str, Any]]:
+    """``(model, variables)`` for the trained weights at ``path``, ready for
+    ``model.apply(variables, images, train=False)``.
+
+    ``ema=True`` takes the EMA copy (a workdir trained with EMA, an authors' checkpoint with
+    ``state_dict_ema``). ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``); other
+    keyword arguments go to the model (``param_dtype``, ``remat``...), and the parameters take
+    its ``param_dtype``. Images are expected normalised as in training (ImageNet mean and std
+    for the authors' weights). Every user error is one-line :class:`DynaMixerError`.
+    """
+    path = _checked_path(path)
+    model_kwargs = {**model_kwargs, "dtype": dtype}
+    if is_torch_file(path):  # torch is imported to read it
+        state_dict = unwrap_state_dict(path, ema=ema)
+        model = model_from_state_dict(state_dict, **model_kwargs)
+        return model, torch_to_flax(state_dict, model)
+    params = read_params(path, ema=ema)
+    model = _model_for(path, params, model_kwargs)
+    abstract = abstract_variables(model)["params"]
+    trees.check(abstract, params, error=CheckpointError,
+                what=f"the weights at {path} do not fit the model built for them",
+                advice="pass the architecture fields they were trained with as keyword arguments")
+    flat = trees.flatten(params)
+    params = jax.tree_util.tree_map_with_path(
+        lambda where, want: np.asarray(flat[trees.path_name(where)], dtype=want.dtype), abstract)
+    return model, {"params": params}

@@ -1,8 +1,10 @@
 """Train or evaluate DynaMixer.
 
     python main.py --config=configs/quickstart.py --workdir=/tmp/quickstart
-    python main.py --config=configs/dynamixer_s.py --workdir=$WORKDIR --config.batch_size=1024
-    python main.py --config=configs/dynamixer_s.py --mode=evaluate --weights=dynamixer_s.pth.tar
+    python main.py --config=configs/imagenet.py:dynamixer_s --workdir=$WORKDIR \
+        --config.batch_size=1024
+    python main.py --config=configs/imagenet.py:dynamixer_s --mode=evaluate \
+        --weights=dynamixer_s.pth.tar
 
 Running the same command again with a workdir that holds checkpoints resumes from the latest.
 Several processes (one per host): give every one ``--coordinator_address=HOST:PORT

@@ -2,11 +2,13 @@
 
     python main.py --config=configs/default.py --workdir=/tmp/run [--config.FIELD=VALUE ...]
 
-The defaults are the authors' ImageNet-1K recipe for DynaMixer-S (SPEC section 6); see
-``dynamixer_s.py``, ``dynamixer_m.py`` and ``dynamixer_l.py`` for the published runs,
-``quickstart.py`` for a five-minute CPU run and ``finetune.py`` for transfer learning. Any field
-can be set from the command line, e.g. ``--config.batch_size=1024`` or
-``--config.model_overrides.layers="(2, 2, 4, 2)"``.
+The defaults are the authors' ImageNet-1K recipe for DynaMixer-S; see ``imagenet.py`` for the
+published runs (``--config=configs/imagenet.py:dynamixer_m``), ``quickstart.py`` for a
+five-minute CPU run and ``finetune.py`` for transfer learning. Any field can be set from the
+command line, e.g. ``--config.batch_size=1024`` or
+``--config.model_overrides.layers="(2, 2, 4, 2)"``; from Python, ``load_config(path,
+batch_size=1024, **{"mixup.cutmix_alpha": 0.0})``. An unset field is None (its default here;
+leave it off the command line). ``dynamixer_jax/train/plan.py`` reads and checks them all.
 """
 
 import ml_collections
@@ -32,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
         "patch_size": config_dict.placeholder(int),      # patch embedding kernel = stride (7)
     })
     config.image_size = 224  # input side; the token grid is image_size / patch_size
-    config.num_classes = -1  # -1: the dataset's number of classes
+    config.num_classes = config_dict.placeholder(int)  # None: the dataset's number of classes
     config.drop_path_rate = 0.1  # stochastic depth, growing linearly to this over all layers
     config.drop_rate = 0.0  # dropout in the MLPs and after the token mixer's projection
     config.half_precision = False  # bfloat16 computation (parameters, softmaxes, norms in fp32)
@@ -73,10 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- optimisation: AdamW, warmup + cosine (warmup inside it) + cooldown, per step
     config.batch_size = 2048  # global, over all devices and processes
-    config.eval_batch_size = -1  # global; -1: batch_size
+    config.eval_batch_size = config_dict.placeholder(int)  # global; None: batch_size
     config.num_epochs = 300  # epochs of warmup + cosine
     config.cooldown_epochs = 10  # epochs at min_learning_rate after the cosine
-    config.num_train_steps = -1  # > 0: this many steps instead of (num_epochs + cooldown_epochs)
+    # None: (num_epochs + cooldown_epochs) epochs; else this many steps
+    config.num_train_steps = config_dict.placeholder(int)
     config.warmup_epochs = 20
     config.learning_rate = 2e-3  # peak; not scaled with the batch size
     config.warmup_learning_rate = 1e-6
@@ -93,11 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = config_dict.placeholder(str)  # workdir, checkpoint, .msgpack or .pth
     config.init_from_ema = False  # take the EMA weights of init_from
     config.reset_head = True  # a new classifier head
+    config.init_from_required = False  # True: refuse to start without init_from (finetune.py)
 
     # ---- bookkeeping
     config.seed = 42  # parameters, data order, augmentation and step randomness
     config.log_every_steps = 100
-    config.eval_every_steps = -1  # -1: once per epoch (and always at the end)
+    config.eval_every_steps = config_dict.placeholder(int)  # None: once per epoch (and at the end)
     config.checkpoint_every_steps = 1000  # also after every evaluation
     config.keep_checkpoints = 3  # the latest ones; the best by eval_top1 is kept as well
     config.async_checkpointing = True

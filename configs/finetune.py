@@ -19,7 +19,7 @@ from configs import default
 def get_config():
     config = default.get_config()
     config.model = "dynamixer_s"
-    config.init_from = ""  # required: see the docstring
+    config.init_from_required = True  # --config.init_from=PATH: see the docstring
     config.init_from_ema = False
     config.reset_head = True
 

@@ -101,16 +101,16 @@ def _tuples(value: Any) -> Any:
 
 def _model_for(path: str, params: Any, model_kwargs: dict[str, Any]) -> DynaMixer:
     """The model the run at ``path`` configured, else the one the parameter shapes describe."""
-    config = _saved_config(path) if os.path.isdir(path) else {}
+    saved = _saved_config(path) if os.path.isdir(path) else {}
     head = params.get("head", {}).get("kernel") if hasattr(params, "get") else None
     try:
-        if config.get("model") in list_models():
+        if saved.get("model") in list_models():  # a run's config.json holds every field
             overrides = {key: _tuples(value)
-                         for key, value in (config.get("model_overrides") or {}).items()
+                         for key, value in (saved["model_overrides"] or {}).items()
                          if value is not None}
             settings = {"num_classes": int(np.shape(head)[-1]) if head is not None else 0,
-                        "image_size": _tuples(config.get("image_size", 224)), **overrides}
-            return create_model(config["model"], **{**settings, **model_kwargs})
+                        "image_size": _tuples(saved["image_size"]), **overrides}
+            return create_model(saved["model"], **{**settings, **model_kwargs})
         return DynaMixer(**{**architecture_from_params(params), **model_kwargs})
     except (TypeError, ValueError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -11,6 +11,7 @@ from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.evaluation import make_eval_data
+from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.reporting import read_metrics
 
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
@@ -31,7 +32,7 @@ def authors_checkpoint(tmp_path_factory):
 
 def _torch_metrics(model, config, data_dir):
     sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
-    eval_data = make_eval_data(config, open_source(config.dataset, data_dir))
+    eval_data = make_eval_data(make_plan(config).data, open_source(config.dataset, data_dir))
     with torch.no_grad():
         for batch in eval_data.batches():
             real = batch["mask"]
@@ -69,7 +70,7 @@ def test_finetune_from_authors_checkpoint_at_another_size(authors_checkpoint, di
                          dataset="sklearn_digits", data_dir=digits_data_dir, eval_split="test",
                          image_size=48, batch_size=32, num_train_steps=3, log_every_steps=1,
                          checkpoint_every_steps=3, half_precision=False, **{
-                             f"model_overrides__{key}": value for key, value in ARCH.items()})
+                             f"model_overrides.{key}": value for key, value in ARCH.items()})
     with caplog.at_level("INFO", logger="dynamixer_jax"):
         result = train_and_evaluate(config, str(tmp_path))
     assert result["status"] == "finished" and result["step"] == 3

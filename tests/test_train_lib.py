@@ -2,6 +2,7 @@
 (accumulation, NaN guard, EMA), checkpoint round trips, fine-tuning merges, config checks, and
 DynaMixer-S at 224 training on ``tfds.testing.mock_data('imagenet2012')``."""
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
 from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.train.mixup import MixupConfig
-from dynamixer_jax.train import builders, load_config, parallel, train_and_evaluate
+from dynamixer_jax.train import load_config, parallel, train_and_evaluate
 
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
@@ -25,7 +26,8 @@ from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
 from dynamixer_jax.train.weights import grid_patterns, merge_params
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import PUBLISHED, create_model
+from dynamixer_jax.train.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
@@ -279,30 +281,115 @@ def test_merge_keeps_matching_weights_and_resets_the_head_and_grid_layers():
 
 # ---- configs
 
-@pytest.mark.parametrize("config_file", ["default", "dynamixer_s", "dynamixer_m", "dynamixer_l",
-                                         "quickstart", "finetune"])
+CONFIG_FILES = ["default.py", "imagenet.py:dynamixer_s", "imagenet.py:dynamixer_m",
+                "imagenet.py:dynamixer_l", "quickstart.py", "finetune.py"]
+
+
+@pytest.mark.parametrize("config_file", CONFIG_FILES)
 def test_every_config_builds_its_model(config_file):
-    config = load_config(str(REPO / "configs" / f"{config_file}.py"))
-    model = builders.build_model(config, 10)
+    config = load_config(str(REPO / "configs" / config_file),
+                         **({"init_from": "/weights"} if config_file == "finetune.py" else {}))
+    plan = make_plan(config, devices=1, processes=1)
+    model = plan.model.build(10)
     assert model.num_classes == 10
-    plan = builders.plan_steps(config, steps_per_epoch=100)
-    assert plan.total_steps == (config.num_epochs + config.cooldown_epochs) * 100
-    text = (REPO / "configs" / f"{config_file}.py").read_text()
+    steps = plan.steps(steps_per_epoch=100)
+    assert steps.total_steps == (config.num_epochs + config.cooldown_epochs) * 100
+    text = (REPO / "configs" / config_file.split(":")[0]).read_text()
     assert "python main.py --config=configs/" in text  # the docstring gives the command
 
 
-def test_recipe_configs_follow_the_spec():
-    expected = {"dynamixer_s": (2048, 0.1), "dynamixer_m": (1024, 0.1), "dynamixer_l": (512, 0.3)}
-    for name, (batch_size, drop_path) in expected.items():
-        config = load_config(str(REPO / "configs" / f"{name}.py"))
-        assert (config.model, config.batch_size, config.drop_path_rate) == (name, batch_size,
-                                                                            drop_path)
-        assert (config.learning_rate, config.weight_decay, config.num_epochs,
-                config.warmup_epochs, config.cooldown_epochs) == (2e-3, 0.05, 300, 20, 10)
-        assert (config.mixup.mixup_alpha, config.mixup.cutmix_alpha, config.label_smoothing,
-                config.ema_decay, config.seed) == (0.8, 1.0, 0.1, 0.99996, 42)
-        assert config.augment.rand_augment == "rand-m9-mstd0.5-inc1"
-        assert config.augment.random_erase_prob == 0.25
+@pytest.mark.parametrize("variant", sorted(PUBLISHED))
+def test_imagenet_config_takes_each_variant_from_published(variant):
+    config = load_config(str(REPO / "configs" / f"imagenet.py:{variant}"))
+    published = PUBLISHED[variant]
+    assert (config.model, config.batch_size, config.drop_path_rate, config.crop_fraction) == (
+        variant, published["batch_size"], published["drop_path_rate"],
+        published["crop_fraction"])
+    assert config.half_precision
+    # the rest is the authors' recipe of default.py
+    assert (config.learning_rate, config.weight_decay, config.num_epochs,
+            config.warmup_epochs, config.cooldown_epochs) == (2e-3, 0.05, 300, 20, 10)
+    assert (config.mixup.mixup_alpha, config.mixup.cutmix_alpha, config.label_smoothing,
+            config.ema_decay, config.seed) == (0.8, 1.0, 0.1, 0.99996, 42)
+    assert config.augment.rand_augment == "rand-m9-mstd0.5-inc1"
+    assert config.augment.random_erase_prob == 0.25
+
+
+def test_published_batch_sizes_are_the_authors():
+    assert {name: facts["batch_size"] for name, facts in PUBLISHED.items()} == {
+        "dynamixer_s": 2048, "dynamixer_m": 1024, "dynamixer_l": 512}
+
+
+def test_imagenet_config_rejects_an_unknown_variant():
+    with pytest.raises(ConfigError, match="dynamixer_m"):
+        load_config(str(REPO / "configs" / "imagenet.py:dynamixer_xl"))
+
+
+def test_dotted_overrides_reach_nested_fields():
+    config = load_config(QUICKSTART, batch_size=32, **{"mixup.cutmix_alpha": 0.5,
+                                                      "model_overrides.layers": (1, 1)})
+    assert (config.batch_size, config.mixup.cutmix_alpha) == (32, 0.5)
+    assert tuple(config.model_overrides.layers) == (1, 1)
+    plan = make_plan(config, devices=1, processes=1)
+    assert plan.mixup.cutmix_alpha == 0.5 and dict(plan.model.overrides)["layers"] == (1, 1)
+    assert plan.data.eval_batch_size == 32  # unset (None): the training batch size
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_sise=32), "batch_sise"),
+    ({"mixup.alpha": 0.1}, "mixup.alpha"),
+    (dict(augment__hflip=0.0), "augment.hflip"),
+])
+def test_overrides_of_fields_that_do_not_exist_are_one_line(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(QUICKSTART, **overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("field", ["num_train_steps", "eval_batch_size", "num_classes",
+                                   "eval_every_steps"])
+def test_the_old_minus_one_for_unset_says_the_new_spelling(field):
+    with pytest.raises(ConfigError) as error:
+        make_plan(load_config(QUICKSTART, **{field: -1}), devices=1, processes=1)
+    assert f"{field} -1" in str(error.value) and f"leave --config.{field} out" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_plan_rejects_a_field_default_py_does_not_know():
+    config = load_config(QUICKSTART)
+    config.unlock()
+    config.learning_rate_peak = 1e-3  # a misspelling a config file could hold
+    with pytest.raises(ConfigError) as error:
+        make_plan(config, devices=1, processes=1)
+    assert "learning_rate_peak" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_no_default_is_repeated_outside_default_py():
+    # every default lives in configs/default.py: the package reads the config only in plan.py,
+    # strictly (no config.get(name, default))
+    package = REPO / "dynamixer_jax"
+    offenders = [str(path.relative_to(REPO)) for path in package.rglob("*.py")
+                 if "config.get(" in path.read_text() or "_get(config" in path.read_text()]
+    assert offenders == []
+
+
+def test_cadence_of_a_resumed_run_is_the_uninterrupted_ones():
+    from dynamixer_jax.train.cadence import Cadence
+
+    plan = make_plan(load_config(QUICKSTART, log_every_steps=3, checkpoint_every_steps=5,
+                                 eval_every_steps=7), devices=1, processes=1)
+    steps = plan.steps(steps_per_epoch=10)
+    steps = dataclasses.replace(steps, total_steps=30)
+    whole = Cadence(plan.cadence, steps)
+    reference = {step: whole(step) for step in range(1, 31)}
+    assert [step for step, due in reference.items() if due.log] == [3, 6, 9, 12, 15, 18, 21,
+                                                                     24, 27, 30]
+    assert [step for step, due in reference.items() if due.evaluate] == [7, 14, 21, 28, 30]
+    assert [step for step, due in reference.items() if due.save] == [5, 7, 10, 14, 15, 20, 21,
+                                                                     25, 28, 30]
+    resumed = Cadence(plan.cadence, steps)  # restarted from the checkpoint of step 14
+    assert {step: resumed(step) for step in range(15, 31)} == {
+        step: due for step, due in reference.items() if step >= 15}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -312,8 +399,8 @@ def test_recipe_configs_follow_the_spec():
     (dict(grad_accum_steps=3), "grad_accum_steps 3"),
     (dict(ema_decay=1.0), "ema_decay"),
     (dict(learning_rate=-1.0), "learning_rate"),
-    (dict(augment__rand_augment="rand-q9"), "rand"),
-    (dict(mixup__switch_prob=2.0), "mixup"),
+    ({"augment.rand_augment": "rand-q9"}, "rand"),
+    ({"mixup.switch_prob": 2.0}, "mixup"),
     (dict(dataset="no_such_dataset_y"), "unknown dataset"),
 ])
 def test_config_errors_are_one_line(overrides, message, tmp_path, digits_data_dir):
@@ -335,7 +422,7 @@ def test_finetune_config_asks_for_its_starting_weights(tmp_path):
 def test_dynamixer_s_at_224_trains_on_mock_imagenet(tmp_path):
     # The recipe as is, but for the batch size, bfloat16 and the EMA (slow to compile and run
     # on a CPU; both are tested on small models elsewhere).
-    config = load_config(str(REPO / "configs" / "dynamixer_s.py"), batch_size=4,
+    config = load_config(str(REPO / "configs" / "imagenet.py:dynamixer_s"), batch_size=4,
                          eval_batch_size=8, num_train_steps=2, log_every_steps=1,
                          data_dir=str(tmp_path / "tfds"), shuffle_buffer_size=16,
                          half_precision=False, ema_decay=0.0)

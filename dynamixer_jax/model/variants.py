@@ -24,11 +24,15 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     ),
 }
 
-# Facts about the published ImageNet-1K models (SPEC table), for configs and tests.
+# Facts about the published ImageNet-1K models and their training runs (global batch size,
+# eval crop fraction, stochastic depth, top-1 %), read by configs/imagenet.py and the tests.
 PUBLISHED = {
-    "dynamixer_s": dict(num_params=26_265_960, crop_fraction=0.9, drop_path_rate=0.1, top1=82.7),
-    "dynamixer_m": dict(num_params=57_128_264, crop_fraction=0.9, drop_path_rate=0.1, top1=83.7),
-    "dynamixer_l": dict(num_params=97_818_088, crop_fraction=0.875, drop_path_rate=0.3, top1=84.3),
+    "dynamixer_s": dict(num_params=26_265_960, batch_size=2048, crop_fraction=0.9,
+                        drop_path_rate=0.1, top1=82.7),
+    "dynamixer_m": dict(num_params=57_128_264, batch_size=1024, crop_fraction=0.9,
+                        drop_path_rate=0.1, top1=83.7),
+    "dynamixer_l": dict(num_params=97_818_088, batch_size=512, crop_fraction=0.875,
+                        drop_path_rate=0.3, top1=84.3),
 }
 
 

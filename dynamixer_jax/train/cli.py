@@ -1,13 +1,7 @@
-"""What ``main.py`` does around the library calls: logging, config files, one-line errors.
-
-:func:`load_config` also serves notebooks: ``load_config("configs/quickstart.py",
-batch_size=32)`` gives the ConfigDict that ``--config=configs/quickstart.py
---config.batch_size=32`` would.
-"""
+"""What ``main.py`` does around the library calls: logging setup and one-line errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -36,27 +30,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.propagate = False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFDS's deprecation notices
-
-
-def load_config(path: str, **overrides: Any):
-    """The ``get_config()`` of a config file, with ``field=value`` (dotted names as ``a__b``)
-    overrides applied; configs may ``from configs import default`` (their parent is importable)."""
-    path = os.path.abspath(path)
-    root = os.path.dirname(os.path.dirname(path))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(
-        f"_dynamixer_config_{os.path.splitext(os.path.basename(path))[0]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for name, value in overrides.items():
-        target, *parts = name.split("__")
-        node = config
-        for part in [target, *parts][:-1]:
-            node = node[part]
-        node[([target, *parts])[-1]] = value
-    return config
 
 
 def run_reporting_errors(function: Callable[[], Any]) -> int:

@@ -18,8 +18,8 @@ import numpy as np
 from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError, ConfigError, DataError
 from dynamixer_jax.model.init import abstract_variables
-from dynamixer_jax.train import builders, parallel
-
+from dynamixer_jax.train import parallel
+from dynamixer_jax.train.plan import DataPlan, ModelPlan, make_plan
 from dynamixer_jax.train.steps import make_eval_step
 
 log = logging.getLogger("dynamixer_jax.train")
@@ -45,26 +45,25 @@ def evaluate_params(eval_step, params_by_name: Mapping[str, Any], eval_data, mes
     return results
 
 
-def make_eval_data(config, source):
-    """The configured eval split of ``source`` (an opened data source) as ``EvalData``."""
+def make_eval_data(data: DataPlan, source):
+    """The planned eval split of ``source`` (an opened data source) as ``EvalData``."""
     from dynamixer_jax.data.pipeline import EvalData  # noqa: PLC0415 (TensorFlow)
-    return EvalData(source, global_batch_size=builders.eval_batch_size(config),
-                    image_size=config.image_size, crop_fraction=config.crop_fraction,
-                    split=config.eval_split, threads=config.get("data_threads"))
+    return EvalData(source, global_batch_size=data.eval_batch_size, image_size=data.image_size,
+                    crop_fraction=data.crop_fraction, split=data.eval_split, threads=data.threads)
 
 
-def open_configured_source(config):
-    """The configured dataset (TFDS name or folder), opened (raises DataError with advice)."""
+def open_configured_source(data: DataPlan):
+    """The planned dataset (TFDS name or folder), opened (raises DataError with advice)."""
     from dynamixer_jax.data.sources import open_source  # noqa: PLC0415 (TensorFlow)
-    return open_source(config.dataset, config.get("data_dir"),
-                       image_key=config.get("image_key", "image"),
-                       label_key=config.get("label_key", "label"))
+    return open_source(data.dataset, data.data_dir, image_key=data.image_key,
+                       label_key=data.label_key)
 
 
-def _check_fit(params: Any, abstract: Any, source: str, config) -> None:
+def _check_fit(params: Any, abstract: Any, source: str, model: ModelPlan,
+               num_classes: int) -> None:
     trees.check(abstract, params, error=ConfigError,
-                what=f"weights at {source} do not fit model {config.model} at image_size "
-                f"{config.image_size} with {config.get('num_classes')} classes",
+                what=f"weights at {source} do not fit model {model.name} at image_size "
+                f"{model.image_size} with {num_classes} classes",
                 advice="set --config.model, --config.image_size, --config.model_overrides and "
                 "the dataset to the ones they were trained with")
 
@@ -78,11 +77,11 @@ def evaluate(config, source: str) -> dict[str, float]:
     """
     from dynamixer_jax.train.weights import load_params  # noqa: PLC0415
 
-    builders.check_devices(config)
+    plan = make_plan(config)
     mesh = parallel.make_mesh()
-    data_source = open_configured_source(config)
-    num_classes = config.num_classes if config.num_classes > 0 else data_source.num_classes
-    model = builders.build_model(config, num_classes, train=False)
+    data_source = open_configured_source(plan.data)
+    num_classes = plan.model.classes(data_source.num_classes)
+    model = plan.model.build(num_classes, train=False)
     abstract = abstract_variables(model)["params"]
     params_by_name = {"raw": load_params(source, mesh)}
     try:
@@ -90,12 +89,12 @@ def evaluate(config, source: str) -> dict[str, float]:
     except (CheckpointError, ValueError):
         pass  # no EMA copy at this source
     for params in params_by_name.values():
-        _check_fit(params, abstract, source, config)
+        _check_fit(params, abstract, source, plan.model, num_classes)
     params_by_name = jax.device_put(params_by_name, parallel.replicated(mesh))
-    eval_data = make_eval_data(config, data_source)
+    eval_data = make_eval_data(plan.data, data_source)
     log.info("evaluating %s (%s) on %s/%s: %d examples", source, ", ".join(params_by_name),
-             config.dataset, config.eval_split, eval_data.num_examples)
-    eval_step = make_eval_step(model, mesh, mean=tuple(config.mean), std=tuple(config.std))
+             plan.data.dataset, plan.data.eval_split, eval_data.num_examples)
+    eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
     results = evaluate_params(eval_step, params_by_name, eval_data, mesh)
     log.info("%s", "  ".join(f"{key} {value:.4f}" for key, value in results.items()))
     return results

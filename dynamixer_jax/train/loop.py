@@ -1,14 +1,14 @@
 """``train_and_evaluate(config, workdir)``: the whole training run, resumable at any step.
 
-1. Check the config against the devices, open the dataset and build the model: every user
+1. Read the config into a plan (``plan.py``), open the dataset and build the model: every user
    error surfaces here, as one line, before anything is compiled.
 2. Restore the latest checkpoint in ``WORKDIR/checkpoints`` if there is one, else initialise
-   (from ``config.init_from`` when fine-tuning).
+   (from ``init_from`` when fine-tuning).
 3. Loop: global batch -> compiled train step. Each step's metrics are fetched one step late, so
-   the host never waits for the step it just queued; a non-finite loss stops the run there.
-   Log every ``log_every_steps``, evaluate raw and EMA parameters every ``eval_every_steps``
-   (default: each epoch), checkpoint every ``checkpoint_every_steps`` and after every
-   evaluation. SIGTERM checkpoints the current step and returns (``status`` "preempted").
+   the host never waits for the step it just queued; a non-finite loss stops the run there,
+   before anything is saved. Logging, evaluation (raw and EMA parameters) and checkpoints
+   follow ``cadence.py``. SIGTERM checkpoints the current step and returns (``status``
+   "preempted").
 
 Because batch ``k`` and the step's random key are pure functions of ``(seed, k)``, a run
 restarted from the checkpoint of step ``k`` computes exactly what the uninterrupted run did.
@@ -16,68 +16,46 @@ restarted from the checkpoint of step ``k`` computes exactly what the uninterrup
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import logging
-import math
 import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from dynamixer_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from dynamixer_jax.errors import TrainingDiverged
 from dynamixer_jax.model.init import abstract_variables, init_variables
-from dynamixer_jax.train import builders, parallel
+from dynamixer_jax.train import parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.evaluation import evaluate_params, make_eval_data, open_configured_source
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from dynamixer_jax.train.plan import InitPlan, RunPlan, Steps, make_plan
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.reporting import MetricsLog, Progress
 from dynamixer_jax.train.state import TrainState, create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
 
-log = logging.getLogger("dynamixer_jax.train")
+log = logging.getLogger(__name__)
 
 
-def _initial_params(config, model, mesh) -> Any:
-    """Fresh parameters (the authors' init), merged with ``config.init_from`` when set."""
-    params = init_variables(model, jax.random.key(config.seed))["params"]
-    init_from = config.get("init_from")
-    if init_from:
-        from dynamixer_jax.train.weights import (  # noqa: PLC0415
-            grid_patterns, load_params, merge_params)
-        loaded = load_params(init_from, mesh, ema=config.get("init_from_ema", False))
-        params, report = merge_params(jax.device_get(params), loaded,
-                                      reset_head=config.get("reset_head", True),
-                                      reinit=grid_patterns(loaded, model))
-        log.info("fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), "
-                 "%d unused", init_from, len(report["taken"]), len(report["reinitialised"]),
-                 ", ".join(report["reinitialised"][:6]) + (" ..." if len(report["reinitialised"]) > 6 else ""),
-                 len(report["unused"]))
-    return jax.device_put(params, parallel.replicated(mesh))
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the loop works with, built once before it starts."""
+    steps: Steps
+    train_step: Any
+    eval_step: Any
+    train_data: Any
+    eval_data: Any
+    mesh: Any
+    checkpoints: Checkpoints
+    metrics_log: MetricsLog
+    meta: dict
+    use_ema: bool
 
 
-def _with_sharding(abstract: Any, sharding) -> Any:
-    return jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract)
-
-
-def _data_meta(config, train_data) -> dict:
-    """What the data position of a checkpoint means (checked when resuming)."""
-    return {"seed": int(config.seed), "global_batch_size": int(config.batch_size),
-            "dataset": str(config.dataset), "train_split": str(config.train_split),
-            "steps_per_epoch": int(train_data.steps_per_epoch)}
-
-
-def _write_config(config, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as file:
-            file.write(config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
-                       else json.dumps(dict(config), indent=2, default=str))
-
-
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Train (or resume training) as ``config`` says, in ``workdir``; evaluate along the way.
 
     Returns ``{"status": "finished" | "preempted", "step": ..., **last eval metrics}``.
@@ -86,150 +64,192 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """
     from dynamixer_jax.data.pipeline import TrainData  # noqa: PLC0415 (TensorFlow)
 
+    plan = make_plan(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    builders.check_numbers(config)
-    builders.check_devices(config)
-    augment = builders.build_augment(config)
-    mixup = builders.build_mixup(config)
     mesh = parallel.make_mesh()
-    source = open_configured_source(config)
-    num_classes = config.num_classes if config.num_classes > 0 else source.num_classes
-    model = builders.build_model(config, num_classes)
-    train_data = TrainData(source, global_batch_size=config.batch_size,
-                           image_size=config.image_size, seed=config.seed,
-                           split=config.train_split, augment=augment,
-                           shuffle_buffer_size=config.shuffle_buffer_size,
-                           threads=config.get("data_threads"),
-                           prefetch_batches=config.get("prefetch_batches", 2))
-    eval_data = make_eval_data(config, source)
-    plan = builders.plan_steps(config, train_data.steps_per_epoch)
+    source = open_configured_source(plan.data)
+    data = plan.data
+    train_data = TrainData(source, global_batch_size=data.batch_size, image_size=data.image_size,
+                           seed=plan.seed, split=data.train_split, augment=data.augment,
+                           shuffle_buffer_size=data.shuffle_buffer_size, threads=data.threads,
+                           prefetch_batches=data.prefetch_batches)
+    eval_data = make_eval_data(data, source)
+    num_classes = plan.model.classes(source.num_classes)
+    model = plan.model.build(num_classes)
+    steps = plan.steps(train_data.steps_per_epoch)
     schedule = learning_rate_schedule(
-        learning_rate=config.learning_rate, warmup_learning_rate=config.warmup_learning_rate,
-        min_learning_rate=config.min_learning_rate, warmup_steps=plan.warmup_steps,
-        cosine_steps=plan.cosine_steps)
-    tx = make_optimizer(schedule, weight_decay=config.weight_decay, b1=config.adam_b1,
-                        b2=config.adam_b2, eps=config.adam_eps,
-                        grad_clip_norm=config.grad_clip_norm)
+        learning_rate=plan.optim.learning_rate,
+        warmup_learning_rate=plan.optim.warmup_learning_rate,
+        min_learning_rate=plan.optim.min_learning_rate, warmup_steps=steps.warmup_steps,
+        cosine_steps=steps.cosine_steps)
+    tx = make_optimizer(schedule, weight_decay=plan.optim.weight_decay, b1=plan.optim.b1,
+                        b2=plan.optim.b2, eps=plan.optim.eps,
+                        grad_clip_norm=plan.optim.grad_clip_norm)
     os.makedirs(workdir, exist_ok=True)
     log.info("%s on %s: %d classes, %d training examples, %d steps of %d (%d per epoch), %s",
-             config.model, config.dataset, num_classes, train_data.num_examples,
-             plan.total_steps, config.batch_size, plan.steps_per_epoch, parallel.describe(mesh))
-
-    use_ema = config.ema_decay > 0
-    replicated = parallel.replicated(mesh)
-    create = functools.partial(create_train_state, tx=tx, seed=config.seed, use_ema=use_ema)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                              asynchronous=config.get("async_checkpointing", True))
-    meta = _data_meta(config, train_data)
+             plan.model.name, data.dataset, num_classes, train_data.num_examples,
+             steps.total_steps, data.batch_size, steps.steps_per_epoch, parallel.describe(mesh))
+    create = functools.partial(create_train_state, tx=tx, seed=plan.seed,
+                               use_ema=plan.optim.ema_decay > 0)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
+                              keep=plan.cadence.keep_checkpoints,
+                              asynchronous=plan.cadence.async_checkpointing)
+    meta = _data_meta(plan, train_data.steps_per_epoch)
     try:
         latest = checkpoints.latest_step()
         if latest is not None:
             abstract = jax.eval_shape(create, abstract_variables(model)["params"])
-            state, saved_meta = checkpoints.restore(latest, _with_sharding(abstract, replicated))
-            changed = {key: (saved_meta.get(key), value) for key, value in meta.items()
-                       if saved_meta.get(key) not in (None, value)}
-            if changed:
-                log.warning("resuming with different data settings %s: batches from here on "
-                            "differ from the interrupted run's", changed)
-            log.info("resumed from checkpoint %s/%d", checkpoints.directory, latest)
+            state = _restore(checkpoints, latest, abstract, meta, mesh)
         else:
-            state = jax.jit(create, out_shardings=replicated)(_initial_params(config, model, mesh))
-        _write_config(config, workdir)
-        return _run(config, state, model, tx, schedule, mixup, num_classes, mesh, plan,
-                    train_data, eval_data, checkpoints, meta, workdir)
+            params = _initial_params(model, plan.seed, plan.init_from, mesh)
+            state = jax.jit(create, out_shardings=parallel.replicated(mesh))(params)
+        _write_config(plan.config_json, workdir)
+        start = int(jax.device_get(state.step))
+        metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=start)
+        train_step = make_train_step(
+            model, tx, schedule, mesh, num_classes=num_classes, mixup=plan.mixup,
+            augment=data.augment.on_device(), ema_decay=plan.optim.ema_decay,
+            grad_accum_steps=plan.optim.grad_accum_steps)
+        eval_step = make_eval_step(model, mesh, mean=data.mean, std=data.std)
+        run = _Run(steps, train_step, eval_step, train_data, eval_data, mesh, checkpoints,
+                   metrics_log, meta, plan.optim.ema_decay > 0)
+        try:
+            return _loop(run, plan, state)
+        finally:
+            metrics_log.close()
     finally:
         checkpoints.close()
 
 
-def _run(config, state: TrainState, model, tx, schedule, mixup, num_classes, mesh, plan,
-         train_data, eval_data, checkpoints: Checkpoints, meta: dict, workdir: str
-         ) -> dict[str, Any]:
-    step = int(jax.device_get(state.step))
-    metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=step)
-    train_step = make_train_step(model, tx, schedule, mesh, num_classes=num_classes, mixup=mixup,
-                                 augment=train_data.augment.on_device(),
-                                 ema_decay=config.ema_decay,
-                                 grad_accum_steps=config.grad_accum_steps)
-    eval_step = make_eval_step(model, mesh, mean=tuple(config.mean), std=tuple(config.std))
-    progress = Progress(step, plan.total_steps, config.batch_size)
-    interval_losses: list[float] = []
+def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
+    """The training loop proper, from ``state``'s step to the end (or a preemption)."""
+    from dynamixer_jax.train.cadence import Cadence  # noqa: PLC0415 (clu imports TensorFlow)
+
+    step, total = int(jax.device_get(state.step)), run.steps.total_steps
+    cadence = Cadence(plan.cadence, run.steps)
+    progress = Progress(step, total, plan.data.batch_size)
+    losses: list[float] = []  # of the steps since the last log line
     last_eval: dict[str, float] = {}
-    status = "finished"
-
-    def evaluate_now(at_step: int) -> dict[str, float]:
-        params = {"raw": state.params}
-        if config.ema_decay > 0:
-            params["ema"] = state.ema_params
-        results = evaluate_params(eval_step, params, eval_data, mesh)
-        results.pop("eval_examples", None)
-        metrics_log.write(at_step, results)
-        log.info("eval at step %d: %s", at_step,
-                 "  ".join(f"{key} {value:.4f}" for key, value in results.items()))
-        return results
-
-    def check(at_step: int, metrics) -> dict[str, float]:
-        values = {key: float(value) for key, value in jax.device_get(metrics).items()}
-        if not values.pop("finite"):
-            checkpoints.wait()
-            kept = checkpoints.latest_step()
-            where = (f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}"
-                     if kept is not None else "no checkpoint had been written yet")
-            raise TrainingDiverged(
-                f"training loss is {values['train_loss']} (gradient norm "
-                f"{values['grad_norm']}) at step {at_step}; {where}. Lower "
-                "--config.learning_rate, raise --config.warmup_epochs or set "
-                "--config.grad_clip_norm, then run again")
-        interval_losses.append(values["train_loss"])
-        return values
-
-    try:
-        with PreemptionWatch() as preemption:
-            if step >= plan.total_steps:
-                log.info("already trained for %d steps; evaluating", step)
-                last_eval = evaluate_now(step)
-            batches = train_data.batches(start_step=step)
-            pending = None
-            while step < plan.total_steps:
-                if preemption.requested(step):
-                    if pending is not None:
-                        check(*pending)
-                    checkpoints.save(step, state, meta)
-                    checkpoints.wait()
-                    log.info("preempted: saved checkpoint %s/%d; run the same command to resume",
-                             checkpoints.directory, step)
-                    status = "preempted"
-                    break
-                batch = parallel.global_batch(next(batches), mesh)
-                state, metrics = train_step(state, batch)
+    if step >= total:
+        log.info("already trained for %d steps; evaluating", step)
+        last_eval = _evaluate(run, state, step)
+    batches = run.train_data.batches(start_step=step)
+    pending = None  # (step, metrics) of the step queued last, not yet fetched
+    with PreemptionWatch() as preemption:
+        while step < total:
+            if preemption.requested(step):
                 if pending is not None:
-                    check(*pending)
-                step += 1
-                pending = (step, metrics)
-                log_now = step % config.log_every_steps == 0
-                eval_now = step % plan.eval_every_steps == 0 or step == plan.total_steps
-                save_now = (step % config.checkpoint_every_steps == 0 or eval_now)
-                if not (log_now or eval_now or save_now):
-                    continue
-                values = check(*pending)
-                pending = None
-                if log_now or step == plan.total_steps:
-                    rate = progress.images_per_second(step)
-                    loss = float(np.mean(interval_losses))
-                    interval_losses.clear()
-                    metrics_log.write(step, {"train_loss": loss,
-                                             "learning_rate": values["learning_rate"],
-                                             "grad_norm": values["grad_norm"],
-                                             "images_per_second": rate})
-                    log.info("%s", progress.line(step, loss, values["learning_rate"], rate))
-                scores = None
-                if eval_now:
-                    last_eval = evaluate_now(step)
-                    scores = {"eval_top1": last_eval["eval_top1"]}
-                if save_now:
-                    checkpoints.save(step, state, meta, metrics=scores)
-                if eval_now or save_now:
-                    progress.restart(step)  # throughput counts training time only
-    finally:
-        metrics_log.close()
+                    _fetch(run.checkpoints, *pending)
+                return _preempted(run, step, state, last_eval)
+            state, metrics = run.train_step(state, parallel.global_batch(next(batches), run.mesh))
+            if pending is not None:
+                losses.append(_fetch(run.checkpoints, *pending)["train_loss"])
+            step, pending = step + 1, (step + 1, metrics)
+            due = cadence(step)
+            if not due:
+                continue
+            values = _fetch(run.checkpoints, *pending)
+            losses, pending = [*losses, values["train_loss"]], None
+            if due.log:
+                _log_train(run.metrics_log, progress, step, losses, values)
+                losses = []
+            if due.evaluate:
+                last_eval = _evaluate(run, state, step)
+            if due.save:
+                scores = {"eval_top1": last_eval["eval_top1"]} if due.evaluate else None
+                run.checkpoints.save(step, state, run.meta, metrics=scores)
+            if due.evaluate or due.save:
+                progress.restart(step)  # throughput counts training time only
+    run.checkpoints.wait()
+    return {"status": "finished", "step": step, **last_eval}
+
+
+def _fetch(checkpoints: Checkpoints, step: int, metrics: Any) -> dict[str, float]:
+    """The step's metrics on the host; TrainingDiverged (nothing saved) if the loss is not
+    finite."""
+    values = {key: float(value) for key, value in jax.device_get(metrics).items()}
+    if values.pop("finite"):
+        return values
     checkpoints.wait()
-    return {"status": status, "step": step, **last_eval}
+    kept = checkpoints.latest_step()
+    where = (f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}"
+             if kept is not None else "no checkpoint had been written yet")
+    raise TrainingDiverged(
+        f"training loss is {values['train_loss']} (gradient norm {values['grad_norm']}) at "
+        f"step {step}; {where}. Lower --config.learning_rate, raise --config.warmup_epochs or "
+        "set --config.grad_clip_norm, then run again")
+
+
+def _log_train(metrics_log: MetricsLog, progress: Progress, step: int, losses: list[float],
+               values: dict[str, float]) -> None:
+    """One progress line and metrics record: the mean loss since the last one."""
+    rate = progress.images_per_second(step)
+    loss = float(np.mean(losses))
+    metrics_log.write(step, {"train_loss": loss, "learning_rate": values["learning_rate"],
+                             "grad_norm": values["grad_norm"], "images_per_second": rate})
+    log.info("%s", progress.line(step, loss, values["learning_rate"], rate))
+
+
+def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
+    """Raw (and EMA) parameters on the whole eval split; logged and recorded."""
+    params = {"raw": state.params, **({"ema": state.ema_params} if run.use_ema else {})}
+    results = evaluate_params(run.eval_step, params, run.eval_data, run.mesh)
+    results.pop("eval_examples", None)
+    run.metrics_log.write(step, results)
+    log.info("eval at step %d: %s", step,
+             "  ".join(f"{key} {value:.4f}" for key, value in results.items()))
+    return results
+
+
+def _preempted(run: _Run, step: int, state: TrainState, last_eval: dict) -> dict[str, Any]:
+    run.checkpoints.save(step, state, run.meta)
+    run.checkpoints.wait()
+    log.info("preempted: saved checkpoint %s/%d; run the same command to resume",
+             run.checkpoints.directory, step)
+    return {"status": "preempted", "step": step, **last_eval}
+
+
+def _initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any) -> Any:
+    """Fresh parameters (the authors' init), merged with ``init_from`` when fine-tuning."""
+    params = init_variables(model, jax.random.key(seed))["params"]
+    if init_from is not None:
+        from dynamixer_jax.train.weights import (  # noqa: PLC0415
+            grid_patterns, load_params, merge_params)
+        loaded = load_params(init_from.path, mesh, ema=init_from.ema)
+        params, report = merge_params(jax.device_get(params), loaded,
+                                      reset_head=init_from.reset_head,
+                                      reinit=grid_patterns(loaded, model))
+        fresh = report["reinitialised"]
+        log.info("fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), "
+                 "%d unused", init_from.path, len(report["taken"]), len(fresh),
+                 ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
+                 len(report["unused"]))
+    return jax.device_put(params, parallel.replicated(mesh))
+
+
+def _restore(checkpoints: Checkpoints, step: int, abstract: Any, meta: dict, mesh: Any) -> Any:
+    """The state of checkpoint ``step``, replicated; warns if the data settings changed."""
+    sharding = parallel.replicated(mesh)
+    abstract = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract)
+    state, saved_meta = checkpoints.restore(step, abstract)
+    changed = {key: (saved_meta.get(key), value) for key, value in meta.items()
+               if saved_meta.get(key) not in (None, value)}
+    if changed:
+        log.warning("resuming with different data settings %s: batches from here on differ "
+                    "from the interrupted run's", changed)
+    log.info("resumed from checkpoint %s/%d", checkpoints.directory, step)
+    return state
+
+
+def _data_meta(plan: RunPlan, steps_per_epoch: int) -> dict:
+    """What the data position of a checkpoint means (checked when resuming)."""
+    return {"seed": plan.seed, "global_batch_size": plan.data.batch_size,
+            "dataset": plan.data.dataset, "train_split": plan.data.train_split,
+            "steps_per_epoch": int(steps_per_epoch)}
+
+
+def _write_config(config_json: str, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as file:
+            file.write(config_json)

@@ -5,7 +5,7 @@
 Writes an ImageNet-style folder of generated 500x375 quality-90 JPEGs to a temporary directory
 and reads it with ``TrainData`` (the pipeline training uses), at 224, global batch 32, for a
 ladder of recipes that adds one augmentation at a time: decode + random resized crop (the
-baseline), + flip, + RandAugment (the host's whole share of the SPEC recipe: the pipeline ships
+baseline), + flip, + RandAugment (the host's whole share of the authors' recipe: the pipeline ships
 uint8, and normalisation and random erasing run in the train step on device, so they are not
 in these figures). The last line times a plain ``map`` of ``train_preprocess`` (the whole
 recipe in TensorFlow, float32 out, normalised and erased on the host) over the same files.

@@ -62,8 +62,7 @@ def read_params(path: str | os.PathLike, *, ema: bool = False, sharding: Any = N
 
 
 def _params_from_workdir(path: str, *, ema: bool, sharding: Any) -> Any:
-    # Orbax is imported only for our training checkpoints (it is slow to import).
-    from dynamixer_jax.train.checkpoints import find_checkpoint  # noqa: PLC0415
+    from dynamixer_jax.train.checkpoints import find_checkpoint  # noqa: PLC0415 (Orbax: slow, workdirs only)
 
     checkpoints, step = find_checkpoint(path)
     try:

@@ -22,6 +22,12 @@ TINY_ARCH = dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 32, 48),
 TINY_CLASSES, TINY_IMAGE_SIZE = 10, 56
 
 
+# Smaller still, for tests that train, save or load many times: two stages, patch size 4, so a
+# 16x16 image is a 4x4 then 2x2 grid.
+MICRO_ARCH = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False),
+                  num_segments=(2, 4), reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
+
+
 def tiny_model(**overrides):
     """The TINY_ARCH DynaMixer (10 classes, 56x56 unless overridden); ``overrides`` go to
     ``create_model`` (dtype, remat, drop_path_rate, or an architecture field)."""

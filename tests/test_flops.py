@@ -1,4 +1,4 @@
-"""The analytic FLOP count (dynamixer_jax.model.flops): the SPEC's figures, and agreement with what JAX
+"""The analytic FLOP count (dynamixer_jax.model.flops): the paper's figures, and agreement with what JAX
 traces and XLA compiles for a small model.
 
 Three counts of the same small model are compared:
@@ -24,13 +24,13 @@ import pytest
 from dynamixer_jax import create_model, init_variables
 from dynamixer_jax.model import flops
 
-SPEC_GMACS = {"dynamixer_s": 7.30, "dynamixer_m": 16.98, "dynamixer_l": 27.34}
+PAPER_GMACS = {"dynamixer_s": 7.30, "dynamixer_m": 16.98, "dynamixer_l": 27.34}
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_GMACS))
+@pytest.mark.parametrize("name", sorted(PAPER_GMACS))
 def test_spec_multiply_adds(name):
     model = create_model(name)
-    assert round(flops.forward_macs(model) / 1e9, 2) == SPEC_GMACS[name]
+    assert round(flops.forward_macs(model) / 1e9, 2) == PAPER_GMACS[name]
     assert flops.forward_flops(model) == 2 * flops.forward_macs(model)
     assert flops.training_flops(model) == 3 * flops.forward_flops(model)
 

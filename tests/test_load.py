@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import dynamixer_jax
+from conftest import MICRO_ARCH, REPO
 from dynamixer_jax.convert import flax_to_torch
 from dynamixer_jax.convert.flax_io import save_flax
 from dynamixer_jax.errors import DynaMixerError
@@ -22,16 +23,13 @@ from dynamixer_jax.model.variants import create_model
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.state import create_train_state
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False), num_segments=(2, 4),
-            reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
 IMAGES = np.random.default_rng(0).normal(size=(2, 16, 24, 3)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A tiny non-square model and its variables (as if trained: random weights)."""
-    model = create_model("dynamixer_s", num_classes=7, image_size=(16, 24), **TINY)
+    model = create_model("dynamixer_s", num_classes=7, image_size=(16, 24), **MICRO_ARCH)
     return model, jax.device_get(init_variables(model, jax.random.key(3)))
 
 
@@ -76,7 +74,7 @@ def _workdir(tmp_path, trained, *, config=True):
         checkpoints.save(5, state, {"seed": 0}, metrics={"eval_top1": 0.5})
     if config:
         overrides = {key: list(value) if isinstance(value, tuple) else value
-                     for key, value in TINY.items()}
+                     for key, value in MICRO_ARCH.items()}
         (tmp_path / "config.json").write_text(json.dumps({
             "model": "dynamixer_s", "image_size": [16, 24], "num_classes": -1,
             "half_precision": False, "model_overrides": overrides}))

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from conftest import REPO
 from dynamixer_jax.data import recipe
 from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData, _fill_gaps
@@ -25,7 +26,6 @@ from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.errors import ConfigError, DataError
 from dynamixer_jax.train import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 
 NO_AUGMENT = TrainAugment(scale=None, hflip=0, rand_augment="", color_jitter=0,
                           random_erase_prob=0)

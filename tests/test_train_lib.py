@@ -14,6 +14,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import MICRO_ARCH, REPO
 from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
 from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.model.init import abstract_variables, init_variables
@@ -29,14 +30,11 @@ from dynamixer_jax.train.weights import grid_patterns, merge_params
 from dynamixer_jax.model.variants import PUBLISHED, create_model
 from dynamixer_jax.train.plan import make_plan
 
-REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
-TINY = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False), num_segments=(2, 4),
-            reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
 
 
 def _tiny_model(**kwargs):
-    return create_model("dynamixer_s", num_classes=10, image_size=16, **{**TINY, **kwargs})
+    return create_model("dynamixer_s", num_classes=10, image_size=16, **{**MICRO_ARCH, **kwargs})
 
 
 def _batch(seed, size=8, image_size=16):
@@ -258,7 +256,7 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
 
 def test_merge_keeps_matching_weights_and_resets_the_head_and_grid_layers():
     source = init_variables(_tiny_model(), jax.random.key(0))["params"]
-    bigger = create_model("dynamixer_s", num_classes=5, image_size=32, **TINY)
+    bigger = create_model("dynamixer_s", num_classes=5, image_size=32, **MICRO_ARCH)
     fresh = init_variables(bigger, jax.random.key(1))["params"]
     merged, report = merge_params(fresh, source, reset_head=True,
                                   reinit=grid_patterns(source, bigger))

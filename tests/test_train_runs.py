@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 STEPS = 30
 SHORT_RUN = [f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
              "--config.checkpoint_every_steps=10", "--config.eval_every_steps=1000"]

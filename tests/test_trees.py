@@ -7,14 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import MICRO_ARCH
 from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError, ConversionError
 from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.model.variants import create_model
 from dynamixer_jax.train.weights import GRID_DEPENDENT, grid_patterns, merge_params
 
-TINY = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False), num_segments=(2, 4),
-            reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
 
 
 @flax.struct.dataclass
@@ -24,7 +23,7 @@ class _State:
 
 
 def _tiny(image_size=16, num_classes=10):
-    return create_model("dynamixer_s", num_classes=num_classes, image_size=image_size, **TINY)
+    return create_model("dynamixer_s", num_classes=num_classes, image_size=image_size, **MICRO_ARCH)
 
 
 def _expected():

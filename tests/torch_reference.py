@@ -1,8 +1,9 @@
-"""Our own PyTorch DynaMixer, written from ../shared/SPEC.md, for numerical parity tests.
+"""Our own PyTorch DynaMixer, for numerical parity tests: written from the model's description,
+independently of our JAX code.
 
-Module and parameter names give exactly the authors' state_dict keys (SPEC
-section 5), so ``flax_to_torch`` output loads here with ``strict=True``.
-Layout is channels-last (B, H, W, C) after the patch embedding, as in the SPEC.
+Module and parameter names give exactly the authors' state_dict keys, so ``flax_to_torch``
+output loads here with ``strict=True``. Layout is channels-last (B, H, W, C) after the patch
+embedding, as in the authors' model.
 Test-only: not part of the package.
 """
 
@@ -28,7 +29,7 @@ class TorchMlp(nn.Module):
 
 
 class TorchDynaMixerOp(nn.Module):
-    """SPEC 1: mixes the L tokens of (N, L, C) with generated, softmax-normalised (L, L) matrices per segment."""
+    """mixes the L tokens of (N, L, C) with generated, softmax-normalised (L, L) matrices per segment."""
 
     def __init__(self, dim: int, seq_len: int, segments: int, reduced: int):
         super().__init__()
@@ -48,7 +49,7 @@ class TorchDynaMixerOp(nn.Module):
 
 
 class TorchDynaMixerBlock(nn.Module):
-    """SPEC 2: column mixing, row mixing and a channel Linear, reweighted per channel."""
+    """column mixing, row mixing and a channel Linear, reweighted per channel."""
 
     def __init__(self, dim: int, height: int, width: int, segments: int, reduced: int):
         super().__init__()
@@ -78,7 +79,7 @@ def drop_path(x, rate: float, training: bool):
 
 
 class TorchMixerLayer(nn.Module):
-    """SPEC 3: pre-norm residual DynaMixer block and MLP."""
+    """pre-norm residual DynaMixer block and MLP."""
 
     def __init__(self, dim, height, width, segments, reduced, mlp_ratio=3.0, drop_path_rate=0.0):
         super().__init__()
@@ -112,7 +113,7 @@ class TorchPatchEmbed(TorchDownsample):
 
 
 class TorchDynaMixer(nn.Module):
-    """SPEC 4: the whole network; takes NCHW images like the authors' model."""
+    """the whole network; takes NCHW images like the authors' model."""
 
     def __init__(self, layers: Sequence[int], embed_dims: Sequence[int], transitions: Sequence[bool],
                  num_segments: Sequence[int], reduced_dims: Sequence[int], mlp_ratios: Sequence[float],

@@ -45,7 +45,7 @@ def load_flax(path: str) -> Dict[str, Any]:
         return restored if "params" in restored else {"params": restored}
     if not os.path.isdir(path):
         raise ConversionError(f"no Flax checkpoint at {path} (expected an Orbax directory or a .msgpack file)")
-    import orbax.checkpoint as ocp  # noqa: PLC0415
+    import orbax.checkpoint as ocp  # noqa: PLC0415 (optional; needed for directories only)
 
     try:
         restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))

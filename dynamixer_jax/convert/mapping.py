@@ -1,4 +1,4 @@
-"""Key names and layouts between the authors' PyTorch state_dict and our Flax parameters (SPEC section 5).
+"""Key names and layouts between the authors' PyTorch state_dict and our Flax parameters.
 
 Pure numpy: nothing here imports torch.
 

@@ -18,7 +18,7 @@ segments, reduced dimension r and MLP hidden width D::
     mlp        2 * H*W * C * D
 
 plus the patch embedding, the downsampling convolutions between stages and the head. This
-reproduces the SPEC's multiply-adds per image at 224x224: S 7.30 G, M 16.98 G, L 27.34 G.
+reproduces the paper's multiply-adds per image at 224x224: S 7.30 G, M 16.98 G, L 27.34 G.
 
 Forward FLOPs are 2 * MACs. A training step is counted as 3 x forward (the usual convention:
 the backward pass costs two matmuls, input and weight gradient, for each forward one). It
@@ -86,7 +86,7 @@ def forward_macs_by_part(model: DynaMixer) -> Dict[str, int]:
 
 
 def forward_macs(model: DynaMixer) -> int:
-    """Forward multiply-adds per image (matmuls and convolutions), as the SPEC table counts."""
+    """Forward multiply-adds per image (matmuls and convolutions), as the paper's table counts."""
     return sum(forward_macs_by_part(model).values())
 
 

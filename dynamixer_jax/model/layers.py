@@ -1,4 +1,4 @@
-"""The building blocks of DynaMixer (SPEC sections 1-3), as Flax Linen modules.
+"""The building blocks of DynaMixer, as Flax Linen modules.
 
 Layout is channels-last throughout: a token grid is (B, H, W, C). Module and
 parameter names follow the authors' PyTorch code (``mix_h``, ``compress``,
@@ -104,7 +104,7 @@ _AXIS_LETTERS = "abcefghk"
 
 
 class DynaMixerOp(nn.Module):
-    """Dynamic token mixing (SPEC section 1): ``compress``, ``generate``, softmax, mix, ``out``.
+    """Dynamic token mixing: ``compress``, ``generate``, softmax, mix, ``out``.
 
     Called directly it mixes along the second-to-last axis of (..., L, C),
     L == ``seq_len``. For each of ``num_segments`` channel segments it
@@ -175,7 +175,7 @@ class DynaMixerOp(nn.Module):
 
 
 class DynaMixerBlock(nn.Module):
-    """The token mixer of one layer (SPEC section 2): column, row and channel branches, reweighted.
+    """The token mixer of one layer: column, row and channel branches, reweighted.
 
     Input and output (B, H, W, C). The per-channel branch weights, shaped
     (B, C, 3) for (column ``mix_h``, row ``mix_w``, channel ``mlp_c``), are sown
@@ -221,7 +221,7 @@ class DynaMixerBlock(nn.Module):
 
 
 class MixerLayer(nn.Module):
-    """One residual layer (SPEC section 3): pre-norm DynaMixer block and pre-norm MLP, with stochastic depth."""
+    """One residual layer: pre-norm DynaMixer block and pre-norm MLP, with stochastic depth."""
 
     height: int
     width: int

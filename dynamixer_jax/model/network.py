@@ -1,4 +1,4 @@
-"""The DynaMixer network (SPEC section 4) as a Flax Linen module.
+"""The DynaMixer network as a Flax Linen module.
 
 Parameter tree (names chosen so each maps one-to-one to the authors' keys)::
 

@@ -1,4 +1,4 @@
-"""The published DynaMixer variants (SPEC section 4 table) and ``create_model``."""
+"""The published DynaMixer variants and ``create_model``."""
 
 from __future__ import annotations
 

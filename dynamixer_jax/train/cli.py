@@ -16,7 +16,7 @@ EXIT_DIVERGED = 3
 def setup_logging(level: int = logging.INFO) -> None:
     """Our progress lines on stderr as ``HH:MM:SS message``; other libraries' chatter at WARNING."""
     try:
-        from absl import logging as absl_logging  # noqa: PLC0415
+        from absl import logging as absl_logging  # noqa: PLC0415 (absl may be absent)
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:  # pragma: no cover
         pass

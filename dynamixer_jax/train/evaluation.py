@@ -21,6 +21,7 @@ from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.plan import DataPlan, ModelPlan, make_plan
 from dynamixer_jax.train.steps import make_eval_step
+from dynamixer_jax.train.weights import load_params
 
 log = logging.getLogger("dynamixer_jax.train")
 
@@ -75,7 +76,6 @@ def evaluate(config, source: str) -> dict[str, float]:
     directory, a Flax checkpoint from ``dynamixer_jax.convert``, or an authors' .pth file (its
     ``state_dict_ema`` is evaluated too when present).
     """
-    from dynamixer_jax.train.weights import load_params  # noqa: PLC0415
 
     plan = make_plan(config)
     mesh = parallel.make_mesh()

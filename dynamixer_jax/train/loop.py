@@ -36,6 +36,7 @@ from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.reporting import MetricsLog, Progress
 from dynamixer_jax.train.state import TrainState, create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
+from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ def _initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any
     """Fresh parameters (the authors' init), merged with ``init_from`` when fine-tuning."""
     params = init_variables(model, jax.random.key(seed))["params"]
     if init_from is not None:
-        from dynamixer_jax.train.weights import (  # noqa: PLC0415
-            grid_patterns, load_params, merge_params)
         loaded = load_params(init_from.path, mesh, ema=init_from.ema)
         params, report = merge_params(jax.device_get(params), loaded,
                                       reset_head=init_from.reset_head,

@@ -1,4 +1,4 @@
-"""The authors' optimiser (SPEC section 6) in optax: AdamW, a weight-decay mask, the learning-rate
+"""The authors' optimiser in optax: AdamW, a weight-decay mask, the learning-rate
 schedule and optional gradient clipping.
 
 Schedule, per step (``t`` counts steps; ``E`` is steps per epoch)::

@@ -12,6 +12,7 @@ import signal
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 
 
 class PreemptionWatch:
@@ -39,6 +40,5 @@ class PreemptionWatch:
     def requested(self, step: int) -> bool:
         """Whether to checkpoint and stop now, before running ``step``."""
         if self._multi:
-            from jax.experimental import multihost_utils  # noqa: PLC0415
             return bool(multihost_utils.reached_preemption_sync_point(step))
         return self._event.is_set()

@@ -36,12 +36,6 @@ Batch = dict[str, jax.Array]
 _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 
-def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of ``values`` over the examples where ``mask`` is True (0 if there are none)."""
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-example cross-entropy against soft targets (rows summing to 1), in float32."""
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)

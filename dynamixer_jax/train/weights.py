@@ -19,6 +19,7 @@ from dynamixer_jax.convert.architecture import architecture_from_params
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.loading import read_params
 from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.train.parallel import replicated
 
 # The classifier: a new dataset needs a new one.
 HEAD = (r"head/.*",)
@@ -30,8 +31,6 @@ GRID_DEPENDENT = (r".*/generate/.*",)
 def load_params(path: str, mesh, *, ema: bool = False) -> Any:
     """Parameters (numpy leaves) from ``path``; ``ema`` picks the EMA copy where there is one.
     A workdir's checkpoint is restored replicated over ``mesh`` (every process reads it)."""
-    from dynamixer_jax.train.parallel import replicated  # noqa: PLC0415 (only for workdirs)
-
     return read_params(path, ema=ema, sharding=replicated(mesh))
 
 

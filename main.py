@@ -19,16 +19,21 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and evaluate), or only evaluate.")
-flags.DEFINE_string("weights", None, "evaluate: a workdir, checkpoint, .msgpack or authors' .pth "
-                    "file (default: --workdir).")
+flags.DEFINE_string(
+    "weights",
+    None,
+    "evaluate: a workdir, checkpoint, .msgpack or authors' .pth file (default: --workdir).",
+)
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from dynamixer_jax.train import cli, evaluate, initialize_distributed, train_and_evaluate
+    # After flag parsing and the huge-page re-exec below: --help and bad flags answer at once.
+    from dynamixer_jax.train import cli, evaluate, initialize_distributed, train_and_evaluate  # noqa: PLC0415
 
     cli.setup_logging()
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -41,6 +46,7 @@ def main(argv):
     if not weights:
         raise app.UsageError("--mode=evaluate needs --weights (or --workdir)")
     return cli.run_reporting_errors(lambda: evaluate(config, weights))
+
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])

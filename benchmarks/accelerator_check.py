@@ -36,7 +36,6 @@ import numpy as np
 from benchlib.models import NUM_CLASSES, architecture, create, torch_reference
 from benchlib.records import short_error, write_json
 from benchlib.torch_side import torch_device
-
 from dynamixer_jax.convert import torch_to_flax
 
 
@@ -47,12 +46,16 @@ def flax_model(name: str, image_size: int, dtype=None):
 
 def twin_and_params(name: str, image_size: int):
     """(torch twin with randomised weights, the same weights as Flax params in numpy)."""
-    import torch  # noqa: PLC0415 - torch is optional
+    import torch
 
     twin_module = torch_reference()
     torch.manual_seed(0)
-    twin = twin_module.randomize_(twin_module.TorchDynaMixer(
-        **architecture(name), num_classes=NUM_CLASSES, image_size=image_size), seed=0).eval()
+    twin = twin_module.randomize_(
+        twin_module.TorchDynaMixer(
+            **architecture(name), num_classes=NUM_CLASSES, image_size=image_size
+        ),
+        seed=0,
+    ).eval()
     params = torch_to_flax(twin.state_dict(), flax_model(name, image_size))["params"]
     return twin, params
 
@@ -103,18 +106,25 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> dict[str, Any]:
     on_cpu = logits_on(model, params, images, cpu, "highest")
     on_device = logits_on(model, params, images, device, "highest")
     on_device_default = logits_on(model, params, images, device, "default")
-    out = {"model": name, "batch": batch, "device": str(device), "cpu": str(cpu),
-           "logit_std": float(on_cpu.std()), "highest": errors(on_device, on_cpu),
-           "default_precision": errors(on_device_default, on_cpu),
-           "top1_agreement_default_vs_cpu": float(np.mean(on_device_default.argmax(-1)
-                                                          == on_cpu.argmax(-1)))}
+    out = {
+        "model": name,
+        "batch": batch,
+        "device": str(device),
+        "cpu": str(cpu),
+        "logit_std": float(on_cpu.std()),
+        "highest": errors(on_device, on_cpu),
+        "default_precision": errors(on_device_default, on_cpu),
+        "top1_agreement_default_vs_cpu": float(
+            np.mean(on_device_default.argmax(-1) == on_cpu.argmax(-1))
+        ),
+    }
     out["jax_vs_torch"] = jax_vs_torch(twin, images, on_device)
     return out
 
 
 def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict[str, Any]:
     """The torch twin's float32 logits (TF32 off) on its device vs JAX's."""
-    import torch  # noqa: PLC0415 - torch is optional
+    import torch
 
     device = torch_device(torch)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -133,38 +143,57 @@ def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict[str, Any]:
     images = smooth_images(batch, image_size, seed=2)
     device = jax.devices()[0]
     fp32 = logits_on(flax_model(name, image_size), params, images, device, "highest")
-    bf16 = logits_on(flax_model(name, image_size, jnp.bfloat16), params, images, device,
-                     "default")
+    bf16 = logits_on(flax_model(name, image_size, jnp.bfloat16), params, images, device, "default")
     diff = np.abs(bf16 - fp32)
-    return {"model": name, "batch": batch, "device": str(device),
-            "top1_agreement": float(np.mean(bf16.argmax(-1) == fp32.argmax(-1))),
-            "max_abs_over_logit_std": float(diff.max() / fp32.std()),
-            "mean_abs_over_logit_std": float(diff.mean() / fp32.std()),
-            "fp32_top1_margin_median": float(np.median(np.diff(np.sort(fp32, -1)[:, -2:])))}
+    return {
+        "model": name,
+        "batch": batch,
+        "device": str(device),
+        "top1_agreement": float(np.mean(bf16.argmax(-1) == fp32.argmax(-1))),
+        "max_abs_over_logit_std": float(diff.max() / fp32.std()),
+        "mean_abs_over_logit_std": float(diff.mean() / fp32.std()),
+        "fp32_top1_margin_median": float(np.median(np.diff(np.sort(fp32, -1)[:, -2:]))),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=None, help="output (default $OUT/correctness.json)")
     parser.add_argument("--quick", action="store_true", help="tiny model at 56x56 (CPU smoke)")
-    parser.add_argument("--budget-s", type=float, default=float("inf"),
-                        help="start no new check after this many seconds")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="start no new check after this many seconds",
+    )
     args = parser.parse_args(argv)
-    path = args.json or (os.path.join(os.environ["OUT"], "correctness.json")
-                         if os.environ.get("OUT") else None)
+    path = args.json or (
+        os.path.join(os.environ["OUT"], "correctness.json") if os.environ.get("OUT") else None
+    )
     deadline = time.monotonic() + args.budget_s
     size = 56 if args.quick else 224
     device = jax.devices()[0]
-    result: dict[str, Any] = {"jax": jax.__version__, "device": str(device),
-                              "device_kind": device.device_kind, "platform": device.platform,
-                              "image_size": size, "checks": []}
+    result: dict[str, Any] = {
+        "jax": jax.__version__,
+        "device": str(device),
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "image_size": size,
+        "checks": [],
+    }
     checks: list = (
-        [("device_vs_cpu", lambda: device_vs_cpu("tiny", size, 2)),
-         ("bf16_vs_fp32", lambda: bf16_vs_fp32("tiny", size, 64))] if args.quick else
-        [("device_vs_cpu", lambda: device_vs_cpu("dynamixer_s", size, 8)),
-         ("bf16_vs_fp32", lambda: bf16_vs_fp32("dynamixer_s", size, 64)),
-         ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_m", size, 2)),
-         ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_l", size, 2))])
+        [
+            ("device_vs_cpu", lambda: device_vs_cpu("tiny", size, 2)),
+            ("bf16_vs_fp32", lambda: bf16_vs_fp32("tiny", size, 64)),
+        ]
+        if args.quick
+        else [
+            ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_s", size, 8)),
+            ("bf16_vs_fp32", lambda: bf16_vs_fp32("dynamixer_s", size, 64)),
+            ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_m", size, 2)),
+            ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_l", size, 2)),
+        ]
+    )
     for kind, check in checks:
         run_check(result, kind, check, deadline)
         if path:
@@ -172,8 +201,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_check(result: dict[str, Any], kind: str, check: Callable[[], dict[str, Any]],
-              deadline: float) -> None:
+def run_check(
+    result: dict[str, Any], kind: str, check: Callable[[], dict[str, Any]], deadline: float
+) -> None:
     """Run one check into ``result['checks']``, printing it; errors and skips are recorded."""
     start = time.monotonic()
     if start > deadline:

@@ -31,8 +31,10 @@ def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
     for _ in range(count):
         phases = rng.uniform(0, 2 * np.pi, (3, 2))
         freqs = rng.uniform(2, 12, (3, 2))
-        channels = [np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
-                    for c in range(3)]
+        channels = [
+            np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
+            for c in range(3)
+        ]
         image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
         buffer = io.BytesIO()
         pixels = np.clip(image, 0, 255).astype(np.uint8)
@@ -53,9 +55,15 @@ def time_per_call(fn, inputs, iterations: int) -> float:
 
 def time_dataset(jpegs, fn, parallel, images: int) -> float:
     """Milliseconds per image for a tf.data pipeline mapping ``fn`` over (bytes, seed) pairs."""
-    dataset = (tf.data.Dataset.from_tensor_slices(jpegs).repeat()
-               .enumerate().map(lambda i, data: (data, tf.stack([tf.constant(2, tf.int64), i])))
-               .map(fn, num_parallel_calls=parallel).batch(32).prefetch(2))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(jpegs)
+        .repeat()
+        .enumerate()
+        .map(lambda i, data: (data, tf.stack([tf.constant(2, tf.int64), i])))
+        .map(fn, num_parallel_calls=parallel)
+        .batch(32)
+        .prefetch(2)
+    )
     iterator = iter(dataset)
     next(iterator)
     batches = images // 32
@@ -73,28 +81,40 @@ def main():
     args = parser.parse_args()
     size = args.size
     jpegs = [tf.constant(data) for data in make_jpegs(16)]
-    crops = [decode.decode_and_random_resized_crop(data, tf.constant([0, i], tf.int64), size)
-             for i, data in enumerate(jpegs)]
+    crops = [
+        decode.decode_and_random_resized_crop(data, tf.constant([0, i], tf.int64), size)
+        for i, data in enumerate(jpegs)
+    ]
     normalized = [augment.normalize(crop) for crop in crops]
 
     stages = {
         "decode whole JPEG": (lambda data, seed: tf.io.decode_jpeg(data, channels=3), jpegs),
         "decode_and_random_resized_crop": (
-            lambda data, seed: decode.decode_and_random_resized_crop(data, seed, size), jpegs),
+            lambda data, seed: decode.decode_and_random_resized_crop(data, seed, size),
+            jpegs,
+        ),
         "random_horizontal_flip": (augment.random_horizontal_flip, crops),
         "rand_augment rand-m9-mstd0.5-inc1": (
-            lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1"), crops),
+            lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1"),
+            crops,
+        ),
         "color_jitter 0.4": (augment.color_jitter, crops),
         "normalize": (lambda image, seed: augment.normalize(image), crops),
-        "random_erasing 0.25": (lambda image, seed: augment.random_erasing(
-            image, seed, DeviceAugment(erase_prob=0.25)), normalized),
+        "random_erasing 0.25": (
+            lambda image, seed: augment.random_erasing(image, seed, DeviceAugment(erase_prob=0.25)),
+            normalized,
+        ),
         "train_preprocess (full recipe)": (
-            lambda data, seed: augment.train_preprocess(data, seed, size), jpegs),
+            lambda data, seed: augment.train_preprocess(data, seed, size),
+            jpegs,
+        ),
         "eval_preprocess": (lambda data, seed: decode.eval_preprocess(data, size), jpegs),
     }
     for name in INCREASING_OPS:
         stages[f"  op {name} (m=9)"] = (
-            lambda image, seed, name=name: ra.apply_op(image, name, 9.0, 1.0), crops)
+            lambda image, seed, name=name: ra.apply_op(image, name, 9.0, 1.0),
+            crops,
+        )
 
     print(f"per image, one call at a time, size {size}:")
     for name, (fn, inputs) in stages.items():

@@ -20,38 +20,57 @@ import jax.numpy as jnp
 import optax
 
 from dynamixer_jax import create_model
-from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train import parallel
+from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_train_step
 
 
-def compile_train_step(model_name: str, batch: int, dtype: str, remat: str,
-                       scan_layers: bool) -> dict:
+def compile_train_step(
+    model_name: str, batch: int, dtype: str, remat: str, scan_layers: bool
+) -> dict:
     """Seconds to trace and to compile the training step, and XLA's temp bytes per image."""
-    model = create_model(model_name, drop_path_rate=0.1, remat=remat, scan_layers=scan_layers,
-                         dtype=jnp.bfloat16 if dtype == "bf16" else None)
+    model = create_model(
+        model_name,
+        drop_path_rate=0.1,
+        remat=remat,
+        scan_layers=scan_layers,
+        dtype=jnp.bfloat16 if dtype == "bf16" else None,
+    )
     size = model.image_size
     mesh = parallel.make_mesh()
     schedule = optax.cosine_decay_schedule(1e-3, 1000)
     tx = make_optimizer(schedule, weight_decay=0.05)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-    state = jax.eval_shape(lambda p: create_train_state(p, tx, seed=1, use_ema=True),
-                           params["params"])
-    step = make_train_step(model, tx, schedule, mesh, num_classes=model.num_classes,
-                           mixup=MixupConfig(label_smoothing=0.1), ema_decay=0.9999)
-    batch_spec = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
-                  "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
-                  "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_)}
+    state = jax.eval_shape(
+        lambda p: create_train_state(p, tx, seed=1, use_ema=True), params["params"]
+    )
+    step = make_train_step(
+        model,
+        tx,
+        schedule,
+        mesh,
+        num_classes=model.num_classes,
+        mixup=MixupConfig(label_smoothing=0.1),
+        ema_decay=0.9999,
+    )
+    batch_spec = {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    }
     start = time.perf_counter()
     lowered = step.lower(state, batch_spec)
     traced = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
     temp = compiled.memory_analysis().temp_size_in_bytes
-    return {"trace_s": traced - start, "compile_s": done - traced,
-            "temp_mb_per_image": temp / batch / 1e6}
+    return {
+        "trace_s": traced - start,
+        "compile_s": done - traced,
+        "temp_mb_per_image": temp / batch / 1e6,
+    }
 
 
 def main():
@@ -62,12 +81,18 @@ def main():
     parser.add_argument("--remat", default="minimal")
     parser.add_argument("--scan-layers", action="store_true")
     args = parser.parse_args()
-    print(f"{jax.default_backend()}: {args.model} batch {args.batch} remat={args.remat} "
-          f"scan_layers={args.scan_layers}", flush=True)
+    print(
+        f"{jax.default_backend()}: {args.model} batch {args.batch} remat={args.remat} "
+        f"scan_layers={args.scan_layers}",
+        flush=True,
+    )
     for dtype in args.dtypes:
         r = compile_train_step(args.model, args.batch, dtype, args.remat, args.scan_layers)
-        print(f"{dtype}: trace {r['trace_s']:.1f} s, compile {r['compile_s']:.1f} s, "
-              f"{r['temp_mb_per_image']:.0f} MB per image", flush=True)
+        print(
+            f"{dtype}: trace {r['trace_s']:.1f} s, compile {r['compile_s']:.1f} s, "
+            f"{r['temp_mb_per_image']:.0f} MB per image",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -36,22 +36,25 @@ import time
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from augment_ops import make_jpegs  # noqa: E402
+from augment_ops import make_jpegs
 
-from dynamixer_jax.data import augment  # noqa: E402
-from dynamixer_jax.data.pipeline import TrainAugment, TrainData  # noqa: E402
+from dynamixer_jax.data import augment
+from dynamixer_jax.data.pipeline import TrainAugment, TrainData
 
 BATCH = 32
 FULL = "+ RandAugment m9-mstd0.5-inc1 (full recipe)"
 # Random erasing is off but in the full recipe, as the ladder was when it ran on the host.
 LADDER = {
-    "decode + random resized crop": TrainAugment(hflip=0, rand_augment="", color_jitter=0,
-                                                 random_erase_prob=0),
+    "decode + random resized crop": TrainAugment(
+        hflip=0, rand_augment="", color_jitter=0, random_erase_prob=0
+    ),
     "+ horizontal flip": TrainAugment(rand_augment="", color_jitter=0, random_erase_prob=0),
     FULL: TrainAugment(),
 }
-RECIPES = {**LADDER, "colour jitter 0.4 instead of RandAugment": TrainAugment(
-    rand_augment="", random_erase_prob=0)}
+RECIPES = {
+    **LADDER,
+    "colour jitter 0.4 instead of RandAugment": TrainAugment(rand_augment="", random_erase_prob=0),
+}
 PLAIN = "plain map of train_preprocess (float)"
 
 
@@ -66,8 +69,9 @@ def write_folder(root: str, unique: int, total: int) -> None:
             with open(path, "wb") as file:
                 file.write(jpegs[index])
         else:
-            source = os.path.join(root, "train", f"class_{index % unique % 4}",
-                                  f"{index % unique:05d}.JPEG")
+            source = os.path.join(
+                root, "train", f"class_{index % unique % 4}", f"{index % unique:05d}.JPEG"
+            )
             os.link(source, path)
 
 
@@ -82,25 +86,41 @@ def seconds_per_image(batches, images: int) -> tuple[float, float]:
 
 
 def pipeline_batches(root: str, recipe: TrainAugment):
-    return TrainData(root, global_batch_size=BATCH, image_size=224, seed=0, augment=recipe,
-                     process_index=0, process_count=1).batches()
+    return TrainData(
+        root,
+        global_batch_size=BATCH,
+        image_size=224,
+        seed=0,
+        augment=recipe,
+        process_index=0,
+        process_count=1,
+    ).batches()
 
 
 def plain_map_batches(root: str):
     """The full recipe as one plain ``map`` (no protection against undecodable files)."""
     files = tf.io.gfile.glob(os.path.join(root, "train", "*", "*.JPEG"))
-    dataset = (tf.data.Dataset.from_tensor_slices(sorted(files)).enumerate()
-               .map(lambda i, path: augment.train_preprocess(
-                   tf.io.read_file(path), tf.stack([tf.constant(0, tf.int64), i]), 224),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(BATCH, drop_remainder=True).prefetch(2))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(sorted(files))
+        .enumerate()
+        .map(
+            lambda i, path: augment.train_preprocess(
+                tf.io.read_file(path), tf.stack([tf.constant(0, tf.int64), i]), 224
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .batch(BATCH, drop_remainder=True)
+        .prefetch(2)
+    )
     return dataset.as_numpy_iterator()
 
 
 def one_round(root: str, images: int) -> dict[str, tuple[float, float]]:
     """{recipe: (wall, CPU) seconds per image} of every recipe once, in order."""
-    times = {name: seconds_per_image(pipeline_batches(root, recipe), images)
-             for name, recipe in RECIPES.items()}
+    times = {
+        name: seconds_per_image(pipeline_batches(root, recipe), images)
+        for name, recipe in RECIPES.items()
+    }
     times[PLAIN] = seconds_per_image(plain_map_batches(root), images)
     return times
 
@@ -109,7 +129,11 @@ def before_round(checkout: str, root: str, images: int) -> dict[str, tuple[float
     """One round of the same measurement in a subprocess importing ``checkout``."""
     output = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--images", str(images), "--worker", root],
-        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": checkout})
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": checkout},
+    )
     return {name: tuple(value) for name, value in json.loads(output.stdout).items()}
 
 
@@ -141,11 +165,15 @@ def main():
         return statistics.median(value[which] for value in values)
 
     full_cpu = median(times[FULL], 1)
-    print(f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
-          "alternating rounds; uint8 out: normalisation and random erasing run in the train "
-          "step, on device, and are not in these figures")
-    header = (f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "
-              f"{'img/s per CPU core':>18s} {'share':>6s}")
+    print(
+        f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
+        "alternating rounds; uint8 out: normalisation and random erasing run in the train "
+        "step, on device, and are not in these figures"
+    )
+    header = (
+        f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "
+        f"{'img/s per CPU core':>18s} {'share':>6s}"
+    )
     if args.before:
         header += f" {'before: /core':>13s} {'per CPU core':>12s} {'speed-up':>8s}"
     print(header)
@@ -156,15 +184,19 @@ def main():
         if name in LADDER:
             share = f"{(cpu - previous) / full_cpu:6.0%}"
             previous = cpu
-        line = (f"{name:44s} {1 / wall:6.0f} {1 / wall / cores:6.0f} {cpu * 1e3:10.2f} "
-                f"{1 / cpu:18.0f} {share:>6s}")
+        line = (
+            f"{name:44s} {1 / wall:6.0f} {1 / wall / cores:6.0f} {cpu * 1e3:10.2f} "
+            f"{1 / cpu:18.0f} {share:>6s}"
+        )
         if before[name]:
             then_wall, then_cpu = median(before[name], 0), median(before[name], 1)
             line += f" {1 / then_wall / cores:13.0f} {1 / then_cpu:12.0f} {then_cpu / cpu:7.2f}x"
         print(line)
     if args.before:
-        print(f"before: {args.before} (float32 out; its full recipe also normalises and erases "
-              "on the host); speed-up: ratio of CPU time per image")
+        print(
+            f"before: {args.before} (float32 out; its full recipe also normalises and erases "
+            "on the host); speed-up: ratio of CPU time per image"
+        )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import json
 
 import jax
 import jax.numpy as jnp
+
 from benchlib.adamw import make_adamw_step
 from benchlib.timing import compile_timed
-
 from dynamixer_jax import create_model
 from dynamixer_jax.model.init import abstract_variables
 
@@ -43,48 +43,71 @@ def step_memory(model, batch: int) -> dict:
     temp = analysis.temp_size_in_bytes
     arguments = analysis.argument_size_in_bytes
     # Donated parameters and optimiser state alias the outputs: count the arguments once.
-    return {"batch": batch, "temp": temp, "arguments": arguments, "total": temp + arguments,
-            "compile_s": seconds}
+    return {
+        "batch": batch,
+        "temp": temp,
+        "arguments": arguments,
+        "total": temp + arguments,
+        "compile_s": seconds,
+    }
 
 
-def fit(model_name: str, dtype: str, remat: str, batches: tuple[int, int],
-        image_size: int = 224) -> dict:
+def fit(
+    model_name: str, dtype: str, remat: str, batches: tuple[int, int], image_size: int = 224
+) -> dict:
     """The linear fit of step memory against batch, and the largest batch per device size."""
-    model = create_model(model_name, image_size=image_size, drop_path_rate=0.1, remat=remat,
-                         dtype=DTYPES[dtype])
+    model = create_model(
+        model_name, image_size=image_size, drop_path_rate=0.1, remat=remat, dtype=DTYPES[dtype]
+    )
     low, high = (step_memory(model, batch) for batch in batches)
     per_image = (high["total"] - low["total"]) / (high["batch"] - low["batch"])
     fixed = low["total"] - per_image * low["batch"]
     largest = {f"{gb}GB": max(0, int((gb * 1e9 * 0.95 - fixed) // per_image)) for gb in DEVICE_GB}
-    return {"model": model_name, "dtype": dtype, "remat": remat, "image_size": image_size,
-            "per_image_mb": per_image / 1e6, "fixed_gb": fixed / 1e9,
-            "largest_batch": largest, "points": [low, high]}
+    return {
+        "model": model_name,
+        "dtype": dtype,
+        "remat": remat,
+        "image_size": image_size,
+        "per_image_mb": per_image / 1e6,
+        "fixed_gb": fixed / 1e9,
+        "largest_batch": largest,
+        "points": [low, high],
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+",
-                        default=["dynamixer_s", "dynamixer_m", "dynamixer_l"])
+    parser.add_argument(
+        "--models", nargs="+", default=["dynamixer_s", "dynamixer_m", "dynamixer_l"]
+    )
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--remat", nargs="+", default=["none", "minimal", "full"])
     parser.add_argument("--batches", type=int, nargs=2, default=[8, 16])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); 95% of each device "
-          "size usable", flush=True)
-    print(f"{'model':>12} {'dtype':>5} {'remat':>8} {'MB/img':>7} {'fixed GB':>8} "
-          + " ".join(f"{f'{gb} GB':>7}" for gb in DEVICE_GB), flush=True)
+    print(
+        f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); 95% of each device "
+        "size usable",
+        flush=True,
+    )
+    print(
+        f"{'model':>12} {'dtype':>5} {'remat':>8} {'MB/img':>7} {'fixed GB':>8} "
+        + " ".join(f"{f'{gb} GB':>7}" for gb in DEVICE_GB),
+        flush=True,
+    )
     results = []
     for model_name in args.models:
         for dtype in args.dtypes:
             for remat in args.remat:
                 row = fit(model_name, dtype, remat, tuple(args.batches), args.image_size)
                 results.append(row)
-                print(f"{model_name:>12} {dtype:>5} {remat:>8} {row['per_image_mb']:>7.1f} "
-                      f"{row['fixed_gb']:>8.2f} "
-                      + " ".join(f"{row['largest_batch'][f'{gb}GB']:>7}" for gb in DEVICE_GB),
-                      flush=True)
+                print(
+                    f"{model_name:>12} {dtype:>5} {remat:>8} {row['per_image_mb']:>7.1f} "
+                    f"{row['fixed_gb']:>8.2f} "
+                    + " ".join(f"{row['largest_batch'][f'{gb}GB']:>7}" for gb in DEVICE_GB),
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": jax.default_backend(), "results": results}, f, indent=1)

@@ -23,21 +23,27 @@ import tempfile
 import time
 
 
-def trace_steps(model_name: str, batch: int, dtype: str, remat: str, steps: int, out: str,
-                image_size: int = 224) -> str:
+def trace_steps(
+    model_name: str, batch: int, dtype: str, remat: str, steps: int, out: str, image_size: int = 224
+) -> str:
     """Trace ``steps`` training steps of a variant or 'tiny'; returns the path of the copied
     ``.xplane.pb`` file."""
     # jax and this package only here: --summarize runs where TensorFlow is, maybe without jax.
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    from benchlib.adamw import make_adamw_step  # noqa: PLC0415
-    from benchlib.models import create  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
-    from dynamixer_jax import init_variables  # noqa: PLC0415
+    from benchlib.adamw import make_adamw_step
+    from benchlib.models import create
+    from dynamixer_jax import init_variables
 
-    model = create(model_name, image_size=image_size, drop_path_rate=0.1, remat=remat,
-                   dtype=jnp.bfloat16 if dtype == "bf16" else None)
+    model = create(
+        model_name,
+        image_size=image_size,
+        drop_path_rate=0.1,
+        remat=remat,
+        dtype=jnp.bfloat16 if dtype == "bf16" else None,
+    )
     params = init_variables(model, 0)["params"]
     step, tx = make_adamw_step(model)
     rng = np.random.default_rng(0)
@@ -52,12 +58,16 @@ def trace_steps(model_name: str, batch: int, dtype: str, remat: str, steps: int,
     with jax.profiler.trace(trace_dir):
         for i in range(steps):
             with jax.profiler.StepTraceAnnotation("train", step_num=i):
-                params, opt_state, loss = step(params, opt_state, images, labels,
-                                               jax.random.key(10 + i))
+                params, opt_state, loss = step(
+                    params, opt_state, images, labels, jax.random.key(10 + i)
+                )
         jax.block_until_ready(loss)
     seconds = (time.perf_counter() - start) / steps
-    print(f"[profile] {model_name} {dtype} remat={remat} batch {batch}: {1e3 * seconds:.1f} ms "
-          f"per traced step, {batch / seconds:.1f} img/s (tracing on)", flush=True)
+    print(
+        f"[profile] {model_name} {dtype} remat={remat} batch {batch}: {1e3 * seconds:.1f} ms "
+        f"per traced step, {batch / seconds:.1f} img/s (tracing on)",
+        flush=True,
+    )
     found = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     os.makedirs(out, exist_ok=True)
     target = os.path.join(out, "step.xplane.pb")
@@ -73,7 +83,7 @@ def kind_of(name: str) -> str:
 
 def summarize(path: str, top: int = 40) -> None:
     """Print device time per operation and per kind from an XSpace file (needs TensorFlow)."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     with open(path, "rb") as f:
@@ -101,8 +111,10 @@ def summarize(path: str, top: int = 40) -> None:
             total[kind] += ms
         print(f"\n{title} (ms over the traced steps; share of its line)")
         for (kind, name), ms in counter.most_common(top):
-            print(f"{ms:10.2f} {100 * ms / max(total[kind], 1e-9):5.1f}%  {kind[:20]:<20} "
-                  f"{name[:100]}")
+            print(
+                f"{ms:10.2f} {100 * ms / max(total[kind], 1e-9):5.1f}%  {kind[:20]:<20} "
+                f"{name[:100]}"
+            )
 
 
 def main():
@@ -122,8 +134,12 @@ def main():
         return
     if args.quick:
         args.model, args.image_size, args.batch = "tiny", 56, 2
-    print(trace_steps(args.model, args.batch, args.dtype, args.remat, args.steps, args.out,
-                      args.image_size), flush=True)
+    print(
+        trace_steps(
+            args.model, args.batch, args.dtype, args.remat, args.steps, args.out, args.image_size
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

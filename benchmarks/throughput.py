@@ -80,55 +80,115 @@ def parse_batches(items: Sequence[str], models: Sequence[str]) -> dict[str, list
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, with --quick's and the defaults' values filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="S, M, L, tiny or full names (default: S M L; --quick: tiny)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="S, M, L, tiny or full names (default: S M L; --quick: tiny)",
+    )
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--batches", nargs="+", default=None,
-                        help="batch sizes for all models, or per model as S:64,128,256 "
-                             "(default: 32 64 128; --quick: 2)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="default 224; --quick: 56")
-    parser.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
-                        choices=["jax", "torch"])
-    parser.add_argument("--modes", nargs="+", default=["train", "infer"],
-                        choices=["train", "infer"])
-    parser.add_argument("--no-twin-weights", action="store_true",
-                        help="JAX weights from init_variables instead of the torch twin's")
-    parser.add_argument("--max-batch-dtypes", nargs="+", default=None, choices=sorted(DTYPES),
-                        help="dtypes of the max-batch search (default: --dtypes)")
-    parser.add_argument("--remat", nargs="+", default=["minimal"],
-                        help="remat values for create_model (none, minimal, full); the first is "
-                             "used everywhere, the others for training, first dtype, first batch")
+    parser.add_argument(
+        "--batches",
+        nargs="+",
+        default=None,
+        help="batch sizes for all models, or per model as S:64,128,256 "
+        "(default: 32 64 128; --quick: 2)",
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="default 224; --quick: 56")
+    parser.add_argument(
+        "--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"]
+    )
+    parser.add_argument(
+        "--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"]
+    )
+    parser.add_argument(
+        "--no-twin-weights",
+        action="store_true",
+        help="JAX weights from init_variables instead of the torch twin's",
+    )
+    parser.add_argument(
+        "--max-batch-dtypes",
+        nargs="+",
+        default=None,
+        choices=sorted(DTYPES),
+        help="dtypes of the max-batch search (default: --dtypes)",
+    )
+    parser.add_argument(
+        "--remat",
+        nargs="+",
+        default=["minimal"],
+        help="remat values for create_model (none, minimal, full); the first is "
+        "used everywhere, the others for training, first dtype, first batch",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
-    parser.add_argument("--round-seconds", type=float, default=0.5,
-                        help="target length of one timed round")
-    parser.add_argument("--budget-s", type=float, default=float("inf"),
-                        help="start no new measurement after this many seconds")
-    parser.add_argument("--max-batch", nargs="*", default=None, metavar="MODEL",
-                        help="search the largest training batch for these models (GPU/TPU; on "
-                             "CPU with --memory-limit-gb); no value: the first model")
-    parser.add_argument("--memory-limit-gb", type=float, default=None,
-                        help="memory limit for --max-batch (default: the device's bytes_limit)")
-    parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
-                        help="skip torch.compile on CUDA")
-    parser.add_argument("--torch-compile-for", nargs="*", default=None, metavar="MODEL:DTYPE:BATCH",
-                        help="configurations that also run torch.compile (default: the first "
-                             "model, dtype and batch)")
-    parser.add_argument("--compile-reserve-s", type=float, default=60.0,
-                        help="start torch.compile only with this much budget left")
-    parser.add_argument("--torch-fp32-precision", default="high", choices=["high", "highest"],
-                        help="torch.set_float32_matmul_precision on CUDA: high = TF32 (like "
-                             "XLA's default on recent NVIDIA GPUs), highest = full float32")
-    parser.add_argument("--peak-size", type=int, default=0,
-                        help="matmul size for the peak FLOP/s (default 8192; 2048 on CPU)")
+    parser.add_argument(
+        "--round-seconds", type=float, default=0.5, help="target length of one timed round"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="start no new measurement after this many seconds",
+    )
+    parser.add_argument(
+        "--max-batch",
+        nargs="*",
+        default=None,
+        metavar="MODEL",
+        help="search the largest training batch for these models (GPU/TPU; on "
+        "CPU with --memory-limit-gb); no value: the first model",
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="memory limit for --max-batch (default: the device's bytes_limit)",
+    )
+    parser.add_argument(
+        "--no-torch-compile",
+        dest="torch_compile",
+        action="store_false",
+        help="skip torch.compile on CUDA",
+    )
+    parser.add_argument(
+        "--torch-compile-for",
+        nargs="*",
+        default=None,
+        metavar="MODEL:DTYPE:BATCH",
+        help="configurations that also run torch.compile (default: the first "
+        "model, dtype and batch)",
+    )
+    parser.add_argument(
+        "--compile-reserve-s",
+        type=float,
+        default=60.0,
+        help="start torch.compile only with this much budget left",
+    )
+    parser.add_argument(
+        "--torch-fp32-precision",
+        default="high",
+        choices=["high", "highest"],
+        help="torch.set_float32_matmul_precision on CUDA: high = TF32 (like "
+        "XLA's default on recent NVIDIA GPUs), highest = full float32",
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=0,
+        help="matmul size for the peak FLOP/s (default 8192; 2048 on CPU)",
+    )
     parser.add_argument("--peak-repeats", type=int, default=10)
     parser.add_argument("--json", default=None, help="output file (default $OUT/throughput.json)")
     parser.add_argument("--append", action="store_true", help="add to the records of --json")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny model at 56x56, batch 2, 2 short rounds")
-    parser.add_argument("--summarize", nargs="+", metavar="JSON",
-                        help="only print the table of these result files")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny model at 56x56, batch 2, 2 short rounds",
+    )
+    parser.add_argument(
+        "--summarize", nargs="+", metavar="JSON", help="only print the table of these result files"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.models = args.models or (["tiny"] if quick else ["S", "M", "L"])
@@ -157,8 +217,9 @@ def torch_compile_configs(args, batches) -> set:
             alias, dtype, batch = item.split(":")
             out.add((model_name(alias), dtype, int(batch)))
         except ValueError:
-            raise UserError(f"bad --torch-compile-for entry {item!r}; use e.g. S:bf16:128") \
-                from None
+            raise UserError(
+                f"bad --torch-compile-for entry {item!r}; use e.g. S:bf16:128"
+            ) from None
     return out
 
 
@@ -186,15 +247,22 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"[throughput] torch {torch.__version__} on {torch_device(torch)}", flush=True)
     if "jax" not in args.frameworks and not (torch_mod and "torch" in args.frameworks):
         raise UserError("nothing to run: --frameworks torch but PyTorch is unavailable")
-    print(f"[throughput] jax {jax.__version__} on {device.platform} ({device.device_kind}); "
-          f"models {args.models}, dtypes {args.dtypes}, batches {batches}", flush=True)
+    print(
+        f"[throughput] jax {jax.__version__} on {device.platform} ({device.device_kind}); "
+        f"models {args.models}, dtypes {args.dtypes}, batches {batches}",
+        flush=True,
+    )
     peaks = measure_peaks(args, torch_mod)
-    flops_per_image = {m: flop_count.summary(build_model(m, args.image_size, "fp32",
-                                                         args.remat[0], False))
-                       for m in args.models}
-    meta = dict(environment(args, torch_mod), peak_flops=peaks, flops_per_image=flops_per_image,
-                training_flops_convention="3 x forward matmul/conv FLOPs "
-                                          "(dynamixer_jax.model.flops)")
+    flops_per_image = {
+        m: flop_count.summary(build_model(m, args.image_size, "fp32", args.remat[0], False))
+        for m in args.models
+    }
+    meta = dict(
+        environment(args, torch_mod),
+        peak_flops=peaks,
+        flops_per_image=flops_per_image,
+        training_flops_convention="3 x forward matmul/conv FLOPs (dynamixer_jax.model.flops)",
+    )
     recorder = Recorder(args.json, meta, args.append)
     recorder.write()
     run_plan(recorder, args, batches, peaks, torch_mod, deadline)

@@ -33,8 +33,10 @@ NUM_CLASSES, DROP_PATH = 1000, 0.1
 
 def _rusage_delta(before, after, steps):
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    return {"sys_share": system / max(user + system, 1e-9),
-            "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps}
+    return {
+        "sys_share": system / max(user + system, 1e-9),
+        "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+    }
 
 
 def run_jax(model_name: str, batch: int, steps: int, remat: str, scan_layers: bool = False) -> dict:
@@ -42,33 +44,39 @@ def run_jax(model_name: str, batch: int, steps: int, remat: str, scan_layers: bo
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     from benchlib.adamw import make_adamw_step
     from benchlib.timing import compile_timed
-
     from dynamixer_jax import create_model, init_variables
 
     model = create_model(model_name, drop_path_rate=DROP_PATH, remat=remat, scan_layers=scan_layers)
     params = init_variables(model, 0)["params"]
     step, tx = make_adamw_step(model)
     rng = np.random.default_rng(0)
-    batches = [jnp.asarray(rng.standard_normal((batch, 224, 224, 3), dtype=np.float32))
-               for _ in range(3)]
+    batches = [
+        jnp.asarray(rng.standard_normal((batch, 224, 224, 3), dtype=np.float32)) for _ in range(3)
+    ]
     labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
     opt_state = tx.init(params)
-    compiled, compile_s = compile_timed(step, params, opt_state, batches[0], labels,
-                                        jax.random.key(0))
+    compiled, compile_s = compile_timed(
+        step, params, opt_state, batches[0], labels, jax.random.key(0)
+    )
     temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0)
     params, opt_state, loss = compiled(params, opt_state, batches[0], labels, jax.random.key(0))
     jax.block_until_ready(loss)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for i in range(steps):
-        params, opt_state, loss = compiled(params, opt_state, batches[i % 3], labels,
-                                           jax.random.key(i))
+        params, opt_state, loss = compiled(
+            params, opt_state, batches[i % 3], labels, jax.random.key(i)
+        )
     jax.block_until_ready(loss)
     wall = time.perf_counter() - start
-    return {"img_s": steps * batch / wall, "compile_s": compile_s,
-            "temp_mb_per_image": temp / batch / 1e6,
-            **_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF), steps)}
+    return {
+        "img_s": steps * batch / wall,
+        "compile_s": compile_s,
+        "temp_mb_per_image": temp / batch / 1e6,
+        **_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF), steps),
+    }
 
 
 def run_torch(model_name: str, batch: int, steps: int) -> dict:
@@ -82,12 +90,22 @@ def run_torch(model_name: str, batch: int, steps: int) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = torch_reference().TorchDynaMixer(**architecture(model_name), num_classes=NUM_CLASSES,
-                                             image_size=224, drop_path_rate=DROP_PATH).train()
+    model = (
+        torch_reference()
+        .TorchDynaMixer(
+            **architecture(model_name),
+            num_classes=NUM_CLASSES,
+            image_size=224,
+            drop_path_rate=DROP_PATH,
+        )
+        .train()
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(0)
-    batches = [torch.from_numpy(rng.standard_normal((batch, 3, 224, 224), dtype=np.float32))
-               for _ in range(3)]
+    batches = [
+        torch.from_numpy(rng.standard_normal((batch, 3, 224, 224), dtype=np.float32))
+        for _ in range(3)
+    ]
     labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch))
 
     def step(images):
@@ -100,8 +118,10 @@ def run_torch(model_name: str, batch: int, steps: int) -> dict:
     for i in range(steps):
         step(batches[i % 3])
     wall = time.perf_counter() - start
-    return {"img_s": steps * batch / wall,
-            **_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF), steps)}
+    return {
+        "img_s": steps * batch / wall,
+        **_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF), steps),
+    }
 
 
 def run_setting(setting: str, model_name: str, batch: int, steps: int) -> dict:
@@ -119,9 +139,11 @@ def measure_in_subprocess(setting: str, model_name: str, batch: int, steps: int)
     if setting.startswith("jax-default-scheduler:"):
         env["DYNAMIXER_KEEP_XLA_FLAGS"] = "1"
     here = os.path.dirname(os.path.abspath(__file__))
-    code = (f"import json, sys; sys.path.insert(0, {here!r}); "
-            f"from train_step import run_setting; "
-            f"print(json.dumps(run_setting({setting!r}, {model_name!r}, {batch}, {steps})))")
+    code = (
+        f"import json, sys; sys.path.insert(0, {here!r}); "
+        f"from train_step import run_setting; "
+        f"print(json.dumps(run_setting({setting!r}, {model_name!r}, {batch}, {steps})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{setting} failed:\n{out.stderr[-3000:]}")
@@ -134,37 +156,58 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="processes per setting")
-    parser.add_argument("--settings", nargs="+",
-                        default=["torch", "jax:minimal", "jax:none", "jax-default-scheduler:none"])
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["torch", "jax:minimal", "jax:none", "jax-default-scheduler:none"],
+    )
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
-    print(f"{'batch':>5} {'setting':>28} {'img/s':>7} {'/torch':>7} {'compile s':>9} "
-          f"{'MB/img':>7} {'sys%':>5} {'faults/step':>12}", flush=True)
+    print(
+        f"{'batch':>5} {'setting':>28} {'img/s':>7} {'/torch':>7} {'compile s':>9} "
+        f"{'MB/img':>7} {'sys%':>5} {'faults/step':>12}",
+        flush=True,
+    )
     report = []
     for batch in args.batches:
         runs = {setting: [] for setting in args.settings}
         for _ in range(args.rounds):
             for setting in args.settings:
                 runs[setting].append(measure_in_subprocess(setting, args.model, batch, args.steps))
-        baseline = (statistics.median(r["img_s"] for r in runs["torch"])
-                    if "torch" in runs else None)
+        baseline = statistics.median(r["img_s"] for r in runs["torch"]) if "torch" in runs else None
         for setting, results in runs.items():
             rate = statistics.median(r["img_s"] for r in results)
-            row = {"batch": batch, "setting": setting, "img_s": rate,
-                   "vs_torch": rate / baseline if baseline else None, "runs": results}
+            row = {
+                "batch": batch,
+                "setting": setting,
+                "img_s": rate,
+                "vs_torch": rate / baseline if baseline else None,
+                "runs": results,
+            }
             report.append(row)
 
             def median(key, results=results):
                 return statistics.median(r.get(key, float("nan")) for r in results)
 
             ratio = f"{rate / baseline:7.2f}" if baseline else f"{'':>7}"
-            print(f"{batch:>5} {setting:>28} {rate:>7.2f} {ratio} {median('compile_s'):>9.1f} "
-                  f"{median('temp_mb_per_image'):>7.0f} {100 * median('sys_share'):>5.0f} "
-                  f"{median('faults_per_step'):>12.0f}", flush=True)
+            print(
+                f"{batch:>5} {setting:>28} {rate:>7.2f} {ratio} {median('compile_s'):>9.1f} "
+                f"{median('temp_mb_per_image'):>7.0f} {100 * median('sys_share'):>5.0f} "
+                f"{median('faults_per_step'):>12.0f}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "rounds": args.rounds, "steps": args.steps,
-                       "results": report}, f, indent=1)
+            json.dump(
+                {
+                    "model": args.model,
+                    "rounds": args.rounds,
+                    "steps": args.steps,
+                    "results": report,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -24,15 +24,17 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- model
     config.model = "dynamixer_s"  # dynamixer_s | dynamixer_m | dynamixer_l
     # Architecture fields that replace the variant's (None keeps the variant's value).
-    config.model_overrides = ml_collections.ConfigDict({
-        "layers": config_dict.placeholder(tuple),        # layers per stage, e.g. (4, 3, 8, 3)
-        "embed_dims": config_dict.placeholder(tuple),    # channels per stage
-        "transitions": config_dict.placeholder(tuple),   # stride-2 downsampling after a stage
-        "num_segments": config_dict.placeholder(tuple),  # segments S per stage
-        "reduced_dims": config_dict.placeholder(tuple),  # reduced dimension r per stage
-        "mlp_ratios": config_dict.placeholder(tuple),    # MLP hidden width / channels
-        "patch_size": config_dict.placeholder(int),      # patch embedding kernel = stride (7)
-    })
+    config.model_overrides = ml_collections.ConfigDict(
+        {
+            "layers": config_dict.placeholder(tuple),  # layers per stage, e.g. (4, 3, 8, 3)
+            "embed_dims": config_dict.placeholder(tuple),  # channels per stage
+            "transitions": config_dict.placeholder(tuple),  # stride-2 downsampling after a stage
+            "num_segments": config_dict.placeholder(tuple),  # segments S per stage
+            "reduced_dims": config_dict.placeholder(tuple),  # reduced dimension r per stage
+            "mlp_ratios": config_dict.placeholder(tuple),  # MLP hidden width / channels
+            "patch_size": config_dict.placeholder(int),  # patch embedding kernel = stride (7)
+        }
+    )
     config.image_size = 224  # input side; the token grid is image_size / patch_size
     config.num_classes = config_dict.placeholder(int)  # None: the dataset's number of classes
     config.drop_path_rate = 0.1  # stochastic depth, growing linearly to this over all layers
@@ -65,12 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.crop_fraction = 0.9  # eval: resize the short side to image_size / crop_fraction, crop
 
     # ---- on-device batch mixing and targets (in the jitted train step)
-    config.mixup = ml_collections.ConfigDict({
-        "mixup_alpha": 0.8,  # 0 turns Mixup off
-        "cutmix_alpha": 1.0,  # 0 turns CutMix off
-        "switch_prob": 0.5,  # chance of CutMix when both are on
-        "prob": 1.0,  # chance that a batch is mixed at all
-    })
+    config.mixup = ml_collections.ConfigDict(
+        {
+            "mixup_alpha": 0.8,  # 0 turns Mixup off
+            "cutmix_alpha": 1.0,  # 0 turns CutMix off
+            "switch_prob": 0.5,  # chance of CutMix when both are on
+            "prob": 1.0,  # chance that a batch is mixed at all
+        }
+    )
     config.label_smoothing = 0.1
 
     # ---- optimisation: AdamW, warmup + cosine (warmup inside it) + cooldown, per step

@@ -28,15 +28,16 @@ ImageNet must be prepared once: ``tfds build imagenet2012`` with the two ILSVRC2
 """
 
 from configs import default
-
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.variants import PUBLISHED
 
 
 def get_config(variant: str = "dynamixer_s"):
     if variant not in PUBLISHED:
-        raise ConfigError(f"configs/imagenet.py:{variant}: no such variant; use one of "
-                          f"{', '.join(sorted(PUBLISHED))}")
+        raise ConfigError(
+            f"configs/imagenet.py:{variant}: no such variant; use one of "
+            f"{', '.join(sorted(PUBLISHED))}"
+        )
     published = PUBLISHED[variant]
     config = default.get_config()
     config.model = variant

@@ -15,11 +15,30 @@ prefer_memory_saving_scheduler()
 from dynamixer_jax.errors import DynaMixerError  # noqa: E402
 from dynamixer_jax.loading import load  # noqa: E402
 from dynamixer_jax.model import (  # noqa: E402
-    PUBLISHED, VARIANTS, DynaMixer, DynaMixerBlock, DynaMixerOp, MixerLayer, create_model,
-    init_variables, list_models, stage_grids)
+    PUBLISHED,
+    VARIANTS,
+    DynaMixer,
+    DynaMixerBlock,
+    DynaMixerOp,
+    MixerLayer,
+    create_model,
+    init_variables,
+    list_models,
+    stage_grids,
+)
 
 __all__ = [
-    "DynaMixer", "DynaMixerBlock", "DynaMixerError", "DynaMixerOp", "MixerLayer", "PUBLISHED", "VARIANTS",
-    "create_model", "init_variables", "list_models", "load", "stage_grids",
+    "DynaMixer",
+    "DynaMixerBlock",
+    "DynaMixerError",
+    "DynaMixerOp",
+    "MixerLayer",
+    "PUBLISHED",
+    "VARIANTS",
+    "create_model",
+    "init_variables",
+    "list_models",
+    "load",
+    "stage_grids",
 ]
 __version__ = "0.1.0"

@@ -28,8 +28,10 @@ from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import create_model, list_models
 
-WHERE = ("give a training workdir, its checkpoints/ directory or one step in it, a .msgpack "
-         "file or Orbax directory from python -m dynamixer_jax.convert, or an authors' .pth file")
+WHERE = (
+    "give a training workdir, its checkpoints/ directory or one step in it, a .msgpack "
+    "file or Orbax directory from python -m dynamixer_jax.convert, or an authors' .pth file"
+)
 
 
 def is_our_checkpoint(path: str) -> bool:
@@ -69,15 +71,18 @@ def _params_from_workdir(path: str, *, ema: bool, sharding: Any) -> Any:
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree_util.tree_map(
             lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding),
-            checkpoints.saved_state_metadata(step))
+            checkpoints.saved_state_metadata(step),
+        )
         state, _ = checkpoints.restore(step, abstract)
     finally:
         checkpoints.close()
     key = "ema_params" if ema else "params"
     params = state[key] if isinstance(state, dict) else getattr(state, key)
     if ema and not jax.tree_util.tree_leaves(params):
-        raise CheckpointError(f"checkpoint {checkpoints.directory}/{step} was trained without "
-                              "EMA; use its raw parameters")
+        raise CheckpointError(
+            f"checkpoint {checkpoints.directory}/{step} was trained without "
+            "EMA; use its raw parameters"
+        )
     return jax.device_get(params)
 
 
@@ -104,21 +109,28 @@ def _model_for(path: str, params: Any, model_kwargs: dict[str, Any]) -> DynaMixe
     head = params.get("head", {}).get("kernel") if hasattr(params, "get") else None
     try:
         if saved.get("model") in list_models():  # a run's config.json holds every field
-            overrides = {key: _tuples(value)
-                         for key, value in (saved["model_overrides"] or {}).items()
-                         if value is not None}
-            settings = {"num_classes": int(np.shape(head)[-1]) if head is not None else 0,
-                        "image_size": _tuples(saved["image_size"]), **overrides}
+            overrides = {
+                key: _tuples(value)
+                for key, value in (saved["model_overrides"] or {}).items()
+                if value is not None
+            }
+            settings = {
+                "num_classes": int(np.shape(head)[-1]) if head is not None else 0,
+                "image_size": _tuples(saved["image_size"]),
+                **overrides,
+            }
             return create_model(saved["model"], **{**settings, **model_kwargs})
         return DynaMixer(**{**architecture_from_params(params), **model_kwargs})
     except (TypeError, ValueError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConversionError(f"cannot build the model of the weights at {path}: "
-                              f"{reason}") from None
+        raise ConversionError(
+            f"cannot build the model of the weights at {path}: {reason}"
+        ) from None
 
 
-def load(path: str | os.PathLike, *, ema: bool = False, dtype: Any = None,
-         **model_kwargs: Any) -> tuple[DynaMixer, dict[str, Any]]:
+def load(
+    path: str | os.PathLike, *, ema: bool = False, dtype: Any = None, **model_kwargs: Any
+) -> tuple[DynaMixer, dict[str, Any]]:
     """``(model, variables)`` for the trained weights at ``path``, ready for
     ``model.apply(variables, images, train=False)``.
 
@@ -137,10 +149,15 @@ def load(path: str | os.PathLike, *, ema: bool = False, dtype: Any = None,
     params = read_params(path, ema=ema)
     model = _model_for(path, params, model_kwargs)
     abstract = abstract_variables(model)["params"]
-    trees.check(abstract, params, error=CheckpointError,
-                what=f"the weights at {path} do not fit the model built for them",
-                advice="pass the architecture fields they were trained with as keyword arguments")
+    trees.check(
+        abstract,
+        params,
+        error=CheckpointError,
+        what=f"the weights at {path} do not fit the model built for them",
+        advice="pass the architecture fields they were trained with as keyword arguments",
+    )
     flat = trees.flatten(params)
     params = jax.tree_util.tree_map_with_path(
-        lambda where, want: np.asarray(flat[trees.path_name(where)], dtype=want.dtype), abstract)
+        lambda where, want: np.asarray(flat[trees.path_name(where)], dtype=want.dtype), abstract
+    )
     return model, {"params": params}

@@ -74,8 +74,11 @@ def dtype_of(leaf: Any) -> str:
 
 def natural_key(path: str) -> tuple:
     """Sort key that orders numbers inside names by value ('layers_2' before 'layers_10')."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in re.split(r"(\d+)", path) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", path)
+        if part
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +93,14 @@ class TreeDiff:
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.misshaped or self.mistyped)
 
-    def summary(self, limit: int | None = 3, *, noun: str = "paths", given: str = "given",
-                expected: str = "expected") -> str:
+    def summary(
+        self,
+        limit: int | None = 3,
+        *,
+        noun: str = "paths",
+        given: str = "given",
+        expected: str = "expected",
+    ) -> str:
         """One line: "missing paths: a, b; mis-shaped paths: c (given (2,), expected (3,))", the
         first ``limit`` of each kind then "and N more" (``limit=None``: all of them)."""
         kinds = [
@@ -111,8 +120,9 @@ class TreeDiff:
         return "; ".join(parts) or "no differences"
 
 
-def compare(expected: Any, given: Any, *, dtypes: bool = False,
-            order: Callable[[str], Any] = natural_key) -> TreeDiff:
+def compare(
+    expected: Any, given: Any, *, dtypes: bool = False, order: Callable[[str], Any] = natural_key
+) -> TreeDiff:
     """The differences of ``given`` from ``expected`` (any pytrees, or flat ``{path: leaf}``);
     dtypes are compared only with ``dtypes=True``. ``order`` sorts the paths in each list."""
     want, have = flatten(expected), flatten(given)
@@ -120,15 +130,29 @@ def compare(expected: Any, given: Any, *, dtypes: bool = False,
     return TreeDiff(
         missing=tuple(sorted(set(want) - set(have), key=order)),
         unexpected=tuple(sorted(set(have) - set(want), key=order)),
-        misshaped=tuple((p, shape_of(have[p]), shape_of(want[p])) for p in common
-                        if shape_of(have[p]) != shape_of(want[p])),
-        mistyped=tuple((p, dtype_of(have[p]), dtype_of(want[p])) for p in common
-                       if dtypes and dtype_of(have[p]) != dtype_of(want[p])),
+        misshaped=tuple(
+            (p, shape_of(have[p]), shape_of(want[p]))
+            for p in common
+            if shape_of(have[p]) != shape_of(want[p])
+        ),
+        mistyped=tuple(
+            (p, dtype_of(have[p]), dtype_of(want[p]))
+            for p in common
+            if dtypes and dtype_of(have[p]) != dtype_of(want[p])
+        ),
     )
 
 
-def check(expected: Any, given: Any, *, error: type[DynaMixerError], what: str, advice: str,
-          dtypes: bool = False, limit: int | None = 3) -> None:
+def check(
+    expected: Any,
+    given: Any,
+    *,
+    error: type[DynaMixerError],
+    what: str,
+    advice: str,
+    dtypes: bool = False,
+    limit: int | None = 3,
+) -> None:
     """Raise ``error("{what} ({differences}); {advice}")`` unless the trees match."""
     diff = compare(expected, given, dtypes=dtypes)
     if diff:
@@ -144,8 +168,14 @@ def matches(path: str, patterns: Iterable[str]) -> bool:
     return any(pattern.fullmatch(path) for pattern in _compile(patterns))
 
 
-def merge(fresh: Any, loaded: Any, *, reinit: Iterable[str] = (),
-          error: type[DynaMixerError] = DynaMixerError, advice: str = "") -> tuple[Any, dict]:
+def merge(
+    fresh: Any,
+    loaded: Any,
+    *,
+    reinit: Iterable[str] = (),
+    error: type[DynaMixerError] = DynaMixerError,
+    advice: str = "",
+) -> tuple[Any, dict]:
     """``fresh`` with every leaf taken from ``loaded``, except the paths matching a ``reinit``
     pattern (regexes over the whole 'a/b/c' path), which keep their fresh values.
 
@@ -160,15 +190,21 @@ def merge(fresh: Any, loaded: Any, *, reinit: Iterable[str] = (),
         return any(pattern.fullmatch(path) for pattern in patterns)
 
     fresh_flat, loaded_flat = flatten(fresh), flatten(loaded)
-    diff = compare({p: v for p, v in fresh_flat.items() if not skipped(p)},
-                   {p: v for p, v in loaded_flat.items() if not skipped(p)})
+    diff = compare(
+        {p: v for p, v in fresh_flat.items() if not skipped(p)},
+        {p: v for p, v in loaded_flat.items() if not skipped(p)},
+    )
     if diff:
         found = diff.summary(given="loaded", expected="model")
-        raise error(f"the loaded weights do not fit this model ({found})"
-                    + (f"; {advice}" if advice else ""))
-    report = {"taken": [p for p in fresh_flat if not skipped(p)],
-              "reinitialised": [p for p in fresh_flat if skipped(p)],
-              "unused": sorted(set(loaded_flat) - set(fresh_flat), key=natural_key)}
+        raise error(
+            f"the loaded weights do not fit this model ({found})"
+            + (f"; {advice}" if advice else "")
+        )
+    report = {
+        "taken": [p for p in fresh_flat if not skipped(p)],
+        "reinitialised": [p for p in fresh_flat if skipped(p)],
+        "unused": sorted(set(loaded_flat) - set(fresh_flat), key=natural_key),
+    }
 
     def pick(path: tuple, leaf: Any) -> Any:
         name = path_name(path)

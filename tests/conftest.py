@@ -16,23 +16,38 @@ REPO = Path(__file__).resolve().parents[1]  # the repository root: configs/, not
 # after stage 0 (the grid halves, the width doubles); a boundary with nothing to do (stages 1-2);
 # a width change without a transition (stages 2-3, a 1x1 projection); a stage of two layers;
 # several segments in every stage. 56x56 images give grids of 8x8 then 4x4.
-TINY_ARCH = dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 32, 48),
-                 transitions=(True, False, False, False), num_segments=(2, 4, 4, 4),
-                 reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))
+TINY_ARCH = dict(
+    layers=(1, 1, 2, 1),
+    embed_dims=(16, 32, 32, 48),
+    transitions=(True, False, False, False),
+    num_segments=(2, 4, 4, 4),
+    reduced_dims=(2, 2, 2, 2),
+    mlp_ratios=(3, 3, 3, 3),
+)
 TINY_CLASSES, TINY_IMAGE_SIZE = 10, 56
 
 
 # Smaller still, for tests that train, save or load many times: two stages, patch size 4, so a
 # 16x16 image is a 4x4 then 2x2 grid.
-MICRO_ARCH = dict(layers=(1, 1), embed_dims=(16, 32), transitions=(True, False),
-                  num_segments=(2, 4), reduced_dims=(2, 2), mlp_ratios=(2, 2), patch_size=4)
+MICRO_ARCH = dict(
+    layers=(1, 1),
+    embed_dims=(16, 32),
+    transitions=(True, False),
+    num_segments=(2, 4),
+    reduced_dims=(2, 2),
+    mlp_ratios=(2, 2),
+    patch_size=4,
+)
 
 
 def tiny_model(**overrides):
     """The TINY_ARCH DynaMixer (10 classes, 56x56 unless overridden); ``overrides`` go to
     ``create_model`` (dtype, remat, drop_path_rate, or an architecture field)."""
-    return create_model("dynamixer_s", **{**TINY_ARCH, "num_classes": TINY_CLASSES,
-                                          "image_size": TINY_IMAGE_SIZE, **overrides})
+    return create_model(
+        "dynamixer_s",
+        **{**TINY_ARCH, "num_classes": TINY_CLASSES, "image_size": TINY_IMAGE_SIZE, **overrides},
+    )
+
 
 # CI's second Python has no CPU torch wheel at hand: leave out, by name, the modules that need it.
 TORCH_MODULES = ["test_parity.py", "test_convert.py", "test_evaluate_authors.py"]
@@ -61,6 +76,7 @@ def _torch_threads():
 def digits_data_dir(tmp_path_factory):
     """A TFDS data dir holding the built-in sklearn_digits dataset, prepared once per run."""
     from dynamixer_jax.data.sources import open_source
+
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     open_source("sklearn_digits", data_dir)  # prepares it on first use
     return data_dir
@@ -70,9 +86,11 @@ def digits_data_dir(tmp_path_factory):
 def compilation_cache(tmp_path_factory):
     """Environment for subprocesses that share one JAX persistent compilation cache (as a user
     would set one up): later runs of the same model skip compiling its steps."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -70,8 +70,12 @@ def test_parse_target_config():
 
 def test_parse_other_configs():
     config = parse_rand_augment("rand-n3-m5-mstd101-mmax12-inc0-p0.7")
-    assert ((config.num_layers, config.magnitude, config.magnitude_max, config.prob)
-            == (3, 5, 12, 0.7))
+    assert (config.num_layers, config.magnitude, config.magnitude_max, config.prob) == (
+        3,
+        5,
+        12,
+        0.7,
+    )
     assert config.magnitude_std == math.inf and not config.increasing
     assert parse_rand_augment("rand").magnitude == 10
     for bad in ("auto-m9", "rand-w0", "rand-m"):
@@ -92,8 +96,9 @@ def test_lut_ops_match_pil(random_image):
     for threshold in (0, 100, 128, 256):
         expected = ImageOps.solarize(pil, threshold)
         assert _max_diff(ops.solarize(random_image, threshold), expected) == 0
-    added = np.where(random_image < 128, np.minimum(random_image.astype(int) + 70, 255),
-                     random_image)
+    added = np.where(
+        random_image < 128, np.minimum(random_image.astype(int) + 70, 255), random_image
+    )
     assert _max_diff(ops.solarize_add(random_image, 70), added) == 0
 
 
@@ -125,16 +130,20 @@ def test_rotate_by_90_degrees_is_exact(random_image):
         np.testing.assert_array_equal(rotated, np.rot90(square, turn))
 
 
-@pytest.mark.parametrize("op, argument, pil_matrix", [
-    ("shear_x", 0.23, lambda w, h: (1, 0.23, 0, 0, 1, 0)),
-    ("shear_y", -0.3, lambda w, h: (1, 0, 0, -0.3, 1, 0)),
-    ("translate_x_rel", 0.3, lambda w, h: (1, 0, 0.3 * w, 0, 1, 0)),
-    ("translate_y_rel", -0.41, lambda w, h: (1, 0, 0, 0, 1, -0.41 * h)),
-])
+@pytest.mark.parametrize(
+    "op, argument, pil_matrix",
+    [
+        ("shear_x", 0.23, lambda w, h: (1, 0.23, 0, 0, 1, 0)),
+        ("shear_y", -0.3, lambda w, h: (1, 0, 0, -0.3, 1, 0)),
+        ("translate_x_rel", 0.3, lambda w, h: (1, 0, 0.3 * w, 0, 1, 0)),
+        ("translate_y_rel", -0.41, lambda w, h: (1, 0, 0, 0, 1, -0.41 * h)),
+    ],
+)
 def test_affine_ops_match_pil(random_image, op, argument, pil_matrix):
     pil = Image.fromarray(random_image)
-    expected = pil.transform(pil.size, Image.AFFINE, pil_matrix(*pil.size), Image.BILINEAR,
-                             fillcolor=FILL)
+    expected = pil.transform(
+        pil.size, Image.AFFINE, pil_matrix(*pil.size), Image.BILINEAR, fillcolor=FILL
+    )
     # Same sample positions, edge handling and truncation as PIL's bilinear transform; float32
     # against PIL's float64 arithmetic may move a truncated value by one level.
     assert _max_diff(getattr(ops, op)(random_image, argument, FILL), expected) <= 1
@@ -158,26 +167,35 @@ def test_translate_fills_with_mean_colour(random_image):
 
 def test_apply_op_magnitude_rules(random_image):
     # PosterizeIncreasing at m=9 keeps 4 - int(3.6) = 1 bit; SolarizeIncreasing at m=5 uses 128.
-    np.testing.assert_array_equal(ra.apply_op(random_image, "PosterizeIncreasing", 9.0),
-                                  ops.posterize(random_image, 1))
-    np.testing.assert_array_equal(ra.apply_op(random_image, "SolarizeIncreasing", 5.0),
-                                  ops.solarize(random_image, 128))
-    np.testing.assert_array_equal(ra.apply_op(random_image, "SolarizeAdd", 10.0),
-                                  ops.solarize_add(random_image, 110))
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "PosterizeIncreasing", 9.0), ops.posterize(random_image, 1)
+    )
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "SolarizeIncreasing", 5.0), ops.solarize(random_image, 128)
+    )
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "SolarizeAdd", 10.0), ops.solarize_add(random_image, 110)
+    )
     # Rotate at m=10 with sign -1 is -30 degrees; enhance increasing is 1 -/+ 0.9 m / 10.
-    np.testing.assert_array_equal(ra.apply_op(random_image, "Rotate", 10.0, -1.0),
-                                  ops.rotate(random_image, -30.0))
-    np.testing.assert_array_equal(ra.apply_op(random_image, "ContrastIncreasing", 5.0, -1.0),
-                                  ops.contrast(random_image, 0.55))
-    np.testing.assert_array_equal(ra.apply_op(random_image, "ShearX", 10.0, 1.0),
-                                  ops.shear_x(random_image, 0.3))
-    np.testing.assert_array_equal(ra.apply_op(random_image, "TranslateYRel", 10.0, -1.0),
-                                  ops.translate_y_rel(random_image, -0.45))
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "Rotate", 10.0, -1.0), ops.rotate(random_image, -30.0)
+    )
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "ContrastIncreasing", 5.0, -1.0), ops.contrast(random_image, 0.55)
+    )
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "ShearX", 10.0, 1.0), ops.shear_x(random_image, 0.3)
+    )
+    np.testing.assert_array_equal(
+        ra.apply_op(random_image, "TranslateYRel", 10.0, -1.0),
+        ops.translate_y_rel(random_image, -0.45),
+    )
 
 
 def test_rand_augment_is_deterministic_and_graph_safe(random_image):
     augment_fn = tf.function(
-        lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1"))
+        lambda image, seed: ra.rand_augment(image, seed, "rand-m9-mstd0.5-inc1")
+    )
     outputs = [augment_fn(random_image, _seed(0, i)).numpy() for i in range(24)]
     for output in outputs:
         assert output.shape == random_image.shape and output.dtype == np.uint8
@@ -187,16 +205,18 @@ def test_rand_augment_is_deterministic_and_graph_safe(random_image):
     assert 8 <= changed < 24
     assert len({output.tobytes() for output in outputs}) > 12
     # p0: no op is ever applied.
-    np.testing.assert_array_equal(ra.rand_augment(random_image, _seed(3, 4), "rand-m9-p0"),
-                                  random_image)
+    np.testing.assert_array_equal(
+        ra.rand_augment(random_image, _seed(3, 4), "rand-m9-p0"), random_image
+    )
 
 
 # ------------------------------------------------------------------------ training preprocessing
 
 
 def test_crop_window_bounds():
-    windows = np.stack([decode.random_resized_crop_window([375, 500], _seed(5, i)).numpy()
-                        for i in range(100)])
+    windows = np.stack(
+        [decode.random_resized_crop_window([375, 500], _seed(5, i)).numpy() for i in range(100)]
+    )
     top, left, height, width = windows.T
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + height <= 375).all() and (left + width <= 500).all()
@@ -215,10 +235,12 @@ def test_jpeg_and_png_crops_agree(photo):
     decoded = tf.io.decode_jpeg(jpeg).numpy()
     png = _encode(decoded, "PNG")
     for index in range(3):
-        from_jpeg = decode.decode_and_random_resized_crop(jpeg, _seed(7, index), 96,
-                                                          interpolation="bicubic")
-        from_png = decode.decode_and_random_resized_crop(png, _seed(7, index), 96,
-                                                         interpolation="bicubic")
+        from_jpeg = decode.decode_and_random_resized_crop(
+            jpeg, _seed(7, index), 96, interpolation="bicubic"
+        )
+        from_png = decode.decode_and_random_resized_crop(
+            png, _seed(7, index), 96, interpolation="bicubic"
+        )
         assert from_jpeg.shape == (96, 96, 3) and from_jpeg.dtype == tf.uint8
         # Same window; decoding only the window may change a few edge pixels slightly.
         assert np.abs(from_jpeg.numpy().astype(int) - from_png.numpy()).mean() < 0.5
@@ -234,17 +256,33 @@ def test_train_preprocess_shapes_ranges_determinism(photo):
     # Without random erasing, values stay in the normalised range of 0..255.
     low = (0 - 255 * np.array(augment.IMAGENET_MEAN)) / (255 * np.array(augment.IMAGENET_STD))
     high = (255 - 255 * np.array(augment.IMAGENET_MEAN)) / (255 * np.array(augment.IMAGENET_STD))
-    plain = augment.train_preprocess(jpeg, _seed(4, 4), 128, TrainAugment(
-        random_erase_prob=0, rand_augment=None, color_jitter=0.4)).numpy()
+    plain = augment.train_preprocess(
+        jpeg,
+        _seed(4, 4),
+        128,
+        TrainAugment(random_erase_prob=0, rand_augment=None, color_jitter=0.4),
+    ).numpy()
     assert plain.shape == (128, 128, 3)
     assert (plain >= low - 1e-5).all() and (plain <= high + 1e-5).all()
 
 
 def test_train_preprocess_all_steps_off_is_a_resize(photo):
     image, jpeg = photo
-    output = augment.train_preprocess(jpeg, _seed(0, 0), 100, TrainAugment(
-        scale=None, interpolation="bilinear", hflip=0, rand_augment=None, color_jitter=None,
-        random_erase_prob=0, mean=(0, 0, 0), std=(1, 1, 1)))
+    output = augment.train_preprocess(
+        jpeg,
+        _seed(0, 0),
+        100,
+        TrainAugment(
+            scale=None,
+            interpolation="bilinear",
+            hflip=0,
+            rand_augment=None,
+            color_jitter=None,
+            random_erase_prob=0,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+        ),
+    )
     expected = np.asarray(Image.fromarray(image).resize((100, 100), Image.BILINEAR), np.float32)
     # Normalising with mean 0 and std 1 divides by 255; JPEG and resampler differences remain.
     assert np.abs(output.numpy() * 255 - expected).mean() < 3.0
@@ -252,12 +290,15 @@ def test_train_preprocess_all_steps_off_is_a_resize(photo):
 
 def test_flip_and_normalize():
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    flips = [np.array_equal(augment.random_horizontal_flip(image, _seed(0, i)), image[:, ::-1])
-             for i in range(40)]
+    flips = [
+        np.array_equal(augment.random_horizontal_flip(image, _seed(0, i)), image[:, ::-1])
+        for i in range(40)
+    ]
     assert 8 < sum(flips) < 32
-    assert not any(np.array_equal(augment.random_horizontal_flip(image, _seed(0, i), 0.0),
-                                  image[:, ::-1])
-                   for i in range(5))
+    assert not any(
+        np.array_equal(augment.random_horizontal_flip(image, _seed(0, i), 0.0), image[:, ::-1])
+        for i in range(5)
+    )
     normalized = augment.normalize(np.full((1, 1, 3), 255, np.uint8)).numpy()
     expected = (1 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)
     np.testing.assert_allclose(normalized[0, 0], expected, rtol=1e-6)
@@ -266,14 +307,16 @@ def test_flip_and_normalize():
 def test_color_jitter(random_image):
     output = augment.color_jitter(random_image, _seed(2, 2), 0.4).numpy()
     assert output.shape == random_image.shape and output.dtype == np.uint8
-    np.testing.assert_array_equal(augment.color_jitter(random_image, _seed(2, 2), 0.0),
-                                  random_image)
+    np.testing.assert_array_equal(
+        augment.color_jitter(random_image, _seed(2, 2), 0.0), random_image
+    )
 
 
 def test_random_erasing_rate_and_content():
     image = tf.zeros([32, 32, 3])
-    erase = tf.function(lambda seed: augment.random_erasing(image, seed,
-                                                            DeviceAugment(erase_prob=0.25)))
+    erase = tf.function(
+        lambda seed: augment.random_erasing(image, seed, DeviceAugment(erase_prob=0.25))
+    )
     trials = 2000
     erased = 0
     for index in range(trials):
@@ -291,11 +334,13 @@ def test_random_erasing_rate_and_content():
 
 def test_random_erasing_modes():
     image = tf.zeros([16, 16, 3])
-    const = augment.random_erasing(image, _seed(1, 1),
-                                   DeviceAugment(erase_prob=1.0, erase_mode="const")).numpy()
+    const = augment.random_erasing(
+        image, _seed(1, 1), DeviceAugment(erase_prob=1.0, erase_mode="const")
+    ).numpy()
     np.testing.assert_array_equal(const, 0)
-    colour = augment.random_erasing(image, _seed(1, 1), DeviceAugment(
-        erase_prob=1.0, erase_mode="rand", erase_count=3)).numpy()
+    colour = augment.random_erasing(
+        image, _seed(1, 1), DeviceAugment(erase_prob=1.0, erase_mode="rand", erase_count=3)
+    ).numpy()
     values = {tuple(pixel) for pixel in colour.reshape(-1, 3) if pixel.any()}
     assert 1 <= len(values) <= 3
 
@@ -342,10 +387,15 @@ def test_train_preprocess_in_dataset_map(photo):
     seeds = tf.data.Dataset.range(4).map(lambda i: tf.stack([tf.constant(11, tf.int64), i]))
 
     def pipeline():
-        return (tf.data.Dataset.zip((images, seeds))
-                .map(lambda data, seed: augment.train_preprocess(data, seed, 160),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .batch(4))
+        return (
+            tf.data.Dataset.zip((images, seeds))
+            .map(
+                lambda data, seed: augment.train_preprocess(data, seed, 160),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .batch(4)
+        )
 
     batch = next(iter(pipeline())).numpy()
     assert batch.shape == (4, 160, 160, 3) and batch.dtype == np.float32

@@ -10,13 +10,19 @@ import pytest
 import torch
 from torch_reference import TorchDynaMixer, randomize_
 
-from dynamixer_jax.errors import ConversionError
 from dynamixer_jax import create_model
 from dynamixer_jax.convert import architecture_from_state_dict, flax_to_torch, torch_to_flax
 from dynamixer_jax.convert.flax_io import load_flax
+from dynamixer_jax.errors import ConversionError
 
-ARCH = dict(layers=(1, 2, 1, 1), embed_dims=(16, 32, 32, 32), transitions=(True, False, False, False),
-            num_segments=(2, 4, 4, 4), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3))
+ARCH = dict(
+    layers=(1, 2, 1, 1),
+    embed_dims=(16, 32, 32, 32),
+    transitions=(True, False, False, False),
+    num_segments=(2, 4, 4, 4),
+    reduced_dims=(2, 2, 2, 2),
+    mlp_ratios=(3, 3, 3, 3),
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,14 @@ def assert_same_weights(variables, state_dict):
 
 def test_architecture_is_read_off_the_shapes(torch_model, flax_model):
     arch = architecture_from_state_dict({k: v.numpy() for k, v in torch_model.state_dict().items()})
-    assert arch == {**ARCH, "mlp_ratios": (3.0,) * 4, "patch_size": 7, "in_chans": 3, "image_size": 28,
-                    "num_classes": 7}
+    assert arch == {
+        **ARCH,
+        "mlp_ratios": (3.0,) * 4,
+        "patch_size": 7,
+        "in_chans": 3,
+        "image_size": 28,
+        "num_classes": 7,
+    }
 
 
 def test_checkpoint_forms(torch_model):
@@ -47,8 +59,11 @@ def test_checkpoint_forms(torch_model):
     ema = {k: v + 1 for k, v in state_dict.items()}
     assert_same_weights(torch_to_flax(state_dict), state_dict)
     assert_same_weights(torch_to_flax({k: v.numpy() for k, v in state_dict.items()}), state_dict)
-    timm_style = {"state_dict": {f"module.{k}": v for k, v in state_dict.items()},
-                  "state_dict_ema": {f"module.{k}": v for k, v in ema.items()}, "epoch": 300}
+    timm_style = {
+        "state_dict": {f"module.{k}": v for k, v in state_dict.items()},
+        "state_dict_ema": {f"module.{k}": v for k, v in ema.items()},
+        "epoch": 300,
+    }
     assert_same_weights(torch_to_flax(timm_style), state_dict)
     assert_same_weights(torch_to_flax(timm_style, ema=True), ema)
     with pytest.raises(ConversionError, match="no 'state_dict_ema'"):
@@ -94,8 +109,12 @@ def test_unreadable_inputs(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dynamixer_jax.convert", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dynamixer_jax.convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("flax_name", ["flax_checkpoint", "weights.msgpack"])
@@ -125,7 +144,13 @@ def test_command_line_errors_are_one_line(tmp_path, torch_model):
     result = run_cli("--model", "dynamixer_s", source, tmp_path / "out")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: checkpoint does not fit this DynaMixer: missing keys:")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: checkpoint does not fit this DynaMixer: missing keys:"
+    )
     result = run_cli(tmp_path / "nowhere", tmp_path / "x.pth")
-    assert result.returncode == 2 and result.stderr.strip() == f"error: no Flax checkpoint at {tmp_path / 'nowhere'} " \
+    assert (
+        result.returncode == 2
+        and result.stderr.strip()
+        == f"error: no Flax checkpoint at {tmp_path / 'nowhere'} "
         "(expected an Orbax directory or a .msgpack file)"
+    )

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dynamixer_jax.data.device_augment import (IMAGENET_MEAN, IMAGENET_STD, DeviceAugment,
-                                          augment_batch, normalize)
+from dynamixer_jax.data.device_augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceAugment,
+    augment_batch,
+    normalize,
+)
 
 ERASE = DeviceAugment(erase_prob=0.25)
 
@@ -54,11 +59,13 @@ def test_erasing_rate_area_noise_and_untouched_pixels():
         # fraction in [0.02, 1/3] and the aspect in [0.3, 1/0.3]; rounding moves each side by
         # at most 1/2.
         low, high = math.sqrt(0.02 * size * size), math.sqrt(size * size / 3)
-        assert (low * math.sqrt(0.3) - 0.5 <= min(height, width)
-                and max(height, width) <= high / math.sqrt(0.3) + 0.5)
+        assert (
+            low * math.sqrt(0.3) - 0.5 <= min(height, width)
+            and max(height, width) <= high / math.sqrt(0.3) + 0.5
+        )
         assert (math.sqrt(0.02) * size - 0.5) ** 2 <= height * width
         assert height * width <= (math.sqrt(1 / 3) * size + 0.5) ** 2
-        noise.append(output[index, rows.min():rows.max() + 1, cols.min():cols.max() + 1])
+        noise.append(output[index, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
     # Pixels outside the rectangle are exactly the normalised input; erased images only.
     np.testing.assert_array_equal(output[~changed], plain[~changed])
     np.testing.assert_array_equal(output[~erased], plain[~erased])
@@ -81,13 +88,14 @@ def test_erasing_is_deterministic_and_keyed():
 
 def test_erasing_modes_counts_and_off():
     images = _images(64)
-    const, plain, changed = _erased(jax.random.key(1), images,
-                                    DeviceAugment(erase_prob=1.0, erase_mode="const"))
+    const, plain, changed = _erased(
+        jax.random.key(1), images, DeviceAugment(erase_prob=1.0, erase_mode="const")
+    )
     assert changed.reshape(64, -1).any(-1).mean() > 0.9  # every image, unless no attempt fit
     assert (const[changed] == 0).all()
-    colour, _, changed = _erased(jax.random.key(1), images,
-                                 DeviceAugment(erase_prob=1.0, erase_mode="rand",
-                                               erase_count=3))
+    colour, _, changed = _erased(
+        jax.random.key(1), images, DeviceAugment(erase_prob=1.0, erase_mode="rand", erase_count=3)
+    )
     for index in range(64):
         values = {tuple(pixel) for pixel in colour[index][changed[index]]}
         assert len(values) <= 3
@@ -105,10 +113,15 @@ def test_sharding_and_dtype_are_kept():
     assert output.sharding.is_equivalent_to(sharding, output.ndim)
 
 
-@pytest.mark.parametrize("settings, match", [
-    (dict(erase_prob=1.5), "erase_prob"), (dict(erase_mode="noise"), "erase_mode"),
-    (dict(erase_count=0), "erase_count"), (dict(std=(0.2, 0.0, 0.2)), "std"),
-])
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(erase_prob=1.5), "erase_prob"),
+        (dict(erase_mode="noise"), "erase_mode"),
+        (dict(erase_count=0), "erase_count"),
+        (dict(std=(0.2, 0.0, 0.2)), "std"),
+    ],
+)
 def test_bad_settings(settings, match):
     with pytest.raises(ValueError, match=match):
         DeviceAugment(**settings)

@@ -7,16 +7,23 @@ import torch
 from conftest import REPO
 from torch_reference import TorchDynaMixer, randomize_
 
-from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.data.device_augment import normalize
+from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.evaluation import make_eval_data
 from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.reporting import read_metrics
 
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
-ARCH = dict(layers=(2, 2), embed_dims=(64, 128), transitions=(True, False), num_segments=(4, 8),
-            reduced_dims=(2, 2), mlp_ratios=(3, 3), patch_size=4)  # configs/quickstart.py's model
+ARCH = dict(
+    layers=(2, 2),
+    embed_dims=(64, 128),
+    transitions=(True, False),
+    num_segments=(4, 8),
+    reduced_dims=(2, 2),
+    mlp_ratios=(3, 3),
+    patch_size=4,
+)  # configs/quickstart.py's model
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +32,9 @@ def authors_checkpoint(tmp_path_factory):
     raw = randomize_(TorchDynaMixer(**ARCH, num_classes=10, image_size=32), seed=0).eval()
     ema = randomize_(TorchDynaMixer(**ARCH, num_classes=10, image_size=32), seed=1).eval()
     path = tmp_path_factory.mktemp("authors") / "dynamixer_digits.pth.tar"
-    torch.save({"epoch": 3, "state_dict": raw.state_dict(), "state_dict_ema": ema.state_dict()},
-               path)
+    torch.save(
+        {"epoch": 3, "state_dict": raw.state_dict(), "state_dict_ema": ema.state_dict()}, path
+    )
     return path, raw, ema
 
 
@@ -40,7 +48,9 @@ def _torch_metrics(model, config, data_dir):
             images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
             labels = torch.from_numpy(batch["label"][real]).long()
             logits = model(images.float())
-            sums["loss"] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            sums["loss"] += float(
+                torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+            )
             sums["top1"] += float((logits.argmax(-1) == labels).sum())
             sums["top5"] += float((logits.topk(5, -1).indices == labels[:, None]).any(-1).sum())
             sums["count"] += float(real.sum())
@@ -51,7 +61,9 @@ def _torch_metrics(model, config, data_dir):
 
 def test_evaluate_authors_checkpoint_matches_pytorch(authors_checkpoint, digits_data_dir):
     path, raw, ema = authors_checkpoint
-    config = load_config(QUICKSTART, data_dir=digits_data_dir, eval_batch_size=48)  # 360 = 7.5 batches
+    config = load_config(
+        QUICKSTART, data_dir=digits_data_dir, eval_batch_size=48
+    )  # 360 = 7.5 batches
     results = evaluate(config, str(path))
     for prefix, model in (("", raw), ("ema_", ema)):
         want = _torch_metrics(model, config, digits_data_dir)
@@ -63,19 +75,32 @@ def test_evaluate_authors_checkpoint_matches_pytorch(authors_checkpoint, digits_
     assert results["eval_loss"] != pytest.approx(results["ema_eval_loss"])  # two different models
 
 
-def test_finetune_from_authors_checkpoint_at_another_size(authors_checkpoint, digits_data_dir,
-                                                          tmp_path, caplog):
+def test_finetune_from_authors_checkpoint_at_another_size(
+    authors_checkpoint, digits_data_dir, tmp_path, caplog
+):
     path, _, _ = authors_checkpoint
-    config = load_config(str(REPO / "configs" / "finetune.py"), init_from=str(path),
-                         dataset="sklearn_digits", data_dir=digits_data_dir, eval_split="test",
-                         image_size=48, batch_size=32, num_train_steps=3, log_every_steps=1,
-                         checkpoint_every_steps=3, half_precision=False, **{
-                             f"model_overrides.{key}": value for key, value in ARCH.items()})
+    config = load_config(
+        str(REPO / "configs" / "finetune.py"),
+        init_from=str(path),
+        dataset="sklearn_digits",
+        data_dir=digits_data_dir,
+        eval_split="test",
+        image_size=48,
+        batch_size=32,
+        num_train_steps=3,
+        log_every_steps=1,
+        checkpoint_every_steps=3,
+        half_precision=False,
+        **{f"model_overrides.{key}": value for key, value in ARCH.items()},
+    )
     with caplog.at_level("INFO", logger="dynamixer_jax"):
         result = train_and_evaluate(config, str(tmp_path))
     assert result["status"] == "finished" and result["step"] == 3
-    message = next(record.getMessage() for record in caplog.records
-                   if "fine-tuning from" in record.getMessage())
+    message = next(
+        record.getMessage()
+        for record in caplog.records
+        if "fine-tuning from" in record.getMessage()
+    )
     # 48 / 4 = a 12x12 grid instead of 8x8: the head and every generate layer start fresh
     assert "head/kernel" in message or "head" in message
     losses = [r["train_loss"] for r in read_metrics(str(tmp_path)) if "train_loss" in r]

@@ -78,8 +78,10 @@ def _sub_jaxprs(eqn):
 
 def traced_matmul_flops(jaxpr) -> int:
     """Matmul and convolution FLOPs of a jaxpr, nested calls included."""
-    return sum(_matmul_flops(eqn) + sum(traced_matmul_flops(sub) for sub in _sub_jaxprs(eqn))
-               for eqn in jaxpr.eqns)
+    return sum(
+        _matmul_flops(eqn) + sum(traced_matmul_flops(sub) for sub in _sub_jaxprs(eqn))
+        for eqn in jaxpr.eqns
+    )
 
 
 def xla_flops(compiled) -> float:
@@ -99,8 +101,15 @@ def small():
     # Its own widths and segments rather than the shared tiny model's: at 16-48 channels and 2-4
     # segments elementwise work is 31% (forward) and 51% (training) of XLA's count, past the
     # bound below, which is meant to catch miscounted matmuls.
-    model = create_model("dynamixer_s", num_classes=10, image_size=(56, 42), layers=(1, 1, 1, 1),
-                         embed_dims=(32, 64, 64, 96), num_segments=(4, 8, 8, 8), drop_path_rate=0.1)
+    model = create_model(
+        "dynamixer_s",
+        num_classes=10,
+        image_size=(56, 42),
+        layers=(1, 1, 1, 1),
+        embed_dims=(32, 64, 64, 96),
+        num_segments=(4, 8, 8, 8),
+        drop_path_rate=0.1,
+    )
     params = init_variables(model, 0)["params"]
     images = jnp.asarray(np.random.default_rng(0).standard_normal((BATCH, 56, 42, 3), np.float32))
     labels = jnp.zeros((BATCH,), jnp.int32)
@@ -135,6 +144,8 @@ def test_training_step_matches_trace_and_xla(small):
     traced = traced_matmul_flops(jax.make_jaxpr(grad)(*args).jaxpr)
     assert traced == analytic - skipped
     ratio = xla_flops(jax.jit(grad).lower(*args).compile()) / traced
-    print(f"XLA / traced training-step matmul FLOPs: {ratio:.3f}; analytic / traced "
-          f"{analytic / traced:.3f}")
+    print(
+        f"XLA / traced training-step matmul FLOPs: {ratio:.3f}; analytic / traced "
+        f"{analytic / traced:.3f}"
+    )
     assert 1.0 <= ratio <= 1.3

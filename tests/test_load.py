@@ -5,16 +5,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import MICRO_ARCH, REPO
 
 import dynamixer_jax
-from conftest import MICRO_ARCH, REPO
 from dynamixer_jax.convert import flax_to_torch
 from dynamixer_jax.convert.flax_io import save_flax
 from dynamixer_jax.errors import DynaMixerError
@@ -40,10 +39,15 @@ def _logits(model, variables):
 def _assert_same_model(loaded, trained):
     (model, variables), (want_model, want_variables) = loaded, trained
     assert (model.layers, model.embed_dims, model.num_classes, model.patch_size) == (
-        want_model.layers, want_model.embed_dims, want_model.num_classes, want_model.patch_size)
+        want_model.layers,
+        want_model.embed_dims,
+        want_model.num_classes,
+        want_model.patch_size,
+    )
     assert tuple(np.broadcast_to(model.image_size, 2)) == (16, 24)
-    np.testing.assert_allclose(_logits(model, variables), _logits(want_model, want_variables),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        _logits(model, variables), _logits(want_model, want_variables), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["weights.msgpack", "orbax_weights"])
@@ -55,13 +59,15 @@ def test_converted_flax_checkpoints_round_trip(tmp_path, trained, name):
 def test_authors_pth_round_trip(tmp_path, trained):
     torch = pytest.importorskip("torch")  # optional dependency, as for the converter
     state_dict = {k: torch.from_numpy(v) for k, v in flax_to_torch(trained[1]).items()}
-    torch.save({"state_dict": state_dict,
-                "state_dict_ema": {k: v + 1 for k, v in state_dict.items()}},
-               tmp_path / "model.pth.tar")
+    torch.save(
+        {"state_dict": state_dict, "state_dict_ema": {k: v + 1 for k, v in state_dict.items()}},
+        tmp_path / "model.pth.tar",
+    )
     _assert_same_model(dynamixer_jax.load(tmp_path / "model.pth.tar"), trained)
     _, ema = dynamixer_jax.load(tmp_path / "model.pth.tar", ema=True)
-    np.testing.assert_array_equal(ema["params"]["head"]["bias"],
-                                  trained[1]["params"]["head"]["bias"] + 1)
+    np.testing.assert_array_equal(
+        ema["params"]["head"]["bias"], trained[1]["params"]["head"]["bias"] + 1
+    )
 
 
 def _workdir(tmp_path, trained, *, config=True):
@@ -73,11 +79,21 @@ def _workdir(tmp_path, trained, *, config=True):
     with Checkpoints(str(tmp_path / "checkpoints"), asynchronous=False) as checkpoints:
         checkpoints.save(5, state, {"seed": 0}, metrics={"eval_top1": 0.5})
     if config:
-        overrides = {key: list(value) if isinstance(value, tuple) else value
-                     for key, value in MICRO_ARCH.items()}
-        (tmp_path / "config.json").write_text(json.dumps({
-            "model": "dynamixer_s", "image_size": [16, 24], "num_classes": -1,
-            "half_precision": False, "model_overrides": overrides}))
+        overrides = {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in MICRO_ARCH.items()
+        }
+        (tmp_path / "config.json").write_text(
+            json.dumps(
+                {
+                    "model": "dynamixer_s",
+                    "image_size": [16, 24],
+                    "num_classes": -1,
+                    "half_precision": False,
+                    "model_overrides": overrides,
+                }
+            )
+        )
     return tmp_path
 
 
@@ -87,8 +103,9 @@ def test_training_workdir_round_trip(tmp_path, trained, config):
     for path in (workdir, workdir / "checkpoints", workdir / "checkpoints" / "5"):
         _assert_same_model(dynamixer_jax.load(path), trained)
     _, ema = dynamixer_jax.load(workdir, ema=True)
-    np.testing.assert_allclose(ema["params"]["norm"]["scale"],
-                               trained[1]["params"]["norm"]["scale"] + 1)
+    np.testing.assert_allclose(
+        ema["params"]["norm"]["scale"], trained[1]["params"]["norm"]["scale"] + 1
+    )
     if config:  # the architecture is the one config.json records
         saved = json.loads((workdir / "config.json").read_text())
         (workdir / "config.json").write_text(json.dumps({**saved, "image_size": 16}))
@@ -117,8 +134,10 @@ def test_user_errors_are_one_line(tmp_path, trained):
         (dict(path=tmp_path / "empty"), "not a readable Orbax checkpoint"),
         (dict(path=tmp_path / "mlp.msgpack"), "cannot read a DynaMixer architecture"),
         (dict(path=tmp_path / "w.msgpack", ema=True), "no EMA copy"),
-        (dict(path=tmp_path / "w.msgpack", embed_dims=(16, 48), num_segments=(2, 4)),
-         "do not fit the model built for them"),
+        (
+            dict(path=tmp_path / "w.msgpack", embed_dims=(16, 48), num_segments=(2, 4)),
+            "do not fit the model built for them",
+        ),
     ]
     for kwargs, message in cases:
         with pytest.raises(DynaMixerError) as error:
@@ -129,13 +148,19 @@ def test_user_errors_are_one_line(tmp_path, trained):
 
 def test_loading_a_msgpack_needs_no_tensorflow_nor_ml_collections(tmp_path, trained):
     save_flax(trained[1], str(tmp_path / "w.msgpack"))
-    code = ("import sys, dynamixer_jax\n"
-            f"model, variables = dynamixer_jax.load({str(tmp_path / 'w.msgpack')!r})\n"
-            "print(model.num_classes, sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu', 'torch'}))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO, timeout=300,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                 "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, dynamixer_jax\n"
+        f"model, variables = dynamixer_jax.load({str(tmp_path / 'w.msgpack')!r})\n"
+        "print(model.num_classes, sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu', 'torch'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["7", "[]"]

@@ -31,7 +31,9 @@ mix = jax.jit(mix_batch, static_argnums=(3, 4))
 
 def _batch(batch=8, height=12, width=10, channels=3, seed=0):
     """Random images (pixels differ between i and B-1-i everywhere) and labels i (distinct from B-1-i)."""
-    images = np.random.default_rng(seed).normal(size=(batch, height, width, channels)).astype(np.float32)
+    images = (
+        np.random.default_rng(seed).normal(size=(batch, height, width, channels)).astype(np.float32)
+    )
     return images, np.arange(batch, dtype=np.int32)
 
 
@@ -49,7 +51,9 @@ def test_smooth_labels_values():
     expected[np.arange(4), [0, 3, 4, 3]] = 0.92
     np.testing.assert_array_equal(soft, expected)
     np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(smooth_labels(labels, 5, 0.0)), np.eye(5, dtype=np.float32)[[0, 3, 4, 3]])
+    np.testing.assert_array_equal(
+        np.asarray(smooth_labels(labels, 5, 0.0)), np.eye(5, dtype=np.float32)[[0, 3, 4, 3]]
+    )
     with pytest.raises(ValueError, match="smoothing"):
         smooth_labels(labels, 5, 1.0)
 
@@ -73,7 +77,9 @@ def test_mixup_blends_with_the_reversed_batch():
         np.testing.assert_allclose(lam, lam[0], atol=1e-6)  # one lam for the whole batch
         lam = float(lam[0])
         assert 0.0 < lam < 1.0
-        np.testing.assert_allclose(np.asarray(mixed), lam * images + (1 - lam) * images[::-1], atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(mixed), lam * images + (1 - lam) * images[::-1], atol=1e-5
+        )
         # The mirrored label carries the rest of the weight.
         other = np.asarray(targets)[np.arange(8), labels[::-1]]
         np.testing.assert_allclose(other, (1 - lam) * ON + lam * OFF, atol=1e-6)
@@ -93,7 +99,7 @@ def test_cutmix_pastes_a_box_of_the_reversed_batch():
         # ... and it is an axis-aligned rectangle.
         rows, cols = np.flatnonzero(box.any(1)), np.flatnonzero(box.any(0))
         if box.any():
-            assert box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+            assert box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
             assert box.sum() == len(rows) * len(cols)
         lam = _lam_from_targets(targets, labels)
         np.testing.assert_allclose(1.0 - lam, box.mean(), atol=1e-6)
@@ -101,16 +107,23 @@ def test_cutmix_pastes_a_box_of_the_reversed_batch():
     assert sum(f > 0 for f in fractions) >= 6, "most draws cut a non-empty box"
 
 
-@pytest.mark.parametrize("config", [
-    MixupConfig(prob=0.0), MixupConfig(mixup_alpha=0.0, cutmix_alpha=0.0), MixupConfig(prob=0.0, label_smoothing=0.0),
-], ids=["prob0", "alphas0", "prob0-nosmoothing"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        MixupConfig(prob=0.0),
+        MixupConfig(mixup_alpha=0.0, cutmix_alpha=0.0),
+        MixupConfig(prob=0.0, label_smoothing=0.0),
+    ],
+    ids=["prob0", "alphas0", "prob0-nosmoothing"],
+)
 def test_inactive_config_leaves_images(config):
     assert not config.active
     images, labels = _batch()
     mixed, targets = mix(jax.random.PRNGKey(0), images, labels, NUM_CLASSES, config)
     np.testing.assert_array_equal(np.asarray(mixed), images)
-    np.testing.assert_array_equal(np.asarray(targets),
-                                  np.asarray(smooth_labels(labels, NUM_CLASSES, config.label_smoothing)))
+    np.testing.assert_array_equal(
+        np.asarray(targets), np.asarray(smooth_labels(labels, NUM_CLASSES, config.label_smoothing))
+    )
 
 
 def test_active_property():
@@ -158,7 +171,9 @@ def test_cutmix_chosen_switch_prob_of_the_time():
 
 def test_mixup_lam_distribution():
     _, labels, _, targets = _many(MIXUP_ONLY)
-    lam = _lam_from_targets(targets.reshape(-1, NUM_CLASSES), np.tile(labels, DRAWS)).reshape(DRAWS, -1)[:, 0]
+    lam = _lam_from_targets(targets.reshape(-1, NUM_CLASSES), np.tile(labels, DRAWS)).reshape(
+        DRAWS, -1
+    )[:, 0]
     assert np.all((lam >= -1e-6) & (lam <= 1 + 1e-6))
     # Beta(0.8, 0.8): mean 0.5, variance a^2 / ((2a)^2 (2a+1)) = 0.0962, sd 0.31, so the mean of
     # 4096 draws has standard error 0.0049: 0.025 is 5 of them.
@@ -173,7 +188,9 @@ def test_prob_is_the_rate_of_mixed_batches():
     untouched = (mixed == images).reshape(DRAWS, -1).all(1)
     assert abs(untouched.mean() - 0.7) < RATE_TOL
     plain = np.asarray(smooth_labels(labels, NUM_CLASSES, SMOOTHING))
-    np.testing.assert_allclose(targets[untouched], np.broadcast_to(plain, targets[untouched].shape), atol=1e-6)
+    np.testing.assert_allclose(
+        targets[untouched], np.broadcast_to(plain, targets[untouched].shape), atol=1e-6
+    )
 
 
 def test_bfloat16_images_stay_bfloat16():
@@ -187,20 +204,23 @@ def test_bfloat16_images_stay_bfloat16():
         expected = lam * ref + (1 - lam) * ref[::-1] if config is MIXUP_ONLY else None
         got = np.asarray(mixed, np.float32)
         if expected is not None:  # one bfloat16 rounding of the float32 blend (8 bits of mantissa)
-            np.testing.assert_allclose(got, expected, rtol=2 ** -8, atol=1e-6)
+            np.testing.assert_allclose(got, expected, rtol=2**-8, atol=1e-6)
         else:
             assert np.all((got == ref) | (got == ref[::-1]))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(mixup_alpha=-0.1), "mixup_alpha must be >= 0"),
-    (dict(cutmix_alpha=-1.0), "cutmix_alpha must be >= 0"),
-    (dict(cutmix_alpha=float("nan")), "cutmix_alpha must be >= 0"),
-    (dict(switch_prob=1.5), r"switch_prob must be in \[0, 1\]"),
-    (dict(prob=-0.01), r"prob must be in \[0, 1\]"),
-    (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
-    (dict(label_smoothing=-0.1), r"label_smoothing must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mixup_alpha=-0.1), "mixup_alpha must be >= 0"),
+        (dict(cutmix_alpha=-1.0), "cutmix_alpha must be >= 0"),
+        (dict(cutmix_alpha=float("nan")), "cutmix_alpha must be >= 0"),
+        (dict(switch_prob=1.5), r"switch_prob must be in \[0, 1\]"),
+        (dict(prob=-0.01), r"prob must be in \[0, 1\]"),
+        (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+        (dict(label_smoothing=-0.1), r"label_smoothing must be in \[0, 1\)"),
+    ],
+)
 def test_invalid_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MixupConfig(**kwargs)
@@ -244,14 +264,28 @@ SHARDED_SCRIPT = textwrap.dedent("""
 def test_sharded_batch_matches_unsharded(tmp_path):
     images, labels = _batch(batch=16, height=8, width=8)
     np.savez(tmp_path / "in.npz", images=images, labels=labels)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                            env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     sharded = np.load(tmp_path / "out.npz")
     for name, config in [("both", BOTH), ("mixup", MIXUP_ONLY), ("cutmix", CUTMIX_ONLY)]:
         for seed in range(3):
             mixed, targets = mix(jax.random.PRNGKey(seed), images, labels, NUM_CLASSES, config)
-            np.testing.assert_allclose(sharded[f"{name}_{seed}_images"], np.asarray(mixed), rtol=1e-6, atol=1e-6)
-            np.testing.assert_allclose(sharded[f"{name}_{seed}_targets"], np.asarray(targets), atol=1e-7)
+            np.testing.assert_allclose(
+                sharded[f"{name}_{seed}_images"], np.asarray(mixed), rtol=1e-6, atol=1e-6
+            )
+            np.testing.assert_allclose(
+                sharded[f"{name}_{seed}_targets"], np.asarray(targets), atol=1e-7
+            )

@@ -6,10 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import TINY_ARCH, tiny_model
 
-from dynamixer_jax import PUBLISHED, DynaMixerOp, create_model, init_variables, list_models, stage_grids
+from dynamixer_jax import (
+    PUBLISHED,
+    DynaMixerOp,
+    create_model,
+    init_variables,
+    list_models,
+    stage_grids,
+)
 from dynamixer_jax.model.init import abstract_variables
 
 
@@ -27,11 +33,14 @@ def test_parameter_counts_equal_the_authors(name):
     assert count(abstract_variables(create_model(name))) == PUBLISHED[name]["num_params"]
 
 
-@pytest.mark.parametrize("image_size, grids", [
-    (224, ((32, 32), (16, 16), (16, 16), (16, 16))),
-    (112, ((16, 16), (8, 8), (8, 8), (8, 8))),
-    ((224, 112), ((32, 16), (16, 8), (16, 8), (16, 8))),
-])
+@pytest.mark.parametrize(
+    "image_size, grids",
+    [
+        (224, ((32, 32), (16, 16), (16, 16), (16, 16))),
+        (112, ((16, 16), (8, 8), (8, 8), (8, 8))),
+        ((224, 112), ((32, 16), (16, 8), (16, 8), (16, 8))),
+    ],
+)
 def test_token_grid_follows_image_size(image_size, grids):
     assert stage_grids(image_size, 7, (True, False, False, False)) == grids
     model = create_model("dynamixer_s", image_size=image_size)
@@ -113,7 +122,10 @@ def test_bfloat16_computation_keeps_float32_params_and_statistics():
     np.testing.assert_allclose(np.asarray(mixing, np.float32).sum(axis=-2), 1.0, atol=3e-2)
     reference = jitted(tiny_model())(variables, images)
     np.testing.assert_allclose(np.asarray(logits, np.float32), reference, atol=0.1, rtol=0.1)
-    assert np.corrcoef(np.asarray(logits, np.float32).ravel(), np.asarray(reference).ravel())[0, 1] > 0.99
+    assert (
+        np.corrcoef(np.asarray(logits, np.float32).ravel(), np.asarray(reference).ravel())[0, 1]
+        > 0.99
+    )
 
 
 def test_bfloat16_parameters():
@@ -139,8 +151,12 @@ def test_stochastic_depth_is_per_sample_and_only_in_training():
     # With rate 0 training equals evaluation: no other randomness in the model.
     plain = tiny_model()
     plain_apply = jitted(plain)
-    np.testing.assert_allclose(plain_apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)}),
-                               plain_apply(variables, images), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        plain_apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)}),
+        plain_apply(variables, images),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_drop_path_rates_grow_linearly():
@@ -163,7 +179,9 @@ def test_jit_and_grad_are_finite():
 
     @jax.jit
     def loss_fn(params):
-        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(0)})
+        logits = model.apply(
+            {"params": params}, images, train=True, rngs={"dropout": jax.random.key(0)}
+        )
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
     grads = jax.grad(loss_fn)(variables["params"])

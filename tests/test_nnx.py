@@ -17,8 +17,12 @@ def test_nnx_bridge_inference_and_training():
     images = jax.random.normal(jax.random.key(0), (4, 28, 28, 3))
     labels = jnp.array([0, 1, 2, 3])
 
-    np.testing.assert_allclose(model(images), jax.jit(linen_model.apply)(variables, images), atol=1e-6, rtol=0)
-    assert not np.allclose(model(images, train=True), model(images, train=True))  # fresh dropout keys each call
+    np.testing.assert_allclose(
+        model(images), jax.jit(linen_model.apply)(variables, images), atol=1e-6, rtol=0
+    )
+    assert not np.allclose(
+        model(images, train=True), model(images, train=True)
+    )  # fresh dropout keys each call
 
     def loss_fn(module):
         logits = module(images)

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import record_parity
-from torch_reference import TorchDynaMixer, TorchDynaMixerBlock, TorchDynaMixerOp, TorchMixerLayer, randomize_
+from torch_reference import (
+    TorchDynaMixer,
+    TorchDynaMixerBlock,
+    TorchDynaMixerOp,
+    TorchMixerLayer,
+    randomize_,
+)
 
 from dynamixer_jax import VARIANTS, DynaMixerBlock, DynaMixerOp, MixerLayer, create_model
 from dynamixer_jax.convert import flax_to_torch, params_from_torch, torch_to_flax
@@ -45,19 +51,30 @@ def assert_module_parity(label, torch_module, flax_module, x):
 
 
 def test_operation_parity():
-    assert_module_parity("operation", randomize_(TorchDynaMixerOp(dim=32, seq_len=8, segments=4, reduced=2)),
-                         DynaMixerOp(seq_len=8, num_segments=4, reduced_dim=2), random_input(6, 8, 32))
+    assert_module_parity(
+        "operation",
+        randomize_(TorchDynaMixerOp(dim=32, seq_len=8, segments=4, reduced=2)),
+        DynaMixerOp(seq_len=8, num_segments=4, reduced_dim=2),
+        random_input(6, 8, 32),
+    )
 
 
 def test_block_parity_on_a_non_square_grid():
-    assert_module_parity("block", randomize_(TorchDynaMixerBlock(dim=32, height=8, width=6, segments=4, reduced=3)),
-                         DynaMixerBlock(height=8, width=6, num_segments=4, reduced_dim=3),
-                         random_input(2, 8, 6, 32))
+    assert_module_parity(
+        "block",
+        randomize_(TorchDynaMixerBlock(dim=32, height=8, width=6, segments=4, reduced=3)),
+        DynaMixerBlock(height=8, width=6, num_segments=4, reduced_dim=3),
+        random_input(2, 8, 6, 32),
+    )
 
 
 def test_layer_parity():
-    assert_module_parity("layer", randomize_(TorchMixerLayer(dim=64, height=8, width=8, segments=8, reduced=2)).eval(),
-                         MixerLayer(height=8, width=8, num_segments=8, reduced_dim=2), random_input(2, 8, 8, 64))
+    assert_module_parity(
+        "layer",
+        randomize_(TorchMixerLayer(dim=64, height=8, width=8, segments=8, reduced=2)).eval(),
+        MixerLayer(height=8, width=8, num_segments=8, reduced_dim=2),
+        random_input(2, 8, 8, 64),
+    )
 
 
 def torch_logits(torch_model, images_nhwc):
@@ -79,7 +96,9 @@ def test_network_logits_parity(name):
 
     # Back: flax_to_torch loads with strict key matching and reproduces the weights exactly.
     fresh = TorchDynaMixer(**VARIANTS[name])
-    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in flax_to_torch(variables).items()}, strict=True)
+    fresh.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in flax_to_torch(variables).items()}, strict=True
+    )
     for key, value in torch_model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
 
@@ -93,7 +112,9 @@ def assert_gradients_agree(torch_model, model, variables, images, labels, label)
     torch_model.zero_grad()
     logits = torch_model(torch.from_numpy(images).permute(0, 3, 1, 2))
     torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
-    torch_grads = params_from_torch({k: p.grad for k, p in torch_model.named_parameters()}, variables["params"])
+    torch_grads = params_from_torch(
+        {k: p.grad for k, p in torch_model.named_parameters()}, variables["params"]
+    )
     torch_grads = flax.traverse_util.flatten_dict(torch_grads)
     assert jax_grads.keys() == torch_grads.keys()
     worst = 0.0
@@ -120,15 +141,23 @@ def test_gradient_parity_non_square_small_network():
     # Its own architecture rather than the shared tiny one: what the published variants and the
     # tiny model lack (a transition after stage 1 that keeps the width, as in DynaMixer-M;
     # reduced_dim 3; mlp_ratio 2; 8 segments of 6 channels in the last stage).
-    arch = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 48), transitions=(False, True, False, False),
-                num_segments=(2, 4, 4, 8), reduced_dims=(3, 3, 3, 3), mlp_ratios=(2, 2, 2, 2))
+    arch = dict(
+        layers=(1, 1, 1, 1),
+        embed_dims=(16, 32, 32, 48),
+        transitions=(False, True, False, False),
+        num_segments=(2, 4, 4, 8),
+        reduced_dims=(3, 3, 3, 3),
+        mlp_ratios=(2, 2, 2, 2),
+    )
     torch_model = randomize_(TorchDynaMixer(**arch, num_classes=5, image_size=56), seed=5).eval()
     variables = torch_to_flax(torch_model.state_dict())
     assert variables["params"]["downsamples_1"]["kernel"].shape == (2, 2, 32, 32)
     assert variables["params"]["downsamples_2"]["kernel"].shape == (1, 1, 32, 48)
     model = create_model("dynamixer_s", num_classes=5, image_size=56, **arch)
     images = random_input(3, 56, 56, 3, seed=6)
-    assert_gradients_agree(torch_model, model, variables, images, np.array([0, 4, 2]), "small network")
+    assert_gradients_agree(
+        torch_model, model, variables, images, np.array([0, 4, 2]), "small network"
+    )
 
 
 def test_round_trip_flax_torch_flax_is_exact():

@@ -10,15 +10,14 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from dynamixer_jax.data import recipe
 from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData, _fill_gaps
@@ -26,15 +25,21 @@ from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.errors import ConfigError, DataError
 from dynamixer_jax.train import load_config
 
-
-NO_AUGMENT = TrainAugment(scale=None, hflip=0, rand_augment="", color_jitter=0,
-                          random_erase_prob=0)
+NO_AUGMENT = TrainAugment(scale=None, hflip=0, rand_augment="", color_jitter=0, random_erase_prob=0)
 FULL_RECIPE = TrainAugment()
 
 
 def _train(data_dir, **kwargs):
-    args = dict(global_batch_size=32, image_size=16, seed=3, augment=FULL_RECIPE,
-                data_dir=data_dir, process_index=0, process_count=1, shuffle_buffer_size=2000)
+    args = dict(
+        global_batch_size=32,
+        image_size=16,
+        seed=3,
+        augment=FULL_RECIPE,
+        data_dir=data_dir,
+        process_index=0,
+        process_count=1,
+        shuffle_buffer_size=2000,
+    )
     dataset = kwargs.pop("dataset", "sklearn_digits")
     args.update(kwargs)
     return TrainData(dataset, **args)
@@ -104,21 +109,40 @@ def test_an_epoch_visits_distinct_examples_and_epochs_differ(digits_data_dir):
 
 
 def test_two_processes_read_disjoint_parts_of_the_train_split(digits_data_dir):
-    shares = [_train(digits_data_dir, augment=NO_AUGMENT, global_batch_size=64,
-                     process_index=index, process_count=2) for index in range(2)]
+    shares = [
+        _train(
+            digits_data_dir,
+            augment=NO_AUGMENT,
+            global_batch_size=64,
+            process_index=index,
+            process_count=2,
+        )
+        for index in range(2)
+    ]
     assert shares[0].steps_per_epoch == shares[1].steps_per_epoch == 718 // 32
-    ids = [np.concatenate([b["id"] for b in _take(share.batches(), share.steps_per_epoch)])
-           for share in shares]
+    ids = [
+        np.concatenate([b["id"] for b in _take(share.batches(), share.steps_per_epoch)])
+        for share in shares
+    ]
     assert len(set(ids[0])) == len(ids[0]) and not set(ids[0]) & set(ids[1])
     assert len(ids[0]) == len(ids[1]) == 22 * 32
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 4])
 def test_eval_covers_the_split_exactly_once(digits_data_dir, process_count):
-    shares = [EvalData("sklearn_digits", data_dir=digits_data_dir, split="test",
-                       global_batch_size=4 * 28, image_size=16, crop_fraction=1.0,
-                       process_index=index, process_count=process_count)
-              for index in range(process_count)]
+    shares = [
+        EvalData(
+            "sklearn_digits",
+            data_dir=digits_data_dir,
+            split="test",
+            global_batch_size=4 * 28,
+            image_size=16,
+            crop_fraction=1.0,
+            process_index=index,
+            process_count=process_count,
+        )
+        for index in range(process_count)
+    ]
     seen = []
     for share in shares:
         batches = list(share.batches())
@@ -132,13 +156,25 @@ def test_eval_covers_the_split_exactly_once(digits_data_dir, process_count):
 
 
 def test_eval_preprocessing_is_a_centre_crop_of_the_stored_image(digits_data_dir):
-    data = EvalData("sklearn_digits", data_dir=digits_data_dir, split="test",
-                    global_batch_size=8, image_size=32, crop_fraction=1.0,
-                    process_index=0, process_count=1)
+    data = EvalData(
+        "sklearn_digits",
+        data_dir=digits_data_dir,
+        split="test",
+        global_batch_size=8,
+        image_size=32,
+        crop_fraction=1.0,
+        process_index=0,
+        process_count=1,
+    )
     batch = next(data.batches())
-    stored = {example["tfds_id"]: example["image"] for example in tfds.as_numpy(
-        data.source.builder.as_dataset(split="test", read_config=tfds.ReadConfig(
-            add_tfds_id=True)))}
+    stored = {
+        example["tfds_id"]: example["image"]
+        for example in tfds.as_numpy(
+            data.source.builder.as_dataset(
+                split="test", read_config=tfds.ReadConfig(add_tfds_id=True)
+            )
+        )
+    }
     assert batch["image"].dtype == np.uint8  # the eval step normalises on device
     for image, name in zip(batch["image"], batch["id"]):
         np.testing.assert_array_equal(image, stored[name])
@@ -147,20 +183,27 @@ def test_eval_preprocessing_is_a_centre_crop_of_the_stored_image(digits_data_dir
 def _numbered(numbers, size=2):
     """A batch of survivors as ``_decode_safely`` gives it: example n's image is all n."""
     numbers = np.array(numbers, np.int64)
-    return {"number": numbers, "image": np.ones((len(numbers), size, size, 3), np.uint8)
-            * numbers[:, None, None, None].astype(np.uint8),
-            "mask": np.ones(len(numbers), bool), "label": numbers.astype(np.int32),
-            "id": np.array([b"%d" % n for n in numbers], object),
-            "real": np.ones(len(numbers), bool)}
+    return {
+        "number": numbers,
+        "image": np.ones((len(numbers), size, size, 3), np.uint8)
+        * numbers[:, None, None, None].astype(np.uint8),
+        "mask": np.ones(len(numbers), bool),
+        "label": numbers.astype(np.int32),
+        "id": np.array([b"%d" % n for n in numbers], object),
+        "real": np.ones(len(numbers), bool),
+    }
 
 
-@pytest.mark.parametrize("survivors", [
-    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]],  # nothing failed
-    [[0, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]],  # 1 failed
-    [[0, 1, 2, 3], [8, 9, 10, 11]],  # a whole batch failed
-    [[1, 2, 3, 5], [6, 7]],  # the first, 4 and the end failed
-    [],  # everything failed
-])
+@pytest.mark.parametrize(
+    "survivors",
+    [
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]],  # nothing failed
+        [[0, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]],  # 1 failed
+        [[0, 1, 2, 3], [8, 9, 10, 11]],  # a whole batch failed
+        [[1, 2, 3, 5], [6, 7]],  # the first, 4 and the end failed
+        [],  # everything failed
+    ],
+)
 def test_fill_gaps_puts_blanks_at_the_failed_places(survivors):
     ids = np.array([b"%d" % n for n in range(12)], object)
     batches = list(_fill_gaps([_numbered(n) for n in survivors], 12, 4, 2, ids))
@@ -203,22 +246,29 @@ def _write_folder(root, classes=("cat", "ant", "bee"), per_class=6, awkward=Fals
             os.makedirs(directory)
             for number in range(count):
                 shape = (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3)
-                array = np.full(shape, 60 * index, np.uint8) + rng.integers(0, 40, shape,
-                                                                            dtype=np.uint8)
+                array = np.full(shape, 60 * index, np.uint8) + rng.integers(
+                    0, 40, shape, dtype=np.uint8
+                )
                 with open(os.path.join(directory, f"{name}_{number}.JPEG"), "wb") as file:
                     file.write(_jpeg(array))
     bad = []
     if awkward:
         directory = os.path.join(root, "train", classes[0])
         array = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
-        files = {"grey.JPEG": _jpeg(array, "L"), "cmyk.JPEG": _jpeg(array, "CMYK"),
-                 "png_named.JPEG": _png(array), "corrupt.JPEG": rng.bytes(500),
-                 "truncated.JPEG": _jpeg(array)[:200], "notes.txt": b"not an image"}
+        files = {
+            "grey.JPEG": _jpeg(array, "L"),
+            "cmyk.JPEG": _jpeg(array, "CMYK"),
+            "png_named.JPEG": _png(array),
+            "corrupt.JPEG": rng.bytes(500),
+            "truncated.JPEG": _jpeg(array)[:200],
+            "notes.txt": b"not an image",
+        }
         for name, content in files.items():
             with open(os.path.join(directory, name), "wb") as file:
                 file.write(content)
-        bad = [os.path.join("train", classes[0], name) for name in ("corrupt.JPEG",
-                                                                    "truncated.JPEG")]
+        bad = [
+            os.path.join("train", classes[0], name) for name in ("corrupt.JPEG", "truncated.JPEG")
+        ]
     return bad
 
 
@@ -236,12 +286,20 @@ def test_folder_batches_do_not_depend_on_the_process_count(tmp_path):
     _write_folder(str(tmp_path), per_class=8)
     args = dict(global_batch_size=8, augment=FULL_RECIPE, image_size=16)
     whole = _take(_train(None, dataset=str(tmp_path), **args).batches(), 3)
-    halves = [_take(_train(None, dataset=str(tmp_path), process_index=index, process_count=2,
-                           **args).batches(), 3) for index in range(2)]
+    halves = [
+        _take(
+            _train(
+                None, dataset=str(tmp_path), process_index=index, process_count=2, **args
+            ).batches(),
+            3,
+        )
+        for index in range(2)
+    ]
     for step, batch in enumerate(whole):
         for key in batch:
             np.testing.assert_array_equal(
-                batch[key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
+                batch[key], np.concatenate([halves[0][step][key], halves[1][step][key]])
+            )
 
 
 def test_folder_with_awkward_files_trains_on_and_counts_the_bad_ones(tmp_path, caplog):
@@ -266,8 +324,14 @@ def test_folder_eval_with_a_corrupt_file_masks_it(tmp_path):
     _write_folder(str(tmp_path))
     with open(os.path.join(tmp_path, "val", "ant", "broken.jpg"), "wb") as file:
         file.write(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    data = EvalData(str(tmp_path), global_batch_size=4, image_size=16, split="validation",
-                    process_index=0, process_count=1)
+    data = EvalData(
+        str(tmp_path),
+        global_batch_size=4,
+        image_size=16,
+        split="validation",
+        process_index=0,
+        process_count=1,
+    )
     batches = list(data.batches())
     ids = np.concatenate([b["id"] for b in batches])
     mask = np.concatenate([b["mask"] for b in batches])
@@ -281,8 +345,15 @@ def test_folder_eval_with_a_corrupt_file_masks_it(tmp_path):
 
 def test_mock_imagenet_full_recipe_at_224():
     with tfds.testing.mock_data(num_examples=12):
-        data = TrainData("imagenet2012", global_batch_size=4, image_size=224, seed=42,
-                         process_index=0, process_count=1, data_dir="/nonexistent_tfds")
+        data = TrainData(
+            "imagenet2012",
+            global_batch_size=4,
+            image_size=224,
+            seed=42,
+            process_index=0,
+            process_count=1,
+            data_dir="/nonexistent_tfds",
+        )
         assert data.num_examples == 12 and data.steps_per_epoch == 3  # counted, not from info
         assert data.num_classes == 1000
         batches = _take(data.batches(), 4)  # crosses into the second epoch
@@ -290,8 +361,14 @@ def test_mock_imagenet_full_recipe_at_224():
             assert batch["image"].shape == (4, 224, 224, 3) and batch["mask"].all()
             assert np.isfinite(batch["image"]).all() and (0 <= batch["label"]).all()
             assert (batch["label"] < 1000).all()
-        evaluation = EvalData("imagenet2012", global_batch_size=5, image_size=224,
-                              process_index=0, process_count=1, data_dir="/nonexistent_tfds")
+        evaluation = EvalData(
+            "imagenet2012",
+            global_batch_size=5,
+            image_size=224,
+            process_index=0,
+            process_count=1,
+            data_dir="/nonexistent_tfds",
+        )
         masks = [b["mask"] for b in evaluation.batches()]
         assert len(masks) == 3 and sum(m.sum() for m in masks) == 12
 
@@ -299,8 +376,14 @@ def test_mock_imagenet_full_recipe_at_224():
 def test_unprepared_imagenet_says_where_the_tars_go(tmp_path):
     data_dir = str(tmp_path)
     with pytest.raises(DataError) as error:
-        TrainData("imagenet2012", global_batch_size=8, image_size=224, data_dir=data_dir,
-                  process_index=0, process_count=1).batches().__next__()
+        TrainData(
+            "imagenet2012",
+            global_batch_size=8,
+            image_size=224,
+            data_dir=data_dir,
+            process_index=0,
+            process_count=1,
+        ).batches().__next__()
     message = str(error.value)
     assert "\n" not in message
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
@@ -313,10 +396,13 @@ def test_unprepared_downloadable_dataset_gives_the_build_command(tmp_path):
         open_source("cifar10", str(tmp_path)).num_examples("train")
 
 
-@pytest.mark.parametrize("dataset, match", [
-    ("no_such_dataset_x", "unknown dataset 'no_such_dataset_x'"),
-    ("/no/such/folder", "no such directory"),
-])
+@pytest.mark.parametrize(
+    "dataset, match",
+    [
+        ("no_such_dataset_x", "unknown dataset 'no_such_dataset_x'"),
+        ("/no/such/folder", "no such directory"),
+    ],
+)
 def test_unknown_dataset_is_one_clear_line(dataset, match):
     with pytest.raises(DataError, match=match):
         open_source(dataset)
@@ -343,10 +429,17 @@ def test_bad_settings_are_one_clear_line(digits_data_dir):
 
 
 def test_recipe_imports_without_tensorflow():
-    code = ("import sys, dynamixer_jax.data.recipe; "
-            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'tensorflow'))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, dynamixer_jax.data.recipe; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'tensorflow'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -361,25 +454,29 @@ def test_default_config_declares_the_recipe_once():
 
 
 def test_recipe_from_fields_takes_lists_as_tuples():
-    built = TrainAugment.from_fields({"scale": [0.5, 1.0], "ratio": [1.0, 1.0]},
-                                     mean=[0.5, 0.5, 0.5], std=(0.25, 0.25, 0.25))
+    built = TrainAugment.from_fields(
+        {"scale": [0.5, 1.0], "ratio": [1.0, 1.0]}, mean=[0.5, 0.5, 0.5], std=(0.25, 0.25, 0.25)
+    )
     assert built.scale == (0.5, 1.0) and built.ratio == (1.0, 1.0)
     assert built.mean == (0.5, 0.5, 0.5) and built.on_device().std == (0.25, 0.25, 0.25)
 
 
-@pytest.mark.parametrize("fields, match", [
-    ({"hflip": 1.5}, "augment.hflip must be a probability in [0, 1], not 1.5"),
-    ({"scale": (0.5, 0.1)}, "augment.scale must be None or (low, high)"),
-    ({"scale": (None,)}, "augment.scale"),
-    ({"ratio": (0.0, 1.0)}, "augment.ratio"),
-    ({"interpolation": "nearest"}, "augment.interpolation must be random | bilinear | bicubic"),
-    ({"rand_augment": "rand-x9"}, "augment.rand_augment: unsupported key 'x'"),
-    ({"color_jitter": -0.1}, "augment.color_jitter"),
-    ({"random_erase_prob": 2.0}, "augment.random_erase_prob"),
-    ({"random_erase_mode": "noise"}, "augment.random_erase_mode) must be pixel | rand | const"),
-    ({"random_erase_count": 0}, "augment.random_erase_count"),
-    ({"hflipp": 0.5}, "augment has unknown field(s) ['hflipp']; known: color_jitter, hflip"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"hflip": 1.5}, "augment.hflip must be a probability in [0, 1], not 1.5"),
+        ({"scale": (0.5, 0.1)}, "augment.scale must be None or (low, high)"),
+        ({"scale": (None,)}, "augment.scale"),
+        ({"ratio": (0.0, 1.0)}, "augment.ratio"),
+        ({"interpolation": "nearest"}, "augment.interpolation must be random | bilinear | bicubic"),
+        ({"rand_augment": "rand-x9"}, "augment.rand_augment: unsupported key 'x'"),
+        ({"color_jitter": -0.1}, "augment.color_jitter"),
+        ({"random_erase_prob": 2.0}, "augment.random_erase_prob"),
+        ({"random_erase_mode": "noise"}, "augment.random_erase_mode) must be pixel | rand | const"),
+        ({"random_erase_count": 0}, "augment.random_erase_count"),
+        ({"hflipp": 0.5}, "augment has unknown field(s) ['hflipp']; known: color_jitter, hflip"),
+    ],
+)
 def test_a_bad_recipe_field_is_one_config_error_line(fields, match):
     with pytest.raises(ConfigError) as error:
         TrainAugment.from_fields(fields, mean=IMAGENET_MEAN, std=IMAGENET_STD)

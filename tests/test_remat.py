@@ -10,8 +10,17 @@ from dynamixer_jax import create_model, init_variables
 
 # Two stages with a transition, with DynaMixer-S's proportions of mixing matrices to tokens, at a
 # grid large enough that activations dominate the step memory.
-SMALL = dict(layers=(6, 2), embed_dims=(48, 96), transitions=(True, False), num_segments=(2, 4),
-             reduced_dims=(2, 2), mlp_ratios=(3, 3), patch_size=4, num_classes=10, image_size=112)
+SMALL = dict(
+    layers=(6, 2),
+    embed_dims=(48, 96),
+    transitions=(True, False),
+    num_segments=(2, 4),
+    reduced_dims=(2, 2),
+    mlp_ratios=(3, 3),
+    patch_size=4,
+    num_classes=10,
+    image_size=112,
+)
 
 
 def small_model(remat, **overrides):
@@ -43,7 +52,9 @@ def test_every_remat_choice_gives_the_same_loss_and_gradients():
         # Rematerialisation recomputes the same operations in the same order, so the values agree
         # to float32 rounding (a few ulps after XLA refuses different fusions), far below 1e-5.
         np.testing.assert_allclose(loss, reference_loss, rtol=1e-6)
-        for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference)):
+        for got, want in zip(
+            jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference)
+        ):
             scale = float(jnp.max(jnp.abs(want))) + 1e-12
             assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * scale
 
@@ -56,11 +67,18 @@ def step_temp_bytes(remat, batch=16):
         def loss_fn(p):
             logits = model.apply(p, images, train=True, rngs={"dropout": jax.random.key(0)})
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
         return jax.grad(loss_fn)(p)
 
-    compiled = jax.jit(grads).lower(
-        params, jax.ShapeDtypeStruct((batch, 112, 112, 3), jnp.float32),
-        jax.ShapeDtypeStruct((batch,), jnp.int32)).compile()
+    compiled = (
+        jax.jit(grads)
+        .lower(
+            params,
+            jax.ShapeDtypeStruct((batch, 112, 112, 3), jnp.float32),
+            jax.ShapeDtypeStruct((batch,), jnp.int32),
+        )
+        .compile()
+    )
     return compiled.memory_analysis().temp_size_in_bytes
 
 

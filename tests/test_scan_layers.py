@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import tiny_model
 
 from dynamixer_jax import init_variables
@@ -23,6 +22,7 @@ def loss_and_grads(model, params, images, labels):
     def loss_fn(p):
         logits = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.key(0)})
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
     return jax.jit(jax.value_and_grad(loss_fn))(params)
 
 

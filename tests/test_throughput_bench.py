@@ -14,12 +14,12 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import throughput  # noqa: E402
-from benchlib.models import build_model  # noqa: E402
-from benchlib.records import summary_lines  # noqa: E402
-from benchlib.xla_stats import bytes_fields, predicted_bytes, required_bytes, xla_flops  # noqa: E402
+import throughput
 
-from dynamixer_jax.model import flops  # noqa: E402
+from benchlib.models import build_model
+from benchlib.records import summary_lines
+from benchlib.xla_stats import bytes_fields, predicted_bytes, required_bytes, xla_flops
+from dynamixer_jax.model import flops
 
 
 def positive(value) -> bool:
@@ -38,24 +38,53 @@ def torch_available() -> bool:
 
 def test_quick_run_writes_every_field(tmp_path, capsys):
     path = tmp_path / "throughput.json"
-    result = throughput.run(["--quick", "--dtypes", "fp32", "--peak-size", "128",
-                             "--remat", "minimal", "full", "--json", str(path)])
+    result = throughput.run(
+        [
+            "--quick",
+            "--dtypes",
+            "fp32",
+            "--peak-size",
+            "128",
+            "--remat",
+            "minimal",
+            "full",
+            "--json",
+            str(path),
+        ]
+    )
     assert json.loads(path.read_text()) == json.loads(json.dumps(result, default=str))
     run = result["runs"][0]
-    for key in ("jax_device_platform", "jax_device_kind", "jax", "flax", "optax", "numpy",
-                "python", "create_model_accepts_remat"):
+    for key in (
+        "jax_device_platform",
+        "jax_device_kind",
+        "jax",
+        "flax",
+        "optax",
+        "numpy",
+        "python",
+        "create_model_accepts_remat",
+    ):
         assert key in run
     assert positive(run["peak_flops"]["fp32"]["flops_per_s"])
 
     records = {(r["framework"], r["mode"], r["remat"]): r for r in result["records"]}
     model = build_model("tiny", 56, "fp32", "minimal", train=True)
-    for mode, per_image in (("train", flops.training_flops(model)),
-                            ("infer", flops.forward_flops(model))):
+    for mode, per_image in (
+        ("train", flops.training_flops(model)),
+        ("infer", flops.forward_flops(model)),
+    ):
         r = records[("jax", mode, "minimal")]
         assert r["status"] == "ok", r
         assert (r["model"], r["dtype"], r["batch"], r["image_size"]) == ("tiny", "fp32", 2, 56)
-        for key in ("img_s", "step_ms", "compile_s", "tflops_per_s", "mfu",
-                    "activation_bytes_per_image", "xla_flops_per_image"):
+        for key in (
+            "img_s",
+            "step_ms",
+            "compile_s",
+            "tflops_per_s",
+            "mfu",
+            "activation_bytes_per_image",
+            "xla_flops_per_image",
+        ):
             assert positive(r[key]), (mode, key, r[key])
         assert r["flops_per_image"] == per_image
         assert positive(r["memory"]["temp_bytes"]) and positive(r["memory"]["argument_bytes"])
@@ -86,7 +115,9 @@ def test_user_errors_are_one_line(capsys):
 def test_batches_per_model():
     models = ["dynamixer_s", "dynamixer_m"]
     assert throughput.parse_batches(["S:64,128", "32"], models) == {
-        "dynamixer_s": [64, 128], "dynamixer_m": [32]}
+        "dynamixer_s": [64, 128],
+        "dynamixer_m": [32],
+    }
 
 
 def test_memory_fields_tolerate_missing_analysis():
@@ -108,8 +139,9 @@ def test_memory_fields_tolerate_missing_analysis():
     assert required_bytes(fields) == 15
 
 
-@pytest.mark.parametrize("costs, expected", [({"flops": 6.0}, 6.0), ([{"flops": 4.0}], 4.0),
-                                              (None, None), ([], None)])
+@pytest.mark.parametrize(
+    "costs, expected", [({"flops": 6.0}, 6.0), ([{"flops": 4.0}], 4.0), (None, None), ([], None)]
+)
 def test_xla_flops_dict_or_list(costs, expected):
     assert xla_flops(types.SimpleNamespace(cost_analysis=lambda: costs)) == expected
 
@@ -117,8 +149,10 @@ def test_xla_flops_dict_or_list(costs, expected):
 def test_memory_of_a_larger_batch_is_extrapolated():
     base = {"model": "m", "dtype": "bf16", "mode": "train", "remat": "none", "batch": 256}
     memory = {"argument_bytes": 100, "temp_bytes": 640, "output_bytes": 100, "alias_bytes": 100}
-    records = [dict(base, framework="jax", batch=64, memory=memory),
-               dict(base, framework="jax", batch=32, memory=dict(memory, temp_bytes=1))]
+    records = [
+        dict(base, framework="jax", batch=64, memory=memory),
+        dict(base, framework="jax", batch=32, memory=dict(memory, temp_bytes=1)),
+    ]
     assert predicted_bytes(records, base) == 100 + 640 * 4
     assert predicted_bytes(records, dict(base, dtype="fp32")) is None
 
@@ -127,11 +161,15 @@ def test_benchmark_imports_no_tensorflow():
     """What the benchmark and the accelerator check import must exist on a machine without
     TensorFlow, ml_collections or clu (the GPU box has none of them)."""
     import subprocess
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check; "
-            "from dynamixer_jax.convert import torch_to_flax; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))")
+
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check; "
+        "from dynamixer_jax.convert import torch_to_flax; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -5,7 +5,6 @@ DynaMixer-S at 224 training on ``tfds.testing.mock_data('imagenet2012')``."""
 import dataclasses
 import functools
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,22 +12,21 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import MICRO_ARCH, REPO
-from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
-from dynamixer_jax.data.device_augment import normalize
-from dynamixer_jax.model.init import abstract_variables, init_variables
-from dynamixer_jax.train.mixup import MixupConfig
-from dynamixer_jax.train import load_config, parallel, train_and_evaluate
 
+from dynamixer_jax.data.device_augment import normalize
+from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
+from dynamixer_jax.model.init import abstract_variables, init_variables
+from dynamixer_jax.model.variants import PUBLISHED, create_model
+from dynamixer_jax.train import load_config, parallel, train_and_evaluate
 from dynamixer_jax.train.checkpoints import Checkpoints
+from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
+from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
 from dynamixer_jax.train.weights import grid_patterns, merge_params
-from dynamixer_jax.model.variants import PUBLISHED, create_model
-from dynamixer_jax.train.plan import make_plan
 
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
 
@@ -39,18 +37,25 @@ def _tiny_model(**kwargs):
 
 def _batch(seed, size=8, image_size=16):
     rng = np.random.default_rng(seed)
-    return {"image": rng.normal(size=(size, image_size, image_size, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, size=size).astype(np.int32),
-            "mask": np.ones(size, bool)}
+    return {
+        "image": rng.normal(size=(size, image_size, image_size, 3)).astype(np.float32),
+        "label": rng.integers(0, 10, size=size).astype(np.int32),
+        "mask": np.ones(size, bool),
+    }
 
 
 # ---- learning rate schedule and weight decay
 
+
 def test_schedule_is_timm_warmup_then_cosine_counted_from_zero_then_cooldown():
     peak, start, floor, warmup, cosine = 2e-3, 1e-6, 1e-5, 20, 300
-    schedule = learning_rate_schedule(learning_rate=peak, warmup_learning_rate=start,
-                                      min_learning_rate=floor, warmup_steps=warmup,
-                                      cosine_steps=cosine)
+    schedule = learning_rate_schedule(
+        learning_rate=peak,
+        warmup_learning_rate=start,
+        min_learning_rate=floor,
+        warmup_steps=warmup,
+        cosine_steps=cosine,
+    )
 
     def timm(t):  # timm CosineLRScheduler(t_initial=300, warmup_t=20, warmup_prefix=False)
         if t < warmup:
@@ -65,8 +70,10 @@ def test_schedule_is_timm_warmup_then_cosine_counted_from_zero_then_cooldown():
 
 def test_weight_decay_touches_only_weights_with_two_or_more_axes():
     params = init_variables(_tiny_model(), jax.random.key(0))["params"]
-    flat = {"/".join(str(k.key) for k in path): decayed for path, decayed in
-            jax.tree_util.tree_leaves_with_path(weight_decay_mask(params))}
+    flat = {
+        "/".join(str(k.key) for k in path): decayed
+        for path, decayed in jax.tree_util.tree_leaves_with_path(weight_decay_mask(params))
+    }
     assert flat["head/kernel"] and not flat["head/bias"]
     assert not any(decayed for name, decayed in flat.items() if name.endswith(("bias", "scale")))
     assert all(decayed for name, decayed in flat.items() if name.endswith("kernel"))
@@ -75,24 +82,36 @@ def test_weight_decay_touches_only_weights_with_two_or_more_axes():
     tx = make_optimizer(optax.constant_schedule(0.1), weight_decay=0.5)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
-    for update, param, decayed in zip(*(jax.tree_util.tree_leaves(tree) for tree in
-                                        (updates, params, weight_decay_mask(params)))):
+    for update, param, decayed in zip(
+        *(jax.tree_util.tree_leaves(tree) for tree in (updates, params, weight_decay_mask(params)))
+    ):
         np.testing.assert_allclose(update, -0.05 * param if decayed else 0 * param, rtol=1e-6)
 
 
 # ---- the train step
 
-@functools.lru_cache(maxsize=None)  # compiled once per setting for the whole module
-def _step_setup(grad_accum_steps=1, ema_decay=0.9, learning_rate=1e-3, mixup=MixupConfig(),
-                eps=1e-8, dtype=None):
+
+@functools.cache  # compiled once per setting for the whole module
+def _step_setup(
+    grad_accum_steps=1, ema_decay=0.9, learning_rate=1e-3, mixup=MixupConfig(), eps=1e-8, dtype=None
+):
     model = _tiny_model(dtype=dtype)
     mesh = parallel.make_mesh()
     schedule = optax.constant_schedule(learning_rate)
     tx = make_optimizer(schedule, weight_decay=0.05, eps=eps)
     params = init_variables(model, jax.random.key(0))["params"]
     state = jax.jit(lambda p: create_train_state(p, tx, seed=1, use_ema=ema_decay > 0))(params)
-    step = make_train_step(model, tx, schedule, mesh, num_classes=10, mixup=mixup,
-                           ema_decay=ema_decay, grad_accum_steps=grad_accum_steps, donate=False)
+    step = make_train_step(
+        model,
+        tx,
+        schedule,
+        mesh,
+        num_classes=10,
+        mixup=mixup,
+        ema_decay=ema_decay,
+        grad_accum_steps=grad_accum_steps,
+        donate=False,
+    )
     return state, step, mesh
 
 
@@ -123,8 +142,9 @@ def test_masked_examples_do_not_count():
     half = {key: value[:4] for key, value in full.items()}
     _, half_metrics = step(state, parallel.global_batch(half, mesh))
     _, padded_metrics = step(state, parallel.global_batch(padded, mesh))
-    assert float(padded_metrics["train_loss"]) == pytest.approx(float(half_metrics["train_loss"]),
-                                                                rel=1e-6)
+    assert float(padded_metrics["train_loss"]) == pytest.approx(
+        float(half_metrics["train_loss"]), rel=1e-6
+    )
 
 
 def test_uint8_batches_are_normalised_on_device():
@@ -136,11 +156,14 @@ def test_uint8_batches_are_normalised_on_device():
     floats = {**raw, "image": np.asarray(normalize(raw["image"]))}
     _, from_uint8 = step(state, parallel.global_batch(raw, mesh))
     _, from_float = step(state, parallel.global_batch(floats, mesh))
-    assert float(from_uint8["train_loss"]) == pytest.approx(float(from_float["train_loss"]),
-                                                            rel=1e-6)
+    assert float(from_uint8["train_loss"]) == pytest.approx(
+        float(from_float["train_loss"]), rel=1e-6
+    )
     evaluate = make_eval_step(_tiny_model(), mesh)
-    sums = [evaluate({"raw": state.params}, parallel.global_batch(batch, mesh))["raw"]
-            for batch in (raw, floats)]
+    sums = [
+        evaluate({"raw": state.params}, parallel.global_batch(batch, mesh))["raw"]
+        for batch in (raw, floats)
+    ]
     assert float(sums[0]["loss"]) == pytest.approx(float(sums[1]["loss"]), rel=1e-6)
 
 
@@ -153,8 +176,10 @@ def test_non_finite_loss_leaves_the_state_unchanged():
     new, metrics = step(state, parallel.global_batch(poisoned, mesh))
     assert not bool(metrics["finite"]) and not np.isfinite(float(metrics["train_loss"]))
     for name in ("params", "opt_state", "ema_params"):
-        for a, b in zip(jax.tree_util.tree_leaves(getattr(new, name)),
-                        jax.tree_util.tree_leaves(getattr(state, name))):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(getattr(new, name)),
+            jax.tree_util.tree_leaves(getattr(state, name)),
+        ):
             np.testing.assert_array_equal(a, b, err_msg=name)
     assert int(new.step) == int(state.step) + 1  # the step still counts: batch k+1 comes next
     new, metrics = step(new, parallel.global_batch(_batch(1), mesh))  # and training goes on
@@ -164,8 +189,9 @@ def test_non_finite_loss_leaves_the_state_unchanged():
 def test_ema_follows_the_parameters_at_its_decay():
     state, step, mesh = _step_setup(ema_decay=0.9)
     new, _ = step(state, parallel.global_batch(_batch(0), mesh))
-    for ema, old, params in zip(*(jax.tree_util.tree_leaves(tree) for tree in
-                                  (new.ema_params, state.params, new.params))):
+    for ema, old, params in zip(
+        *(jax.tree_util.tree_leaves(tree) for tree in (new.ema_params, state.params, new.params))
+    ):
         np.testing.assert_allclose(ema, 0.9 * old + 0.1 * params, rtol=1e-6, atol=1e-7)
 
 
@@ -186,6 +212,7 @@ def test_bfloat16_step_keeps_float32_state_and_tracks_the_float32_loss():
 
 # ---- checkpoints
 
+
 def _trained_state(steps=2):
     state, step, mesh = _step_setup(ema_decay=0.9)
     for seed in range(steps):
@@ -200,8 +227,11 @@ def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
         checkpoints.save(2, state, meta, metrics={"eval_top1": 0.5})
         checkpoints.wait()
     abstract = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                          sharding=parallel.replicated(mesh)), state)
+        lambda leaf: jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=parallel.replicated(mesh)
+        ),
+        state,
+    )
     with Checkpoints(str(tmp_path)) as checkpoints:
         assert checkpoints.latest_step() == 2
         restored, restored_meta = checkpoints.restore(2, abstract)
@@ -230,8 +260,10 @@ def test_checkpoint_of_another_model_is_one_clear_error(tmp_path):
         checkpoints.save(1, state, {})
     other = _tiny_model(embed_dims=(16, 48))
     tx = make_optimizer(optax.constant_schedule(1e-3), weight_decay=0.05)
-    abstract = jax.eval_shape(lambda params: create_train_state(params, tx, seed=1, use_ema=True),
-                              abstract_variables(other)["params"])
+    abstract = jax.eval_shape(
+        lambda params: create_train_state(params, tx, seed=1, use_ema=True),
+        abstract_variables(other)["params"],
+    )
     with Checkpoints(str(tmp_path)) as checkpoints, pytest.raises(CheckpointError) as error:
         checkpoints.restore(1, abstract)
     assert "\n" not in str(error.value) and "different" in str(error.value)
@@ -244,8 +276,9 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     for file in (tmp_path / "1").rglob("*"):
         if file.is_file() and file.stat().st_size > 1000:
             file.write_bytes(b"\0" * 64)
-    abstract = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
-                                      state)
+    abstract = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), state
+    )
     with Checkpoints(str(tmp_path)) as checkpoints, pytest.raises(CheckpointError) as error:
         checkpoints.restore(1, abstract)
     assert "\n" not in str(error.value) and "cannot be read" in str(error.value)
@@ -254,24 +287,32 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
 
 # ---- fine-tuning merge
 
+
 def test_merge_keeps_matching_weights_and_resets_the_head_and_grid_layers():
     source = init_variables(_tiny_model(), jax.random.key(0))["params"]
     bigger = create_model("dynamixer_s", num_classes=5, image_size=32, **MICRO_ARCH)
     fresh = init_variables(bigger, jax.random.key(1))["params"]
-    merged, report = merge_params(fresh, source, reset_head=True,
-                                  reinit=grid_patterns(source, bigger))
+    merged, report = merge_params(
+        fresh, source, reset_head=True, reinit=grid_patterns(source, bigger)
+    )
     assert "head/kernel" in report["reinitialised"]
     assert any("generate" in path for path in report["reinitialised"])  # grid 4 -> 8
     assert not any("generate" in path for path in report["taken"])
     assert "patch_embed/proj/kernel" in report["taken"] or any(
-        "patch" in path for path in report["taken"])
+        "patch" in path for path in report["taken"]
+    )
     flat_merged = jax.tree_util.tree_leaves_with_path(merged)
-    flat_source = dict((jax.tree_util.keystr(p), v)
-                       for p, v in jax.tree_util.tree_leaves_with_path(source))
+    flat_source = dict(
+        (jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_leaves_with_path(source)
+    )
     taken = 0
     for path, leaf in flat_merged:
         key = jax.tree_util.keystr(path)
-        if key in flat_source and np.shape(flat_source[key]) == np.shape(leaf) and "head" not in key:
+        if (
+            key in flat_source
+            and np.shape(flat_source[key]) == np.shape(leaf)
+            and "head" not in key
+        ):
             np.testing.assert_array_equal(leaf, flat_source[key])
             taken += 1
     assert taken == len(report["taken"])
@@ -279,14 +320,22 @@ def test_merge_keeps_matching_weights_and_resets_the_head_and_grid_layers():
 
 # ---- configs
 
-CONFIG_FILES = ["default.py", "imagenet.py:dynamixer_s", "imagenet.py:dynamixer_m",
-                "imagenet.py:dynamixer_l", "quickstart.py", "finetune.py"]
+CONFIG_FILES = [
+    "default.py",
+    "imagenet.py:dynamixer_s",
+    "imagenet.py:dynamixer_m",
+    "imagenet.py:dynamixer_l",
+    "quickstart.py",
+    "finetune.py",
+]
 
 
 @pytest.mark.parametrize("config_file", CONFIG_FILES)
 def test_every_config_builds_its_model(config_file):
-    config = load_config(str(REPO / "configs" / config_file),
-                         **({"init_from": "/weights"} if config_file == "finetune.py" else {}))
+    config = load_config(
+        str(REPO / "configs" / config_file),
+        **({"init_from": "/weights"} if config_file == "finetune.py" else {}),
+    )
     plan = make_plan(config, devices=1, processes=1)
     model = plan.model.build(10)
     assert model.num_classes == 10
@@ -301,21 +350,37 @@ def test_imagenet_config_takes_each_variant_from_published(variant):
     config = load_config(str(REPO / "configs" / f"imagenet.py:{variant}"))
     published = PUBLISHED[variant]
     assert (config.model, config.batch_size, config.drop_path_rate, config.crop_fraction) == (
-        variant, published["batch_size"], published["drop_path_rate"],
-        published["crop_fraction"])
+        variant,
+        published["batch_size"],
+        published["drop_path_rate"],
+        published["crop_fraction"],
+    )
     assert config.half_precision
     # the rest is the authors' recipe of default.py
-    assert (config.learning_rate, config.weight_decay, config.num_epochs,
-            config.warmup_epochs, config.cooldown_epochs) == (2e-3, 0.05, 300, 20, 10)
-    assert (config.mixup.mixup_alpha, config.mixup.cutmix_alpha, config.label_smoothing,
-            config.ema_decay, config.seed) == (0.8, 1.0, 0.1, 0.99996, 42)
+    assert (
+        config.learning_rate,
+        config.weight_decay,
+        config.num_epochs,
+        config.warmup_epochs,
+        config.cooldown_epochs,
+    ) == (2e-3, 0.05, 300, 20, 10)
+    assert (
+        config.mixup.mixup_alpha,
+        config.mixup.cutmix_alpha,
+        config.label_smoothing,
+        config.ema_decay,
+        config.seed,
+    ) == (0.8, 1.0, 0.1, 0.99996, 42)
     assert config.augment.rand_augment == "rand-m9-mstd0.5-inc1"
     assert config.augment.random_erase_prob == 0.25
 
 
 def test_published_batch_sizes_are_the_authors():
     assert {name: facts["batch_size"] for name, facts in PUBLISHED.items()} == {
-        "dynamixer_s": 2048, "dynamixer_m": 1024, "dynamixer_l": 512}
+        "dynamixer_s": 2048,
+        "dynamixer_m": 1024,
+        "dynamixer_l": 512,
+    }
 
 
 def test_imagenet_config_rejects_an_unknown_variant():
@@ -324,8 +389,9 @@ def test_imagenet_config_rejects_an_unknown_variant():
 
 
 def test_dotted_overrides_reach_nested_fields():
-    config = load_config(QUICKSTART, batch_size=32, **{"mixup.cutmix_alpha": 0.5,
-                                                      "model_overrides.layers": (1, 1)})
+    config = load_config(
+        QUICKSTART, batch_size=32, **{"mixup.cutmix_alpha": 0.5, "model_overrides.layers": (1, 1)}
+    )
     assert (config.batch_size, config.mixup.cutmix_alpha) == (32, 0.5)
     assert tuple(config.model_overrides.layers) == (1, 1)
     plan = make_plan(config, devices=1, processes=1)
@@ -333,19 +399,23 @@ def test_dotted_overrides_reach_nested_fields():
     assert plan.data.eval_batch_size == 32  # unset (None): the training batch size
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(batch_sise=32), "batch_sise"),
-    ({"mixup.alpha": 0.1}, "mixup.alpha"),
-    (dict(augment__hflip=0.0), "augment.hflip"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(batch_sise=32), "batch_sise"),
+        ({"mixup.alpha": 0.1}, "mixup.alpha"),
+        (dict(augment__hflip=0.0), "augment.hflip"),
+    ],
+)
 def test_overrides_of_fields_that_do_not_exist_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(QUICKSTART, **overrides)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("field", ["num_train_steps", "eval_batch_size", "num_classes",
-                                   "eval_every_steps"])
+@pytest.mark.parametrize(
+    "field", ["num_train_steps", "eval_batch_size", "num_classes", "eval_every_steps"]
+)
 def test_the_old_minus_one_for_unset_says_the_new_spelling(field):
     with pytest.raises(ConfigError) as error:
         make_plan(load_config(QUICKSTART, **{field: -1}), devices=1, processes=1)
@@ -366,41 +436,71 @@ def test_no_default_is_repeated_outside_default_py():
     # every default lives in configs/default.py: the package reads the config only in plan.py,
     # strictly (no config.get(name, default))
     package = REPO / "dynamixer_jax"
-    offenders = [str(path.relative_to(REPO)) for path in package.rglob("*.py")
-                 if "config.get(" in path.read_text() or "_get(config" in path.read_text()]
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in package.rglob("*.py")
+        if "config.get(" in path.read_text() or "_get(config" in path.read_text()
+    ]
     assert offenders == []
 
 
 def test_cadence_of_a_resumed_run_is_the_uninterrupted_ones():
     from dynamixer_jax.train.cadence import Cadence
 
-    plan = make_plan(load_config(QUICKSTART, log_every_steps=3, checkpoint_every_steps=5,
-                                 eval_every_steps=7), devices=1, processes=1)
+    plan = make_plan(
+        load_config(QUICKSTART, log_every_steps=3, checkpoint_every_steps=5, eval_every_steps=7),
+        devices=1,
+        processes=1,
+    )
     steps = plan.steps(steps_per_epoch=10)
     steps = dataclasses.replace(steps, total_steps=30)
     whole = Cadence(plan.cadence, steps)
     reference = {step: whole(step) for step in range(1, 31)}
-    assert [step for step, due in reference.items() if due.log] == [3, 6, 9, 12, 15, 18, 21,
-                                                                     24, 27, 30]
+    assert [step for step, due in reference.items() if due.log] == [
+        3,
+        6,
+        9,
+        12,
+        15,
+        18,
+        21,
+        24,
+        27,
+        30,
+    ]
     assert [step for step, due in reference.items() if due.evaluate] == [7, 14, 21, 28, 30]
-    assert [step for step, due in reference.items() if due.save] == [5, 7, 10, 14, 15, 20, 21,
-                                                                     25, 28, 30]
+    assert [step for step, due in reference.items() if due.save] == [
+        5,
+        7,
+        10,
+        14,
+        15,
+        20,
+        21,
+        25,
+        28,
+        30,
+    ]
     resumed = Cadence(plan.cadence, steps)  # restarted from the checkpoint of step 14
     assert {step: resumed(step) for step in range(15, 31)} == {
-        step: due for step, due in reference.items() if step >= 15}
+        step: due for step, due in reference.items() if step >= 15
+    }
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(model="dynamixer_xl"), "unknown model"),
-    (dict(image_size=30), "image_size 30"),
-    (dict(batch_size=0), "batch_size 0"),
-    (dict(grad_accum_steps=3), "grad_accum_steps 3"),
-    (dict(ema_decay=1.0), "ema_decay"),
-    (dict(learning_rate=-1.0), "learning_rate"),
-    ({"augment.rand_augment": "rand-q9"}, "rand"),
-    ({"mixup.switch_prob": 2.0}, "mixup"),
-    (dict(dataset="no_such_dataset_y"), "unknown dataset"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(model="dynamixer_xl"), "unknown model"),
+        (dict(image_size=30), "image_size 30"),
+        (dict(batch_size=0), "batch_size 0"),
+        (dict(grad_accum_steps=3), "grad_accum_steps 3"),
+        (dict(ema_decay=1.0), "ema_decay"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        ({"augment.rand_augment": "rand-q9"}, "rand"),
+        ({"mixup.switch_prob": 2.0}, "mixup"),
+        (dict(dataset="no_such_dataset_y"), "unknown dataset"),
+    ],
+)
 def test_config_errors_are_one_line(overrides, message, tmp_path, digits_data_dir):
     config = load_config(QUICKSTART, data_dir=digits_data_dir, **overrides)
     with pytest.raises(DynaMixerError) as error:
@@ -417,13 +517,21 @@ def test_finetune_config_asks_for_its_starting_weights(tmp_path):
 
 # ---- DynaMixer-S at 224 on mock ImageNet
 
+
 def test_dynamixer_s_at_224_trains_on_mock_imagenet(tmp_path):
     # The recipe as is, but for the batch size, bfloat16 and the EMA (slow to compile and run
     # on a CPU; both are tested on small models elsewhere).
-    config = load_config(str(REPO / "configs" / "imagenet.py:dynamixer_s"), batch_size=4,
-                         eval_batch_size=8, num_train_steps=2, log_every_steps=1,
-                         data_dir=str(tmp_path / "tfds"), shuffle_buffer_size=16,
-                         half_precision=False, ema_decay=0.0)
+    config = load_config(
+        str(REPO / "configs" / "imagenet.py:dynamixer_s"),
+        batch_size=4,
+        eval_batch_size=8,
+        num_train_steps=2,
+        log_every_steps=1,
+        data_dir=str(tmp_path / "tfds"),
+        shuffle_buffer_size=16,
+        half_precision=False,
+        ema_decay=0.0,
+    )
     with tfds.testing.mock_data(num_examples=8):
         result = train_and_evaluate(config, str(tmp_path / "work"))
     assert result["status"] == "finished" and result["step"] == 2

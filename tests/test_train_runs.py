@@ -17,15 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 STEPS = 30
-SHORT_RUN = [f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-             "--config.checkpoint_every_steps=10", "--config.eval_every_steps=1000"]
+SHORT_RUN = [
+    f"--config.num_train_steps={STEPS}",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=10",
+    "--config.eval_every_steps=1000",
+]
 # Quantities that are a pure function of the state, the batch and the step.
-EXACT_FIELDS = ("train_loss", "learning_rate", "grad_norm", "eval_top1", "eval_loss",
-                "ema_eval_top1", "ema_eval_loss")
+EXACT_FIELDS = (
+    "train_loss",
+    "learning_rate",
+    "grad_norm",
+    "eval_top1",
+    "eval_loss",
+    "ema_eval_top1",
+    "ema_eval_loss",
+)
 
 
 # JAX's persistent compilation cache, shared by the test session's runs (conftest.py): later
@@ -41,29 +51,52 @@ def _compilation_cache(compilation_cache):
 
 
 def _environment(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **COMPILATION_CACHE)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **COMPILATION_CACHE,
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env
 
 
 def _command(workdir, data_dir, *extra):
-    return [sys.executable, str(REPO / "main.py"), f"--config={REPO / 'configs/quickstart.py'}",
-            f"--workdir={workdir}", f"--config.data_dir={data_dir}", *SHORT_RUN, *extra]
+    return [
+        sys.executable,
+        str(REPO / "main.py"),
+        f"--config={REPO / 'configs/quickstart.py'}",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        *SHORT_RUN,
+        *extra,
+    ]
 
 
 def run(workdir, data_dir, *extra, devices: int = 1, timeout: float = 400):
     """One ``main.py`` run to completion: (return code, stderr)."""
-    result = subprocess.run(_command(workdir, data_dir, *extra), env=_environment(devices),
-                            cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        _command(workdir, data_dir, *extra),
+        env=_environment(devices),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return result.returncode, result.stderr
 
 
 def run_until(workdir, data_dir, step: int, sig: int, *extra, timeout: float = 400):
     """Start a run, send ``sig`` once metrics.jsonl shows ``step``; (return code, stderr)."""
-    process = subprocess.Popen(_command(workdir, data_dir, *extra), env=_environment(1),
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        _command(workdir, data_dir, *extra),
+        env=_environment(1),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while logged_steps(workdir)[-1:] < [step]:
@@ -97,7 +130,8 @@ def by_step(workdir, fields=EXACT_FIELDS) -> dict[int, dict]:
     merged: dict[int, dict] = {}
     for record in records(workdir):
         merged.setdefault(record["step"], {}).update(
-            {key: value for key, value in record.items() if key in fields})
+            {key: value for key, value in record.items() if key in fields}
+        )
     return merged
 
 
@@ -115,8 +149,17 @@ def uninterrupted(tmp_path_factory, digits_data_dir):
 
 
 def test_reference_run_logs_every_step_and_evaluates(uninterrupted):
-    metrics = by_step(uninterrupted, fields=("train_loss", "learning_rate", "eval_top1",
-                                             "eval_top5", "eval_loss", "ema_eval_top1"))
+    metrics = by_step(
+        uninterrupted,
+        fields=(
+            "train_loss",
+            "learning_rate",
+            "eval_top1",
+            "eval_top5",
+            "eval_loss",
+            "ema_eval_top1",
+        ),
+    )
     assert sorted(metrics) == list(range(1, STEPS + 1))
     assert all(np.isfinite(metrics[step]["train_loss"]) for step in metrics)
     final = metrics[STEPS]
@@ -124,11 +167,14 @@ def test_reference_run_logs_every_step_and_evaluates(uninterrupted):
     assert 0.0 <= final["eval_top1"] <= final["eval_top5"] <= 1.0
     assert checkpoint_steps(uninterrupted) == [10, 20, 30]
     assert list(Path(uninterrupted).glob("events.out.tfevents.*"))
-    assert json.loads((Path(uninterrupted) / "config.json").read_text())["dataset"] == "sklearn_digits"
+    assert (
+        json.loads((Path(uninterrupted) / "config.json").read_text())["dataset"] == "sklearn_digits"
+    )
 
 
-def test_sigkill_then_restart_logs_exactly_the_uninterrupted_losses(uninterrupted, digits_data_dir,
-                                                                      tmp_path):
+def test_sigkill_then_restart_logs_exactly_the_uninterrupted_losses(
+    uninterrupted, digits_data_dir, tmp_path
+):
     code, _ = run_until(tmp_path, digits_data_dir, 15, signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert checkpoint_steps(tmp_path) == [10]  # the asynchronous save of step 10 had finished
@@ -148,8 +194,9 @@ def test_sigterm_saves_the_current_step_and_exits_zero(uninterrupted, digits_dat
     # from a checkpoint is exact (the SIGKILL test above)
     assert len(stopped) == 1 and 6 <= stopped[0] < 10
     assert logged_steps(tmp_path) == list(range(1, stopped[0] + 1))
-    assert by_step(tmp_path) == {step: values for step, values in by_step(uninterrupted).items()
-                                 if step <= stopped[0]}
+    assert by_step(tmp_path) == {
+        step: values for step, values in by_step(uninterrupted).items() if step <= stopped[0]
+    }
 
 
 # 1 vs 8 devices: the same global batch, split 8 ways, reduced in another order. float32 sums
@@ -163,13 +210,18 @@ DEVICE_RTOL = 2e-5
 def _assert_close_losses(workdir, reference, steps):
     got, want = by_step(workdir), by_step(reference)
     for step in steps:
-        np.testing.assert_allclose(got[step]["train_loss"], want[step]["train_loss"],
-                                   rtol=DEVICE_RTOL, err_msg=f"step {step}")
+        np.testing.assert_allclose(
+            got[step]["train_loss"],
+            want[step]["train_loss"],
+            rtol=DEVICE_RTOL,
+            err_msg=f"step {step}",
+        )
         assert got[step]["learning_rate"] == pytest.approx(want[step]["learning_rate"], rel=1e-6)
 
 
-def test_eight_devices_match_one_and_checkpoints_cross_device_counts(uninterrupted,
-                                                                     digits_data_dir, tmp_path):
+def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
+    uninterrupted, digits_data_dir, tmp_path
+):
     # 8 devices from scratch; then its step-20 checkpoint continued on 1 device.
     eight = tmp_path / "eight"
     code, stderr = run(eight, digits_data_dir, devices=8)
@@ -194,13 +246,18 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(uninterrupt
     _assert_close_losses(one, uninterrupted, range(21, STEPS + 1))
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(uninterrupted,
-                                                                         digits_data_dir,
-                                                                         tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    uninterrupted, digits_data_dir, tmp_path
+):
     workdir = tmp_path / "diverging"
     shutil.copytree(uninterrupted, workdir)
-    code, stderr = run(workdir, digits_data_dir, "--config.num_train_steps=40",
-                       "--config.learning_rate=1e30", "--config.warmup_epochs=0")
+    code, stderr = run(
+        workdir,
+        digits_data_dir,
+        "--config.num_train_steps=40",
+        "--config.learning_rate=1e30",
+        "--config.warmup_epochs=0",
+    )
     assert code == 3, stderr
     error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, stderr
@@ -214,10 +271,13 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(unint
 
 
 # (tests/test_train_lib.py checks every such message in-process; these check the command line)
-@pytest.mark.parametrize("override, expected", [
-    ("--config.image_size=30", "image_size 30"),
-    ("--config.batch_size=60", "batch_size 60 is not divisible by the 8 devices"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--config.image_size=30", "image_size 30"),
+        ("--config.batch_size=60", "batch_size 60 is not divisible by the 8 devices"),
+    ],
+)
 def test_user_errors_are_one_line_before_compiling(override, expected, digits_data_dir, tmp_path):
     started = time.monotonic()
     code, stderr = run(tmp_path, digits_data_dir, override, devices=8, timeout=120)
@@ -243,7 +303,9 @@ def digits_folder(tmp_path_factory):
         split = "val" if index % 5 == 0 else "train"
         pixels = np.repeat((image / 16 * 255).astype(np.uint8)[..., None], 3, axis=-1)
         (root / split / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).resize((32, 32), Image.BICUBIC).save(root / split / str(label) / f"{index}.png")
+        Image.fromarray(pixels).resize((32, 32), Image.BICUBIC).save(
+            root / split / str(label) / f"{index}.png"
+        )
     return root
 
 
@@ -251,17 +313,33 @@ def test_two_processes_train_like_one(digits_folder, digits_data_dir, tmp_path):
     # 2 processes x 2 devices (jax.distributed over gloo, each process reading its half of
     # every batch) against 1 process x 4 devices: the same 4-device mesh, the same numbers
     # (seen: 2.1e-7 relative; the tolerance is the one of the device test above).
-    steps = ["--config.num_train_steps=8", f"--config.dataset={digits_folder}",
-             "--config.eval_split=validation"]
+    steps = [
+        "--config.num_train_steps=8",
+        f"--config.dataset={digits_folder}",
+        "--config.eval_split=validation",
+    ]
     single = tmp_path / "single"
     code, stderr = run(single, digits_data_dir, *steps, devices=4)
     assert code == 0, stderr
     shared = tmp_path / "two"
-    processes = [subprocess.Popen(
-        _command(shared, digits_data_dir, *steps, "--coordinator_address=127.0.0.1:"
-                 f"{29000 + os.getpid() % 1000}", "--num_processes=2", f"--process_id={index}"),
-        env=_environment(2), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True) for index in range(2)]
+    processes = [
+        subprocess.Popen(
+            _command(
+                shared,
+                digits_data_dir,
+                *steps,
+                f"--coordinator_address=127.0.0.1:{29000 + os.getpid() % 1000}",
+                "--num_processes=2",
+                f"--process_id={index}",
+            ),
+            env=_environment(2),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
     outputs = [process.communicate(timeout=400)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert "4 cpu devices (cpu) in 2 processes" in outputs[0]
@@ -270,6 +348,10 @@ def test_two_processes_train_like_one(digits_folder, digits_data_dir, tmp_path):
     for step in want:
         for key in ("train_loss", "eval_loss", "ema_eval_loss"):
             if key in want[step]:
-                np.testing.assert_allclose(got[step][key], want[step][key], rtol=DEVICE_RTOL,
-                                           err_msg=f"{key} at step {step}")
+                np.testing.assert_allclose(
+                    got[step][key],
+                    want[step][key],
+                    rtol=DEVICE_RTOL,
+                    err_msg=f"{key} at step {step}",
+                )
     assert got[8]["eval_top1"] == want[8]["eval_top1"]

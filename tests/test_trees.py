@@ -6,14 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import MICRO_ARCH
+
 from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError, ConversionError
 from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.model.variants import create_model
 from dynamixer_jax.train.weights import GRID_DEPENDENT, grid_patterns, merge_params
-
 
 
 @flax.struct.dataclass
@@ -27,10 +26,16 @@ def _tiny(image_size=16, num_classes=10):
 
 
 def _expected():
-    return {"encoder": {"layers_2": {"kernel": jax.ShapeDtypeStruct((4, 8), jnp.float32),
-                                     "bias": jax.ShapeDtypeStruct((8,), jnp.float32)},
-                        "layers_10": {"kernel": jax.ShapeDtypeStruct((8, 8), jnp.float32)}},
-            "head": {"kernel": jax.ShapeDtypeStruct((8, 3), jnp.float32)}}
+    return {
+        "encoder": {
+            "layers_2": {
+                "kernel": jax.ShapeDtypeStruct((4, 8), jnp.float32),
+                "bias": jax.ShapeDtypeStruct((8,), jnp.float32),
+            },
+            "layers_10": {"kernel": jax.ShapeDtypeStruct((8, 8), jnp.float32)},
+        },
+        "head": {"kernel": jax.ShapeDtypeStruct((8, 3), jnp.float32)},
+    }
 
 
 def test_paths_are_slash_joined_for_dicts_attributes_and_indices():
@@ -46,10 +51,14 @@ def test_paths_are_slash_joined_for_dicts_attributes_and_indices():
 
 
 def test_compare_names_missing_unexpected_misshaped_and_mistyped_paths():
-    given = {"encoder": {"layers_2": {"kernel": np.zeros((4, 9), np.float32)},  # bias missing
-                         "layers_10": {"kernel": np.zeros((8, 8), np.float16)},
-                         "extra": {"kernel": np.zeros(1)}},
-             "head": {"kernel": np.zeros((8, 3), np.float32)}}
+    given = {
+        "encoder": {
+            "layers_2": {"kernel": np.zeros((4, 9), np.float32)},  # bias missing
+            "layers_10": {"kernel": np.zeros((8, 8), np.float16)},
+            "extra": {"kernel": np.zeros(1)},
+        },
+        "head": {"kernel": np.zeros((8, 3), np.float32)},
+    }
     diff = trees.compare(_expected(), given)
     assert diff.missing == ("encoder/layers_2/bias",)
     assert diff.unexpected == ("encoder/extra/kernel",)
@@ -71,19 +80,31 @@ def test_summary_is_one_line_with_the_first_few_then_a_count():
     assert text.endswith("unexpected paths: other")
     every = ", ".join(f"layers_{i}" for i in range(1, 12))
     assert diff.summary(limit=None) == f"missing paths: {every}; unexpected paths: other"
-    shaped = trees.compare({"w": jax.ShapeDtypeStruct((7, 32), jnp.float32)},
-                           {"w": np.zeros((9, 32))})
-    assert shaped.summary(noun="keys", given="checkpoint", expected="model") == \
-        "mis-shaped keys: w (checkpoint (9, 32), model (7, 32))"
+    shaped = trees.compare(
+        {"w": jax.ShapeDtypeStruct((7, 32), jnp.float32)}, {"w": np.zeros((9, 32))}
+    )
+    assert (
+        shaped.summary(noun="keys", given="checkpoint", expected="model")
+        == "mis-shaped keys: w (checkpoint (9, 32), model (7, 32))"
+    )
 
 
 def test_check_raises_the_given_error_with_the_advice():
-    trees.check(_expected(), jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
-                                                    _expected()),
-                error=CheckpointError, what="unused", advice="unused")
+    trees.check(
+        _expected(),
+        jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), _expected()),
+        error=CheckpointError,
+        what="unused",
+        advice="unused",
+    )
     with pytest.raises(CheckpointError) as error:
-        trees.check(_expected(), {"head": {"kernel": np.zeros((8, 3))}}, error=CheckpointError,
-                    what="the weights do not fit", advice="use the right ones")
+        trees.check(
+            _expected(),
+            {"head": {"kernel": np.zeros((8, 3))}},
+            error=CheckpointError,
+            what="the weights do not fit",
+            advice="use the right ones",
+        )
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("the weights do not fit (missing paths: encoder/layers_2/bias, ")
@@ -91,10 +112,14 @@ def test_check_raises_the_given_error_with_the_advice():
 
 
 def test_merge_takes_matching_leaves_and_reinitialises_only_the_patterns():
-    fresh = {"body": {"kernel": np.zeros((2, 2), np.float32)},
-             "head": {"kernel": np.zeros((2, 5), np.float32)}}
-    loaded = {"body": {"kernel": np.ones((2, 2), np.float64)},
-              "head": {"kernel": np.ones((2, 9), np.float32)}}
+    fresh = {
+        "body": {"kernel": np.zeros((2, 2), np.float32)},
+        "head": {"kernel": np.zeros((2, 5), np.float32)},
+    }
+    loaded = {
+        "body": {"kernel": np.ones((2, 2), np.float64)},
+        "head": {"kernel": np.ones((2, 9), np.float32)},
+    }
     merged, report = trees.merge(fresh, loaded, reinit=(r"head/.*",))
     np.testing.assert_array_equal(merged["body"]["kernel"], np.ones((2, 2)))
     assert merged["body"]["kernel"].dtype == np.float32  # the fresh leaf's dtype
@@ -113,13 +138,18 @@ def test_merge_takes_matching_leaves_and_reinitialises_only_the_patterns():
 
 def test_merge_raises_one_line_for_any_other_mismatch():
     fresh = {"body": {"kernel": np.zeros((2, 2))}, "head": {"kernel": np.zeros((2, 5))}}
-    for loaded, named in [({"body": {"kernel": np.ones((3, 2))}}, "mis-shaped paths: body/kernel"),
-                          ({}, "missing paths: body/kernel"),
-                          ({"body": {"kernel": np.ones((2, 2))}, "neck": {"w": np.ones(1)}},
-                           "unexpected paths: neck/w")]:
+    for loaded, named in [
+        ({"body": {"kernel": np.ones((3, 2))}}, "mis-shaped paths: body/kernel"),
+        ({}, "missing paths: body/kernel"),
+        (
+            {"body": {"kernel": np.ones((2, 2))}, "neck": {"w": np.ones(1)}},
+            "unexpected paths: neck/w",
+        ),
+    ]:
         with pytest.raises(ConversionError) as error:
-            trees.merge(fresh, loaded, reinit=(r"head/.*",), error=ConversionError,
-                        advice="say what to do")
+            trees.merge(
+                fresh, loaded, reinit=(r"head/.*",), error=ConversionError, advice="say what to do"
+            )
         assert named in str(error.value) and "\n" not in str(error.value)
         assert str(error.value).endswith("; say what to do")
 
@@ -137,8 +167,7 @@ def test_fine_tuning_at_a_new_image_size_names_the_grid_dependent_layers():
         merge_params(fresh, source, reset_head=True)
     assert "mis-shaped paths: stages_0/layers_0/attn/mix_h/generate/bias" in str(error.value)
     merged, report = merge_params(fresh, source, reset_head=True, reinit=GRID_DEPENDENT)
-    assert sorted(report["reinitialised"]) == sorted(
-        generate + ["head/bias", "head/kernel"])
+    assert sorted(report["reinitialised"]) == sorted(generate + ["head/bias", "head/kernel"])
     flat_merged, flat_source = trees.flatten(merged), trees.flatten(source)
     for path in report["taken"]:
         np.testing.assert_array_equal(flat_merged[path], flat_source[path])
@@ -149,5 +178,8 @@ def test_fine_tuning_at_a_new_image_size_names_the_grid_dependent_layers():
     # a different architecture is an error, whatever the patterns
     other = abstract_variables(_tiny(16, num_classes=10).clone(embed_dims=(16, 48)))["params"]
     with pytest.raises(ConversionError, match="mis-shaped paths"):
-        merge_params(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), other), source,
-                     reinit=GRID_DEPENDENT)
+        merge_params(
+            jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), other),
+            source,
+            reinit=GRID_DEPENDENT,
+        )

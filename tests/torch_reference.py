@@ -9,7 +9,7 @@ Test-only: not part of the package.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -115,10 +115,21 @@ class TorchPatchEmbed(TorchDownsample):
 class TorchDynaMixer(nn.Module):
     """the whole network; takes NCHW images like the authors' model."""
 
-    def __init__(self, layers: Sequence[int], embed_dims: Sequence[int], transitions: Sequence[bool],
-                 num_segments: Sequence[int], reduced_dims: Sequence[int], mlp_ratios: Sequence[float],
-                 num_classes: int = 1000, image_size: int = 224, patch_size: int = 7, in_chans: int = 3,
-                 drop_path_rate: float = 0.0, **_ignored):
+    def __init__(
+        self,
+        layers: Sequence[int],
+        embed_dims: Sequence[int],
+        transitions: Sequence[bool],
+        num_segments: Sequence[int],
+        reduced_dims: Sequence[int],
+        mlp_ratios: Sequence[float],
+        num_classes: int = 1000,
+        image_size: int = 224,
+        patch_size: int = 7,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        **_ignored,
+    ):
         super().__init__()
         self.patch_embed = TorchPatchEmbed(in_chans, embed_dims[0], patch_size)
         side = image_size // patch_size
@@ -128,8 +139,17 @@ class TorchDynaMixer(nn.Module):
             stage = []
             for _ in range(count):
                 rate = drop_path_rate * index / max(total - 1, 1)
-                stage.append(TorchMixerLayer(embed_dims[i], side, side, num_segments[i], reduced_dims[i],
-                                             mlp_ratios[i], rate))
+                stage.append(
+                    TorchMixerLayer(
+                        embed_dims[i],
+                        side,
+                        side,
+                        num_segments[i],
+                        reduced_dims[i],
+                        mlp_ratios[i],
+                        rate,
+                    )
+                )
                 index += 1
             network.append(nn.Sequential(*stage))
             if i + 1 < len(layers) and (transitions[i] or embed_dims[i] != embed_dims[i + 1]):
@@ -158,7 +178,11 @@ def randomize_(module: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Modul
             noise = torch.randn(param.shape, generator=generator)
             if param.ndim >= 2:
                 param.copy_(noise / (param[0].numel() ** 0.5))
-            elif name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+            elif (
+                name.endswith("norm1.weight")
+                or name.endswith("norm2.weight")
+                or name == "norm.weight"
+            ):
                 param.copy_(1.0 + scale * noise)
             else:
                 param.copy_(scale * noise)

@@ -20,8 +20,9 @@ def weight_decay_mask(params):
 
 def make_optimizer(mask_decay: bool = False) -> optax.GradientTransformation:
     """AdamW at the benchmarks' rate and decay; ``mask_decay``: the recipe's decay mask."""
-    return optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                       mask=weight_decay_mask if mask_decay else None)
+    return optax.adamw(
+        LEARNING_RATE, weight_decay=WEIGHT_DECAY, mask=weight_decay_mask if mask_decay else None
+    )
 
 
 def make_adamw_step(model, tx: optax.GradientTransformation | None = None):
@@ -33,7 +34,8 @@ def make_adamw_step(model, tx: optax.GradientTransformation | None = None):
         def loss_fn(p):
             logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
             return optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), labels).mean()
+                logits.astype(jnp.float32), labels
+            ).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)

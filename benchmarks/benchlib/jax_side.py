@@ -41,15 +41,26 @@ def input_batches(model, batch: int, seed: int):
     out = []
     for i in range(NUM_INPUT_BATCHES):
         images = rng.standard_normal((batch, height, width, 3), dtype=np.float32)
-        out.append((jnp.asarray(images, model.dtype or jnp.float32),
-                    jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32),
-                    jax.random.key(seed * 1000 + i)))
+        out.append(
+            (
+                jnp.asarray(images, model.dtype or jnp.float32),
+                jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32),
+                jax.random.key(seed * 1000 + i),
+            )
+        )
     return out
 
 
-def jax_measure(model, params, batch: int, mode: str, args, deadline: float,
-                precompiled: tuple[Any, float] | None = None,
-                free_bytes: int | None = None) -> dict[str, Any]:
+def jax_measure(
+    model,
+    params,
+    batch: int,
+    mode: str,
+    args,
+    deadline: float,
+    precompiled: tuple[Any, float] | None = None,
+    free_bytes: int | None = None,
+) -> dict[str, Any]:
     """Compile and time one JAX step; returns the measured fields of a record.
 
     ``precompiled``: (executable, compile seconds) of this very step, to skip compiling.
@@ -67,17 +78,22 @@ def jax_measure(model, params, batch: int, mode: str, args, deadline: float,
     compiled, compile_s = precompiled or compile_timed(fn, *example)
     need = required_bytes(bytes_fields(compiled))
     if free_bytes and need and need > free_bytes:
-        return {"status": "error", "compile_s": compile_s, "memory": bytes_fields(compiled),
-                "error": f"does not fit: needs {need / 2**30:.1f} GiB, "
-                         f"{free_bytes / 2**30:.1f} GiB free (compile-only memory analysis)"}
+        return {
+            "status": "error",
+            "compile_s": compile_s,
+            "memory": bytes_fields(compiled),
+            "error": f"does not fit: needs {need / 2**30:.1f} GiB, "
+            f"{free_bytes / 2**30:.1f} GiB free (compile-only memory analysis)",
+        }
 
     def run(steps: int):
         out = None
         for i in range(steps):
             images, labels, key = batches[i % NUM_INPUT_BATCHES]
             if mode == "train":
-                state["params"], state["opt"], out = compiled(state["params"], state["opt"],
-                                                              images, labels, key)
+                state["params"], state["opt"], out = compiled(
+                    state["params"], state["opt"], images, labels, key
+                )
             else:
                 out = compiled(params, images)
         jax.block_until_ready(out)
@@ -87,10 +103,15 @@ def jax_measure(model, params, batch: int, mode: str, args, deadline: float,
     flops_xla = xla_flops(compiled)
     if mode == "train":
         del state
-    return {**timing, "compile_s": compile_s, "memory": memory,
-            "activation_bytes_per_image": (memory["temp_bytes"] / batch
-                                           if memory["temp_bytes"] is not None else None),
-            "xla_flops_per_image": flops_xla / batch if flops_xla else None}
+    return {
+        **timing,
+        "compile_s": compile_s,
+        "memory": memory,
+        "activation_bytes_per_image": (
+            memory["temp_bytes"] / batch if memory["temp_bytes"] is not None else None
+        ),
+        "xla_flops_per_image": flops_xla / batch if flops_xla else None,
+    }
 
 
 def jax_params_for(model, torch_model) -> Any:

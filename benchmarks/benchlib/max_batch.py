@@ -28,26 +28,46 @@ def run_max_batch(recorder, args, batches, peaks, deadline) -> None:
     elif stats.get("bytes_limit"):
         limit, confirm = int(stats["bytes_limit"]), True
     else:
-        print("[throughput] max-batch: no bytes_limit on this device; pass --memory-limit-gb",
-              flush=True)
+        print(
+            "[throughput] max-batch: no bytes_limit on this device; pass --memory-limit-gb",
+            flush=True,
+        )
         return
     for name in args.max_batch:
         for dtype in args.max_batch_dtypes or args.dtypes:
-            base = {"framework": "jax", "model": name, "dtype": dtype, "mode": "max_batch",
-                    "remat": args.remat[0], "batch": None, "image_size": args.image_size}
+            base = {
+                "framework": "jax",
+                "model": name,
+                "dtype": dtype,
+                "mode": "max_batch",
+                "remat": args.remat[0],
+                "batch": None,
+                "image_size": args.image_size,
+            }
             if time.monotonic() > deadline:
                 recorder.add(dict(base, status="skipped", error="time budget"))
                 continue
             try:
-                max_batch_search(recorder, args, name, dtype, max(batches[name]), limit, device,
-                                 peaks, deadline, confirm)
+                max_batch_search(
+                    recorder,
+                    args,
+                    name,
+                    dtype,
+                    max(batches[name]),
+                    limit,
+                    device,
+                    peaks,
+                    deadline,
+                    confirm,
+                )
             except Exception as exc:
                 traceback.print_exc()
                 recorder.add(dict(base, status="error", error=short_error(exc)))
 
 
-def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, device, peaks,
-                     deadline, confirm: bool) -> None:
+def max_batch_search(
+    recorder, args, name, dtype, start_batch, limit_bytes, device, peaks, deadline, confirm: bool
+) -> None:
     """Largest power-of-two multiple of ``start_batch`` whose training step fits in
     ``limit_bytes`` by XLA's compile-only memory analysis, confirmed by one real step."""
     model = build_model(name, args.image_size, dtype, args.remat[0], train=True)
@@ -67,30 +87,56 @@ def max_batch_search(recorder, args, name, dtype, start_batch, limit_bytes, devi
         if need is None:
             raise RuntimeError("memory_analysis() gave no temp/argument sizes on this backend")
         tried.append({"batch": batch, "required_bytes": need})
-        print(f"[throughput] max-batch {name} {dtype}: batch {batch} needs {need / 2**30:.3g} GiB "
-              f"of {(limit_bytes - in_use) / 2**30:.3g}", flush=True)
+        print(
+            f"[throughput] max-batch {name} {dtype}: batch {batch} needs {need / 2**30:.3g} GiB "
+            f"of {(limit_bytes - in_use) / 2**30:.3g}",
+            flush=True,
+        )
         if need > limit_bytes - in_use:
             break
         fits, previous = batch, (batch, need, memory["argument_bytes"] or 0)
         batch *= 2
-    record = {"framework": "jax", "model": name, "dtype": dtype, "batch": fits, "mode": "max_batch",
-              "remat": args.remat[0], "image_size": args.image_size, "limit_bytes": limit_bytes,
-              "tried": tried, "status": "ok" if fits else "error",
-              "error": None if fits else f"batch {start_batch} does not fit"}
+    record = {
+        "framework": "jax",
+        "model": name,
+        "dtype": dtype,
+        "batch": fits,
+        "mode": "max_batch",
+        "remat": args.remat[0],
+        "image_size": args.image_size,
+        "limit_bytes": limit_bytes,
+        "tried": tried,
+        "status": "ok" if fits else "error",
+        "error": None if fits else f"batch {start_batch} does not fit",
+    }
     # Confirm with one real step (two short timed rounds) of the executable compiled above; if
     # it does not fit after all, try the next smaller batch, which was compile-checked too.
     short = argparse.Namespace(**{**vars(args), "rounds": 2, "warmup": 1})
-    for candidate in ([fits, fits // 2] if fits and confirm else []):
+    for candidate in [fits, fits // 2] if fits and confirm else []:
         if candidate not in executables:
             break
         base = {k: record[k] for k in ("framework", "model", "dtype", "remat", "image_size")}
-        real = run_config(recorder, dict(base, mode="train", batch=candidate, note="max batch"),
-                          lambda batch=candidate: jax_measure(
-                              model, jax_params_for(model, None), batch, "train", short,
-                              deadline, precompiled=executables[batch]),
-                          model, peaks, device)
-        record.update(batch=candidate, confirmed=real["status"] == "ok",
-                      error=None if real["status"] == "ok" else real.get("error"))
+        real = run_config(
+            recorder,
+            dict(base, mode="train", batch=candidate, note="max batch"),
+            lambda batch=candidate: jax_measure(
+                model,
+                jax_params_for(model, None),
+                batch,
+                "train",
+                short,
+                deadline,
+                precompiled=executables[batch],
+            ),
+            model,
+            peaks,
+            device,
+        )
+        record.update(
+            batch=candidate,
+            confirmed=real["status"] == "ok",
+            error=None if real["status"] == "ok" else real.get("error"),
+        )
         if record["confirmed"]:
             break
     executables.clear()

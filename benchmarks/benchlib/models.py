@@ -16,8 +16,12 @@ from dynamixer_jax.model.variants import VARIANTS, create_model
 
 ALIASES = {"S": "dynamixer_s", "M": "dynamixer_m", "L": "dynamixer_l", "tiny": "tiny"}
 # A small custom architecture with every kind of part, for smoke runs and tests.
-TINY = dict(VARIANTS["dynamixer_s"], layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64),
-            num_segments=(4, 8, 8, 8))
+TINY = dict(
+    VARIANTS["dynamixer_s"],
+    layers=(1, 1, 1, 1),
+    embed_dims=(32, 64, 64, 64),
+    num_segments=(4, 8, 8, 8),
+)
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 NUM_CLASSES, DROP_PATH_RATE = 1000, 0.1
 NUM_INPUT_BATCHES = 2  # distinct batches a timed loop cycles through
@@ -51,8 +55,13 @@ def create_model_accepts_remat() -> bool:
 def build_model(name: str, image_size: int, dtype: str, remat: str, train: bool):
     """The Flax model of one throughput measurement: float32 parameters, ``dtype`` compute,
     stochastic depth when training (``remat`` passed where ``create_model`` takes it)."""
-    kwargs = dict(num_classes=NUM_CLASSES, image_size=image_size, dtype=DTYPES[dtype],
-                  param_dtype=jnp.float32, drop_path_rate=DROP_PATH_RATE if train else 0.0)
+    kwargs = dict(
+        num_classes=NUM_CLASSES,
+        image_size=image_size,
+        dtype=DTYPES[dtype],
+        param_dtype=jnp.float32,
+        drop_path_rate=DROP_PATH_RATE if train else 0.0,
+    )
     if create_model_accepts_remat():
         kwargs["remat"] = remat
     return create(name, **kwargs)
@@ -63,6 +72,6 @@ def torch_reference() -> ModuleType:
     tests = os.path.join(REPO, "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    import torch_reference as module  # noqa: PLC0415 - torch is optional; only baselines need it
+    import torch_reference as module
 
     return module

@@ -57,20 +57,27 @@ def fmt(value, spec: str) -> str:
 
 def format_record(r: dict[str, Any]) -> str:
     """One log line for a record."""
-    head = (f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<4} {r.get('remat', 'none'):<6} "
-            f"{r['mode']:<5} b={str(r.get('batch')):<5}")
+    head = (
+        f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<4} {r.get('remat', 'none'):<6} "
+        f"{r['mode']:<5} b={str(r.get('batch')):<5}"
+    )
     if r["status"] != "ok":
         return f"{head} {r['status'].upper()}: {r.get('error', '')}"
     if r["mode"] == "max_batch":
         return f"{head} fits (limit {r['limit_bytes'] / 2**30:.2f} GiB), tried {r['tried']}"
-    return (f"{head} {r['img_s']:9.1f} img/s  step {r['step_ms']:8.1f} ms  compile "
-            f"{fmt(r.get('compile_s'), '.1f')} s  MFU {fmt(r.get('mfu'), '.1%')}")
+    return (
+        f"{head} {r['img_s']:9.1f} img/s  step {r['step_ms']:8.1f} ms  compile "
+        f"{fmt(r.get('compile_s'), '.1f')} s  MFU {fmt(r.get('mfu'), '.1%')}"
+    )
 
 
 def add_flop_fields(record: dict[str, Any], model, peaks: dict[str, Any]) -> None:
     """FLOPs per image, achieved TFLOP/s and MFU of a measured record."""
-    per_image = (flop_count.training_flops(model) if record["mode"] == "train"
-                 else flop_count.forward_flops(model))
+    per_image = (
+        flop_count.training_flops(model)
+        if record["mode"] == "train"
+        else flop_count.forward_flops(model)
+    )
     record["flops_per_image"] = per_image
     if record.get("img_s"):
         achieved = per_image * record["img_s"]
@@ -82,21 +89,27 @@ def add_flop_fields(record: dict[str, Any], model, peaks: dict[str, Any]) -> Non
 
 def summary_lines(records: list[dict[str, Any]]) -> list[str]:
     """An aligned table of the measured records, then JAX / PyTorch ratios."""
-    header = (f"{'framework':<13} {'model':<12} {'dtype':<5} {'remat':<6} {'mode':<5} "
-              f"{'batch':>5} {'img/s':>9} {'step ms':>9} {'compile s':>9} {'TFLOP/s':>8} "
-              f"{'MFU':>6} {'act MB/img':>10} {'peak GB':>8}")
+    header = (
+        f"{'framework':<13} {'model':<12} {'dtype':<5} {'remat':<6} {'mode':<5} "
+        f"{'batch':>5} {'img/s':>9} {'step ms':>9} {'compile s':>9} {'TFLOP/s':>8} "
+        f"{'MFU':>6} {'act MB/img':>10} {'peak GB':>8}"
+    )
     lines = [header]
     for r in records:
         if r.get("mode") == "max_batch":
-            lines.append(f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<5} "
-                         f"{'none':<6} {'max batch':<10} {fmt(r.get('batch'), 'd'):>0} "
-                         f"(limit {r.get('limit_bytes', 0) / 1e9:.3g} GB, confirmed by a real "
-                         f"step: {r.get('confirmed', '-')}) {r.get('error') or ''}")
+            lines.append(
+                f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<5} "
+                f"{'none':<6} {'max batch':<10} {fmt(r.get('batch'), 'd'):>0} "
+                f"(limit {r.get('limit_bytes', 0) / 1e9:.3g} GB, confirmed by a real "
+                f"step: {r.get('confirmed', '-')}) {r.get('error') or ''}"
+            )
             continue
         if r.get("status") != "ok":
-            lines.append(f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<5} "
-                         f"{r.get('remat', 'none'):<6} {r['mode']:<5} {r['batch']:>5} "
-                         f"{r['status']}: {r.get('error', '')[:80]}")
+            lines.append(
+                f"{r['framework']:<13} {r['model']:<12} {r['dtype']:<5} "
+                f"{r.get('remat', 'none'):<6} {r['mode']:<5} {r['batch']:>5} "
+                f"{r['status']}: {r.get('error', '')[:80]}"
+            )
             continue
         act = r.get("activation_bytes_per_image")
         peak = r.get("peak_bytes_in_use")
@@ -105,17 +118,19 @@ def summary_lines(records: list[dict[str, Any]]) -> list[str]:
             f"{r['mode']:<5} {r['batch']:>5} {r['img_s']:>9.1f} {r['step_ms']:>9.1f} "
             f"{fmt(r.get('compile_s'), '.1f'):>9} {fmt(r.get('tflops_per_s'), '.2f'):>8} "
             f"{fmt(r.get('mfu'), '.1%'):>6} {fmt(act and act / 1e6, '.1f'):>10} "
-            f"{fmt(peak and peak / 1e9, '.1f'):>8}")
+            f"{fmt(peak and peak / 1e9, '.1f'):>8}"
+        )
     return lines + ratio_lines(records)
 
 
 def ratio_lines(records: list[dict[str, Any]]) -> list[str]:
     """JAX images/s divided by each PyTorch variant's, for the configurations both measured (a
     PyTorch record carries the remat value of the JAX configuration it was measured beside)."""
-    ok = {(r["framework"], r["model"], r["dtype"], r["batch"], r["mode"], r.get("remat")):
-          r["img_s"]
-          for r in records if r.get("status") == "ok" and r.get("mode") in ("train", "infer")
-          and not r.get("note")}
+    ok = {
+        (r["framework"], r["model"], r["dtype"], r["batch"], r["mode"], r.get("remat")): r["img_s"]
+        for r in records
+        if r.get("status") == "ok" and r.get("mode") in ("train", "infer") and not r.get("note")
+    }
     lines = []
     for (framework, model, dtype, batch, mode, remat), jax_rate in sorted(ok.items(), key=str):
         if framework != "jax":
@@ -123,6 +138,8 @@ def ratio_lines(records: list[dict[str, Any]]) -> list[str]:
         for other in ("torch", "torch-compile"):
             rate = ok.get((other, model, dtype, batch, mode, remat))
             if rate:
-                lines.append(f"JAX / {other:<13} {model:<12} {dtype:<5} {mode:<5} b={batch:<5} "
-                             f"{jax_rate / rate:6.2f}")
+                lines.append(
+                    f"JAX / {other:<13} {model:<12} {dtype:<5} {mode:<5} b={batch:<5} "
+                    f"{jax_rate / rate:6.2f}"
+                )
     return (["", "ratios (images/s):"] + lines) if lines else []

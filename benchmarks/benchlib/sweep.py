@@ -28,16 +28,23 @@ from benchlib.xla_stats import device_memory_stats, predicted_bytes
 def environment(args, torch_mod) -> dict[str, Any]:
     """Device and version information for the JSON file."""
     device = jax.devices()[0]
-    meta = {"jax_device_platform": device.platform, "jax_device_kind": device.device_kind,
-            "jax_device": str(device), "jax_device_count": jax.device_count(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
-            "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision",
-                                                    None),
-            "peak_bytes_in_use_note": "device-wide peak since the process started",
-            "create_model_accepts_remat": create_model_accepts_remat(),
-            "image_size": args.image_size, "argv": sys.argv[1:],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "jax_device_platform": device.platform,
+        "jax_device_kind": device.device_kind,
+        "jax_device": str(device),
+        "jax_device_count": jax.device_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
+        "peak_bytes_in_use_note": "device-wide peak since the process started",
+        "create_model_accepts_remat": create_model_accepts_remat(),
+        "image_size": args.image_size,
+        "argv": sys.argv[1:],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
         meta["jaxlib"] = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
@@ -46,9 +53,12 @@ def environment(args, torch_mod) -> dict[str, Any]:
         meta["jax_weights"] = "torch twin, torch.manual_seed(0)"
     if torch_mod and "torch" in args.frameworks:
         torch = torch_mod[0]
-        meta.update(torch=torch.__version__, torch_device=str(torch_device(torch)),
-                    torch_threads=torch.get_num_threads(),
-                    torch_float32_matmul_precision=torch.get_float32_matmul_precision())
+        meta.update(
+            torch=torch.__version__,
+            torch_device=str(torch_device(torch)),
+            torch_threads=torch.get_num_threads(),
+            torch_float32_matmul_precision=torch.get_float32_matmul_precision(),
+        )
         if torch.cuda.is_available():
             meta["torch_device_name"] = torch.cuda.get_device_name(0)
     return meta
@@ -65,15 +75,24 @@ def measure_peaks(args, torch_mod) -> dict[str, Any]:
                 peaks[dtype] = measure_peak_jax(dtype, size, args.peak_repeats)
             else:
                 peaks[dtype] = measure_peak_torch(torch_mod[0], dtype, size, args.peak_repeats)
-            print(f"[throughput] peak {dtype} matmul {size}^3: "
-                  f"{peaks[dtype]['flops_per_s'] / 1e12:.2f} TFLOP/s", flush=True)
+            print(
+                f"[throughput] peak {dtype} matmul {size}^3: "
+                f"{peaks[dtype]['flops_per_s'] / 1e12:.2f} TFLOP/s",
+                flush=True,
+            )
         except Exception as exc:
             peaks[dtype] = {"error": short_error(exc)}
     return peaks
 
 
-def run_config(recorder: Recorder, base: dict[str, Any], measure: Callable[[], dict[str, Any]],
-               model, peaks, device=None) -> dict[str, Any]:
+def run_config(
+    recorder: Recorder,
+    base: dict[str, Any],
+    measure: Callable[[], dict[str, Any]],
+    model,
+    peaks,
+    device=None,
+) -> dict[str, Any]:
     """Measure one configuration into a record; any failure becomes an 'error' record."""
     record = dict(base, status="ok")
     try:
@@ -93,9 +112,15 @@ def plan(args, batches: dict[str, list[int]]) -> list[tuple[str, str, int, str]]
     """(model, dtype, batch, remat) in priority order: every model and dtype at its first batch
     with the first remat value, the same with each other remat value (first dtype only), then the
     other batches in order."""
+
     def one_round(i: int, remat: str):
-        return [(name, dtype, batches[name][i], remat) for name in args.models
-                for dtype in args.dtypes if i < len(batches[name])]
+        return [
+            (name, dtype, batches[name][i], remat)
+            for name in args.models
+            for dtype in args.dtypes
+            if i < len(batches[name])
+        ]
+
     primary = args.remat[0]
     out = one_round(0, primary)
     for remat in [r for r in args.remat if r != primary]:
@@ -117,21 +142,40 @@ def run_plan(recorder, args, batches, peaks, torch_mod, deadline) -> None:
         for mode in args.modes:
             if mode == "infer" and remat != args.remat[0]:
                 continue  # remat changes nothing without a backward pass
-            base = {"framework": "jax", "model": name, "dtype": dtype, "batch": batch,
-                    "mode": mode, "remat": remat, "image_size": args.image_size}
+            base = {
+                "framework": "jax",
+                "model": name,
+                "dtype": dtype,
+                "batch": batch,
+                "mode": mode,
+                "remat": remat,
+                "image_size": args.image_size,
+            }
             if "jax" in args.frameworks:
-                run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_cache,
-                               device, deadline)
+                run_jax_config(
+                    recorder,
+                    args,
+                    base,
+                    peaks,
+                    torch_mod,
+                    torch_models,
+                    params_cache,
+                    device,
+                    deadline,
+                )
             if baseline and remat == args.remat[0]:
-                deferred += run_torch_configs(recorder, args, torch_mod, torch_models, base,
-                                              peaks, deadline)
+                deferred += run_torch_configs(
+                    recorder, args, torch_mod, torch_models, base, peaks, deadline
+                )
     for base in deferred:
-        run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline,
-                          compiled=True)
+        run_torch_configs(
+            recorder, args, torch_mod, torch_models, base, peaks, deadline, compiled=True
+        )
 
 
-def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_cache, device,
-                   deadline):
+def run_jax_config(
+    recorder, args, base, peaks, torch_mod, torch_models, params_cache, device, deadline
+):
     """One JAX measurement (or a skipped/error record). Parameters (float32 whatever the
     compute dtype) are made once per model and remat setting, kept in ``params_cache``."""
     name, remat = base["model"], base["remat"]
@@ -151,24 +195,38 @@ def run_jax_config(recorder, args, base, peaks, torch_mod, torch_models, params_
         params = params_cache[(name, remat)]
     except Exception as exc:  # an unknown remat value counts as remat not available
         unknown_remat = remat != args.remat[0] and isinstance(exc, (ValueError, TypeError))
-        recorder.add(dict(base, status="skipped" if unknown_remat else "error",
-                          error=short_error(exc)))
+        recorder.add(
+            dict(base, status="skipped" if unknown_remat else "error", error=short_error(exc))
+        )
         return
     stats = device_memory_stats(device)
-    free = (stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-            if stats.get("bytes_limit") else None)
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0) if stats.get("bytes_limit") else None
     predicted = predicted_bytes(recorder.records, base)
     if free and predicted and predicted > 1.05 * free:
-        recorder.add(dict(base, status="skipped", error=f"would not fit: ~{predicted / 2**30:.1f} "
-                          f"GiB by a smaller batch's memory, {free / 2**30:.1f} GiB free"))
+        recorder.add(
+            dict(
+                base,
+                status="skipped",
+                error=f"would not fit: ~{predicted / 2**30:.1f} "
+                f"GiB by a smaller batch's memory, {free / 2**30:.1f} GiB free",
+            )
+        )
         return
-    run_config(recorder, base, lambda: jax_measure(model, params, base["batch"], base["mode"],
-                                                   args, deadline, free_bytes=free),
-               model, peaks, device)
+    run_config(
+        recorder,
+        base,
+        lambda: jax_measure(
+            model, params, base["batch"], base["mode"], args, deadline, free_bytes=free
+        ),
+        model,
+        peaks,
+        device,
+    )
 
 
-def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, deadline,
-                      compiled: bool = False) -> list:
+def run_torch_configs(
+    recorder, args, torch_mod, torch_models, base, peaks, deadline, compiled: bool = False
+) -> list:
     """PyTorch eager (or, with ``compiled``, torch.compile) for one configuration; returns the
     configurations whose torch.compile run is still to come."""
     torch = torch_mod[0]
@@ -183,11 +241,27 @@ def run_torch_configs(recorder, args, torch_mod, torch_models, base, peaks, dead
     if left < 0 or (compiled and left < args.compile_reserve_s):
         recorder.add(dict(record, status="skipped", error="time budget"))
         return []
-    run_config(recorder, record, lambda: torch_measure(
-        torch_mod, torch_models[name], base["batch"], base["mode"], base["dtype"], compiled,
-        args, deadline), model, peaks)
+    run_config(
+        recorder,
+        record,
+        lambda: torch_measure(
+            torch_mod,
+            torch_models[name],
+            base["batch"],
+            base["mode"],
+            base["dtype"],
+            compiled,
+            args,
+            deadline,
+        ),
+        model,
+        peaks,
+    )
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # also after a failure, for the next configuration
-    wants_compile = (torch_device(torch).type == "cuda" and args.torch_compile and
-                     (name, base["dtype"], base["batch"]) in args.torch_compile_configs)
+    wants_compile = (
+        torch_device(torch).type == "cuda"
+        and args.torch_compile
+        and (name, base["dtype"], base["batch"]) in args.torch_compile_configs
+    )
     return [base] if wants_compile and not compiled else []

@@ -25,8 +25,14 @@ def compile_timed(fn, *args) -> tuple[Any, float]:
     return fn.lower(*args).compile(), time.perf_counter() - start
 
 
-def time_rounds(run: Callable[[int], None], batch: int, rounds: int, warmup: int,
-                round_seconds: float, deadline: float) -> dict[str, Any]:
+def time_rounds(
+    run: Callable[[int], None],
+    batch: int,
+    rounds: int,
+    warmup: int,
+    round_seconds: float,
+    deadline: float,
+) -> dict[str, Any]:
     """Warm up, then time ``rounds`` rounds of k steps (k so a round takes ~round_seconds).
 
     ``run(k)`` runs k steps and blocks until they are done. Stops early at ``deadline``
@@ -45,8 +51,12 @@ def time_rounds(run: Callable[[int], None], batch: int, rounds: int, warmup: int
         step_times.append(seconds / steps)
         if time.monotonic() > deadline:
             break
-    return {"img_s": median(rates), "step_ms": 1e3 * median(step_times), "rounds_img_s": rates,
-            "steps_per_round": steps}
+    return {
+        "img_s": median(rates),
+        "step_ms": 1e3 * median(step_times),
+        "rounds_img_s": rates,
+        "steps_per_round": steps,
+    }
 
 
 def timed_repeats(call: Callable[[], None], repeats: int) -> list[float]:
@@ -62,8 +72,12 @@ def timed_repeats(call: Callable[[], None], repeats: int) -> list[float]:
 
 def peak_record(times: Sequence[float], size: int, framework: str) -> dict[str, Any]:
     """The peak FLOP/s fields of a size^3 matmul timed ``times``."""
-    return {"flops_per_s": 2 * size ** 3 / median(times), "matmul_size": size,
-            "framework": framework, "best_flops_per_s": 2 * size ** 3 / min(times)}
+    return {
+        "flops_per_s": 2 * size**3 / median(times),
+        "matmul_size": size,
+        "framework": framework,
+        "best_flops_per_s": 2 * size**3 / min(times),
+    }
 
 
 def measure_peak_jax(dtype: str, size: int, repeats: int) -> dict[str, Any]:
@@ -72,5 +86,6 @@ def measure_peak_jax(dtype: str, size: int, repeats: int) -> dict[str, Any]:
     a = jax.random.normal(key, (size, size), DTYPES[dtype])
     b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), DTYPES[dtype])
     matmul = jax.jit(jnp.matmul)
-    return peak_record(timed_repeats(lambda: jax.block_until_ready(matmul(a, b)), repeats),
-                       size, "jax")
+    return peak_record(
+        timed_repeats(lambda: jax.block_until_ready(matmul(a, b)), repeats), size, "jax"
+    )

@@ -12,8 +12,13 @@ from typing import Any
 import numpy as np
 
 from benchlib.adamw import LEARNING_RATE, WEIGHT_DECAY
-from benchlib.models import (DROP_PATH_RATE, NUM_CLASSES, NUM_INPUT_BATCHES, architecture,
-                             torch_reference)
+from benchlib.models import (
+    DROP_PATH_RATE,
+    NUM_CLASSES,
+    NUM_INPUT_BATCHES,
+    architecture,
+    torch_reference,
+)
 from benchlib.records import short_error
 from benchlib.timing import peak_record, time_rounds, timed_repeats
 from dynamixer_jax.model.network import as_hw
@@ -25,7 +30,7 @@ def import_torch(args):
     if os.environ.get("DYNAMIXER_NO_TORCH") == "1" or args.no_twin_weights:
         return None
     try:
-        import torch  # noqa: PLC0415 - optional: the JAX side runs without it
+        import torch
 
         twin = torch_reference().TorchDynaMixer
     except Exception as exc:  # torch missing or broken: the JAX side still runs
@@ -41,8 +46,12 @@ def build_torch_model(torch_mod, name: str, image_size: int):
     if not isinstance(image_size, int):
         return None
     torch.manual_seed(0)
-    return torch_dynamixer(**architecture(name), num_classes=NUM_CLASSES, image_size=image_size,
-                           drop_path_rate=DROP_PATH_RATE)
+    return torch_dynamixer(
+        **architecture(name),
+        num_classes=NUM_CLASSES,
+        image_size=image_size,
+        drop_path_rate=DROP_PATH_RATE,
+    )
 
 
 def torch_device(torch):
@@ -52,9 +61,11 @@ def torch_device(torch):
 
 def synchronizer(torch, device):
     """A function that waits for ``device``'s queued work (nothing to wait for on the CPU)."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     return sync
 
 
@@ -69,14 +80,19 @@ def measure_peak_torch(torch, dtype: str, size: int, repeats: int) -> dict[str, 
     def call():
         torch.matmul(a, b)
         sync()
+
     return peak_record(timed_repeats(call, repeats), size, "torch")
 
 
 def make_optimizer(torch, model, device):
     """AdamW at the benchmarks' rate and decay, fused on CUDA where this torch has it."""
     try:
-        return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
-                                 weight_decay=WEIGHT_DECAY, fused=device.type == "cuda")
+        return torch.optim.AdamW(
+            model.parameters(),
+            lr=LEARNING_RATE,
+            weight_decay=WEIGHT_DECAY,
+            fused=device.type == "cuda",
+        )
     except (TypeError, RuntimeError):
         return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
 
@@ -84,7 +100,7 @@ def make_optimizer(torch, model, device):
 def torch_steps(steps: int, torch, runner, optimizer, batches, train: bool, autocast, sync):
     """Run ``steps`` training (forward, cross-entropy, backward, AdamW) or inference steps,
     cycling through ``batches``, and wait for the device."""
-    import torch.nn.functional as F  # noqa: PLC0415, N812 - torch is optional
+    import torch.nn.functional as F
 
     for i in range(steps):
         images, labels = batches[i % NUM_INPUT_BATCHES]
@@ -100,29 +116,44 @@ def torch_steps(steps: int, torch, runner, optimizer, batches, train: bool, auto
     sync()
 
 
-def torch_measure(torch_mod, base_model, batch: int, mode: str, dtype: str, compiled: bool,
-                  args, deadline: float) -> dict[str, Any]:
+def torch_measure(
+    torch_mod, base_model, batch: int, mode: str, dtype: str, compiled: bool, args, deadline: float
+) -> dict[str, Any]:
     """Time one PyTorch step (eager or torch.compile) on the torch device."""
     torch = torch_mod[0]
     device = torch_device(torch)
     model = copy.deepcopy(base_model).to(device)
     model.train(mode == "train")
     runner = torch.compile(model) if compiled else model
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
-                else torch.autocast(device.type, enabled=False))
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if dtype == "bf16"
+        else torch.autocast(device.type, enabled=False)
+    )
     optimizer = make_optimizer(torch, model, device) if mode == "train" else None
     rng = np.random.default_rng(batch)
     height, width = as_hw(args.image_size)
     shape = (batch, 3, height, width)
-    batches = [(torch.from_numpy(rng.standard_normal(shape, np.float32)).to(device),
-                torch.from_numpy(rng.integers(0, NUM_CLASSES, batch)).to(device))
-               for _ in range(NUM_INPUT_BATCHES)]
+    batches = [
+        (
+            torch.from_numpy(rng.standard_normal(shape, np.float32)).to(device),
+            torch.from_numpy(rng.integers(0, NUM_CLASSES, batch)).to(device),
+        )
+        for _ in range(NUM_INPUT_BATCHES)
+    ]
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    run = functools.partial(torch_steps, torch=torch, runner=runner, optimizer=optimizer,
-                            batches=batches, train=mode == "train", autocast=autocast,
-                            sync=synchronizer(torch, device))
+    run = functools.partial(
+        torch_steps,
+        torch=torch,
+        runner=runner,
+        optimizer=optimizer,
+        batches=batches,
+        train=mode == "train",
+        autocast=autocast,
+        sync=synchronizer(torch, device),
+    )
     start = time.perf_counter()
     run(1)  # torch.compile compiles here; eager: the first step
     compile_s = time.perf_counter() - start
@@ -131,5 +162,9 @@ def torch_measure(torch_mod, base_model, batch: int, mode: str, dtype: str, comp
     del model, runner, optimizer, batches, run
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {**timing, "compile_s": compile_s if compiled else None, "first_step_s": compile_s,
-            "peak_bytes_in_use": peak}
+    return {
+        **timing,
+        "compile_s": compile_s if compiled else None,
+        "first_step_s": compile_s,
+        "peak_bytes_in_use": peak,
+    }

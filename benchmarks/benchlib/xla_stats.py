@@ -7,10 +7,14 @@ from typing import Any
 
 import numpy as np
 
-MEMORY_FIELDS = {"temp_bytes": "temp_size_in_bytes", "argument_bytes": "argument_size_in_bytes",
-                 "output_bytes": "output_size_in_bytes", "alias_bytes": "alias_size_in_bytes",
-                 "generated_code_bytes": "generated_code_size_in_bytes",
-                 "peak_memory_bytes": "peak_memory_in_bytes"}
+MEMORY_FIELDS = {
+    "temp_bytes": "temp_size_in_bytes",
+    "argument_bytes": "argument_size_in_bytes",
+    "output_bytes": "output_size_in_bytes",
+    "alias_bytes": "alias_size_in_bytes",
+    "generated_code_bytes": "generated_code_size_in_bytes",
+    "peak_memory_bytes": "peak_memory_in_bytes",
+}
 
 
 def bytes_fields(compiled) -> dict[str, int | None]:
@@ -32,9 +36,13 @@ def required_bytes(memory: dict[str, int | None]) -> int | None:
     """Device bytes a compiled step needs: arguments + outputs - donated aliases + temp + code."""
     if memory.get("temp_bytes") is None or memory.get("argument_bytes") is None:
         return None
-    return (memory["argument_bytes"] + (memory.get("output_bytes") or 0)
-            - (memory.get("alias_bytes") or 0) + memory["temp_bytes"]
-            + (memory.get("generated_code_bytes") or 0))
+    return (
+        memory["argument_bytes"]
+        + (memory.get("output_bytes") or 0)
+        - (memory.get("alias_bytes") or 0)
+        + memory["temp_bytes"]
+        + (memory.get("generated_code_bytes") or 0)
+    )
 
 
 def xla_flops(compiled) -> float | None:
@@ -59,10 +67,16 @@ def device_memory_stats(device) -> dict[str, Any]:
 def predicted_bytes(records: list[dict[str, Any]], base: dict[str, Any]) -> int | None:
     """Device bytes ``base`` needs, extrapolated linearly in the batch from the largest smaller
     batch of the same JAX configuration (arguments fixed, the rest per image); None if none."""
-    same = [r for r in records if r.get("framework") == "jax" and r.get("memory")
-            and all(r.get(k) == base[k] for k in ("model", "dtype", "mode", "remat"))
-            and isinstance(r.get("batch"), int) and r["batch"] < base["batch"]
-            and required_bytes(r["memory"])]
+    same = [
+        r
+        for r in records
+        if r.get("framework") == "jax"
+        and r.get("memory")
+        and all(r.get(k) == base[k] for k in ("model", "dtype", "mode", "remat"))
+        and isinstance(r.get("batch"), int)
+        and r["batch"] < base["batch"]
+        and required_bytes(r["memory"])
+    ]
     if not same:
         return None
     ref = max(same, key=lambda r: r["batch"])

@@ -46,7 +46,8 @@ def collect_mixing(model, variables, image) -> list[LayerMixing]:
     if image.ndim != 3:
         raise ValueError(f"collect_mixing takes one image (H, W, 3), not shape {image.shape}")
     _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(
-        {"params": variables["params"]}, image[None].astype(jnp.float32))
+        {"params": variables["params"]}, image[None].astype(jnp.float32)
+    )
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state["intermediates"]))
     layers: dict[tuple, dict] = {}
     for path, (value,) in flat.items():
@@ -59,8 +60,12 @@ def collect_mixing(model, variables, image) -> list[LayerMixing]:
     def order(prefix):
         return tuple(int(part.rsplit("_", 1)[1]) for part in prefix)
 
-    return [LayerMixing(name="/".join(prefix),
-                        columns=np.swapaxes(entry["mix_h"], -1, -2),  # sown as [in, out]
-                        rows=np.swapaxes(entry["mix_w"], -1, -2),
-                        branch_weights=entry["branch_weights"])
-            for prefix, entry in sorted(layers.items(), key=lambda item: order(item[0]))]
+    return [
+        LayerMixing(
+            name="/".join(prefix),
+            columns=np.swapaxes(entry["mix_h"], -1, -2),  # sown as [in, out]
+            rows=np.swapaxes(entry["mix_w"], -1, -2),
+            branch_weights=entry["branch_weights"],
+        )
+        for prefix, entry in sorted(layers.items(), key=lambda item: order(item[0]))
+    ]

@@ -6,7 +6,7 @@ it and scripts can ``savefig`` it.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -15,11 +15,17 @@ from dynamixer_jax.analysis.mixing_maps import BRANCHES, LayerMixing
 
 def _pyplot():
     import matplotlib.pyplot as plt  # noqa: PLC0415 (an optional dependency)
+
     return plt
 
 
-def plot_mixing_matrices(layers: Sequence[LayerMixing], *, segments: Iterable[int] = (0, 1, 2, 3),
-                         position: int | None = None, image: np.ndarray | None = None):
+def plot_mixing_matrices(
+    layers: Sequence[LayerMixing],
+    *,
+    segments: Iterable[int] = (0, 1, 2, 3),
+    position: int | None = None,
+    image: np.ndarray | None = None,
+):
     """Heatmaps of the column and row mixing matrices of ``layers`` (e.g. an early and a late
     one) for a few ``segments``, at the middle column/row (or column/row ``position``). ``image``
     (H, W, 3, values in 0..1) is shown beside them."""
@@ -27,16 +33,22 @@ def plot_mixing_matrices(layers: Sequence[LayerMixing], *, segments: Iterable[in
     segments = list(segments)
     extra = 1 if image is not None else 0
     rows = 2 * len(layers)
-    fig, axes = plt.subplots(rows, len(segments) + extra, squeeze=False,
-                             figsize=(2.2 * (len(segments) + extra), 2.2 * rows),
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows,
+        len(segments) + extra,
+        squeeze=False,
+        figsize=(2.2 * (len(segments) + extra), 2.2 * rows),
+        constrained_layout=True,
+    )
     for index, layer in enumerate(layers):
         for kind, matrices in (("column", layer.columns), ("row", layer.rows)):
             row = 2 * index + (kind == "row")
             where = matrices.shape[0] // 2 if position is None else int(position)
             shown = None
             present = [segment for segment in segments if segment < layer.num_segments]
-            vmax = max(float(matrices[where, segment].max()) for segment in present) if present else 1
+            vmax = (
+                max(float(matrices[where, segment].max()) for segment in present) if present else 1
+            )
             for col, segment in enumerate(segments):
                 ax = axes[row, col + extra]
                 ax.set_xticks([])
@@ -63,15 +75,21 @@ def plot_mixing_matrices(layers: Sequence[LayerMixing], *, segments: Iterable[in
 def plot_branch_weights(layers: Sequence[LayerMixing]):
     """Per layer, each channel's weights of the column, row and channel branches (stacked)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(layers), 1, squeeze=False, figsize=(9, 1.6 * len(layers)),
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(layers), 1, squeeze=False, figsize=(9, 1.6 * len(layers)), constrained_layout=True
+    )
     for ax, layer in zip(axes[:, 0], layers):
         weights = layer.branch_weights
         order = np.argsort(weights[:, 0] - weights[:, 1])  # column-heavy channels to one side
         bottom = np.zeros(len(weights))
         for branch, name in enumerate(BRANCHES):
-            ax.bar(np.arange(len(weights)), weights[order, branch], bottom=bottom, width=1.0,
-                   label=name)
+            ax.bar(
+                np.arange(len(weights)),
+                weights[order, branch],
+                bottom=bottom,
+                width=1.0,
+                label=name,
+            )
             bottom += weights[order, branch]
         ax.set_xlim(-0.5, len(weights) - 0.5)
         ax.set_ylim(0, 1)

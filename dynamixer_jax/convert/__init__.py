@@ -32,8 +32,15 @@ from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
 
-__all__ = ["ConversionError", "architecture_from_params", "architecture_from_state_dict",
-           "flax_to_torch", "model_from_state_dict", "params_from_torch", "torch_to_flax"]
+__all__ = [
+    "ConversionError",
+    "architecture_from_params",
+    "architecture_from_state_dict",
+    "flax_to_torch",
+    "model_from_state_dict",
+    "params_from_torch",
+    "torch_to_flax",
+]
 
 
 def params_from_torch(state_dict: dict[str, np.ndarray], abstract_params: Any) -> dict[str, Any]:
@@ -46,19 +53,24 @@ def params_from_torch(state_dict: dict[str, np.ndarray], abstract_params: Any) -
     """
     abstract = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract_params))
     keys = flax_paths_to_torch_keys(list(abstract))
-    expected = {keys[path]: jax.ShapeDtypeStruct(flax_to_torch_shape(leaf.shape), leaf.dtype)
-                for path, leaf in abstract.items()}
+    expected = {
+        keys[path]: jax.ShapeDtypeStruct(flax_to_torch_shape(leaf.shape), leaf.dtype)
+        for path, leaf in abstract.items()
+    }
     diff = trees.compare(expected, dict(state_dict), order=torch_sort_key)
     if diff:
         report = diff.summary(None, noun="keys", given="checkpoint", expected="model")
         raise ConversionError(f"checkpoint does not fit this DynaMixer: {report}")
-    params = {path: torch_to_flax_layout(to_numpy(state_dict[keys[path]])).astype(leaf.dtype)
-              for path, leaf in abstract.items()}
+    params = {
+        path: torch_to_flax_layout(to_numpy(state_dict[keys[path]])).astype(leaf.dtype)
+        for path, leaf in abstract.items()
+    }
     return flax.traverse_util.unflatten_dict(params)
 
 
-def torch_to_flax(source: Any, model: DynaMixer | None = None, *,
-                  ema: bool = False) -> dict[str, Any]:
+def torch_to_flax(
+    source: Any, model: DynaMixer | None = None, *, ema: bool = False
+) -> dict[str, Any]:
     """Flax ``{'params': ...}`` (numpy leaves) from an authors' checkpoint.
 
     ``source``: a state_dict (name -> numpy array or torch tensor), a timm-style
@@ -80,6 +92,8 @@ def flax_to_torch(variables: Any) -> dict[str, np.ndarray]:
     params = variables.get("params", variables) if hasattr(variables, "get") else variables
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     keys = flax_paths_to_torch_keys(list(flat))
-    converted = {keys[path]: np.array(flax_to_torch_layout(np.asarray(value)), order="C", copy=True)
-                 for path, value in flat.items()}
+    converted = {
+        keys[path]: np.array(flax_to_torch_layout(np.asarray(value)), order="C", copy=True)
+        for path, value in flat.items()
+    }
     return {key: converted[key] for key in sorted(converted, key=torch_sort_key)}

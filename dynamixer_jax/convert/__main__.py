@@ -14,27 +14,39 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.convert import flax_to_torch, torch_to_flax
 from dynamixer_jax.convert.flax_io import load_flax, save_flax
 from dynamixer_jax.convert.torch_io import is_torch_file, save_torch
+from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.variants import create_model
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamixer_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a .pth/.pth.tar file, or a Flax checkpoint (Orbax directory or .msgpack)")
+    parser = argparse.ArgumentParser(
+        prog="python -m dynamixer_jax.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source", help="a .pth/.pth.tar file, or a Flax checkpoint (Orbax directory or .msgpack)"
+    )
     parser.add_argument("destination", help="where to write the converted weights")
-    parser.add_argument("--ema", action="store_true", help="take 'state_dict_ema' from a timm checkpoint")
-    parser.add_argument("--model", help="check against this variant (e.g. dynamixer_s) instead of the file's shapes")
+    parser.add_argument(
+        "--ema", action="store_true", help="take 'state_dict_ema' from a timm checkpoint"
+    )
+    parser.add_argument(
+        "--model", help="check against this variant (e.g. dynamixer_s) instead of the file's shapes"
+    )
     parser.add_argument("--num-classes", type=int, default=1000, help="with --model: the head size")
     parser.add_argument("--image-size", type=int, default=224, help="with --model: the input size")
     args = parser.parse_args(argv)
     try:
         if is_torch_file(args.source):
-            model = (create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
-                     if args.model else None)
+            model = (
+                create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
+                if args.model
+                else None
+            )
             variables = torch_to_flax(args.source, model=model, ema=args.ema)
             save_flax(variables, args.destination)
         else:

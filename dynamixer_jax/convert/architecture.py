@@ -8,7 +8,8 @@ told which variant (or which image size, class count ...) it was trained as, and
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import numpy as np
@@ -23,7 +24,7 @@ from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.network import DynaMixer
 
 
-def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """DynaMixer constructor arguments that produce exactly these parameter shapes.
 
     Uses only anchor keys (the patch embedding, each stage's first layer, the
@@ -32,20 +33,29 @@ def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[s
     entries = network_entries(state_dict)
     stages = [(k, count) for k, (kind, _, count) in sorted(entries.items()) if kind == "stage"]
     anchors = ["patch_embed.proj.weight"] + [
-        f"network.{k}.0.{name}" for k, _ in stages
-        for name in ("norm1.weight", "attn.mix_h.compress.weight", "attn.mix_h.generate.weight",
-                     "attn.mix_w.generate.weight", "mlp.fc1.weight")
+        f"network.{k}.0.{name}"
+        for k, _ in stages
+        for name in (
+            "norm1.weight",
+            "attn.mix_h.compress.weight",
+            "attn.mix_h.generate.weight",
+            "attn.mix_w.generate.weight",
+            "mlp.fc1.weight",
+        )
     ]
     missing = [key for key in anchors if key not in state_dict]
     if not stages or missing:
-        raise ConversionError("cannot read a DynaMixer architecture off this checkpoint: "
-                              + (f"missing keys: {', '.join(missing)}" if missing else "no network.* layers found"))
+        raise ConversionError(
+            "cannot read a DynaMixer architecture off this checkpoint: "
+            + (f"missing keys: {', '.join(missing)}" if missing else "no network.* layers found")
+        )
 
     def shape(key):
         return state_dict[key].shape
 
-    arch: Dict[str, Any] = dict(layers=[], embed_dims=[], transitions=[], num_segments=[], reduced_dims=[],
-                                mlp_ratios=[])
+    arch: dict[str, Any] = dict(
+        layers=[], embed_dims=[], transitions=[], num_segments=[], reduced_dims=[], mlp_ratios=[]
+    )
     grid = None
     for k, count in stages:
         prefix = f"network.{k}.0."
@@ -56,7 +66,9 @@ def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[s
         arch["layers"].append(count)
         arch["embed_dims"].append(dim)
         arch["reduced_dims"].append(reduced)
-        arch["num_segments"].append(shape(prefix + "attn.mix_h.compress.weight")[0] // max(reduced, 1))
+        arch["num_segments"].append(
+            shape(prefix + "attn.mix_h.compress.weight")[0] // max(reduced, 1)
+        )
         arch["mlp_ratios"].append(shape(prefix + "mlp.fc1.weight")[0] / dim)
         downsample = f"network.{k + 1}.proj.weight"
         arch["transitions"].append(downsample in state_dict and shape(downsample)[-1] == 2)
@@ -71,7 +83,7 @@ def architecture_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[s
     return {key: tuple(value) if isinstance(value, list) else value for key, value in arch.items()}
 
 
-def architecture_from_params(params: Any) -> Dict[str, Any]:
+def architecture_from_params(params: Any) -> dict[str, Any]:
     """DynaMixer constructor arguments that produce exactly the shapes of Flax ``params`` (the
     ``{'params': ...}`` variables or the bare tree); reads shapes only, copies no array."""
     params = params.get("params", params) if hasattr(params, "get") else params
@@ -79,11 +91,14 @@ def architecture_from_params(params: Any) -> Dict[str, Any]:
     try:
         keys = flax_paths_to_torch_keys(list(flat))
     except (IndexError, ValueError) as error:
-        raise ConversionError("these weights are not a DynaMixer's parameter tree "
-                              f"({type(error).__name__}: {error})") from None
+        raise ConversionError(
+            f"these weights are not a DynaMixer's parameter tree ({type(error).__name__}: {error})"
+        ) from None
     empty = np.empty((), np.bool_)
-    shapes = {keys[path]: np.broadcast_to(empty, flax_to_torch_shape(trees.shape_of(leaf)))
-              for path, leaf in flat.items()}
+    shapes = {
+        keys[path]: np.broadcast_to(empty, flax_to_torch_shape(trees.shape_of(leaf)))
+        for path, leaf in flat.items()
+    }
     return architecture_from_state_dict(shapes)
 
 
@@ -94,4 +109,6 @@ def model_from_state_dict(state_dict: Mapping[str, np.ndarray], **kwargs: Any) -
     try:
         return DynaMixer(**arch)
     except ValueError as error:
-        raise ConversionError(f"the checkpoint's shapes describe no valid DynaMixer: {error}") from error
+        raise ConversionError(
+            f"the checkpoint's shapes describe no valid DynaMixer: {error}"
+        ) from error

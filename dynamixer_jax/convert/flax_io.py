@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any
 
 import flax
 import jax
@@ -12,7 +12,7 @@ import numpy as np
 from dynamixer_jax.errors import ConversionError
 
 
-def save_flax(variables: Dict[str, Any], path: str) -> None:
+def save_flax(variables: dict[str, Any], path: str) -> None:
     """Write ``{'params': ...}`` as a .msgpack file, or else as an Orbax checkpoint directory."""
     variables = jax_free(variables)
     if str(path).endswith(".msgpack"):
@@ -28,7 +28,7 @@ def save_flax(variables: Dict[str, Any], path: str) -> None:
     checkpointer.wait_until_finished()
 
 
-def load_flax(path: str) -> Dict[str, Any]:
+def load_flax(path: str) -> dict[str, Any]:
     """``{'params': ...}`` (numpy leaves) from a .msgpack file or an Orbax checkpoint directory."""
     if str(path).endswith(".msgpack"):
         if not os.path.isfile(path):
@@ -37,21 +37,25 @@ def load_flax(path: str) -> Dict[str, Any]:
             data = f.read()
         try:
             restored = flax.serialization.msgpack_restore(data)
-        except Exception as error:  # noqa: BLE001 - any decoding failure means an unreadable file
-            raise ConversionError(f"{path} is not a readable .msgpack checkpoint "
-                                  f"({_first_line(error)})") from None
+        except Exception as error:
+            raise ConversionError(
+                f"{path} is not a readable .msgpack checkpoint ({_first_line(error)})"
+            ) from None
         if not isinstance(restored, dict):
             raise ConversionError(f"{path} holds no parameter tree")
         return restored if "params" in restored else {"params": restored}
     if not os.path.isdir(path):
-        raise ConversionError(f"no Flax checkpoint at {path} (expected an Orbax directory or a .msgpack file)")
+        raise ConversionError(
+            f"no Flax checkpoint at {path} (expected an Orbax directory or a .msgpack file)"
+        )
     import orbax.checkpoint as ocp  # noqa: PLC0415 (optional; needed for directories only)
 
     try:
         restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
-    except Exception as error:  # noqa: BLE001 - any Orbax failure means an unreadable checkpoint
-        raise ConversionError(f"{path} is not a readable Orbax checkpoint "
-                              f"({_first_line(error)})") from None
+    except Exception as error:
+        raise ConversionError(
+            f"{path} is not a readable Orbax checkpoint ({_first_line(error)})"
+        ) from None
     return restored if "params" in restored else {"params": restored}
 
 

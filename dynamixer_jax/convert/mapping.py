@@ -17,17 +17,21 @@ entries in order.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Tuple
+from collections.abc import Mapping
 
 import numpy as np
 
-FlaxPath = Tuple[str, ...]
+FlaxPath = tuple[str, ...]
 
 # Every parameter of one mixer layer, by its key inside the layer.
 LAYER_KEYS = tuple(
     [f"norm1.{p}" for p in ("weight", "bias")]
-    + [f"attn.{op}.{lin}.{p}" for op in ("mix_h", "mix_w") for lin in ("compress", "generate", "out")
-       for p in ("weight", "bias")]
+    + [
+        f"attn.{op}.{lin}.{p}"
+        for op in ("mix_h", "mix_w")
+        for lin in ("compress", "generate", "out")
+        for p in ("weight", "bias")
+    ]
     + ["attn.mlp_c.weight"]
     + [f"attn.reweight.{fc}.{p}" for fc in ("fc1", "fc2") for p in ("weight", "bias")]
     + [f"attn.proj.{p}" for p in ("weight", "bias")]
@@ -39,25 +43,25 @@ _LAYER_RE = re.compile(r"^network\.(\d+)\.(\d+)\.(.+)$")
 _DOWNSAMPLE_RE = re.compile(r"^network\.(\d+)\.proj\.(weight|bias)$")
 
 
-def strip_prefix(state_dict: Mapping[str, object], prefix: str = "module.") -> Dict[str, object]:
+def strip_prefix(state_dict: Mapping[str, object], prefix: str = "module.") -> dict[str, object]:
     """Remove the ``module.`` prefix DistributedDataParallel adds, when every key has it."""
     if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
     return dict(state_dict)
 
 
-def network_entries(keys) -> Dict[int, Tuple[str, int, int]]:
+def network_entries(keys) -> dict[int, tuple[str, int, int]]:
     """Each ``network.{k}`` entry of an authors' state_dict: k -> (kind, stage number, number of layers).
 
     kind is 'stage' or 'downsample'; a downsample gets the number of the stage
     before it (``downsamples_{i}`` follows ``stages_{i}``).
     """
-    layer_counts: Dict[int, int] = {}
+    layer_counts: dict[int, int] = {}
     downsample_ks = set()
     for key in keys:
-        if (m := _DOWNSAMPLE_RE.match(key)):
+        if m := _DOWNSAMPLE_RE.match(key):
             downsample_ks.add(int(m.group(1)))
-        elif (m := _LAYER_RE.match(key)):
+        elif m := _LAYER_RE.match(key):
             k, j = int(m.group(1)), int(m.group(2))
             layer_counts[k] = max(layer_counts.get(k, 0), j + 1)
     entries, stage = {}, -1
@@ -88,7 +92,7 @@ def flax_to_torch_layout(value: np.ndarray) -> np.ndarray:
     return value
 
 
-def flax_to_torch_shape(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+def flax_to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The authors' shape of a Flax parameter of ``shape`` (no array is allocated)."""
     return tuple(flax_to_torch_layout(np.broadcast_to(np.empty((), np.bool_), shape)).shape)
 
@@ -99,7 +103,7 @@ def _flax_leaf_to_torch(path: FlaxPath) -> str:
     return ".".join(modules + ["weight" if leaf in ("kernel", "scale") else leaf])
 
 
-def flax_paths_to_torch_keys(paths: List[FlaxPath]) -> Dict[FlaxPath, str]:
+def flax_paths_to_torch_keys(paths: list[FlaxPath]) -> dict[FlaxPath, str]:
     """Authors' key of every Flax parameter path, numbering network entries as the authors' code does."""
     stages = sorted({int(p[0].split("_")[1]) for p in paths if p[0].startswith("stages_")})
     downsamples = {int(p[0].split("_")[1]) for p in paths if p[0].startswith("downsamples_")}
@@ -132,6 +136,13 @@ def torch_sort_key(key: str):
     top = {"patch_embed": 0, "network": 1, "norm": 2, "head": 3}
     parts = key.split(".")
     numbers = [int(p) for p in parts[1:3] if p.isdigit()]
-    suffix = ".".join(parts[1 + len(numbers):])
+    suffix = ".".join(parts[1 + len(numbers) :])
     layer_order = LAYER_KEYS.index(suffix) if suffix in LAYER_KEYS else -1
-    return (top.get(parts[0], len(top)), numbers, layer_order, ".".join(parts[:-1]), parts[-1] != "weight", key)
+    return (
+        top.get(parts[0], len(top)),
+        numbers,
+        layer_order,
+        ".".join(parts[:-1]),
+        parts[-1] != "weight",
+        key,
+    )

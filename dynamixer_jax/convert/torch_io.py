@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from dynamixer_jax.convert.mapping import strip_prefix
 from dynamixer_jax.errors import ConversionError
-
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
 
@@ -31,7 +31,9 @@ def import_torch():
     try:
         import torch  # noqa: PLC0415 (optional dependency)
     except ImportError as error:  # pragma: no cover - exercised only without torch
-        raise ConversionError("reading or writing PyTorch files needs torch: pip install torch") from error
+        raise ConversionError(
+            "reading or writing PyTorch files needs torch: pip install torch"
+        ) from error
     return torch
 
 
@@ -42,14 +44,19 @@ def load_torch_file(path: os.PathLike | str) -> Any:
         raise ConversionError(f"no checkpoint file at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:  # noqa: BLE001 - retried below, reported if that fails too
+    except Exception as safe_error:
         # timm checkpoints also pickle the training arguments, which weights_only refuses.
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:
-            raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({error})") from error
-        warnings.warn(f"{path} holds more than tensors; it was loaded with weights_only=False "
-                      f"({type(safe_error).__name__}). Only do this with files you trust.", stacklevel=3)
+            raise ConversionError(
+                f"{path} is not a readable PyTorch checkpoint ({error})"
+            ) from error
+        warnings.warn(
+            f"{path} holds more than tensors; it was loaded with weights_only=False "
+            f"({type(safe_error).__name__}). Only do this with files you trust.",
+            stacklevel=3,
+        )
         return checkpoint
 
 
@@ -65,16 +72,20 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def unwrap_state_dict(source: Any, ema: bool = False) -> Dict[str, np.ndarray]:
+def unwrap_state_dict(source: Any, ema: bool = False) -> dict[str, np.ndarray]:
     """{authors' key: numpy array} from a state_dict, a checkpoint dict or a file path."""
     if isinstance(source, (str, os.PathLike)):
         source = load_torch_file(source)
     if not isinstance(source, Mapping):
-        raise ConversionError(f"expected a state_dict, a checkpoint dict or a file path, got {type(source).__name__}")
+        raise ConversionError(
+            f"expected a state_dict, a checkpoint dict or a file path, got {type(source).__name__}"
+        )
     wanted = "state_dict_ema" if ema else "state_dict"
     if ema and wanted not in source:
-        raise ConversionError("ema=True but the checkpoint has no 'state_dict_ema' "
-                              f"(it has: {', '.join(sorted(map(str, source))) or 'nothing'})")
+        raise ConversionError(
+            "ema=True but the checkpoint has no 'state_dict_ema' "
+            f"(it has: {', '.join(sorted(map(str, source))) or 'nothing'})"
+        )
     for container in (wanted, "model"):
         if container in source and isinstance(source[container], Mapping):
             source = source[container]
@@ -82,7 +93,10 @@ def unwrap_state_dict(source: Any, ema: bool = False) -> Dict[str, np.ndarray]:
     return {key: to_numpy(value) for key, value in strip_prefix(source).items()}
 
 
-def save_torch(state_dict: Dict[str, np.ndarray], path: str) -> None:
+def save_torch(state_dict: dict[str, np.ndarray], path: str) -> None:
     """torch.save a bare state_dict (loads with the authors' ``model.load_state_dict``)."""
     torch = import_torch()
-    torch.save({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state_dict.items()}, path)
+    torch.save(
+        {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state_dict.items()},
+        path,
+    )

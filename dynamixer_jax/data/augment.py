@@ -25,8 +25,9 @@ from dynamixer_jax.data.rand_augment import rand_augment
 from dynamixer_jax.data.recipe import TrainAugment
 
 
-def random_horizontal_flip(image: tf.Tensor, seed: tf.Tensor,
-                           probability: float = 0.5) -> tf.Tensor:
+def random_horizontal_flip(
+    image: tf.Tensor, seed: tf.Tensor, probability: float = 0.5
+) -> tf.Tensor:
     """Mirror an (H, W, C) image left-right with the given probability."""
     image = tf.convert_to_tensor(image)
     flip = tf.random.stateless_uniform([], seed) < probability
@@ -43,21 +44,30 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float = 0.4) -> tf
     """
     image = tf.convert_to_tensor(image, tf.uint8)
     order_seed, factor_seed = split_seed(seed, 2)
-    factors = tf.random.stateless_uniform([3], factor_seed, max(0.0, 1.0 - strength),
-                                          1.0 + strength)
+    factors = tf.random.stateless_uniform(
+        [3], factor_seed, max(0.0, 1.0 - strength), 1.0 + strength
+    )
     order = tf.argsort(tf.random.stateless_uniform([3], order_seed))
     adjustments = (brightness, contrast, color)
     for step in range(3):
         which = order[step]
-        image = tf.switch_case(which, [
-            (lambda adjust=adjust, image=image, which=which:
-             adjust(image, tf.gather(factors, which)))
-            for adjust in adjustments])
+        image = tf.switch_case(
+            which,
+            [
+                (
+                    lambda adjust=adjust, image=image, which=which: adjust(
+                        image, tf.gather(factors, which)
+                    )
+                )
+                for adjust in adjustments
+            ],
+        )
     return image
 
 
-def normalize(image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
+def normalize(
+    image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> tf.Tensor:
     """Convert a uint8 image to float32 ``(image / 255 - mean) / std``.
 
     ``mean`` and ``std`` are per-channel values on the 0-1 scale, as timm and torchvision give
@@ -92,10 +102,14 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, config: DeviceAugment) -> 
         output = image
         for index in range(max_count):
             area_seed, aspect_seed, top_seed, left_seed, value_seed = split_seed(
-                tf.random.experimental.stateless_fold_in(rect_seed, index), 5)
+                tf.random.experimental.stateless_fold_in(rect_seed, index), 5
+            )
             target_area = area * tf.random.stateless_uniform([10], area_seed, min_area, max_area)
-            aspect = tf.exp(tf.random.stateless_uniform(
-                [10], aspect_seed, math.log(min_aspect), math.log(max_aspect)))
+            aspect = tf.exp(
+                tf.random.stateless_uniform(
+                    [10], aspect_seed, math.log(min_aspect), math.log(max_aspect)
+                )
+            )
             rect_h = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
             rect_w = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
             fits = (rect_w < width) & (rect_h < height)
@@ -104,15 +118,14 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, config: DeviceAugment) -> 
             used = (index < count) & tf.reduce_any(fits)
             rect_h = tf.where(used, rect_h[first], 0)
             rect_w = tf.where(used, rect_w[first], 0)
-            top = tf.random.stateless_uniform([], top_seed, 0, height - rect_h + 1,
-                                              dtype=tf.int32)
-            left = tf.random.stateless_uniform([], left_seed, 0, width - rect_w + 1,
-                                               dtype=tf.int32)
+            top = tf.random.stateless_uniform([], top_seed, 0, height - rect_h + 1, dtype=tf.int32)
+            left = tf.random.stateless_uniform([], left_seed, 0, width - rect_w + 1, dtype=tf.int32)
             if mode == "pixel":
                 values = tf.random.stateless_normal([rect_h, rect_w, channels], value_seed)
             elif mode == "rand":
-                values = tf.tile(tf.random.stateless_normal([1, 1, channels], value_seed),
-                                 [rect_h, rect_w, 1])
+                values = tf.tile(
+                    tf.random.stateless_normal([1, 1, channels], value_seed), [rect_h, rect_w, 1]
+                )
             else:
                 values = tf.zeros([rect_h, rect_w, channels])
             padding = [[top, height - top - rect_h], [left, width - left - rect_w], [0, 0]]
@@ -125,8 +138,9 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, config: DeviceAugment) -> 
     return output
 
 
-def train_augment(image: tf.Tensor, seed: tf.Tensor,
-                  recipe: TrainAugment = TrainAugment()) -> tf.Tensor:
+def train_augment(
+    image: tf.Tensor, seed: tf.Tensor, recipe: TrainAugment = TrainAugment()
+) -> tf.Tensor:
     """The host's rest of the recipe on a decoded crop: flip, then RandAugment (its fill colour
     is ``recipe.mean`` in 0..255) or colour jitter. uint8 in, uint8 out; never fails."""
     _, flip_seed, color_seed, _ = recipe_seeds(seed)
@@ -140,8 +154,9 @@ def train_augment(image: tf.Tensor, seed: tf.Tensor,
     return image
 
 
-def train_preprocess(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224,
-                     recipe: TrainAugment = TrainAugment()) -> tf.Tensor:
+def train_preprocess(
+    image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, recipe: TrainAugment = TrainAugment()
+) -> tf.Tensor:
     """The whole training recipe on one encoded image: float32 (size, size, 3), normalised.
 
     ``decode.train_decode``, :func:`train_augment`, :func:`normalize` and

@@ -40,9 +40,12 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def random_resized_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
-                               scale: Sequence[float] = (0.08, 1.0),
-                               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+def random_resized_crop_window(
+    image_shape: tf.Tensor,
+    seed: tf.Tensor,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
     """Sample a crop window [top, left, height, width] (int32) for an image of shape (H, W, ...).
 
     timm ``RandomResizedCropAndInterpolation.get_params``: up to 10 attempts draw an area
@@ -54,10 +57,12 @@ def random_resized_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
     height = tf.cast(image_shape[0], tf.float32)
     width = tf.cast(image_shape[1], tf.float32)
     area_seed, ratio_seed, top_seed, left_seed = split_seed(seed, 4)
-    target_area = height * width * tf.random.stateless_uniform(
-        [attempts], area_seed, scale[0], scale[1])
-    aspect = tf.exp(tf.random.stateless_uniform(
-        [attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1])))
+    target_area = (
+        height * width * tf.random.stateless_uniform([attempts], area_seed, scale[0], scale[1])
+    )
+    aspect = tf.exp(
+        tf.random.stateless_uniform([attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1]))
+    )
     # tf.round rounds half to even, like Python's round().
     crop_w = tf.round(tf.sqrt(target_area * aspect))
     crop_h = tf.round(tf.sqrt(target_area / aspect))
@@ -68,9 +73,11 @@ def random_resized_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
 
     int_height, int_width = tf.cast(image_shape[0], tf.int32), tf.cast(image_shape[1], tf.int32)
     top = tf.random.stateless_uniform(
-        [], top_seed, 0, tf.maximum(int_height - sampled_h + 1, 1), dtype=tf.int32)
+        [], top_seed, 0, tf.maximum(int_height - sampled_h + 1, 1), dtype=tf.int32
+    )
     left = tf.random.stateless_uniform(
-        [], left_seed, 0, tf.maximum(int_width - sampled_w + 1, 1), dtype=tf.int32)
+        [], left_seed, 0, tf.maximum(int_width - sampled_w + 1, 1), dtype=tf.int32
+    )
     sampled = tf.stack([top, left, sampled_h, sampled_w])
 
     min_ratio, max_ratio = min(ratio), max(ratio)
@@ -78,8 +85,9 @@ def random_resized_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
     fallback_w = tf.where(in_ratio > max_ratio, tf.round(height * max_ratio), width)
     fallback_h = tf.where(in_ratio < min_ratio, tf.round(width / min_ratio), height)
     fallback_h, fallback_w = tf.cast(fallback_h, tf.int32), tf.cast(fallback_w, tf.int32)
-    fallback = tf.stack([(int_height - fallback_h) // 2, (int_width - fallback_w) // 2,
-                         fallback_h, fallback_w])
+    fallback = tf.stack(
+        [(int_height - fallback_h) // 2, (int_width - fallback_w) // 2, fallback_h, fallback_w]
+    )
     return tf.where(tf.reduce_any(fits), sampled, fallback)
 
 
@@ -89,23 +97,29 @@ def resize(image: tf.Tensor, size: int, interpolation: str, seed: tf.Tensor) -> 
     ``interpolation`` is 'random' (bilinear or bicubic, with equal probability, from ``seed``)
     or a ``tf.image.resize`` method ('bilinear', 'bicubic').
     """
+
     def resize_with(method):
         return _to_uint8(tf.image.resize(image, [size, size], method=method, antialias=True))
 
     if interpolation == "random":
         use_bicubic = tf.random.stateless_uniform([], seed) < 0.5
-        output = tf.cond(use_bicubic, lambda: resize_with("bicubic"),
-                         lambda: resize_with("bilinear"))
+        output = tf.cond(
+            use_bicubic, lambda: resize_with("bicubic"), lambda: resize_with("bilinear")
+        )
     else:
         output = resize_with(interpolation)
     output.set_shape([size, size, 3])
     return output
 
 
-def decode_and_random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size: int,
-                                   scale: Sequence[float] = (0.08, 1.0),
-                                   ratio: Sequence[float] = (3 / 4, 4 / 3),
-                                   interpolation: str = "random") -> tf.Tensor:
+def decode_and_random_resized_crop(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    interpolation: str = "random",
+) -> tf.Tensor:
     """Decode encoded image bytes, take a random resized crop and return uint8 (size, size, 3).
 
     The crop window follows ``random_resized_crop_window``. JPEG bytes are decoded only inside
@@ -116,35 +130,40 @@ def decode_and_random_resized_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size
     window_seed, resize_seed = split_seed(seed, 2)
 
     def crop_jpeg():
-        window = random_resized_crop_window(tf.image.extract_jpeg_shape(image_bytes),
-                                            window_seed, scale, ratio)
+        window = random_resized_crop_window(
+            tf.image.extract_jpeg_shape(image_bytes), window_seed, scale, ratio
+        )
         return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
     def crop_other():
         image = decode_image(image_bytes)
         top, left, height, width = tf.unstack(
-            random_resized_crop_window(tf.shape(image), window_seed, scale, ratio))
-        return image[top:top + height, left:left + width]
+            random_resized_crop_window(tf.shape(image), window_seed, scale, ratio)
+        )
+        return image[top : top + height, left : left + width]
 
     crop = tf.cond(tf.io.is_jpeg(image_bytes), crop_jpeg, crop_other)
     crop.set_shape([None, None, 3])
     return resize(crop, size, interpolation, resize_seed)
 
 
-def train_decode(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224,
-                 recipe: TrainAugment = TrainAugment()) -> tf.Tensor:
+def train_decode(
+    image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224, recipe: TrainAugment = TrainAugment()
+) -> tf.Tensor:
     """The first step of the training recipe: uint8 (size, size, 3), a random resized crop (or
     the whole image resized, if ``recipe.scale`` is None). The only step that can fail on bad
     bytes; ``seed`` is the image's seed, as ``augment.train_preprocess`` takes it."""
     crop_seed = recipe_seeds(seed)[0]
     if recipe.scale is None:
         return resize(decode_image(image_bytes), size, recipe.interpolation, crop_seed)
-    return decode_and_random_resized_crop(image_bytes, crop_seed, size, recipe.scale,
-                                          recipe.ratio, recipe.interpolation)
+    return decode_and_random_resized_crop(
+        image_bytes, crop_seed, size, recipe.scale, recipe.ratio, recipe.interpolation
+    )
 
 
-def eval_preprocess(image_bytes: tf.Tensor, size: int = 224,
-                    crop_fraction: float = 0.875) -> tf.Tensor:
+def eval_preprocess(
+    image_bytes: tf.Tensor, size: int = 224, crop_fraction: float = 0.875
+) -> tf.Tensor:
     """Decode and centre-crop an evaluation image: uint8 (size, size, 3).
 
     As timm's eval transform: resize the shorter side to ``int(size / crop_fraction)`` (with
@@ -161,6 +180,6 @@ def eval_preprocess(image_bytes: tf.Tensor, size: int = 224,
     resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
     top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
-    crop = _to_uint8(resized[top:top + size, left:left + size])
+    crop = _to_uint8(resized[top : top + size, left : left + size])
     crop.set_shape([size, size, 3])
     return crop

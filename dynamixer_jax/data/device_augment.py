@@ -17,8 +17,14 @@ import jax.numpy as jnp
 
 from dynamixer_jax.errors import ConfigError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DeviceAugment", "normalize", "random_erasing",
-           "augment_batch"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DeviceAugment",
+    "normalize",
+    "random_erasing",
+    "augment_batch",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """ImageNet channel means on the 0-1 scale (as timm and torchvision give them)."""
@@ -67,8 +73,9 @@ def _number(value) -> bool:
 
 
 def _reject(field: str, config_field: str, allowed: str, value) -> None:
-    raise ConfigError(f"random erasing {field} (augment.{config_field}) must be {allowed}, "
-                      f"not {value!r}")
+    raise ConfigError(
+        f"random erasing {field} (augment.{config_field}) must be {allowed}, not {value!r}"
+    )
 
 
 def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
@@ -84,16 +91,17 @@ def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Ar
     return (images.astype(jnp.float32) - mean) * scale
 
 
-def _rectangle(key: jax.Array, height: int, width: int, area: jax.Array, used: jax.Array,
-               config: DeviceAugment) -> jax.Array:
+def _rectangle(
+    key: jax.Array, height: int, width: int, area: jax.Array, used: jax.Array, config: DeviceAugment
+) -> jax.Array:
     """One timm erasing rectangle as a boolean (H, W) mask; all False if ``used`` is False or
     none of the attempts fits. ``area``: the image area divided by the rectangle count."""
     area_key, aspect_key, top_key, left_key = jax.random.split(key, 4)
-    target = area * jax.random.uniform(area_key, (_ATTEMPTS,), minval=config.erase_area[0],
-                                       maxval=config.erase_area[1])
+    target = area * jax.random.uniform(
+        area_key, (_ATTEMPTS,), minval=config.erase_area[0], maxval=config.erase_area[1]
+    )
     log_low, log_high = math.log(config.erase_aspect[0]), math.log(config.erase_aspect[1])
-    aspect = jnp.exp(jax.random.uniform(aspect_key, (_ATTEMPTS,), minval=log_low,
-                                        maxval=log_high))
+    aspect = jnp.exp(jax.random.uniform(aspect_key, (_ATTEMPTS,), minval=log_low, maxval=log_high))
     # jnp.round rounds half to even, like Python's round() in timm.
     rect_h = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
     rect_w = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)

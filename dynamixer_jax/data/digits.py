@@ -28,9 +28,12 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     digits = load_digits()
     small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     size = DIGITS_IMAGE_SIZE
-    large = np.stack([
-        np.asarray(Image.fromarray(image, mode="L").resize((size, size), Image.BICUBIC))
-        for image in small])
+    large = np.stack(
+        [
+            np.asarray(Image.fromarray(image, mode="L").resize((size, size), Image.BICUBIC))
+            for image in small
+        ]
+    )
     return np.repeat(large[..., None], 3, axis=-1), digits.target.astype(np.int64)
 
 
@@ -51,10 +54,12 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
         size = DIGITS_IMAGE_SIZE
         return self.dataset_info_from_configs(
             description="scikit-learn's 8x8 handwritten digits upscaled to 32x32 RGB.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=[str(digit) for digit in range(10)]),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=[str(digit) for digit in range(10)]),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://archive.ics.uci.edu/dataset/80",
         )
@@ -62,8 +67,10 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # the data ships with scikit-learn
         images, labels = digits_arrays()
-        return {name: self._generate_examples(images, labels, indices)
-                for name, indices in digits_split_indices().items()}
+        return {
+            name: self._generate_examples(images, labels, indices)
+            for name, indices in digits_split_indices().items()
+        }
 
     def _generate_examples(self, images, labels, indices):
         for index in indices:

@@ -99,10 +99,12 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
     index = tf.cast(image, tf.int32) + tf.range(3, dtype=tf.int32) * 256
     hist = tf.reshape(
         tf.math.bincount(tf.reshape(index, [-1]), minlength=768, maxlength=768, dtype=tf.int32),
-        [3, 256])
+        [3, 256],
+    )
     # PIL: step = (number of pixels - count of the highest occurring value) // 255.
-    last_value = 255 - tf.argmax(tf.reverse(tf.cast(hist > 0, tf.int32), axis=[1]), axis=1,
-                                 output_type=tf.int32)
+    last_value = 255 - tf.argmax(
+        tf.reverse(tf.cast(hist > 0, tf.int32), axis=[1]), axis=1, output_type=tf.int32
+    )
     last_count = tf.gather(hist, last_value, batch_dims=1)
     step = (tf.reduce_sum(hist, axis=1) - last_count) // 255
     safe_step = tf.maximum(step, 1)[:, None]
@@ -169,20 +171,27 @@ def _resample_along(pixels: tf.Tensor, source: tf.Tensor, axis: int) -> tf.Tenso
     high_index = tf.minimum(low_index + 1, length - 1)
     low_weight, high_weight = (low + 1.0 - position)[..., None], (position - low)[..., None]
     if source.shape[1 - axis] == 1:
-        return (low_weight * tf.gather(pixels, tf.reshape(low_index, [-1]), axis=axis)
-                + high_weight * tf.gather(pixels, tf.reshape(high_index, [-1]), axis=axis))
+        return low_weight * tf.gather(
+            pixels, tf.reshape(low_index, [-1]), axis=axis
+        ) + high_weight * tf.gather(pixels, tf.reshape(high_index, [-1]), axis=axis)
     if axis == 0:
         pixels = tf.transpose(pixels, [1, 0, 2])
         low_index, high_index = tf.transpose(low_index), tf.transpose(high_index)
-    samples = (tf.gather(pixels, low_index, batch_dims=1),
-               tf.gather(pixels, high_index, batch_dims=1))
+    samples = (
+        tf.gather(pixels, low_index, batch_dims=1),
+        tf.gather(pixels, high_index, batch_dims=1),
+    )
     if axis == 0:
         samples = [tf.transpose(sample, [1, 0, 2]) for sample in samples]
     return low_weight * samples[0] + high_weight * samples[1]
 
 
-def affine_transform(image: tf.Tensor, matrix: Sequence, fill: Sequence[int] = IMAGENET_FILL,
-                     along: str | None = None) -> tf.Tensor:
+def affine_transform(
+    image: tf.Tensor,
+    matrix: Sequence,
+    fill: Sequence[int] = IMAGENET_FILL,
+    along: str | None = None,
+) -> tf.Tensor:
     """Apply a PIL-style affine ``matrix`` (a, b, c, d, e, f) with bilinear sampling.
 
     As in PIL's ``Image.transform(size, Image.AFFINE, matrix, Image.BILINEAR, fillcolor=fill)``:
@@ -213,8 +222,13 @@ def affine_transform(image: tf.Tensor, matrix: Sequence, fill: Sequence[int] = I
     else:
         transform = tf.stack([a, b, c_index, d, e, f_index, 0.0, 0.0])
         warped = tf.raw_ops.ImageProjectiveTransformV3(
-            images=pixels[None], transforms=transform[None], output_shape=shape[:2],
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")[0]
+            images=pixels[None],
+            transforms=transform[None],
+            output_shape=shape[:2],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )[0]
     x, y = column + 0.5, row + 0.5
     source_x, source_y = a * x + b * y + c, d * x + e * y + f
     inside = (source_x >= 0.0) & (source_x < width) & (source_y >= 0.0) & (source_y < height)
@@ -249,13 +263,11 @@ def translate_x_rel(image: tf.Tensor, fraction, fill: Sequence[int] = IMAGENET_F
     """Translate by ``fraction`` of the width: x_in = x + fraction * W (timm
     ``translate_x_rel``)."""
     pixels = tf.cast(fraction, tf.float32) * tf.cast(tf.shape(image)[1], tf.float32)
-    return affine_transform(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill,
-                            along="shift-x")
+    return affine_transform(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill, along="shift-x")
 
 
 def translate_y_rel(image: tf.Tensor, fraction, fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
     """Translate by ``fraction`` of the height: y_in = y + fraction * H (timm
     ``translate_y_rel``)."""
     pixels = tf.cast(fraction, tf.float32) * tf.cast(tf.shape(image)[0], tf.float32)
-    return affine_transform(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill,
-                            along="shift-y")
+    return affine_transform(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill, along="shift-y")

@@ -53,13 +53,16 @@ def _process_info(process_index: int | None, process_count: int | None) -> tuple
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise DataError(f"batch_size {global_batch_size} must be a positive multiple of the "
-                        f"number of processes ({process_count})")
+        raise DataError(
+            f"batch_size {global_batch_size} must be a positive multiple of the "
+            f"number of processes ({process_count})"
+        )
     return global_batch_size // process_count
 
 
-def _decode_safely(records: tf.data.Dataset, decode, finish, size: int,
-                   batch_size: int) -> tf.data.Dataset:
+def _decode_safely(
+    records: tf.data.Dataset, decode, finish, size: int, batch_size: int
+) -> tf.data.Dataset:
     """Turn records into uint8 examples, in order, batched: ``decode`` (bytes -> uint8 image; the
     step that can fail) then ``finish`` (uint8 -> uint8). A padding record (``real`` False)
     becomes a zero image with ``mask`` False. A record that fails to read or decode is dropped.
@@ -77,15 +80,26 @@ def _decode_safely(records: tf.data.Dataset, decode, finish, size: int,
             data = tf.io.read_file(record["path"]) if reads_files else record["image"]
             return finish(decode(data, record), record)
 
-        return {"number": number, "image": tf.cond(record["real"], load, lambda: zeros),
-                "mask": record["real"], "label": tf.cast(record["label"], tf.int32),
-                "id": record["id"], "real": record["real"]}
+        return {
+            "number": number,
+            "image": tf.cond(record["real"], load, lambda: zeros),
+            "mask": record["real"],
+            "label": tf.cast(record["label"], tf.int32),
+            "id": record["id"],
+            "real": record["real"],
+        }
 
     # The augmentation is written in graph-safe TF (tf.cond, no Python branches on tensors), so
     # AutoGraph has nothing to convert; skipping it saves ~10 s of tracing per pipeline.
-    examples = records.enumerate().map(tf.autograph.experimental.do_not_convert(example),
-                                       num_parallel_calls=tf.data.AUTOTUNE,
-                                       deterministic=True).ignore_errors()
+    examples = (
+        records.enumerate()
+        .map(
+            tf.autograph.experimental.do_not_convert(example),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .ignore_errors()
+    )
     return examples.batch(batch_size)
 
 
@@ -93,15 +107,20 @@ def _blank_batch(start: int, batch_size: int, size: int, ids: np.ndarray | None)
     """Examples ``start .. start + batch_size - 1`` as failed ones: zero images, ``mask`` False,
     ``real`` True, ids from ``ids`` (indexed by stream number) or empty."""
     numbers = np.arange(start, start + batch_size)
-    return {"image": np.zeros((batch_size, size, size, 3), np.uint8),
-            "mask": np.zeros(batch_size, bool), "label": np.zeros(batch_size, np.int32),
-            "id": (ids[numbers].astype(object) if ids is not None
-                   else np.full(batch_size, b"", object)),
-            "real": np.ones(batch_size, bool)}
+    return {
+        "image": np.zeros((batch_size, size, size, 3), np.uint8),
+        "mask": np.zeros(batch_size, bool),
+        "label": np.zeros(batch_size, np.int32),
+        "id": (
+            ids[numbers].astype(object) if ids is not None else np.full(batch_size, b"", object)
+        ),
+        "real": np.ones(batch_size, bool),
+    }
 
 
-def _fill_gaps(batches: Iterable[dict], count: int, batch_size: int, size: int,
-               ids: np.ndarray | None = None) -> Iterator[dict]:
+def _fill_gaps(
+    batches: Iterable[dict], count: int, batch_size: int, size: int, ids: np.ndarray | None = None
+) -> Iterator[dict]:
     """Exact batches of examples ``0 .. count - 1`` from batches of the numbered examples that
     survived (``_decode_safely``): example ``n`` is row ``n % batch_size`` of batch
     ``n // batch_size``, and a missing number becomes a blank (``_blank_batch``). ``count`` is
@@ -109,18 +128,27 @@ def _fill_gaps(batches: Iterable[dict], count: int, batch_size: int, size: int,
     start, rows = 0, None  # rows: survivors not yet placed, numbers >= start
     for batch in itertools.chain(batches, [None]):
         numbers = None if batch is None else batch.pop("number")
-        if (rows is None and batch is not None and len(numbers) == batch_size
-                and numbers[0] == start and numbers[-1] == start + batch_size - 1):
+        if (
+            rows is None
+            and batch is not None
+            and len(numbers) == batch_size
+            and numbers[0] == start
+            and numbers[-1] == start + batch_size - 1
+        ):
             yield batch  # the usual case: nothing failed
             start += batch_size
             continue
         if batch is not None:
             batch["number"] = numbers
-            rows = batch if rows is None else {key: np.concatenate([rows[key], batch[key]])
-                                               for key in rows}
+            rows = (
+                batch
+                if rows is None
+                else {key: np.concatenate([rows[key], batch[key]]) for key in rows}
+            )
         # A batch is complete once a later number arrived, or the stream ended.
-        while start < count and (batch is None or (
-                rows is not None and rows["number"][-1] >= start + batch_size - 1)):
+        while start < count and (
+            batch is None or (rows is not None and rows["number"][-1] >= start + batch_size - 1)
+        ):
             filled = _blank_batch(start, batch_size, size, ids)
             if rows is not None:
                 here = rows["number"] < start + batch_size
@@ -152,8 +180,13 @@ class _SkipCounter:
         if bad.any():
             names = [name.decode(errors="replace") for name in batch["id"][bad]]
             self.count += len(names)
-            log.warning("%s: skipped %d undecodable image(s) (%d so far): %s", self.what,
-                        len(names), self.count, ", ".join(names[:5]))
+            log.warning(
+                "%s: skipped %d undecodable image(s) (%d so far): %s",
+                self.what,
+                len(names),
+                self.count,
+                ", ".join(names[:5]),
+            )
         del batch["real"]
         return batch
 
@@ -161,12 +194,22 @@ class _SkipCounter:
 class TrainData:
     """This process's stream of training batches (see the module docstring)."""
 
-    def __init__(self, dataset: str | TfdsSource | FolderSource, *, global_batch_size: int,
-                 image_size: int, seed: int = 0, split: str = "train",
-                 augment: TrainAugment = TrainAugment(), data_dir: str | None = None,
-                 shuffle_buffer_size: int = 10_000, process_index: int | None = None,
-                 process_count: int | None = None, threads: int | None = None,
-                 prefetch_batches: int = 2):
+    def __init__(
+        self,
+        dataset: str | TfdsSource | FolderSource,
+        *,
+        global_batch_size: int,
+        image_size: int,
+        seed: int = 0,
+        split: str = "train",
+        augment: TrainAugment = TrainAugment(),
+        data_dir: str | None = None,
+        shuffle_buffer_size: int = 10_000,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        threads: int | None = None,
+        prefetch_batches: int = 2,
+    ):
         self.source = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
         self.process_index, self.process_count = _process_info(process_index, process_count)
         self.local_batch_size = _local_batch_size(global_batch_size, self.process_count)
@@ -176,12 +219,15 @@ class TrainData:
         self.prefetch_batches = prefetch_batches
         self.num_classes = self.source.num_classes
         self.num_examples = self.source.num_examples(split)
-        self.steps_per_epoch = self.source.steps_per_epoch(split, global_batch_size,
-                                                           self.process_count)
+        self.steps_per_epoch = self.source.steps_per_epoch(
+            split, global_batch_size, self.process_count
+        )
         if self.steps_per_epoch < 1:
-            raise DataError(f"split {split!r} of {self.source.name} has {self.num_examples} "
-                            f"examples, fewer than one global batch of {global_batch_size} "
-                            f"({self.process_count} process(es)); lower batch_size")
+            raise DataError(
+                f"split {split!r} of {self.source.name} has {self.num_examples} "
+                f"examples, fewer than one global batch of {global_batch_size} "
+                f"({self.process_count} process(es)); lower batch_size"
+            )
         self.skipped = _SkipCounter(f"{self.source.name}/{split}")
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -189,20 +235,39 @@ class TrainData:
         ``real`` (True but for padding)."""
         b, steps = self.local_batch_size, self.steps_per_epoch
         records, ids = self.source.train_records(
-            self.split, seed=self.seed, epoch=epoch, process_index=self.process_index,
-            process_count=self.process_count, local_batch_size=b, steps_per_epoch=steps,
-            start_step=start_step, shuffle_buffer_size=self.shuffle_buffer_size)
+            self.split,
+            seed=self.seed,
+            epoch=epoch,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            local_batch_size=b,
+            steps_per_epoch=steps,
+            start_step=start_step,
+            shuffle_buffer_size=self.shuffle_buffer_size,
+        )
         # The global stream position of each record: its augmentation seed.
         steps_done = epoch * steps + np.arange(start_step, steps, dtype=np.int64)
-        positions = (steps_done[:, None] * self.global_batch_size + self.process_index * b
-                     + np.arange(b, dtype=np.int64)[None, :]).reshape(-1)
+        positions = (
+            steps_done[:, None] * self.global_batch_size
+            + self.process_index * b
+            + np.arange(b, dtype=np.int64)[None, :]
+        ).reshape(-1)
         records = tf.data.Dataset.zip(records, tf.data.Dataset.from_tensor_slices(positions))
         seed, size, recipe = self.seed, self.image_size, self.augment
-        records = records.map(lambda r, position: {
-            **r, "seed": tf.stack([tf.constant(seed, tf.int64), position]), "real": True})
+        records = records.map(
+            lambda r, position: {
+                **r,
+                "seed": tf.stack([tf.constant(seed, tf.int64), position]),
+                "real": True,
+            }
+        )
         batches = _decode_safely(
-            records, lambda data, r: train_decode(data, r["seed"], size, recipe),
-            lambda image, r: train_augment(image, r["seed"], recipe), size, b)
+            records,
+            lambda data, r: train_decode(data, r["seed"], size, recipe),
+            lambda image, r: train_augment(image, r["seed"], recipe),
+            size,
+            b,
+        )
         batches = batches.prefetch(self.prefetch_batches).with_options(_options(self.threads))
         return _fill_gaps(batches.as_numpy_iterator(), len(positions), b, size, ids)
 
@@ -218,11 +283,19 @@ class TrainData:
 class EvalData:
     """The whole eval split once, in padded batches (see the module docstring)."""
 
-    def __init__(self, dataset: str | TfdsSource | FolderSource, *, global_batch_size: int,
-                 image_size: int, crop_fraction: float = 0.875, split: str = "validation",
-                 data_dir: str | None = None,
-                 process_index: int | None = None, process_count: int | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        dataset: str | TfdsSource | FolderSource,
+        *,
+        global_batch_size: int,
+        image_size: int,
+        crop_fraction: float = 0.875,
+        split: str = "validation",
+        data_dir: str | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        threads: int | None = None,
+    ):
         if not 0 < crop_fraction <= 1:
             raise DataError(f"crop_fraction must be in (0, 1], not {crop_fraction}")
         self.source = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
@@ -239,7 +312,8 @@ class EvalData:
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         """The eval batches once (numpy, this process's share; ``mask`` False on padding)."""
         records, count, ids = self.source.eval_records(
-            self.split, process_index=self.process_index, process_count=self.process_count)
+            self.split, process_index=self.process_index, process_count=self.process_count
+        )
         records = records.map(lambda r: {**r, "real": True})
         total = self.num_batches * self.local_batch_size
         pad = {key: tf.zeros([], spec.dtype) for key, spec in records.element_spec.items()}
@@ -247,8 +321,13 @@ class EvalData:
         if ids is not None:
             ids = np.concatenate([ids, np.full(total - count, b"", dtype=ids.dtype)])
         size, crop, b = self.image_size, self.crop_fraction, self.local_batch_size
-        batches = _decode_safely(records, lambda data, r: eval_preprocess(data, size, crop),
-                                 lambda image, r: image, size, b)
+        batches = _decode_safely(
+            records,
+            lambda data, r: eval_preprocess(data, size, crop),
+            lambda image, r: image,
+            size,
+            b,
+        )
         batches = batches.prefetch(2).with_options(_options(self.threads))
         for batch in _fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):
             yield self.skipped.check(batch)

@@ -58,13 +58,18 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "Invert": (_no_argument(ops.invert), None),
     "Rotate": (ops.rotate, lambda m, sign: sign * m * 30.0 / MAX_LEVEL),
     "Posterize": (_no_fill(ops.posterize), lambda m, sign: _truncate(m * 4.0 / MAX_LEVEL)),
-    "PosterizeIncreasing": (_no_fill(ops.posterize),
-                            lambda m, sign: 4 - _truncate(m * 4.0 / MAX_LEVEL)),
-    "Solarize": (_no_fill(ops.solarize),
-                 lambda m, sign: tf.minimum(256, _truncate(m * 256.0 / MAX_LEVEL))),
+    "PosterizeIncreasing": (
+        _no_fill(ops.posterize),
+        lambda m, sign: 4 - _truncate(m * 4.0 / MAX_LEVEL),
+    ),
+    "Solarize": (
+        _no_fill(ops.solarize),
+        lambda m, sign: tf.minimum(256, _truncate(m * 256.0 / MAX_LEVEL)),
+    ),
     "SolarizeIncreasing": (
         _no_fill(ops.solarize),
-        lambda m, sign: 256 - tf.minimum(256, _truncate(m * 256.0 / MAX_LEVEL))),
+        lambda m, sign: 256 - tf.minimum(256, _truncate(m * 256.0 / MAX_LEVEL)),
+    ),
     "SolarizeAdd": (_no_fill(ops.solarize_add), lambda m, sign: _truncate(m * 110.0 / MAX_LEVEL)),
     "Color": (_no_fill(ops.color), _enhance_arg),
     "ColorIncreasing": (_no_fill(ops.color), _enhance_increasing_arg),
@@ -81,8 +86,9 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
 }
 
 
-def apply_op(image: tf.Tensor, name: str, magnitude, sign=1.0,
-             fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+def apply_op(
+    image: tf.Tensor, name: str, magnitude, sign=1.0, fill: Sequence[int] = IMAGENET_FILL
+) -> tf.Tensor:
     """Apply the RandAugment op ``name`` at ``magnitude`` (0..10); ``sign`` (+/-1) picks the
     direction for ops that timm randomly negates."""
     operation, level_to_arg = _OPS[name]
@@ -103,11 +109,13 @@ def _sample_magnitude(config: RandAugmentConfig, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(magnitude, 0.0, config.magnitude_max)
 
 
-def _random_layer(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig,
-                  fill: Sequence[int]) -> tf.Tensor:
+def _random_layer(
+    image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig, fill: Sequence[int]
+) -> tf.Tensor:
     """Pick one op uniformly and apply it with probability ``config.prob``."""
     op_seed, prob_seed, magnitude_seed, sign_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=4))
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
     names = config.op_names
     op_index = tf.random.stateless_uniform([], op_seed, 0, len(names), dtype=tf.int32)
     applied = tf.random.stateless_uniform([], prob_seed) < config.prob
@@ -122,8 +130,12 @@ def _random_layer(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig,
     return output
 
 
-def rand_augment(image: tf.Tensor, seed: tf.Tensor, config: str | RandAugmentConfig,
-                 fill: Sequence[int] = IMAGENET_FILL) -> tf.Tensor:
+def rand_augment(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    config: str | RandAugmentConfig,
+    fill: Sequence[int] = IMAGENET_FILL,
+) -> tf.Tensor:
     """Apply RandAugment to a uint8 (H, W, 3) image, reproducibly from ``seed``.
 
     ``config`` is a timm string (e.g. ``'rand-m9-mstd0.5-inc1'``) or a ``RandAugmentConfig``.

@@ -72,9 +72,10 @@ class TrainAugment:
             try:
                 parse_rand_augment(str(self.rand_augment))
             except ValueError as error:
-                raise ConfigError(f"augment.rand_augment: {error}; \"\" turns it off") from None
-        if self.color_jitter is not None and not (_number(self.color_jitter)
-                                                  and self.color_jitter >= 0):
+                raise ConfigError(f'augment.rand_augment: {error}; "" turns it off') from None
+        if self.color_jitter is not None and not (
+            _number(self.color_jitter) and self.color_jitter >= 0
+        ):
             _reject("color_jitter", "a strength >= 0 (0 off)", self.color_jitter)
         self.on_device()  # DeviceAugment checks the random erasing fields and std
 
@@ -86,24 +87,34 @@ class TrainAugment:
         known = set(config_fields())
         unknown = set(settings) - known
         if unknown:
-            raise ConfigError(f"augment has unknown field(s) {sorted(unknown)}; known: "
-                              f"{', '.join(sorted(known))}")
-        settings = {name: tuple(value) if isinstance(value, list) else value
-                    for name, value in settings.items()}
+            raise ConfigError(
+                f"augment has unknown field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        settings = {
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in settings.items()
+        }
         return cls(**settings, mean=tuple(mean), std=tuple(std))
 
     def on_device(self) -> DeviceAugment:
         """The train step's share of the recipe: normalise, then random erasing."""
-        return DeviceAugment(mean=tuple(self.mean), std=tuple(self.std),
-                             erase_prob=self.random_erase_prob, erase_mode=self.random_erase_mode,
-                             erase_count=self.random_erase_count)
+        return DeviceAugment(
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            erase_prob=self.random_erase_prob,
+            erase_mode=self.random_erase_mode,
+            erase_count=self.random_erase_count,
+        )
 
 
 def config_fields() -> dict[str, Any]:
     """The recipe's fields with their defaults, as ``config.augment`` holds them (``mean`` and
     ``std`` are top-level config fields, shared with evaluation)."""
-    return {field.name: field.default for field in dataclasses.fields(TrainAugment)
-            if field.name not in _SHARED_FIELDS}
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(TrainAugment)
+        if field.name not in _SHARED_FIELDS
+    }
 
 
 def _number(value: Any) -> bool:

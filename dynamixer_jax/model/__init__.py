@@ -13,6 +13,15 @@ from dynamixer_jax.model.network import DynaMixer, stage_grids
 from dynamixer_jax.model.variants import PUBLISHED, VARIANTS, create_model, list_models
 
 __all__ = [
-    "PUBLISHED", "VARIANTS", "DynaMixer", "DynaMixerBlock", "DynaMixerOp", "MixerLayer",
-    "abstract_variables", "create_model", "init_variables", "list_models", "stage_grids",
+    "PUBLISHED",
+    "VARIANTS",
+    "DynaMixer",
+    "DynaMixerBlock",
+    "DynaMixerOp",
+    "MixerLayer",
+    "abstract_variables",
+    "create_model",
+    "init_variables",
+    "list_models",
+    "stage_grids",
 ]

@@ -28,25 +28,37 @@ optimizer update and elementwise work are not counted at all.
 
 from __future__ import annotations
 
-from typing import Dict
-
 from dynamixer_jax.model.network import DynaMixer
 
 # Backward = 2 x forward for every matmul, so a training step is 3 x forward.
 TRAINING_STEP_MULTIPLIER = 3
 
-PARTS = ("patch_embed", "compress", "generate", "mix", "out", "mlp_c", "reweight", "proj", "mlp",
-         "downsample", "head")
+PARTS = (
+    "patch_embed",
+    "compress",
+    "generate",
+    "mix",
+    "out",
+    "mlp_c",
+    "reweight",
+    "proj",
+    "mlp",
+    "downsample",
+    "head",
+)
 
 
-def layer_macs(height: int, width: int, channels: int, segments: int, reduced: int,
-               mlp_ratio: float) -> Dict[str, int]:
+def layer_macs(
+    height: int, width: int, channels: int, segments: int, reduced: int, mlp_ratio: float
+) -> dict[str, int]:
     """Forward multiply-adds of one mixer layer, per image, by part."""
     tokens, hidden = height * width, int(channels * mlp_ratio)
     return {
         "compress": 2 * tokens * channels * segments * reduced,
-        "generate": (width * segments * height * reduced * height * height
-                     + height * segments * width * reduced * width * width),
+        "generate": (
+            width * segments * height * reduced * height * height
+            + height * segments * width * reduced * width * width
+        ),
         "mix": width * channels * height * height + height * channels * width * width,
         "out": 2 * tokens * channels * channels,
         "mlp_c": tokens * channels * channels,
@@ -69,15 +81,22 @@ def _downsample_macs(model: DynaMixer, stage: int) -> int:
     return 0
 
 
-def forward_macs_by_part(model: DynaMixer) -> Dict[str, int]:
+def forward_macs_by_part(model: DynaMixer) -> dict[str, int]:
     """Forward multiply-adds per image of every part of ``model`` (keys: ``PARTS``)."""
     totals = dict.fromkeys(PARTS, 0)
     grid_h, grid_w = model.grids[0]
-    totals["patch_embed"] = (grid_h * grid_w * model.embed_dims[0]
-                             * model.in_chans * model.patch_size ** 2)
+    totals["patch_embed"] = (
+        grid_h * grid_w * model.embed_dims[0] * model.in_chans * model.patch_size**2
+    )
     for stage, (grid_h, grid_w) in enumerate(model.grids):
-        per_layer = layer_macs(grid_h, grid_w, model.embed_dims[stage], model.num_segments[stage],
-                               model.reduced_dims[stage], model.mlp_ratios[stage])
+        per_layer = layer_macs(
+            grid_h,
+            grid_w,
+            model.embed_dims[stage],
+            model.num_segments[stage],
+            model.reduced_dims[stage],
+            model.mlp_ratios[stage],
+        )
         for part, value in per_layer.items():
             totals[part] += model.layers[stage] * value
         totals["downsample"] += _downsample_macs(model, stage)
@@ -100,7 +119,10 @@ def training_flops(model: DynaMixer) -> int:
     return TRAINING_STEP_MULTIPLIER * forward_flops(model)
 
 
-def summary(model: DynaMixer) -> Dict[str, float]:
+def summary(model: DynaMixer) -> dict[str, float]:
     """GMACs, forward GFLOPs and training-step GFLOPs per image, for reports."""
-    return {"gmacs": forward_macs(model) / 1e9, "forward_gflops": forward_flops(model) / 1e9,
-            "train_gflops": training_flops(model) / 1e9}
+    return {
+        "gmacs": forward_macs(model) / 1e9,
+        "forward_gflops": forward_flops(model) / 1e9,
+        "train_gflops": training_flops(model) / 1e9,
+    }

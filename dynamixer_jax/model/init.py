@@ -18,7 +18,7 @@ takes about a second. ``initializer_kind`` mirrors the modules' initialisers lea
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from dynamixer_jax.model.network import DynaMixer
 
 LINEAR_STD = 0.02
-
 
 
 def timm_trunc_normal(std: float = LINEAR_STD, lower: float = -2.0, upper: float = 2.0):
@@ -62,13 +61,15 @@ def torch_conv_bias_init(fan_in: int):
 _TRUNC_BOUND = 2.0 / LINEAR_STD
 
 
-def abstract_variables(model: DynaMixer, batch_size: int = 1) -> Dict[str, Any]:
+def abstract_variables(model: DynaMixer, batch_size: int = 1) -> dict[str, Any]:
     """Shapes and dtypes of ``model.init``'s output, without computing anything."""
     images = jax.ShapeDtypeStruct(model.input_shape(batch_size), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
 
 
-def initializer_kind(path: Tuple[str, ...], shape: Tuple[int, ...], siblings: Dict[str, Any]) -> Tuple[str, float]:
+def initializer_kind(
+    path: tuple[str, ...], shape: tuple[int, ...], siblings: dict[str, Any]
+) -> tuple[str, float]:
     """(kind, scale) for one parameter: ('normal', std), ('uniform', bound), ('ones', 1) or ('zeros', 0)."""
     name = path[-1]
     kernel = siblings.get("kernel")
@@ -80,14 +81,16 @@ def initializer_kind(path: Tuple[str, ...], shape: Tuple[int, ...], siblings: Di
         return ("normal", LINEAR_STD)
     if name == "bias" and kernel is not None and len(kernel.shape) == 2:
         return ("zeros", 0.0)
-    conv_kernel_shape = shape if name == "kernel" else (kernel.shape if kernel is not None else None)
+    conv_kernel_shape = (
+        shape if name == "kernel" else (kernel.shape if kernel is not None else None)
+    )
     if name in ("kernel", "bias") and conv_kernel_shape is not None and len(conv_kernel_shape) == 4:
         kh, kw, fan_in_channels, _ = conv_kernel_shape
         return ("uniform", 1.0 / math.sqrt(kh * kw * fan_in_channels))
     raise ValueError(f"no initialisation rule for parameter {'/'.join(path)} of shape {shape}")
 
 
-def _plan(params) -> Tuple[list, int, int]:
+def _plan(params) -> tuple[list, int, int]:
     """Per-leaf (path, shape, dtype, kind, scale, offset) and the number of normal and uniform draws."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     plan, counts = [], {"normal": 0, "uniform": 0}
@@ -101,7 +104,7 @@ def _plan(params) -> Tuple[list, int, int]:
     return plan, counts["normal"], counts["uniform"]
 
 
-def init_variables(model: DynaMixer, rng: Any, out_sharding: Optional[Any] = None) -> Dict[str, Any]:
+def init_variables(model: DynaMixer, rng: Any, out_sharding: Any | None = None) -> dict[str, Any]:
     """Freshly initialised ``{'params': ...}`` for ``model``, as the authors initialise, in about a second.
 
     ``rng`` is a JAX PRNG key (or an int seed). ``out_sharding`` (e.g. a
@@ -118,7 +121,9 @@ def init_variables(model: DynaMixer, rng: Any, out_sharding: Optional[Any] = Non
     @jax.jit
     def draw(key):
         normal_key, uniform_key = jax.random.split(key)
-        normals = jax.random.truncated_normal(normal_key, -_TRUNC_BOUND, _TRUNC_BOUND, (n_normal,), jnp.float32)
+        normals = jax.random.truncated_normal(
+            normal_key, -_TRUNC_BOUND, _TRUNC_BOUND, (n_normal,), jnp.float32
+        )
         uniforms = jax.random.uniform(uniform_key, (n_uniform,), jnp.float32, -1.0, 1.0)
         return normals, uniforms
 
@@ -127,7 +132,7 @@ def init_variables(model: DynaMixer, rng: Any, out_sharding: Optional[Any] = Non
     for path, shape, dtype, kind, scale, offset in plan:
         if kind in pools:
             size = int(np.prod(shape))
-            value = pools[kind][offset:offset + size].reshape(shape) * np.float32(scale)
+            value = pools[kind][offset : offset + size].reshape(shape) * np.float32(scale)
         else:
             value = np.full(shape, scale, np.float32)
         leaves[path] = value.astype(dtype)

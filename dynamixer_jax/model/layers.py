@@ -12,7 +12,7 @@ float32 whatever ``dtype`` is.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,7 +25,13 @@ Dtype = Any
 LAYER_NORM_EPSILON = 1e-5
 
 
-def dense(features: int, name: Optional[str], dtype: Optional[Dtype], param_dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+def dense(
+    features: int,
+    name: str | None,
+    dtype: Dtype | None,
+    param_dtype: Dtype,
+    use_bias: bool = True,
+) -> nn.Dense:
     """A Linear layer initialised as the authors' (trunc-normal std 0.02 weight, zero bias)."""
     return nn.Dense(
         features,
@@ -38,13 +44,13 @@ def dense(features: int, name: Optional[str], dtype: Optional[Dtype], param_dtyp
     )
 
 
-def _softmax_float32(logits: jax.Array, axis: int, dtype: Optional[Dtype]) -> jax.Array:
+def _softmax_float32(logits: jax.Array, axis: int, dtype: Dtype | None) -> jax.Array:
     """Softmax computed in float32, returned in the computation dtype."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=axis)
     return probs.astype(dtype or logits.dtype)
 
 
-def layer_norm(dtype: Optional[Dtype], param_dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
+def layer_norm(dtype: Dtype | None, param_dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
     """LayerNorm over channels with PyTorch's epsilon; statistics in float32."""
     return nn.LayerNorm(
         epsilon=LAYER_NORM_EPSILON,
@@ -61,7 +67,7 @@ class Mlp(nn.Module):
     hidden_features: int
     out_features: int
     drop_rate: float = 0.0
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -81,19 +87,27 @@ class LinearParams(nn.Module):
     keep the authors' names and layout. ``features=None`` means square.
     """
 
-    features: Optional[int] = None
+    features: int | None = None
     use_bias: bool = True
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, in_features: int):
         features = self.features or in_features
-        kernel = self.param("kernel", timm_trunc_normal(), (in_features, features), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype) if self.use_bias else None
+        kernel = self.param(
+            "kernel", timm_trunc_normal(), (in_features, features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         return kernel, bias
 
 
-def linear(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array], dtype: Optional[Dtype]) -> jax.Array:
+def linear(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype: Dtype | None
+) -> jax.Array:
     """x @ kernel + bias over the last axis, computed in ``dtype`` (as flax.linen.Dense does)."""
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
     y = jnp.dot(x, kernel)
@@ -121,7 +135,7 @@ class DynaMixerOp(nn.Module):
     seq_len: int
     num_segments: int
     reduced_dim: int = 2
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -145,7 +159,9 @@ class DynaMixerOp(nn.Module):
                 "the token grid is fixed by the model's image_size."
             )
         if channels % segments:
-            raise ValueError(f"channels ({channels}) must be divisible by the number of segments ({segments}).")
+            raise ValueError(
+                f"channels ({channels}) must be divisible by the number of segments ({segments})."
+            )
         token_axis %= len(shape)
         others = [size for axis, size in enumerate(shape[:-1]) if axis != token_axis]
 
@@ -161,7 +177,7 @@ class DynaMixerOp(nn.Module):
         mixing = _softmax_float32(logits, axis=-1, dtype=self.dtype)  # (others, S, L_out, L_in)
         self.sow("intermediates", "mixing", jnp.swapaxes(mixing, -1, -2))
 
-        grid = _AXIS_LETTERS[:len(shape) - 1]
+        grid = _AXIS_LETTERS[: len(shape) - 1]
         x_spec = grid.replace(grid[token_axis], "i") + "sd"
         out_spec = grid.replace(grid[token_axis], "j") + "sd"
         mix_spec = grid.replace(grid[token_axis], "") + "sji"
@@ -187,29 +203,46 @@ class DynaMixerBlock(nn.Module):
     num_segments: int
     reduced_dim: int = 2
     proj_drop_rate: float = 0.0
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         batch, height, width, channels = x.shape
-        op = dict(num_segments=self.num_segments, reduced_dim=self.reduced_dim,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
+        op = dict(
+            num_segments=self.num_segments,
+            reduced_dim=self.reduced_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         mix_h = DynaMixerOp(self.height, name="mix_h", **op)
         mix_w = DynaMixerOp(self.width, name="mix_w", **op)
         # The three Linear layers that read x (both compressions and mlp_c) as one matmul.
-        (kernel_h, bias_h), (kernel_w, bias_w) = mix_h.compress_params(channels), mix_w.compress_params(channels)
-        kernel_c, _ = LinearParams(channels, use_bias=False, param_dtype=self.param_dtype, name="mlp_c")(channels)
+        (kernel_h, bias_h), (kernel_w, bias_w) = (
+            mix_h.compress_params(channels),
+            mix_w.compress_params(channels),
+        )
+        kernel_c, _ = LinearParams(
+            channels, use_bias=False, param_dtype=self.param_dtype, name="mlp_c"
+        )(channels)
         kernel = jnp.concatenate([kernel_h, kernel_w, kernel_c], axis=1)
         bias = jnp.concatenate([bias_h, bias_w, jnp.zeros((channels,), bias_h.dtype)])
-        z_h, z_w, c = jnp.split(linear(x, kernel, bias, self.dtype),
-                                [kernel_h.shape[1], kernel_h.shape[1] + kernel_w.shape[1]], axis=-1)
+        z_h, z_w, c = jnp.split(
+            linear(x, kernel, bias, self.dtype),
+            [kernel_h.shape[1], kernel_h.shape[1] + kernel_w.shape[1]],
+            axis=-1,
+        )
         h = mix_h.mix(x, z_h, token_axis=1)  # columns: tokens along H
         w = mix_w.mix(x, z_w, token_axis=2)  # rows: tokens along W
 
         pooled = jnp.mean((h + w + c).astype(jnp.float32), axis=(1, 2)).astype(h.dtype)
-        logits = Mlp(channels // 4, 3 * channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="reweight")(pooled)
+        logits = Mlp(
+            channels // 4,
+            3 * channels,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="reweight",
+        )(pooled)
         # fc2 output index is channel * 3 + branch.
         weights = _softmax_float32(logits.reshape(batch, channels, 3), axis=-1, dtype=self.dtype)
         self.sow("intermediates", "branch_weights", weights)
@@ -231,7 +264,7 @@ class MixerLayer(nn.Module):
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0
     skip_lam: float = 1.0
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -242,14 +275,27 @@ class MixerLayer(nn.Module):
         rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
 
         y = layer_norm(self.dtype, self.param_dtype, name="norm1")(x)
-        y = DynaMixerBlock(self.height, self.width, self.num_segments, self.reduced_dim,
-                           proj_drop_rate=self.drop_rate, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name="attn")(y, train=train)
+        y = DynaMixerBlock(
+            self.height,
+            self.width,
+            self.num_segments,
+            self.reduced_dim,
+            proj_drop_rate=self.drop_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attn",
+        )(y, train=train)
         x = x + self._drop_path(y, rate, train) / self.skip_lam
 
         y = layer_norm(self.dtype, self.param_dtype, name="norm2")(x)
-        y = Mlp(int(channels * self.mlp_ratio), channels, drop_rate=self.drop_rate, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="mlp")(y, train=train)
+        y = Mlp(
+            int(channels * self.mlp_ratio),
+            channels,
+            drop_rate=self.drop_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(y, train=train)
         return x + self._drop_path(y, rate, train) / self.skip_lam
 
     def _drop_path(self, y: jax.Array, rate, train: bool) -> jax.Array:
@@ -257,5 +303,7 @@ class MixerLayer(nn.Module):
         if not train or (isinstance(rate, (int, float)) and rate == 0.0):
             return y
         keep = 1.0 - rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1)
+        )
         return jnp.where(mask, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))

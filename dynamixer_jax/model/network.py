@@ -15,7 +15,7 @@ method='forward_features')`` for the normalised token grid before pooling.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -25,10 +25,10 @@ from dynamixer_jax.model.init import torch_conv_bias_init, torch_conv_kernel_ini
 from dynamixer_jax.model.layers import Dtype, MixerLayer, dense, layer_norm
 from dynamixer_jax.model.remat import REMAT_POLICIES, call_layer, remat_layer
 
-ImageSize = Union[int, Tuple[int, int]]
+ImageSize = int | tuple[int, int]
 
 
-def as_hw(size: ImageSize) -> Tuple[int, int]:
+def as_hw(size: ImageSize) -> tuple[int, int]:
     """(height, width) from an int or a pair."""
     if isinstance(size, int):
         return (size, size)
@@ -36,7 +36,9 @@ def as_hw(size: ImageSize) -> Tuple[int, int]:
     return (int(height), int(width))
 
 
-def stage_grids(image_size: ImageSize, patch_size: int, transitions: Sequence[bool]) -> Tuple[Tuple[int, int], ...]:
+def stage_grids(
+    image_size: ImageSize, patch_size: int, transitions: Sequence[bool]
+) -> tuple[tuple[int, int], ...]:
     """Token grid (H, W) of every stage: image_size / patch_size, halved after each transition.
 
     Raises ValueError for an image size the network cannot take.
@@ -61,13 +63,13 @@ def stage_grids(image_size: ImageSize, patch_size: int, transitions: Sequence[bo
     return tuple(grids)
 
 
-def drop_path_rates(layers: Sequence[int], drop_path_rate: float) -> Tuple[Tuple[float, ...], ...]:
+def drop_path_rates(layers: Sequence[int], drop_path_rate: float) -> tuple[tuple[float, ...], ...]:
     """Per-stage, per-layer stochastic depth rates: drop_path_rate * i / (total - 1), i over all layers."""
     total = sum(layers)
     rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     out, start = [], 0
     for count in layers:
-        out.append(tuple(rates[start:start + count]))
+        out.append(tuple(rates[start : start + count]))
         start += count
     return tuple(out)
 
@@ -86,30 +88,46 @@ class Stage(nn.Module):
     num_segments: int
     reduced_dim: int
     mlp_ratio: float
-    drop_path_rates: Tuple[float, ...]
+    drop_path_rates: tuple[float, ...]
     drop_rate: float = 0.0
     skip_lam: float = 1.0
     remat: str = "minimal"
     scan_layers: bool = False
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     def _layer_fields(self) -> dict:
-        return dict(height=self.height, width=self.width, num_segments=self.num_segments,
-                    reduced_dim=self.reduced_dim, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
-                    skip_lam=self.skip_lam, dtype=self.dtype, param_dtype=self.param_dtype)
+        return dict(
+            height=self.height,
+            width=self.width,
+            num_segments=self.num_segments,
+            reduced_dim=self.reduced_dim,
+            mlp_ratio=self.mlp_ratio,
+            drop_rate=self.drop_rate,
+            skip_lam=self.skip_lam,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         count = len(self.drop_path_rates)
-        if (self.scan_layers and count > 1 and not self.is_initializing()
-                and not self.is_mutable_collection("intermediates")):
+        if (
+            self.scan_layers
+            and count > 1
+            and not self.is_initializing()
+            and not self.is_mutable_collection("intermediates")
+        ):
             return self._scan(x, train)
         layer = remat_layer(MixerLayer, self.remat)
         # With remat="full" on the CPU, one unit per layer when training (see model/remat.py).
-        as_unit = (train and self.remat == "full" and jax.default_backend() == "cpu"
-                   and not self.is_initializing()
-                   and not self.is_mutable_collection("intermediates"))
+        as_unit = (
+            train
+            and self.remat == "full"
+            and jax.default_backend() == "cpu"
+            and not self.is_initializing()
+            and not self.is_mutable_collection("intermediates")
+        )
         for j, rate in enumerate(self.drop_path_rates):
             module = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())
             x = call_layer(module, x, train) if as_unit else module(x, train)
@@ -118,19 +136,23 @@ class Stage(nn.Module):
     def _scan(self, x: jax.Array, train: bool) -> jax.Array:
         count = len(self.drop_path_rates)
         params = self.variables["params"]
-        stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
-                                         *[params[f"layers_{j}"] for j in range(count)])
+        stacked = jax.tree_util.tree_map(
+            lambda *leaves: jnp.stack(leaves), *[params[f"layers_{j}"] for j in range(count)]
+        )
         rates = jnp.asarray(self.drop_path_rates, jnp.float32)
         stochastic = train and (any(self.drop_path_rates) or self.drop_rate > 0)
-        keys = jax.random.split(self.make_rng("dropout"), count) if stochastic else jnp.zeros((count,))
+        keys = (
+            jax.random.split(self.make_rng("dropout"), count) if stochastic else jnp.zeros((count,))
+        )
         template = MixerLayer(parent=None, **self._layer_fields())
 
         def body(carry, inputs):
             layer_params, rate, key = inputs
             if not stochastic:  # every rate is 0: no random draw, no key needed
                 return template.apply({"params": layer_params}, carry, train), None
-            return template.apply({"params": layer_params}, carry, train, rate,
-                                  rngs={"dropout": key}), None
+            return template.apply(
+                {"params": layer_params}, carry, train, rate, rngs={"dropout": key}
+            ), None
 
         policy = REMAT_POLICIES[self.remat]
         if policy is not None:
@@ -139,11 +161,17 @@ class Stage(nn.Module):
         return x
 
 
-def _torch_default_conv(features: int, kernel: int, in_features: int, dtype, param_dtype) -> nn.Conv:
+def _torch_default_conv(
+    features: int, kernel: int, in_features: int, dtype, param_dtype
+) -> nn.Conv:
     """A non-overlapping Conv2d (kernel == stride) initialised like PyTorch's default."""
     return nn.Conv(
-        features, (kernel, kernel), strides=(kernel, kernel), padding="VALID",
-        dtype=dtype, param_dtype=param_dtype,
+        features,
+        (kernel, kernel),
+        strides=(kernel, kernel),
+        padding="VALID",
+        dtype=dtype,
+        param_dtype=param_dtype,
         kernel_init=torch_conv_kernel_init(),
         bias_init=torch_conv_bias_init(in_features * kernel * kernel),
     )
@@ -158,12 +186,12 @@ class DynaMixer(nn.Module):
     (``dynamixer_jax.model.remat``); it changes memory and speed, never the result.
     """
 
-    layers: Tuple[int, ...]
-    embed_dims: Tuple[int, ...]
-    transitions: Tuple[bool, ...]
-    num_segments: Tuple[int, ...]
-    reduced_dims: Tuple[int, ...]
-    mlp_ratios: Tuple[float, ...]
+    layers: tuple[int, ...]
+    embed_dims: tuple[int, ...]
+    transitions: tuple[bool, ...]
+    num_segments: tuple[int, ...]
+    reduced_dims: tuple[int, ...]
+    mlp_ratios: tuple[float, ...]
     num_classes: int = 1000
     image_size: ImageSize = 224
     patch_size: int = 7
@@ -173,7 +201,7 @@ class DynaMixer(nn.Module):
     skip_lam: float = 1.0
     remat: str = "minimal"
     scan_layers: bool = False
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
@@ -182,57 +210,94 @@ class DynaMixer(nn.Module):
 
     def _validate(self):
         """Reject configurations the network cannot be built with, with one clear message each."""
-        lengths = {len(getattr(self, name)) for name in
-                   ("layers", "embed_dims", "transitions", "num_segments", "reduced_dims", "mlp_ratios")}
+        lengths = {
+            len(getattr(self, name))
+            for name in (
+                "layers",
+                "embed_dims",
+                "transitions",
+                "num_segments",
+                "reduced_dims",
+                "mlp_ratios",
+            )
+        }
         if len(lengths) != 1:
-            raise ValueError("layers, embed_dims, transitions, num_segments, reduced_dims and mlp_ratios "
-                             "must all have one entry per stage.")
+            raise ValueError(
+                "layers, embed_dims, transitions, num_segments, reduced_dims and mlp_ratios "
+                "must all have one entry per stage."
+            )
         for stage, (dim, segments) in enumerate(zip(self.embed_dims, self.num_segments)):
             if dim % segments:
-                raise ValueError(f"stage {stage}: {dim} channels are not divisible by {segments} segments; "
-                                 "choose a segment count that divides the channel count.")
+                raise ValueError(
+                    f"stage {stage}: {dim} channels are not divisible by {segments} segments; "
+                    "choose a segment count that divides the channel count."
+                )
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, not {self.remat!r}.")
+            raise ValueError(
+                f"remat must be one of {', '.join(REMAT_POLICIES)}, not {self.remat!r}."
+            )
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}.")
         stage_grids(self.image_size, self.patch_size, self.transitions)
 
     @property
-    def grids(self) -> Tuple[Tuple[int, int], ...]:
+    def grids(self) -> tuple[tuple[int, int], ...]:
         """Token grid (H, W) of every stage."""
         return stage_grids(self.image_size, self.patch_size, self.transitions)
 
     def setup(self):
         dims = self.embed_dims
-        self.patch_embed = _torch_default_conv(dims[0], self.patch_size, self.in_chans, self.dtype, self.param_dtype)
+        self.patch_embed = _torch_default_conv(
+            dims[0], self.patch_size, self.in_chans, self.dtype, self.param_dtype
+        )
         rates = drop_path_rates(self.layers, self.drop_path_rate)
         self.stages = [
-            Stage(height, width, self.num_segments[i], self.reduced_dims[i], self.mlp_ratios[i], rates[i],
-                  drop_rate=self.drop_rate, skip_lam=self.skip_lam, remat=self.remat,
-                  scan_layers=self.scan_layers, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+            Stage(
+                height,
+                width,
+                self.num_segments[i],
+                self.reduced_dims[i],
+                self.mlp_ratios[i],
+                rates[i],
+                drop_rate=self.drop_rate,
+                skip_lam=self.skip_lam,
+                remat=self.remat,
+                scan_layers=self.scan_layers,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
             for i, (height, width) in enumerate(self.grids)
         ]
         downsamples = []
         for i in range(len(dims) - 1):
             if self.transitions[i]:
-                downsamples.append(_torch_default_conv(dims[i + 1], 2, dims[i], self.dtype, self.param_dtype))
+                downsamples.append(
+                    _torch_default_conv(dims[i + 1], 2, dims[i], self.dtype, self.param_dtype)
+                )
             elif dims[i] != dims[i + 1]:
-                downsamples.append(_torch_default_conv(dims[i + 1], 1, dims[i], self.dtype, self.param_dtype))
+                downsamples.append(
+                    _torch_default_conv(dims[i + 1], 1, dims[i], self.dtype, self.param_dtype)
+                )
             else:
                 downsamples.append(None)
         self.downsamples = downsamples
         self.norm = layer_norm(self.dtype, self.param_dtype)
-        self.head = dense(self.num_classes, None, self.dtype, self.param_dtype) if self.num_classes else None
+        self.head = (
+            dense(self.num_classes, None, self.dtype, self.param_dtype)
+            if self.num_classes
+            else None
+        )
 
-    def input_shape(self, batch_size: int = 1) -> Tuple[int, int, int, int]:
+    def input_shape(self, batch_size: int = 1) -> tuple[int, int, int, int]:
         """The (batch, height, width, channels) of the images this model takes."""
         return (batch_size, *as_hw(self.image_size), self.in_chans)
 
     def _check_input(self, images: jax.Array) -> None:
         expected = as_hw(self.image_size)
         if images.ndim != 4:
-            raise ValueError(f"expected images of shape (batch, height, width, {self.in_chans}), got {images.shape}.")
+            raise ValueError(
+                f"expected images of shape (batch, height, width, {self.in_chans}), got {images.shape}."
+            )
         if tuple(images.shape[1:3]) != expected:
             raise ValueError(
                 f"this DynaMixer was built for {expected[0]}x{expected[1]} images but got "
@@ -240,8 +305,10 @@ class DynaMixer(nn.Module):
                 f"image_size={images.shape[1] if images.shape[1] == images.shape[2] else tuple(images.shape[1:3])}."
             )
         if images.shape[3] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} channels (channels-last NHWC images), "
-                             f"got shape {images.shape}.")
+            raise ValueError(
+                f"expected {self.in_chans} channels (channels-last NHWC images), "
+                f"got shape {images.shape}."
+            )
 
     def forward_features(self, images: jax.Array, train: bool = False) -> jax.Array:
         """The final-normalised token grid before pooling: (B, H_last, W_last, C_last)."""

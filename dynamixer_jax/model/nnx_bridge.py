@@ -1,15 +1,15 @@
 """Using DynaMixer from Flax NNX, through ``flax.nnx.bridge``.
 
-    from dynamixer_jax import create_model
-    from dynamixer_jax.model.nnx_bridge import to_nnx
-    model = to_nnx(create_model('dynamixer_s'), variables)   # variables e.g. from torch_to_flax
-    logits = model(images)                                   # an nnx.Module
-    logits = model(images, train=True)                       # dropout keys from rngs
+from dynamixer_jax import create_model
+from dynamixer_jax.model.nnx_bridge import to_nnx
+model = to_nnx(create_model('dynamixer_s'), variables)   # variables e.g. from torch_to_flax
+logits = model(images)                                   # an nnx.Module
+logits = model(images, train=True)                       # dropout keys from rngs
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,9 @@ from flax import nnx
 from dynamixer_jax.model.network import DynaMixer
 
 
-def to_nnx(model: DynaMixer, variables: Optional[Any] = None, rngs: Optional[nnx.Rngs] = None) -> nnx.Module:
+def to_nnx(
+    model: DynaMixer, variables: Any | None = None, rngs: nnx.Rngs | None = None
+) -> nnx.Module:
     """An NNX module wrapping the Linen ``model``, holding ``variables['params']`` (or fresh ones).
 
     ``rngs`` gives the ``params`` stream (for fresh weights) and the

@@ -2,37 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import jax.numpy as jnp
 
 from dynamixer_jax.model.network import DynaMixer, ImageSize
 
 # Architecture of each published variant; everything else is a create_model argument.
-VARIANTS: Dict[str, Dict[str, Any]] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "dynamixer_s": dict(
-        layers=(4, 3, 8, 3), embed_dims=(192, 384, 384, 384), transitions=(True, False, False, False),
-        num_segments=(8, 16, 16, 16), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3),
+        layers=(4, 3, 8, 3),
+        embed_dims=(192, 384, 384, 384),
+        transitions=(True, False, False, False),
+        num_segments=(8, 16, 16, 16),
+        reduced_dims=(2, 2, 2, 2),
+        mlp_ratios=(3, 3, 3, 3),
     ),
     "dynamixer_m": dict(
-        layers=(4, 3, 14, 3), embed_dims=(256, 256, 512, 512), transitions=(False, True, False, False),
-        num_segments=(8, 8, 16, 16), reduced_dims=(2, 2, 2, 2), mlp_ratios=(3, 3, 3, 3),
+        layers=(4, 3, 14, 3),
+        embed_dims=(256, 256, 512, 512),
+        transitions=(False, True, False, False),
+        num_segments=(8, 8, 16, 16),
+        reduced_dims=(2, 2, 2, 2),
+        mlp_ratios=(3, 3, 3, 3),
     ),
     "dynamixer_l": dict(
-        layers=(8, 8, 16, 4), embed_dims=(256, 512, 512, 512), transitions=(True, False, False, False),
-        num_segments=(8, 16, 16, 16), reduced_dims=(8, 8, 8, 8), mlp_ratios=(3, 3, 3, 3),
+        layers=(8, 8, 16, 4),
+        embed_dims=(256, 512, 512, 512),
+        transitions=(True, False, False, False),
+        num_segments=(8, 16, 16, 16),
+        reduced_dims=(8, 8, 8, 8),
+        mlp_ratios=(3, 3, 3, 3),
     ),
 }
 
 # Facts about the published ImageNet-1K models and their training runs (global batch size,
 # eval crop fraction, stochastic depth, top-1 %), read by configs/imagenet.py and the tests.
 PUBLISHED = {
-    "dynamixer_s": dict(num_params=26_265_960, batch_size=2048, crop_fraction=0.9,
-                        drop_path_rate=0.1, top1=82.7),
-    "dynamixer_m": dict(num_params=57_128_264, batch_size=1024, crop_fraction=0.9,
-                        drop_path_rate=0.1, top1=83.7),
-    "dynamixer_l": dict(num_params=97_818_088, batch_size=512, crop_fraction=0.875,
-                        drop_path_rate=0.3, top1=84.3),
+    "dynamixer_s": dict(
+        num_params=26_265_960, batch_size=2048, crop_fraction=0.9, drop_path_rate=0.1, top1=82.7
+    ),
+    "dynamixer_m": dict(
+        num_params=57_128_264, batch_size=1024, crop_fraction=0.9, drop_path_rate=0.1, top1=83.7
+    ),
+    "dynamixer_l": dict(
+        num_params=97_818_088, batch_size=512, crop_fraction=0.875, drop_path_rate=0.3, top1=84.3
+    ),
 }
 
 
@@ -71,10 +86,25 @@ def create_model(
         raise ValueError(f"unknown DynaMixer argument(s) {sorted(unknown)}.")
     arch = dict(VARIANTS[name])
     arch.update(overrides)
-    for key in ("layers", "embed_dims", "transitions", "num_segments", "reduced_dims", "mlp_ratios"):
+    for key in (
+        "layers",
+        "embed_dims",
+        "transitions",
+        "num_segments",
+        "reduced_dims",
+        "mlp_ratios",
+    ):
         arch[key] = tuple(arch[key])
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
-    return DynaMixer(num_classes=num_classes, image_size=image_size, drop_path_rate=drop_path_rate,
-                     drop_rate=drop_rate, remat=remat, scan_layers=scan_layers, dtype=dtype,
-                     param_dtype=param_dtype, **arch)
+    return DynaMixer(
+        num_classes=num_classes,
+        image_size=image_size,
+        drop_path_rate=drop_path_rate,
+        drop_rate=drop_rate,
+        remat=remat,
+        scan_layers=scan_layers,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        **arch,
+    )

@@ -15,5 +15,10 @@ from dynamixer_jax.train.evaluation import evaluate
 from dynamixer_jax.train.loop import train_and_evaluate
 from dynamixer_jax.train.parallel import initialize_distributed
 
-__all__ = ["TrainingDiverged", "evaluate", "initialize_distributed", "load_config",
-           "train_and_evaluate"]
+__all__ = [
+    "TrainingDiverged",
+    "evaluate",
+    "initialize_distributed",
+    "load_config",
+    "train_and_evaluate",
+]

@@ -21,6 +21,7 @@ from dynamixer_jax.train.plan import CadencePlan, Steps
 @dataclasses.dataclass(frozen=True)
 class Due:
     """What to do after a step."""
+
     log: bool
     evaluate: bool
     save: bool
@@ -30,8 +31,9 @@ class Due:
 
 
 def _action(every_steps: int, on_steps: list[int]) -> periodic_actions.PeriodicCallback:
-    return periodic_actions.PeriodicCallback(every_steps=every_steps, on_steps=on_steps,
-                                             callback_fn=lambda step, t: None)
+    return periodic_actions.PeriodicCallback(
+        every_steps=every_steps, on_steps=on_steps, callback_fn=lambda step, t: None
+    )
 
 
 class Cadence:

@@ -42,23 +42,33 @@ def _first_line(error: BaseException) -> str:
 class Checkpoints:
     """The checkpoints of one workdir (see the module docstring)."""
 
-    def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True,
-                 read_only: bool = False):
+    def __init__(
+        self, directory: str, *, keep: int = 3, asynchronous: bool = True, read_only: bool = False
+    ):
         self.directory = os.path.abspath(directory)
-        policy = checkpoint_managers.AnyPreservationPolicy([
-            checkpoint_managers.LatestN(n=max(int(keep), 1)),
-            checkpoint_managers.BestN(get_metric_fn=_score, n=1,
-                                      keep_checkpoints_without_metrics=False),
-        ])
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(n=max(int(keep), 1)),
+                checkpoint_managers.BestN(
+                    get_metric_fn=_score, n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
         # best_fn makes Orbax store each checkpoint's metrics (the policy above reads them) and
         # track the best step.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=_score, best_mode="max",
+            preservation_policy=policy,
+            best_fn=_score,
+            best_mode="max",
             enable_async_checkpointing=asynchronous,
-            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+        )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=handlers)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -91,27 +101,35 @@ class Checkpoints:
         self.manager.wait_until_finished()
         self.manager.close()
 
-    def __enter__(self) -> "Checkpoints":
+    def __enter__(self) -> Checkpoints:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
-        trees.check(abstract_state, self.saved_state_metadata(step), error=CheckpointError,
-                    what=f"checkpoint {self._path(step)} was written for a different model or "
-                    "training configuration",
-                    advice="run with the configuration it was written with, or use a new --workdir")
+        trees.check(
+            abstract_state,
+            self.saved_state_metadata(step),
+            error=CheckpointError,
+            what=f"checkpoint {self._path(step)} was written for a different model or "
+            "training configuration",
+            advice="run with the configuration it was written with, or use a new --workdir",
+        )
 
     def _path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
     def _unreadable(self, step: int, error: BaseException) -> CheckpointError:
         older = [s for s in self.all_steps() if s < step]
-        then = (f"move it out of {self.directory} to resume from step {older[-1]}" if older
-                else "move it away to start from scratch")
-        return CheckpointError(f"checkpoint {self._path(step)} cannot be read "
-                               f"({_first_line(error)}); {then}")
+        then = (
+            f"move it out of {self.directory} to resume from step {older[-1]}"
+            if older
+            else "move it away to start from scratch"
+        )
+        return CheckpointError(
+            f"checkpoint {self._path(step)} cannot be read ({_first_line(error)}); {then}"
+        )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Checkpoint ``step`` as ``(state, meta)``, placed as ``abstract_state``'s shardings say.
@@ -120,11 +138,12 @@ class Checkpoints:
         ``jax.eval_shape`` of the state creation, then shardings added).
         """
         self._check_fits(step, abstract_state)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  meta=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        )
         try:
             restored = self.manager.restore(step, args=args)
-        except Exception as error:  # noqa: BLE001 - Orbax raises many kinds on a damaged checkpoint
+        except Exception as error:
             raise self._unreadable(step, error) from None
         return restored["state"], dict(restored["meta"] or {})
 
@@ -132,7 +151,7 @@ class Checkpoints:
         """Shapes and dtypes of checkpoint ``step``'s state, without reading the arrays."""
         try:
             saved = self.manager.item_metadata(step)["state"]
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise self._unreadable(step, error) from None
         return getattr(saved, "tree", saved)
 
@@ -154,5 +173,7 @@ def find_checkpoint(path: str) -> tuple[Checkpoints, int]:
             return checkpoints, steps[-1]
         if step is not None and step in steps:
             return checkpoints, step
-    raise CheckpointError(f"no checkpoint found at {path}: expected a workdir, its checkpoints/ "
-                          "directory or one checkpoint step directory in it")
+    raise CheckpointError(
+        f"no checkpoint found at {path}: expected a workdir, its checkpoints/ "
+        "directory or one checkpoint step directory in it"
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dynamixer_jax.errors import DynaMixerError, TrainingDiverged
 
@@ -17,6 +18,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     """Our progress lines on stderr as ``HH:MM:SS message``; other libraries' chatter at WARNING."""
     try:
         from absl import logging as absl_logging  # noqa: PLC0415 (absl may be absent)
+
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:  # pragma: no cover
         pass
@@ -25,7 +27,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     if not any(getattr(handler, "_dynamixer", False) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        handler._dynamixer = True  # noqa: SLF001
+        handler._dynamixer = True
         logger.addHandler(handler)
     logger.propagate = False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -22,7 +22,8 @@ _UNSET_WAS_MINUS_ONE = ("num_classes", "eval_batch_size", "num_train_steps", "ev
 
 def _module(path: str) -> Any:
     spec = importlib.util.spec_from_file_location(
-        f"_dynamixer_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+        f"_dynamixer_config_{os.path.splitext(os.path.basename(path))[0]}", path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,13 +32,17 @@ def _module(path: str) -> Any:
 def _check_field(config: Any, name: str) -> None:
     """ConfigError unless ``name`` (dotted) is a field of ``config``."""
     if "__" in name:
-        raise ConfigError(f"override {name}: nested fields take dotted names, e.g. "
-                          f"load_config(path, **{{{name.replace('__', '.')!r}: ...}})")
+        raise ConfigError(
+            f"override {name}: nested fields take dotted names, e.g. "
+            f"load_config(path, **{{{name.replace('__', '.')!r}: ...}})"
+        )
     node = config
     for part in name.split("."):
         if not hasattr(node, "keys") or part not in node:
-            raise ConfigError(f"override {name}: the config has no such field "
-                              "(configs/default.py lists every field)")
+            raise ConfigError(
+                f"override {name}: the config has no such field "
+                "(configs/default.py lists every field)"
+            )
         node = node[part]
 
 
@@ -78,12 +83,16 @@ class ConfigReader:
             try:
                 node = node[part]
             except (KeyError, TypeError):
-                raise ConfigError(f"the config has no field {name}; start it from "
-                                  "configs/default.py, which lists every field") from None
+                raise ConfigError(
+                    f"the config has no field {name}; start it from "
+                    "configs/default.py, which lists every field"
+                ) from None
         self.read.add(name)
         if name in _UNSET_WAS_MINUS_ONE and node is not None and node <= 0:
-            raise ConfigError(f"{name} {node}: -1 no longer means unset; leave "
-                              f"--config.{name} out (unset, None, is the default)")
+            raise ConfigError(
+                f"{name} {node}: -1 no longer means unset; leave "
+                f"--config.{name} out (unset, None, is the default)"
+            )
         return tuple(node) if isinstance(node, list) else node
 
     def unknown(self) -> list[str]:

@@ -10,13 +10,14 @@ checkpoint on the configured dataset.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
 from dynamixer_jax import trees
-from dynamixer_jax.errors import CheckpointError, ConfigError, DataError
+from dynamixer_jax.errors import CheckpointError, ConfigError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.plan import DataPlan, ModelPlan, make_plan
@@ -26,8 +27,9 @@ from dynamixer_jax.train.weights import load_params
 log = logging.getLogger("dynamixer_jax.train")
 
 
-def evaluate_params(eval_step, params_by_name: Mapping[str, Any], eval_data, mesh
-                    ) -> dict[str, float]:
+def evaluate_params(
+    eval_step, params_by_name: Mapping[str, Any], eval_data, mesh
+) -> dict[str, float]:
     """``{eval_top1, eval_top5, eval_loss}`` for ``"raw"`` params and ``{name}_eval_...`` for
     the others (e.g. ``ema_eval_top1``), over the whole split of ``eval_data``."""
     totals = None
@@ -49,24 +51,36 @@ def evaluate_params(eval_step, params_by_name: Mapping[str, Any], eval_data, mes
 def make_eval_data(data: DataPlan, source):
     """The planned eval split of ``source`` (an opened data source) as ``EvalData``."""
     from dynamixer_jax.data.pipeline import EvalData  # noqa: PLC0415 (TensorFlow)
-    return EvalData(source, global_batch_size=data.eval_batch_size, image_size=data.image_size,
-                    crop_fraction=data.crop_fraction, split=data.eval_split, threads=data.threads)
+
+    return EvalData(
+        source,
+        global_batch_size=data.eval_batch_size,
+        image_size=data.image_size,
+        crop_fraction=data.crop_fraction,
+        split=data.eval_split,
+        threads=data.threads,
+    )
 
 
 def open_configured_source(data: DataPlan):
     """The planned dataset (TFDS name or folder), opened (raises DataError with advice)."""
     from dynamixer_jax.data.sources import open_source  # noqa: PLC0415 (TensorFlow)
-    return open_source(data.dataset, data.data_dir, image_key=data.image_key,
-                       label_key=data.label_key)
+
+    return open_source(
+        data.dataset, data.data_dir, image_key=data.image_key, label_key=data.label_key
+    )
 
 
-def _check_fit(params: Any, abstract: Any, source: str, model: ModelPlan,
-               num_classes: int) -> None:
-    trees.check(abstract, params, error=ConfigError,
-                what=f"weights at {source} do not fit model {model.name} at image_size "
-                f"{model.image_size} with {num_classes} classes",
-                advice="set --config.model, --config.image_size, --config.model_overrides and "
-                "the dataset to the ones they were trained with")
+def _check_fit(params: Any, abstract: Any, source: str, model: ModelPlan, num_classes: int) -> None:
+    trees.check(
+        abstract,
+        params,
+        error=ConfigError,
+        what=f"weights at {source} do not fit model {model.name} at image_size "
+        f"{model.image_size} with {num_classes} classes",
+        advice="set --config.model, --config.image_size, --config.model_overrides and "
+        "the dataset to the ones they were trained with",
+    )
 
 
 def evaluate(config, source: str) -> dict[str, float]:
@@ -92,8 +106,14 @@ def evaluate(config, source: str) -> dict[str, float]:
         _check_fit(params, abstract, source, plan.model, num_classes)
     params_by_name = jax.device_put(params_by_name, parallel.replicated(mesh))
     eval_data = make_eval_data(plan.data, data_source)
-    log.info("evaluating %s (%s) on %s/%s: %d examples", source, ", ".join(params_by_name),
-             plan.data.dataset, plan.data.eval_split, eval_data.num_examples)
+    log.info(
+        "evaluating %s (%s) on %s/%s: %d examples",
+        source,
+        ", ".join(params_by_name),
+        plan.data.dataset,
+        plan.data.eval_split,
+        eval_data.num_examples,
+    )
     eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
     results = evaluate_params(eval_step, params_by_name, eval_data, mesh)
     log.info("%s", "  ".join(f"{key} {value:.4f}" for key, value in results.items()))

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """What the loop works with, built once before it starts."""
+
     steps: Steps
     train_step: Any
     eval_step: Any
@@ -70,10 +71,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     mesh = parallel.make_mesh()
     source = open_configured_source(plan.data)
     data = plan.data
-    train_data = TrainData(source, global_batch_size=data.batch_size, image_size=data.image_size,
-                           seed=plan.seed, split=data.train_split, augment=data.augment,
-                           shuffle_buffer_size=data.shuffle_buffer_size, threads=data.threads,
-                           prefetch_batches=data.prefetch_batches)
+    train_data = TrainData(
+        source,
+        global_batch_size=data.batch_size,
+        image_size=data.image_size,
+        seed=plan.seed,
+        split=data.train_split,
+        augment=data.augment,
+        shuffle_buffer_size=data.shuffle_buffer_size,
+        threads=data.threads,
+        prefetch_batches=data.prefetch_batches,
+    )
     eval_data = make_eval_data(data, source)
     num_classes = plan.model.classes(source.num_classes)
     model = plan.model.build(num_classes)
@@ -81,20 +89,38 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     schedule = learning_rate_schedule(
         learning_rate=plan.optim.learning_rate,
         warmup_learning_rate=plan.optim.warmup_learning_rate,
-        min_learning_rate=plan.optim.min_learning_rate, warmup_steps=steps.warmup_steps,
-        cosine_steps=steps.cosine_steps)
-    tx = make_optimizer(schedule, weight_decay=plan.optim.weight_decay, b1=plan.optim.b1,
-                        b2=plan.optim.b2, eps=plan.optim.eps,
-                        grad_clip_norm=plan.optim.grad_clip_norm)
+        min_learning_rate=plan.optim.min_learning_rate,
+        warmup_steps=steps.warmup_steps,
+        cosine_steps=steps.cosine_steps,
+    )
+    tx = make_optimizer(
+        schedule,
+        weight_decay=plan.optim.weight_decay,
+        b1=plan.optim.b1,
+        b2=plan.optim.b2,
+        eps=plan.optim.eps,
+        grad_clip_norm=plan.optim.grad_clip_norm,
+    )
     os.makedirs(workdir, exist_ok=True)
-    log.info("%s on %s: %d classes, %d training examples, %d steps of %d (%d per epoch), %s",
-             plan.model.name, data.dataset, num_classes, train_data.num_examples,
-             steps.total_steps, data.batch_size, steps.steps_per_epoch, parallel.describe(mesh))
-    create = functools.partial(create_train_state, tx=tx, seed=plan.seed,
-                               use_ema=plan.optim.ema_decay > 0)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
-                              keep=plan.cadence.keep_checkpoints,
-                              asynchronous=plan.cadence.async_checkpointing)
+    log.info(
+        "%s on %s: %d classes, %d training examples, %d steps of %d (%d per epoch), %s",
+        plan.model.name,
+        data.dataset,
+        num_classes,
+        train_data.num_examples,
+        steps.total_steps,
+        data.batch_size,
+        steps.steps_per_epoch,
+        parallel.describe(mesh),
+    )
+    create = functools.partial(
+        create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
+    )
+    checkpoints = Checkpoints(
+        os.path.join(workdir, "checkpoints"),
+        keep=plan.cadence.keep_checkpoints,
+        asynchronous=plan.cadence.async_checkpointing,
+    )
     meta = _data_meta(plan, train_data.steps_per_epoch)
     try:
         latest = checkpoints.latest_step()
@@ -108,12 +134,29 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         start = int(jax.device_get(state.step))
         metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=start)
         train_step = make_train_step(
-            model, tx, schedule, mesh, num_classes=num_classes, mixup=plan.mixup,
-            augment=data.augment.on_device(), ema_decay=plan.optim.ema_decay,
-            grad_accum_steps=plan.optim.grad_accum_steps)
+            model,
+            tx,
+            schedule,
+            mesh,
+            num_classes=num_classes,
+            mixup=plan.mixup,
+            augment=data.augment.on_device(),
+            ema_decay=plan.optim.ema_decay,
+            grad_accum_steps=plan.optim.grad_accum_steps,
+        )
         eval_step = make_eval_step(model, mesh, mean=data.mean, std=data.std)
-        run = _Run(steps, train_step, eval_step, train_data, eval_data, mesh, checkpoints,
-                   metrics_log, meta, plan.optim.ema_decay > 0)
+        run = _Run(
+            steps,
+            train_step,
+            eval_step,
+            train_data,
+            eval_data,
+            mesh,
+            checkpoints,
+            metrics_log,
+            meta,
+            plan.optim.ema_decay > 0,
+        )
         try:
             return _loop(run, plan, state)
         finally:
@@ -173,21 +216,37 @@ def _fetch(checkpoints: Checkpoints, step: int, metrics: Any) -> dict[str, float
         return values
     checkpoints.wait()
     kept = checkpoints.latest_step()
-    where = (f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}"
-             if kept is not None else "no checkpoint had been written yet")
+    where = (
+        f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}"
+        if kept is not None
+        else "no checkpoint had been written yet"
+    )
     raise TrainingDiverged(
         f"training loss is {values['train_loss']} (gradient norm {values['grad_norm']}) at "
         f"step {step}; {where}. Lower --config.learning_rate, raise --config.warmup_epochs or "
-        "set --config.grad_clip_norm, then run again")
+        "set --config.grad_clip_norm, then run again"
+    )
 
 
-def _log_train(metrics_log: MetricsLog, progress: Progress, step: int, losses: list[float],
-               values: dict[str, float]) -> None:
+def _log_train(
+    metrics_log: MetricsLog,
+    progress: Progress,
+    step: int,
+    losses: list[float],
+    values: dict[str, float],
+) -> None:
     """One progress line and metrics record: the mean loss since the last one."""
     rate = progress.images_per_second(step)
     loss = float(np.mean(losses))
-    metrics_log.write(step, {"train_loss": loss, "learning_rate": values["learning_rate"],
-                             "grad_norm": values["grad_norm"], "images_per_second": rate})
+    metrics_log.write(
+        step,
+        {
+            "train_loss": loss,
+            "learning_rate": values["learning_rate"],
+            "grad_norm": values["grad_norm"],
+            "images_per_second": rate,
+        },
+    )
     log.info("%s", progress.line(step, loss, values["learning_rate"], rate))
 
 
@@ -197,16 +256,22 @@ def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
     results = evaluate_params(run.eval_step, params, run.eval_data, run.mesh)
     results.pop("eval_examples", None)
     run.metrics_log.write(step, results)
-    log.info("eval at step %d: %s", step,
-             "  ".join(f"{key} {value:.4f}" for key, value in results.items()))
+    log.info(
+        "eval at step %d: %s",
+        step,
+        "  ".join(f"{key} {value:.4f}" for key, value in results.items()),
+    )
     return results
 
 
 def _preempted(run: _Run, step: int, state: TrainState, last_eval: dict) -> dict[str, Any]:
     run.checkpoints.save(step, state, run.meta)
     run.checkpoints.wait()
-    log.info("preempted: saved checkpoint %s/%d; run the same command to resume",
-             run.checkpoints.directory, step)
+    log.info(
+        "preempted: saved checkpoint %s/%d; run the same command to resume",
+        run.checkpoints.directory,
+        step,
+    )
     return {"status": "preempted", "step": step, **last_eval}
 
 
@@ -215,14 +280,21 @@ def _initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any
     params = init_variables(model, jax.random.key(seed))["params"]
     if init_from is not None:
         loaded = load_params(init_from.path, mesh, ema=init_from.ema)
-        params, report = merge_params(jax.device_get(params), loaded,
-                                      reset_head=init_from.reset_head,
-                                      reinit=grid_patterns(loaded, model))
+        params, report = merge_params(
+            jax.device_get(params),
+            loaded,
+            reset_head=init_from.reset_head,
+            reinit=grid_patterns(loaded, model),
+        )
         fresh = report["reinitialised"]
-        log.info("fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), "
-                 "%d unused", init_from.path, len(report["taken"]), len(fresh),
-                 ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
-                 len(report["unused"]))
+        log.info(
+            "fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), %d unused",
+            init_from.path,
+            len(report["taken"]),
+            len(fresh),
+            ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
+            len(report["unused"]),
+        )
     return jax.device_put(params, parallel.replicated(mesh))
 
 
@@ -230,22 +302,33 @@ def _restore(checkpoints: Checkpoints, step: int, abstract: Any, meta: dict, mes
     """The state of checkpoint ``step``, replicated; warns if the data settings changed."""
     sharding = parallel.replicated(mesh)
     abstract = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract)
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract
+    )
     state, saved_meta = checkpoints.restore(step, abstract)
-    changed = {key: (saved_meta.get(key), value) for key, value in meta.items()
-               if saved_meta.get(key) not in (None, value)}
+    changed = {
+        key: (saved_meta.get(key), value)
+        for key, value in meta.items()
+        if saved_meta.get(key) not in (None, value)
+    }
     if changed:
-        log.warning("resuming with different data settings %s: batches from here on differ "
-                    "from the interrupted run's", changed)
+        log.warning(
+            "resuming with different data settings %s: batches from here on differ "
+            "from the interrupted run's",
+            changed,
+        )
     log.info("resumed from checkpoint %s/%d", checkpoints.directory, step)
     return state
 
 
 def _data_meta(plan: RunPlan, steps_per_epoch: int) -> dict:
     """What the data position of a checkpoint means (checked when resuming)."""
-    return {"seed": plan.seed, "global_batch_size": plan.data.batch_size,
-            "dataset": plan.data.dataset, "train_split": plan.data.train_split,
-            "steps_per_epoch": int(steps_per_epoch)}
+    return {
+        "seed": plan.seed,
+        "global_batch_size": plan.data.batch_size,
+        "dataset": plan.data.dataset,
+        "train_split": plan.data.train_split,
+        "steps_per_epoch": int(steps_per_epoch),
+    }
 
 
 def _write_config(config_json: str, workdir: str) -> None:

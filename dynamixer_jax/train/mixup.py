@@ -92,11 +92,14 @@ def _cutmix_mask(rng: jax.Array, lam: jax.Array, height: int, width: int) -> jax
     rows = jnp.arange(height)[:, None]
     cols = jnp.arange(width)[None, :]
     # Clipping to [0, side] as timm does is implied by comparing with in-range indices.
-    return (rows >= cy - half_h) & (rows < cy + half_h) & (cols >= cx - half_w) & (cols < cx + half_w)
+    return (
+        (rows >= cy - half_h) & (rows < cy + half_h) & (cols >= cx - half_w) & (cols < cx + half_w)
+    )
 
 
-def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, num_classes: int,
-              config: MixupConfig) -> tuple[jax.Array, jax.Array]:
+def mix_batch(
+    rng: jax.Array, images: jax.Array, labels: jax.Array, num_classes: int, config: MixupConfig
+) -> tuple[jax.Array, jax.Array]:
     """Mixup or CutMix a batch as timm's ``Mixup(mode='batch', correct_lam=True)``.
 
     Args:
@@ -120,7 +123,9 @@ def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, num_classes:
     if images.ndim != 4:
         raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
     if labels.shape != images.shape[:1]:
-        raise ValueError(f"labels must be ({images.shape[0]},) to match the images, got {labels.shape}")
+        raise ValueError(
+            f"labels must be ({images.shape[0]},) to match the images, got {labels.shape}"
+        )
     targets = smooth_labels(labels, num_classes, config.label_smoothing)
     if not config.active:
         return images, targets

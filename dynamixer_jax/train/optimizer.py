@@ -15,7 +15,8 @@ curve, a little below ``learning_rate``. timm steps it once per epoch; here it m
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +25,14 @@ import optax
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-def learning_rate_schedule(*, learning_rate: float, warmup_learning_rate: float,
-                           min_learning_rate: float, warmup_steps: int, cosine_steps: int
-                           ) -> Schedule:
+def learning_rate_schedule(
+    *,
+    learning_rate: float,
+    warmup_learning_rate: float,
+    min_learning_rate: float,
+    warmup_steps: int,
+    cosine_steps: int,
+) -> Schedule:
     """Warmup, cosine over ``cosine_steps`` (warmup included), then ``min_learning_rate``.
 
     ``cosine_steps`` is where the cooldown starts (e.g. 300 epochs' worth of steps of a 310-epoch
@@ -39,7 +45,8 @@ def learning_rate_schedule(*, learning_rate: float, warmup_learning_rate: float,
         # join_schedules hands each piece the steps since its own start.
         progress = jnp.minimum(count + warmup_steps, cosine_steps) / cosine_steps
         return min_learning_rate + 0.5 * (learning_rate - min_learning_rate) * (
-            1.0 + jnp.cos(math.pi * progress))
+            1.0 + jnp.cos(math.pi * progress)
+        )
 
     pieces = [cosine, optax.constant_schedule(min_learning_rate)]
     boundaries = [cosine_steps]  # absolute steps where the next piece starts
@@ -54,13 +61,20 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map(lambda leaf: jnp.ndim(leaf) > 1, params)
 
 
-def make_optimizer(schedule: Schedule, *, weight_decay: float, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, grad_clip_norm: float = 0.0
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+    schedule: Schedule,
+    *,
+    weight_decay: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    grad_clip_norm: float = 0.0,
+) -> optax.GradientTransformation:
     """AdamW with ``schedule``, decoupled weight decay on the masked weights, and clipping of the
     global gradient norm to ``grad_clip_norm`` first (0 turns clipping off)."""
-    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                        mask=weight_decay_mask)
+    adamw = optax.adamw(
+        schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+    )
     if grad_clip_norm and grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adamw)
     return adamw

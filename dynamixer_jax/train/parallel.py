@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -22,8 +22,13 @@ DATA_AXIS = "data"
 
 # Environment variables that mean "this process is one of several" to jax.distributed's cluster
 # auto-detection (Cloud TPU pods, SLURM, Open MPI, JAX's own coordinator variables).
-_CLUSTER_HINTS = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
-                  "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS")
+_CLUSTER_HINTS = (
+    "JAX_COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 def _several_hosts_hinted() -> bool:
@@ -40,9 +45,11 @@ def _several_hosts_hinted() -> bool:
     return False
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
     """Call ``jax.distributed.initialize`` when this is one of several processes.
 
     With explicit arguments (e.g. from ``main.py --coordinator_address=...``) they are used; else
@@ -58,15 +65,23 @@ def initialize_distributed(coordinator_address: str | None = None,
         # does not touch accelerators.
         try:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        except Exception:  # noqa: BLE001 - an older or newer JAX without the option
+        except Exception:
             pass
     kwargs = {}
     if explicit:
-        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
-                      process_id=process_id)
+        kwargs = dict(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
     jax.distributed.initialize(**kwargs)
-    log.info("process %d of %d, %d local devices of %d", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d, %d local devices of %d",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def make_mesh() -> Mesh:
@@ -92,13 +107,18 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     processes' shares in process order, which is the order the input pipeline assigns them.
     """
     sharding = batch_sharded(mesh)
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in local.items() if key != "id"}
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for key, value in local.items()
+        if key != "id"
+    }
 
 
 def describe(mesh: Mesh) -> str:
     """A short line about the devices, for the log."""
     device, count, processes = mesh.devices.flat[0], mesh.devices.size, jax.process_count()
     kind = getattr(device, "device_kind", "") or device.platform
-    return (f"{count} {device.platform} device{'s' if count > 1 else ''} ({kind}) in "
-            f"{processes} process{'es' if processes > 1 else ''}")
+    return (
+        f"{count} {device.platform} device{'s' if count > 1 else ''} ({kind}) in "
+        f"{processes} process{'es' if processes > 1 else ''}"
+    )

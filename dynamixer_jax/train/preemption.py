@@ -23,7 +23,7 @@ class PreemptionWatch:
         self._previous = None
         self._multi = jax.process_count() > 1
 
-    def __enter__(self) -> "PreemptionWatch":
+    def __enter__(self) -> PreemptionWatch:
         if not self._multi and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self

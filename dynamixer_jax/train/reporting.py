@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 log = logging.getLogger("dynamixer_jax.train")
 
@@ -52,14 +52,18 @@ class MetricsLog:
         os.makedirs(workdir, exist_ok=True)
         self._truncate_after(start_step)
         from clu import metric_writers  # noqa: PLC0415 (TensorFlow-backed; training only)
+
         self.writer = metric_writers.create_default_writer(workdir, asynchronous=True)
 
     def _truncate_after(self, step: int) -> None:
         """Keep only the records up to ``step`` (a resumed run replays what came after)."""
         if not os.path.exists(self.path):
             return
-        kept = [record for record in read_metrics(os.path.dirname(self.path))
-                if record.get("step", 0) <= step]
+        kept = [
+            record
+            for record in read_metrics(os.path.dirname(self.path))
+            if record.get("step", 0) <= step
+        ]
         temporary = self.path + ".tmp"
         with open(temporary, "w") as file:
             file.writelines(json.dumps(record) + "\n" for record in kept)
@@ -106,7 +110,8 @@ class Progress:
     def line(self, step: int, loss: float, learning_rate: float, images_per_second: float) -> str:
         """``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  ETA 0:03:12``."""
         remaining = (self.total_steps - step) * self.batch / max(images_per_second, 1e-9)
-        eta = (str(datetime.timedelta(seconds=int(remaining))) if math.isfinite(remaining)
-               else "?")
-        return (f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {learning_rate:.2e}  "
-                f"{images_per_second:.0f} img/s  ETA {eta}")
+        eta = str(datetime.timedelta(seconds=int(remaining))) if math.isfinite(remaining) else "?"
+        return (
+            f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {learning_rate:.2e}  "
+            f"{images_per_second:.0f} img/s  ETA {eta}"
+        )

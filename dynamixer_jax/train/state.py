@@ -29,8 +29,9 @@ class TrainState:
         return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int,
-                       use_ema: bool) -> TrainState:
+def create_train_state(
+    params: Any, tx: optax.GradientTransformation, seed: int, use_ema: bool
+) -> TrainState:
     """A fresh state at step 0 from ``params`` (a pytree of arrays)."""
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return TrainState(

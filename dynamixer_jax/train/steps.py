@@ -16,15 +16,21 @@ stops on it before anything is saved.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment
-from dynamixer_jax.data.device_augment import augment_batch, normalize
+from dynamixer_jax.data.device_augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceAugment,
+    augment_batch,
+    normalize,
+)
 from dynamixer_jax.train.mixup import MixupConfig, mix_batch
 from dynamixer_jax.train.parallel import batch_sharded, replicated
 from dynamixer_jax.train.state import TrainState
@@ -49,14 +55,23 @@ def _split_micro_batches(tree: Any, count: int) -> Any:
     """(B, ...) -> (count, B / count, ...), micro-batch ``j`` holding examples ``j, j + count, ...``
     so that every micro-batch draws evenly from every device's contiguous share of the batch."""
     return jax.tree_util.tree_map(
-        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1), tree)
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1), tree
+    )
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
-                    mesh: Mesh, *, num_classes: int, mixup: MixupConfig,
-                    augment: DeviceAugment = DeviceAugment(), ema_decay: float = 0.0,
-                    grad_accum_steps: int = 1, donate: bool = True
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    schedule: Callable,
+    mesh: Mesh,
+    *,
+    num_classes: int,
+    mixup: MixupConfig,
+    augment: DeviceAugment = DeviceAugment(),
+    ema_decay: float = 0.0,
+    grad_accum_steps: int = 1,
+    donate: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled training step ``(state, batch) -> (state, metrics)``.
 
     ``batch``: ``image`` uint8 (B, H, W, 3), or float already normalised, ``label`` int (B,),
@@ -69,8 +84,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
     compute_dtype = model.dtype or jnp.float32
 
     def loss_fn(params, images, targets, mask, key):
-        logits = model.apply({"params": params}, images.astype(compute_dtype), train=True,
-                             rngs={"dropout": key})
+        logits = model.apply(
+            {"params": params}, images.astype(compute_dtype), train=True, rngs={"dropout": key}
+        )
         per_example = soft_cross_entropy(logits, targets)
         return jnp.sum(per_example * mask), jnp.sum(mask)
 
@@ -91,15 +107,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
 
             def accumulate(carry, inputs):
                 (images_j, targets_j, mask_j), key_j = inputs
-                (loss_j, count_j), grads_j = grad_fn(state.params, images_j, targets_j, mask_j,
-                                                     key_j)
+                (loss_j, count_j), grads_j = grad_fn(
+                    state.params, images_j, targets_j, mask_j, key_j
+                )
                 loss_sum, count, grads = carry
                 grads = jax.tree_util.tree_map(jnp.add, grads, grads_j)
                 return (loss_sum + loss_j, count + count_j, grads), None
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
             (loss_sum, count, grads), _ = jax.lax.scan(
-                accumulate, (jnp.float32(0), jnp.float32(0), zeros), (micro, keys))
+                accumulate, (jnp.float32(0), jnp.float32(0), zeros), (micro, keys)
+            )
         denominator = jnp.maximum(count, 1.0)
         loss = loss_sum / denominator
         grads = jax.tree_util.tree_map(lambda g: g / denominator, grads)
@@ -108,8 +126,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         params = optax.apply_updates(state.params, updates)
         if ema_decay:
             ema_params = jax.tree_util.tree_map(
-                lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new,
-                state.ema_params, params)
+                lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new, state.ema_params, params
+            )
         else:
             ema_params = state.ema_params
         # The state is kept when the loss is not finite. Guarding on the gradient norm too would
@@ -119,21 +137,31 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         # finite=False, and the loop stops before that state is evaluated or saved.
         loss_finite = jnp.isfinite(loss)
         finite = loss_finite & jnp.isfinite(grad_norm)
-        new_state = state.replace(step=state.step + 1,
-                                  params=_tree_select(loss_finite, params, state.params),
-                                  opt_state=_tree_select(loss_finite, opt_state, state.opt_state),
-                                  ema_params=_tree_select(loss_finite, ema_params,
-                                                          state.ema_params))
-        metrics = {"train_loss": loss, "learning_rate": schedule(state.step),
-                   "grad_norm": grad_norm, "finite": finite}
+        new_state = state.replace(
+            step=state.step + 1,
+            params=_tree_select(loss_finite, params, state.params),
+            opt_state=_tree_select(loss_finite, opt_state, state.opt_state),
+            ema_params=_tree_select(loss_finite, ema_params, state.ema_params),
+        )
+        metrics = {
+            "train_loss": loss,
+            "learning_rate": schedule(state.step),
+            "grad_norm": grad_norm,
+            "finite": finite,
+        }
         return new_state, metrics
 
-    return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)),
-                   donate_argnums=(0,) if donate else ())
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
 
 
-def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+def classification_sums(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array
+) -> dict[str, jax.Array]:
     """Sums over the real examples of one batch: cross-entropy, top-1 and top-5 hits, count."""
     logits = logits.astype(jnp.float32)
     mask = mask.astype(jnp.float32)
@@ -141,12 +169,17 @@ def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -
     top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     k = min(5, logits.shape[-1])
     top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
-    return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(top1 * mask),
-            "top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
+    return {
+        "loss": jnp.sum(loss * mask),
+        "top1": jnp.sum(top1 * mask),
+        "top5": jnp.sum(top5 * mask),
+        "count": jnp.sum(mask),
+    }
 
 
-def make_eval_step(model, mesh: Mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD
-                   ) -> Callable[[dict[str, Any], Batch], dict[str, Any]]:
+def make_eval_step(
+    model, mesh: Mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD
+) -> Callable[[dict[str, Any], Batch], dict[str, Any]]:
     """The compiled evaluation step ``(params_by_name, batch) -> {name: sums}``.
 
     ``batch["image"]`` is uint8, normalised here with ``mean``/``std`` (0-1 scale), or float
@@ -159,9 +192,15 @@ def make_eval_step(model, mesh: Mesh, *, mean=IMAGENET_MEAN, std=IMAGENET_STD
 
     def eval_step(params_by_name, batch):
         images = normalize(batch["image"], mean, std).astype(compute_dtype)
-        return {name: classification_sums(model.apply({"params": params}, images, train=False),
-                                          batch["label"], batch["mask"])
-                for name, params in params_by_name.items()}
+        return {
+            name: classification_sums(
+                model.apply({"params": params}, images, train=False), batch["label"], batch["mask"]
+            )
+            for name, params in params_by_name.items()
+        }
 
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=replicated(mesh))
+    return jax.jit(
+        eval_step,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+    )

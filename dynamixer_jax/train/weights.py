@@ -45,8 +45,9 @@ def grid_patterns(loaded: Any, model: DynaMixer) -> tuple[str, ...]:
     return GRID_DEPENDENT if _pair(trained_at) != _pair(model.image_size) else ()
 
 
-def merge_params(fresh: Any, loaded: Any, *, reset_head: bool = True,
-                 reinit: Iterable[str] = ()) -> tuple[Any, dict]:
+def merge_params(
+    fresh: Any, loaded: Any, *, reset_head: bool = True, reinit: Iterable[str] = ()
+) -> tuple[Any, dict]:
     """``fresh`` with every leaf of ``loaded`` except the paths matching a ``reinit`` regex or,
     with ``reset_head``, the head; those keep their fresh values.
 
@@ -56,11 +57,17 @@ def merge_params(fresh: Any, loaded: Any, *, reset_head: bool = True,
     """
     patterns = tuple(reinit) + (HEAD if reset_head else ())
     merged, report = trees.merge(
-        fresh, loaded, reinit=patterns, error=ConversionError,
+        fresh,
+        loaded,
+        reinit=patterns,
+        error=ConversionError,
         advice="fine-tune the architecture the weights were trained as (--config.model, "
         "--config.model_overrides); only the head (reset_head) and, at a new image size, the "
-        "grid-dependent generate layers start fresh")
+        "grid-dependent generate layers start fresh",
+    )
     if not report["taken"]:
-        raise ConversionError("none of the loaded weights fit this model (every parameter is "
-                              "re-initialised); check the model name and its overrides")
+        raise ConversionError(
+            "none of the loaded weights fit this model (every parameter is "
+            "re-initialised); check the model name and its overrides"
+        )
     return merged, report

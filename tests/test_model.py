@@ -160,7 +160,7 @@ def test_stochastic_depth_is_per_sample_and_only_in_training():
 
 
 def test_drop_path_rates_grow_linearly():
-    from dynamixer_jax.model.network import drop_path_rates
+    from dynamixer_jax.model.stage import drop_path_rates
 
     rates = drop_path_rates(TINY_ARCH["layers"], 0.4)  # (1, 1, 2, 1): 5 layers, steps of 0.1
     assert [len(stage) for stage in rates] == list(TINY_ARCH["layers"])

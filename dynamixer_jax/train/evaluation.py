@@ -20,7 +20,8 @@ from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError, ConfigError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel
-from dynamixer_jax.train.plan import DataPlan, ModelPlan, make_plan
+from dynamixer_jax.train.config_reading import make_plan
+from dynamixer_jax.train.plan import DataPlan, ModelPlan
 from dynamixer_jax.train.steps import make_eval_step
 from dynamixer_jax.train.weights import load_params
 

@@ -26,17 +26,17 @@ import jax
 import numpy as np
 
 from dynamixer_jax.errors import TrainingDiverged
-from dynamixer_jax.model.init import abstract_variables, init_variables
-from dynamixer_jax.train import parallel
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.train import parallel, start
 from dynamixer_jax.train.checkpoints import Checkpoints
+from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import evaluate_params, make_eval_data, open_configured_source
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from dynamixer_jax.train.plan import InitPlan, RunPlan, Steps, make_plan
+from dynamixer_jax.train.plan import RunPlan, Steps
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.reporting import MetricsLog, Progress
 from dynamixer_jax.train.state import TrainState, create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
-from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +121,18 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         keep=plan.cadence.keep_checkpoints,
         asynchronous=plan.cadence.async_checkpointing,
     )
-    meta = _data_meta(plan, train_data.steps_per_epoch)
+    meta = start.data_meta(plan, train_data.steps_per_epoch)
     try:
         latest = checkpoints.latest_step()
         if latest is not None:
             abstract = jax.eval_shape(create, abstract_variables(model)["params"])
-            state = _restore(checkpoints, latest, abstract, meta, mesh)
+            state = start.restore_state(checkpoints, latest, abstract, meta, mesh)
         else:
-            params = _initial_params(model, plan.seed, plan.init_from, mesh)
+            params = start.initial_params(model, plan.seed, plan.init_from, mesh)
             state = jax.jit(create, out_shardings=parallel.replicated(mesh))(params)
-        _write_config(plan.config_json, workdir)
-        start = int(jax.device_get(state.step))
-        metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=start)
+        start.write_config(plan.config_json, workdir)
+        first_step = int(jax.device_get(state.step))
+        metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
         train_step = make_train_step(
             model,
             tx,
@@ -273,65 +273,3 @@ def _preempted(run: _Run, step: int, state: TrainState, last_eval: dict) -> dict
         step,
     )
     return {"status": "preempted", "step": step, **last_eval}
-
-
-def _initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any) -> Any:
-    """Fresh parameters (the authors' init), merged with ``init_from`` when fine-tuning."""
-    params = init_variables(model, jax.random.key(seed))["params"]
-    if init_from is not None:
-        loaded = load_params(init_from.path, mesh, ema=init_from.ema)
-        params, report = merge_params(
-            jax.device_get(params),
-            loaded,
-            reset_head=init_from.reset_head,
-            reinit=grid_patterns(loaded, model),
-        )
-        fresh = report["reinitialised"]
-        log.info(
-            "fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), %d unused",
-            init_from.path,
-            len(report["taken"]),
-            len(fresh),
-            ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
-            len(report["unused"]),
-        )
-    return jax.device_put(params, parallel.replicated(mesh))
-
-
-def _restore(checkpoints: Checkpoints, step: int, abstract: Any, meta: dict, mesh: Any) -> Any:
-    """The state of checkpoint ``step``, replicated; warns if the data settings changed."""
-    sharding = parallel.replicated(mesh)
-    abstract = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract
-    )
-    state, saved_meta = checkpoints.restore(step, abstract)
-    changed = {
-        key: (saved_meta.get(key), value)
-        for key, value in meta.items()
-        if saved_meta.get(key) not in (None, value)
-    }
-    if changed:
-        log.warning(
-            "resuming with different data settings %s: batches from here on differ "
-            "from the interrupted run's",
-            changed,
-        )
-    log.info("resumed from checkpoint %s/%d", checkpoints.directory, step)
-    return state
-
-
-def _data_meta(plan: RunPlan, steps_per_epoch: int) -> dict:
-    """What the data position of a checkpoint means (checked when resuming)."""
-    return {
-        "seed": plan.seed,
-        "global_batch_size": plan.data.batch_size,
-        "dataset": plan.data.dataset,
-        "train_split": plan.data.train_split,
-        "steps_per_epoch": int(steps_per_epoch),
-    }
-
-
-def _write_config(config_json: str, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as file:
-            file.write(config_json)

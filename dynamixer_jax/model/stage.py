@@ -1,0 +1,114 @@
+"""One stage of DynaMixer: a run of mixer layers on one token grid, and its stochastic depth.
+
+The layers run unrolled (each wrapped to keep what ``remat`` says) or, with ``scan_layers``, as
+one ``lax.scan`` over their stacked parameters; both give the same parameter tree and values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dynamixer_jax.model.layers import Dtype, MixerLayer
+from dynamixer_jax.model.remat import REMAT_POLICIES, call_layer, remat_layer
+
+
+def drop_path_rates(layers: Sequence[int], drop_path_rate: float) -> tuple[tuple[float, ...], ...]:
+    """Per-stage, per-layer stochastic depth rates: drop_path_rate * i / (total - 1), i over all layers."""
+    total = sum(layers)
+    rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+    out, start = [], 0
+    for count in layers:
+        out.append(tuple(rates[start : start + count]))
+        start += count
+    return tuple(out)
+
+
+class Stage(nn.Module):
+    """A run of mixer layers on one token grid.
+
+    With ``scan_layers`` the layers run as one ``lax.scan`` over their stacked parameters (XLA
+    compiles the layer once instead of once per layer); the parameters stay one subtree per
+    layer (``layers_{j}``). Initialisation and runs that collect ``intermediates`` (the mixing
+    matrices) unroll the layers.
+    """
+
+    height: int
+    width: int
+    num_segments: int
+    reduced_dim: int
+    mlp_ratio: float
+    drop_path_rates: tuple[float, ...]
+    drop_rate: float = 0.0
+    skip_lam: float = 1.0
+    remat: str = "minimal"
+    scan_layers: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def _layer_fields(self) -> dict:
+        return dict(
+            height=self.height,
+            width=self.width,
+            num_segments=self.num_segments,
+            reduced_dim=self.reduced_dim,
+            mlp_ratio=self.mlp_ratio,
+            drop_rate=self.drop_rate,
+            skip_lam=self.skip_lam,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        count = len(self.drop_path_rates)
+        if (
+            self.scan_layers
+            and count > 1
+            and not self.is_initializing()
+            and not self.is_mutable_collection("intermediates")
+        ):
+            return self._scan(x, train)
+        layer = remat_layer(MixerLayer, self.remat)
+        # With remat="full" on the CPU, one unit per layer when training (see model/remat.py).
+        as_unit = (
+            train
+            and self.remat == "full"
+            and jax.default_backend() == "cpu"
+            and not self.is_initializing()
+            and not self.is_mutable_collection("intermediates")
+        )
+        for j, rate in enumerate(self.drop_path_rates):
+            module = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())
+            x = call_layer(module, x, train) if as_unit else module(x, train)
+        return x
+
+    def _scan(self, x: jax.Array, train: bool) -> jax.Array:
+        count = len(self.drop_path_rates)
+        params = self.variables["params"]
+        stacked = jax.tree_util.tree_map(
+            lambda *leaves: jnp.stack(leaves), *[params[f"layers_{j}"] for j in range(count)]
+        )
+        rates = jnp.asarray(self.drop_path_rates, jnp.float32)
+        stochastic = train and (any(self.drop_path_rates) or self.drop_rate > 0)
+        keys = (
+            jax.random.split(self.make_rng("dropout"), count) if stochastic else jnp.zeros((count,))
+        )
+        template = MixerLayer(parent=None, **self._layer_fields())
+
+        def body(carry, inputs):
+            layer_params, rate, key = inputs
+            if not stochastic:  # every rate is 0: no random draw, no key needed
+                return template.apply({"params": layer_params}, carry, train), None
+            return template.apply(
+                {"params": layer_params}, carry, train, rate, rngs={"dropout": key}
+            ), None
+
+        policy = REMAT_POLICIES[self.remat]
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
+        return x

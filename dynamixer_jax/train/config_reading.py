@@ -1,0 +1,263 @@
+"""Reading a config: the only code that reads a ``ConfigDict`` field.
+
+:func:`make_plan` turns a config (``configs/default.py`` lists every field) into a frozen
+``plan.RunPlan`` and checks everything a user can get wrong before any data is opened or
+anything compiled: each problem raises :class:`ConfigError` with one line naming the field and
+what to do. Fields are read strictly (:class:`ConfigReader`): a field that is unset is ``None``
+(``config_dict.placeholder``), every default is in ``configs/default.py`` and nowhere else, and
+a field nothing reads is reported as unknown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from dynamixer_jax.data.recipe import TrainAugment
+from dynamixer_jax.errors import ConfigError
+from dynamixer_jax.model.variants import list_models
+from dynamixer_jax.train.mixup import MixupConfig
+from dynamixer_jax.train.plan import (
+    CadencePlan,
+    DataPlan,
+    InitPlan,
+    ModelPlan,
+    OptimPlan,
+    RunPlan,
+    SchedulePlan,
+)
+
+ARCHITECTURE_FIELDS = (
+    "layers",
+    "embed_dims",
+    "transitions",
+    "num_segments",
+    "reduced_dims",
+    "mlp_ratios",
+    "patch_size",
+)
+
+# Fields whose "unset" used to be spelled -1; it is None now.
+_UNSET_WAS_MINUS_ONE = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
+
+
+class ConfigReader:
+    """Reads a config strictly (every default is in configs/default.py, none here) and
+    remembers which fields it read, so that the rest can be reported as unknown."""
+
+    def __init__(self, config: Any):
+        self.config, self.read = config, set()
+
+    def __call__(self, name: str) -> Any:
+        node = self.config
+        for part in name.split("."):
+            try:
+                node = node[part]
+            except (KeyError, TypeError):
+                raise ConfigError(
+                    f"the config has no field {name}; start it from "
+                    "configs/default.py, which lists every field"
+                ) from None
+        self.read.add(name)
+        if name in _UNSET_WAS_MINUS_ONE and node is not None and node <= 0:
+            raise ConfigError(
+                f"{name} {node}: -1 no longer means unset; leave "
+                f"--config.{name} out (unset, None, is the default)"
+            )
+        return tuple(node) if isinstance(node, list) else node
+
+    def unknown(self) -> list[str]:
+        """Fields of the config that nothing read (misspelt or from another version)."""
+        names = []
+        for name, value in self.config.items():
+            if name in self.read:
+                continue
+            if hasattr(value, "items"):
+                names += [f"{name}.{key}" for key in value if f"{name}.{key}" not in self.read]
+            else:
+                names.append(name)
+        return sorted(names)
+
+
+def augment_recipe(config: Any) -> TrainAugment:
+    """Per-image training augmentation from ``config.augment``, ``mean`` and ``std``."""
+    return TrainAugment.from_fields(config.augment, mean=tuple(config.mean), std=tuple(config.std))
+
+
+def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
+    overrides = dict(value.items()) if value is not None else {}
+    unknown = set(overrides) - set(ARCHITECTURE_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"model_overrides has unknown field(s) {sorted(unknown)}; "
+            f"known: {', '.join(ARCHITECTURE_FIELDS)}"
+        )
+    return tuple(
+        (key, tuple(item) if isinstance(item, (list, tuple)) else item)
+        for key, item in overrides.items()
+        if item is not None
+    )
+
+
+def _model(read: ConfigReader) -> ModelPlan:
+    name = read("model")
+    if name not in list_models():
+        raise ConfigError(
+            f"unknown model {name!r}: set --config.model to one of {', '.join(list_models())}"
+        )
+    model = ModelPlan(
+        name=name,
+        overrides=_model_overrides(read("model_overrides")),
+        image_size=read("image_size"),
+        num_classes=read("num_classes"),
+        drop_path_rate=read("drop_path_rate"),
+        drop_rate=read("drop_rate"),
+        half_precision=bool(read("half_precision")),
+        remat=read("remat"),
+        scan_layers=bool(read("scan_layers")),
+    )
+    model.build(model.num_classes or 1)  # a model that cannot be built fails here
+    return model
+
+
+def _mixup(read: ConfigReader) -> MixupConfig:
+    try:
+        return MixupConfig(
+            mixup_alpha=read("mixup.mixup_alpha"),
+            cutmix_alpha=read("mixup.cutmix_alpha"),
+            switch_prob=read("mixup.switch_prob"),
+            prob=read("mixup.prob"),
+            label_smoothing=read("label_smoothing"),
+        )
+    except ValueError as error:
+        raise ConfigError(f"mixup: {error}") from None
+
+
+def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+        size = getattr(data, name)
+        if size <= 0 or size % devices:
+            where = f"{devices} devices" + (f" in {processes} processes" if processes > 1 else "")
+            multiple = devices * max(1, round(size / devices)) if size > 0 else devices
+            raise ConfigError(
+                f"{name} {size} is not divisible by the {where}; use a multiple "
+                f"of {devices}, e.g. --config.{name}={multiple}"
+            )
+    per_device = data.batch_size // devices
+    if grad_accum_steps < 1 or per_device % grad_accum_steps:
+        raise ConfigError(
+            f"grad_accum_steps {grad_accum_steps} must divide the per-device batch "
+            f"({data.batch_size} / {devices} devices = {per_device})"
+        )
+
+
+def _check_numbers(
+    optim: OptimPlan, schedule: SchedulePlan, cadence: CadencePlan, model: ModelPlan
+) -> None:
+    if not 0.0 <= optim.ema_decay < 1.0:
+        raise ConfigError(
+            f"ema_decay must be in [0, 1) (0 turns the EMA off), not {optim.ema_decay}"
+        )
+    if not optim.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be positive, not {optim.learning_rate}")
+    if schedule.num_train_steps is None and not schedule.num_epochs > 0:
+        raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
+    for name, value in [
+        ("warmup_epochs", schedule.warmup_epochs),
+        ("cooldown_epochs", schedule.cooldown_epochs),
+        ("weight_decay", optim.weight_decay),
+        ("grad_clip_norm", optim.grad_clip_norm),
+        ("drop_path_rate", model.drop_path_rate),
+    ]:
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0, not {value}")
+    for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        if getattr(cadence, name) <= 0:
+            raise ConfigError(f"{name} must be a positive number, not {getattr(cadence, name)}")
+
+
+def _init_from(read: ConfigReader) -> InitPlan | None:
+    path = read("init_from")
+    ema, reset_head = bool(read("init_from_ema")), bool(read("reset_head"))
+    required = bool(read("init_from_required"))
+    if path is None and required:
+        raise ConfigError(
+            "this config fine-tunes: give the starting weights with "
+            "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"
+        )
+    return None if path is None else InitPlan(str(path), ema, reset_head)
+
+
+def make_plan(config: Any, *, devices: int | None = None, processes: int | None = None) -> RunPlan:
+    """The checked, typed plan of ``config`` for ``devices`` devices in ``processes`` processes
+    (default: JAX's); raises ConfigError with one line."""
+    devices = jax.device_count() if devices is None else devices
+    processes = jax.process_count() if processes is None else processes
+    read = ConfigReader(config)
+    model = _model(read)
+    batch_size = read("batch_size")
+    eval_batch_size = read("eval_batch_size")
+    read.read.add("augment")  # augment_recipe checks its fields
+    data = DataPlan(
+        dataset=str(read("dataset")),
+        data_dir=read("data_dir"),
+        train_split=read("train_split"),
+        eval_split=read("eval_split"),
+        image_key=read("image_key"),
+        label_key=read("label_key"),
+        batch_size=batch_size,
+        eval_batch_size=batch_size if eval_batch_size is None else eval_batch_size,
+        image_size=model.image_size,
+        crop_fraction=read("crop_fraction"),
+        mean=tuple(read("mean")),
+        std=tuple(read("std")),
+        augment=augment_recipe(config),
+        shuffle_buffer_size=read("shuffle_buffer_size"),
+        threads=read("data_threads"),
+        prefetch_batches=read("prefetch_batches"),
+    )
+    optim = OptimPlan(
+        learning_rate=read("learning_rate"),
+        warmup_learning_rate=read("warmup_learning_rate"),
+        min_learning_rate=read("min_learning_rate"),
+        weight_decay=read("weight_decay"),
+        b1=read("adam_b1"),
+        b2=read("adam_b2"),
+        eps=read("adam_eps"),
+        grad_clip_norm=read("grad_clip_norm"),
+        grad_accum_steps=read("grad_accum_steps"),
+        ema_decay=read("ema_decay"),
+    )
+    schedule = SchedulePlan(
+        num_epochs=read("num_epochs"),
+        warmup_epochs=read("warmup_epochs"),
+        cooldown_epochs=read("cooldown_epochs"),
+        num_train_steps=read("num_train_steps"),
+    )
+    cadence = CadencePlan(
+        log_every_steps=read("log_every_steps"),
+        eval_every_steps=read("eval_every_steps"),
+        checkpoint_every_steps=read("checkpoint_every_steps"),
+        keep_checkpoints=read("keep_checkpoints"),
+        async_checkpointing=bool(read("async_checkpointing")),
+    )
+    plan = RunPlan(
+        model=model,
+        data=data,
+        optim=optim,
+        mixup=_mixup(read),
+        schedule=schedule,
+        cadence=cadence,
+        init_from=_init_from(read),
+        seed=read("seed"),
+        config_json=config.to_json_best_effort(indent=2),
+    )
+    if read.unknown():
+        raise ConfigError(
+            f"unknown config field(s) {', '.join(read.unknown())}; "
+            "configs/default.py lists every field"
+        )
+    _check_numbers(optim, schedule, cadence, model)
+    _check_batches(data, optim.grad_accum_steps, devices, processes)
+    return plan

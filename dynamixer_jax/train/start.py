@@ -1,0 +1,84 @@
+"""Where a training run starts: fresh or fine-tuned parameters, or a checkpoint's state.
+
+Also what a checkpoint records of the data position (checked when resuming) and the
+``config.json`` a workdir keeps (read back by ``dynamixer_jax.load``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+
+from dynamixer_jax.model.init import init_variables
+from dynamixer_jax.train import parallel
+from dynamixer_jax.train.checkpoints import Checkpoints
+from dynamixer_jax.train.plan import InitPlan, RunPlan
+from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params
+
+log = logging.getLogger(__name__)
+
+
+def initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any) -> Any:
+    """Fresh parameters (the authors' init), merged with ``init_from`` when fine-tuning."""
+    params = init_variables(model, jax.random.key(seed))["params"]
+    if init_from is not None:
+        loaded = load_params(init_from.path, mesh, ema=init_from.ema)
+        params, report = merge_params(
+            jax.device_get(params),
+            loaded,
+            reset_head=init_from.reset_head,
+            reinit=grid_patterns(loaded, model),
+        )
+        fresh = report["reinitialised"]
+        log.info(
+            "fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), %d unused",
+            init_from.path,
+            len(report["taken"]),
+            len(fresh),
+            ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
+            len(report["unused"]),
+        )
+    return jax.device_put(params, parallel.replicated(mesh))
+
+
+def restore_state(checkpoints: Checkpoints, step: int, abstract: Any, meta: dict, mesh: Any) -> Any:
+    """The state of checkpoint ``step``, replicated; warns if the data settings changed."""
+    sharding = parallel.replicated(mesh)
+    abstract = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract
+    )
+    state, saved_meta = checkpoints.restore(step, abstract)
+    changed = {
+        key: (saved_meta.get(key), value)
+        for key, value in meta.items()
+        if saved_meta.get(key) not in (None, value)
+    }
+    if changed:
+        log.warning(
+            "resuming with different data settings %s: batches from here on differ "
+            "from the interrupted run's",
+            changed,
+        )
+    log.info("resumed from checkpoint %s/%d", checkpoints.directory, step)
+    return state
+
+
+def data_meta(plan: RunPlan, steps_per_epoch: int) -> dict:
+    """What the data position of a checkpoint means (checked when resuming)."""
+    return {
+        "seed": plan.seed,
+        "global_batch_size": plan.data.batch_size,
+        "dataset": plan.data.dataset,
+        "train_split": plan.data.train_split,
+        "steps_per_epoch": int(steps_per_epoch),
+    }
+
+
+def write_config(config_json: str, workdir: str) -> None:
+    """Keep the run's config beside its checkpoints (process 0 only)."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as file:
+            file.write(config_json)

@@ -19,8 +19,9 @@ from conftest import REPO
 from PIL import Image
 
 from dynamixer_jax.data import recipe
+from dynamixer_jax.data.damaged import fill_gaps
 from dynamixer_jax.data.device_augment import IMAGENET_MEAN, IMAGENET_STD, normalize
-from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData, _fill_gaps
+from dynamixer_jax.data.pipeline import EvalData, TrainAugment, TrainData
 from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.errors import ConfigError, DataError
 from dynamixer_jax.train import load_config
@@ -181,7 +182,7 @@ def test_eval_preprocessing_is_a_centre_crop_of_the_stored_image(digits_data_dir
 
 
 def _numbered(numbers, size=2):
-    """A batch of survivors as ``_decode_safely`` gives it: example n's image is all n."""
+    """A batch of survivors as ``decode_in_order`` gives it: example n's image is all n."""
     numbers = np.array(numbers, np.int64)
     return {
         "number": numbers,
@@ -206,7 +207,7 @@ def _numbered(numbers, size=2):
 )
 def test_fill_gaps_puts_blanks_at_the_failed_places(survivors):
     ids = np.array([b"%d" % n for n in range(12)], object)
-    batches = list(_fill_gaps([_numbered(n) for n in survivors], 12, 4, 2, ids))
+    batches = list(fill_gaps([_numbered(n) for n in survivors], 12, 4, 2, ids))
     survived = set(np.concatenate([np.array(n, int) for n in survivors] + [np.zeros(0, int)]))
     assert len(batches) == 3
     for step, batch in enumerate(batches):

@@ -16,20 +16,20 @@ number of batches (the jitted eval step runs on all of them together).
 
 An image that cannot be decoded (a corrupt or truncated file) does not stop the run: it comes
 out as a zero image with ``mask`` False, at its place in the batch, and is counted and named in
-the log (``_fill_gaps``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode
+the log (``damaged.py``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode
 to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.train.mixup``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
 
+from dynamixer_jax.data import damaged
 from dynamixer_jax.data.augment import train_augment
 from dynamixer_jax.data.decode import eval_preprocess, train_decode
 from dynamixer_jax.data.recipe import TrainAugment
@@ -60,135 +60,12 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _decode_safely(
-    records: tf.data.Dataset, decode, finish, size: int, batch_size: int
-) -> tf.data.Dataset:
-    """Turn records into uint8 examples, in order, batched: ``decode`` (bytes -> uint8 image; the
-    step that can fail) then ``finish`` (uint8 -> uint8). A padding record (``real`` False)
-    becomes a zero image with ``mask`` False. A record that fails to read or decode is dropped.
-
-    tf.data can only drop a failing element (``ignore_errors``), which would shift every later
-    batch. So each example carries its ``number`` in the stream, and :func:`_fill_gaps` puts a
-    blank back into each gap, on the host, batch by batch: far cheaper than doing it per
-    element in tf.data, and nothing at all when no record failed.
-    """
-    zeros = tf.zeros([size, size, 3], tf.uint8)
-    reads_files = "path" in records.element_spec
-
-    def example(number, record):
-        def load():
-            data = tf.io.read_file(record["path"]) if reads_files else record["image"]
-            return finish(decode(data, record), record)
-
-        return {
-            "number": number,
-            "image": tf.cond(record["real"], load, lambda: zeros),
-            "mask": record["real"],
-            "label": tf.cast(record["label"], tf.int32),
-            "id": record["id"],
-            "real": record["real"],
-        }
-
-    # The augmentation is written in graph-safe TF (tf.cond, no Python branches on tensors), so
-    # AutoGraph has nothing to convert; skipping it saves ~10 s of tracing per pipeline.
-    examples = (
-        records.enumerate()
-        .map(
-            tf.autograph.experimental.do_not_convert(example),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        .ignore_errors()
-    )
-    return examples.batch(batch_size)
-
-
-def _blank_batch(start: int, batch_size: int, size: int, ids: np.ndarray | None) -> dict:
-    """Examples ``start .. start + batch_size - 1`` as failed ones: zero images, ``mask`` False,
-    ``real`` True, ids from ``ids`` (indexed by stream number) or empty."""
-    numbers = np.arange(start, start + batch_size)
-    return {
-        "image": np.zeros((batch_size, size, size, 3), np.uint8),
-        "mask": np.zeros(batch_size, bool),
-        "label": np.zeros(batch_size, np.int32),
-        "id": (
-            ids[numbers].astype(object) if ids is not None else np.full(batch_size, b"", object)
-        ),
-        "real": np.ones(batch_size, bool),
-    }
-
-
-def _fill_gaps(
-    batches: Iterable[dict], count: int, batch_size: int, size: int, ids: np.ndarray | None = None
-) -> Iterator[dict]:
-    """Exact batches of examples ``0 .. count - 1`` from batches of the numbered examples that
-    survived (``_decode_safely``): example ``n`` is row ``n % batch_size`` of batch
-    ``n // batch_size``, and a missing number becomes a blank (``_blank_batch``). ``count`` is
-    a multiple of ``batch_size``."""
-    start, rows = 0, None  # rows: survivors not yet placed, numbers >= start
-    for batch in itertools.chain(batches, [None]):
-        numbers = None if batch is None else batch.pop("number")
-        if (
-            rows is None
-            and batch is not None
-            and len(numbers) == batch_size
-            and numbers[0] == start
-            and numbers[-1] == start + batch_size - 1
-        ):
-            yield batch  # the usual case: nothing failed
-            start += batch_size
-            continue
-        if batch is not None:
-            batch["number"] = numbers
-            rows = (
-                batch
-                if rows is None
-                else {key: np.concatenate([rows[key], batch[key]]) for key in rows}
-            )
-        # A batch is complete once a later number arrived, or the stream ended.
-        while start < count and (
-            batch is None or (rows is not None and rows["number"][-1] >= start + batch_size - 1)
-        ):
-            filled = _blank_batch(start, batch_size, size, ids)
-            if rows is not None:
-                here = rows["number"] < start + batch_size
-                for key, value in filled.items():
-                    value[rows["number"][here] - start] = rows[key][here]
-                rows = {key: value[~here] for key, value in rows.items()}
-                rows = rows if len(rows["number"]) else None
-            yield filled
-            start += batch_size
-
-
 def _options(threads: int | None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
     if threads:
         options.threading.private_threadpool_size = threads
     return options
-
-
-class _SkipCounter:
-    """Counts and logs the examples that could not be decoded."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.count = 0
-
-    def check(self, batch: dict) -> dict:
-        bad = batch["real"] & ~batch["mask"]
-        if bad.any():
-            names = [name.decode(errors="replace") for name in batch["id"][bad]]
-            self.count += len(names)
-            log.warning(
-                "%s: skipped %d undecodable image(s) (%d so far): %s",
-                self.what,
-                len(names),
-                self.count,
-                ", ".join(names[:5]),
-            )
-        del batch["real"]
-        return batch
 
 
 class TrainData:
@@ -228,7 +105,7 @@ class TrainData:
                 f"examples, fewer than one global batch of {global_batch_size} "
                 f"({self.process_count} process(es)); lower batch_size"
             )
-        self.skipped = _SkipCounter(f"{self.source.name}/{split}")
+        self.skipped = damaged.SkipCounter(f"{self.source.name}/{split}")
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based), with
@@ -261,7 +138,7 @@ class TrainData:
                 "real": True,
             }
         )
-        batches = _decode_safely(
+        batches = damaged.decode_in_order(
             records,
             lambda data, r: train_decode(data, r["seed"], size, recipe),
             lambda image, r: train_augment(image, r["seed"], recipe),
@@ -269,7 +146,7 @@ class TrainData:
             b,
         )
         batches = batches.prefetch(self.prefetch_batches).with_options(_options(self.threads))
-        return _fill_gaps(batches.as_numpy_iterator(), len(positions), b, size, ids)
+        return damaged.fill_gaps(batches.as_numpy_iterator(), len(positions), b, size, ids)
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start_step, start_step + 1, ...`` forever (numpy, this process's share)."""
@@ -307,7 +184,7 @@ class EvalData:
         self.num_examples = self.source.num_examples(split)
         largest_share = -(-self.num_examples // self.process_count)
         self.num_batches = -(-largest_share // self.local_batch_size)
-        self.skipped = _SkipCounter(f"{self.source.name}/{split}")
+        self.skipped = damaged.SkipCounter(f"{self.source.name}/{split}")
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         """The eval batches once (numpy, this process's share; ``mask`` False on padding)."""
@@ -321,7 +198,7 @@ class EvalData:
         if ids is not None:
             ids = np.concatenate([ids, np.full(total - count, b"", dtype=ids.dtype)])
         size, crop, b = self.image_size, self.crop_fraction, self.local_batch_size
-        batches = _decode_safely(
+        batches = damaged.decode_in_order(
             records,
             lambda data, r: eval_preprocess(data, size, crop),
             lambda image, r: image,
@@ -329,5 +206,5 @@ class EvalData:
             b,
         )
         batches = batches.prefetch(2).with_options(_options(self.threads))
-        for batch in _fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):
+        for batch in damaged.fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):
             yield self.skipped.check(batch)

@@ -28,6 +28,16 @@ from dynamixer_jax.model.stage import Stage, drop_path_rates
 
 ImageSize = int | tuple[int, int]
 
+# The architecture fields that hold one entry per stage.
+PER_STAGE_FIELDS = (
+    "layers",
+    "embed_dims",
+    "transitions",
+    "num_segments",
+    "reduced_dims",
+    "mlp_ratios",
+)
+
 
 def as_hw(size: ImageSize) -> tuple[int, int]:
     """(height, width) from an int or a pair."""
@@ -113,22 +123,8 @@ class DynaMixer(nn.Module):
 
     def _validate(self):
         """Reject configurations the network cannot be built with, with one clear message each."""
-        lengths = {
-            len(getattr(self, name))
-            for name in (
-                "layers",
-                "embed_dims",
-                "transitions",
-                "num_segments",
-                "reduced_dims",
-                "mlp_ratios",
-            )
-        }
-        if len(lengths) != 1:
-            raise ValueError(
-                "layers, embed_dims, transitions, num_segments, reduced_dims and mlp_ratios "
-                "must all have one entry per stage."
-            )
+        if len({len(getattr(self, name)) for name in PER_STAGE_FIELDS}) != 1:
+            raise ValueError(f"{', '.join(PER_STAGE_FIELDS)} must all have one entry per stage.")
         for stage, (dim, segments) in enumerate(zip(self.embed_dims, self.num_segments)):
             if dim % segments:
                 raise ValueError(

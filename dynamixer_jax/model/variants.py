@@ -6,7 +6,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from dynamixer_jax.model.network import DynaMixer, ImageSize
+from dynamixer_jax.model.network import PER_STAGE_FIELDS, DynaMixer, ImageSize
+
+# Every field that shapes the network (what ``model_overrides`` may set).
+ARCHITECTURE_FIELDS = (*PER_STAGE_FIELDS, "patch_size")
 
 # Architecture of each published variant; everything else is a create_model argument.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -86,14 +89,7 @@ def create_model(
         raise ValueError(f"unknown DynaMixer argument(s) {sorted(unknown)}.")
     arch = dict(VARIANTS[name])
     arch.update(overrides)
-    for key in (
-        "layers",
-        "embed_dims",
-        "transitions",
-        "num_segments",
-        "reduced_dims",
-        "mlp_ratios",
-    ):
+    for key in PER_STAGE_FIELDS:
         arch[key] = tuple(arch[key])
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)

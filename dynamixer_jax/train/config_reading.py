@@ -16,7 +16,7 @@ import jax
 
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
-from dynamixer_jax.model.variants import list_models
+from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, list_models
 from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.plan import (
     CadencePlan,
@@ -26,16 +26,6 @@ from dynamixer_jax.train.plan import (
     OptimPlan,
     RunPlan,
     SchedulePlan,
-)
-
-ARCHITECTURE_FIELDS = (
-    "layers",
-    "embed_dims",
-    "transitions",
-    "num_segments",
-    "reduced_dims",
-    "mlp_ratios",
-    "patch_size",
 )
 
 # Fields whose "unset" used to be spelled -1; it is None now.

@@ -25,7 +25,7 @@ from dynamixer_jax.train.plan import DataPlan, ModelPlan
 from dynamixer_jax.train.steps import make_eval_step
 from dynamixer_jax.train.weights import load_params
 
-log = logging.getLogger("dynamixer_jax.train")
+log = logging.getLogger(__name__)
 
 
 def evaluate_params(

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Mapping
 
-log = logging.getLogger("dynamixer_jax.train")
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 

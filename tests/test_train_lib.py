@@ -543,3 +543,28 @@ def test_dynamixer_s_at_224_trains_on_mock_imagenet(tmp_path):
     assert 0.0 <= result["eval_top1"] <= result["eval_top5"] <= 1.0
     evaluations = [record for record in records if "eval_top1" in record]
     assert [record["step"] for record in evaluations] == [2]
+
+
+def test_a_bad_config_fails_before_tensorflow_is_imported():
+    code = (
+        "import sys\n"
+        "from dynamixer_jax.errors import ConfigError\n"
+        "from dynamixer_jax.train import load_config, train_and_evaluate\n"
+        f"config = load_config({str(QUICKSTART)!r}, learning_rate=-1.0)\n"
+        "try:\n"
+        "    train_and_evaluate(config, sys.argv[1])\n"
+        "except ConfigError as error:\n"
+        "    print('ConfigError', error)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    import subprocess
+    import sys
+
+    workdir = REPO / "no_such_workdir_for_this_test"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(workdir)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("ConfigError learning_rate") and lines[-1] == "False"
+    assert not workdir.exists()

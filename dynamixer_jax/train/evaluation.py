@@ -21,7 +21,7 @@ from dynamixer_jax.errors import CheckpointError, ConfigError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.plan import DataPlan, ModelPlan
+from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan
 from dynamixer_jax.train.steps import make_eval_step
 from dynamixer_jax.train.weights import load_params
 
@@ -47,6 +47,24 @@ def evaluate_params(
         results[f"{prefix}eval_loss"] = float(sums["loss"]) / count
     results["eval_examples"] = float(next(iter(totals.values()))["count"])
     return results
+
+
+def make_train_data(plan: RunPlan, source: Any) -> Any:
+    """The configured training split of ``source`` (an opened data source) as ``TrainData``."""
+    from dynamixer_jax.data.pipeline import TrainData  # noqa: PLC0415 (TensorFlow)
+
+    data = plan.data
+    return TrainData(
+        source,
+        global_batch_size=data.batch_size,
+        image_size=data.image_size,
+        seed=plan.seed,
+        split=data.train_split,
+        augment=data.augment,
+        shuffle_buffer_size=data.shuffle_buffer_size,
+        threads=data.threads,
+        prefetch_batches=data.prefetch_batches,
+    )
 
 
 def make_eval_data(data: DataPlan, source):

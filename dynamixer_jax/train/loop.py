@@ -17,7 +17,6 @@ restarted from the checkpoint of step ``k`` computes exactly what the uninterrup
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from typing import Any
@@ -26,16 +25,20 @@ import jax
 import numpy as np
 
 from dynamixer_jax.errors import TrainingDiverged
-from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel, start
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.evaluation import evaluate_params, make_eval_data, open_configured_source
-from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from dynamixer_jax.train.evaluation import (
+    evaluate_params,
+    make_eval_data,
+    make_train_data,
+    open_configured_source,
+)
+from dynamixer_jax.train.optimizer import optimizer_from_plan
 from dynamixer_jax.train.plan import RunPlan, Steps
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.reporting import MetricsLog, Progress
-from dynamixer_jax.train.state import TrainState, create_train_state
+from dynamixer_jax.train.state import TrainState
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -64,75 +67,26 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     Raises ``ConfigError``/``DataError``/``CheckpointError`` for user errors (before compiling)
     and ``TrainingDiverged`` when the loss stops being finite.
     """
-    from dynamixer_jax.data.pipeline import TrainData  # noqa: PLC0415 (TensorFlow)
-
-    plan = make_plan(config)
+    plan = make_plan(config)  # every config error, before TensorFlow is even imported
     workdir = os.path.abspath(os.path.expanduser(workdir))
     mesh = parallel.make_mesh()
     source = open_configured_source(plan.data)
-    data = plan.data
-    train_data = TrainData(
-        source,
-        global_batch_size=data.batch_size,
-        image_size=data.image_size,
-        seed=plan.seed,
-        split=data.train_split,
-        augment=data.augment,
-        shuffle_buffer_size=data.shuffle_buffer_size,
-        threads=data.threads,
-        prefetch_batches=data.prefetch_batches,
-    )
-    eval_data = make_eval_data(data, source)
+    train_data, eval_data = make_train_data(plan, source), make_eval_data(plan.data, source)
     num_classes = plan.model.classes(source.num_classes)
     model = plan.model.build(num_classes)
     steps = plan.steps(train_data.steps_per_epoch)
-    schedule = learning_rate_schedule(
-        learning_rate=plan.optim.learning_rate,
-        warmup_learning_rate=plan.optim.warmup_learning_rate,
-        min_learning_rate=plan.optim.min_learning_rate,
-        warmup_steps=steps.warmup_steps,
-        cosine_steps=steps.cosine_steps,
-    )
-    tx = make_optimizer(
-        schedule,
-        weight_decay=plan.optim.weight_decay,
-        b1=plan.optim.b1,
-        b2=plan.optim.b2,
-        eps=plan.optim.eps,
-        grad_clip_norm=plan.optim.grad_clip_norm,
-    )
+    schedule, tx = optimizer_from_plan(plan.optim, steps)
     os.makedirs(workdir, exist_ok=True)
-    log.info(
-        "%s on %s: %d classes, %d training examples, %d steps of %d (%d per epoch), %s",
-        plan.model.name,
-        data.dataset,
-        num_classes,
-        train_data.num_examples,
-        steps.total_steps,
-        data.batch_size,
-        steps.steps_per_epoch,
-        parallel.describe(mesh),
-    )
-    create = functools.partial(
-        create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
-    )
+    _log_start(plan, num_classes, train_data, steps, mesh)
+    meta = start.data_meta(plan, train_data.steps_per_epoch)
     checkpoints = Checkpoints(
         os.path.join(workdir, "checkpoints"),
         keep=plan.cadence.keep_checkpoints,
         asynchronous=plan.cadence.async_checkpointing,
     )
-    meta = start.data_meta(plan, train_data.steps_per_epoch)
     try:
-        latest = checkpoints.latest_step()
-        if latest is not None:
-            abstract = jax.eval_shape(create, abstract_variables(model)["params"])
-            state = start.restore_state(checkpoints, latest, abstract, meta, mesh)
-        else:
-            params = start.initial_params(model, plan.seed, plan.init_from, mesh)
-            state = jax.jit(create, out_shardings=parallel.replicated(mesh))(params)
+        state = start.initial_state(checkpoints, model, tx, plan, meta, mesh)
         start.write_config(plan.config_json, workdir)
-        first_step = int(jax.device_get(state.step))
-        metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
         train_step = make_train_step(
             model,
             tx,
@@ -140,22 +94,24 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             mesh,
             num_classes=num_classes,
             mixup=plan.mixup,
-            augment=data.augment.on_device(),
+            augment=plan.data.augment.on_device(),
             ema_decay=plan.optim.ema_decay,
             grad_accum_steps=plan.optim.grad_accum_steps,
         )
-        eval_step = make_eval_step(model, mesh, mean=data.mean, std=data.std)
+        eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
+        first_step = int(jax.device_get(state.step))
+        metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
         run = _Run(
-            steps,
-            train_step,
-            eval_step,
-            train_data,
-            eval_data,
-            mesh,
-            checkpoints,
-            metrics_log,
-            meta,
-            plan.optim.ema_decay > 0,
+            steps=steps,
+            train_step=train_step,
+            eval_step=eval_step,
+            train_data=train_data,
+            eval_data=eval_data,
+            mesh=mesh,
+            checkpoints=checkpoints,
+            metrics_log=metrics_log,
+            meta=meta,
+            use_ema=plan.optim.ema_decay > 0,
         )
         try:
             return _loop(run, plan, state)
@@ -163,6 +119,20 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             metrics_log.close()
     finally:
         checkpoints.close()
+
+
+def _log_start(plan: RunPlan, num_classes: int, train_data: Any, steps: Steps, mesh: Any) -> None:
+    log.info(
+        "%s on %s: %d classes, %d training examples, %d steps of %d (%d per epoch), %s",
+        plan.model.name,
+        plan.data.dataset,
+        num_classes,
+        train_data.num_examples,
+        steps.total_steps,
+        plan.data.batch_size,
+        steps.steps_per_epoch,
+        parallel.describe(mesh),
+    )
 
 
 def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:

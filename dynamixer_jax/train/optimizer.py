@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dynamixer_jax.train.plan import OptimPlan, Steps
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 
@@ -78,3 +80,25 @@ def make_optimizer(
     if grad_clip_norm and grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adamw)
     return adamw
+
+
+def optimizer_from_plan(
+    optim: OptimPlan, steps: Steps
+) -> tuple[Schedule, optax.GradientTransformation]:
+    """The schedule and the optimizer a run's plan asks for."""
+    schedule = learning_rate_schedule(
+        learning_rate=optim.learning_rate,
+        warmup_learning_rate=optim.warmup_learning_rate,
+        min_learning_rate=optim.min_learning_rate,
+        warmup_steps=steps.warmup_steps,
+        cosine_steps=steps.cosine_steps,
+    )
+    tx = make_optimizer(
+        schedule,
+        weight_decay=optim.weight_decay,
+        b1=optim.b1,
+        b2=optim.b2,
+        eps=optim.eps,
+        grad_clip_norm=optim.grad_clip_norm,
+    )
+    return schedule, tx

@@ -6,19 +6,37 @@ Also what a checkpoint records of the data position (checked when resuming) and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
 
 import jax
 
-from dynamixer_jax.model.init import init_variables
+from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.plan import InitPlan, RunPlan
+from dynamixer_jax.train.state import TrainState, create_train_state
 from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params
 
 log = logging.getLogger(__name__)
+
+
+def initial_state(
+    checkpoints: Checkpoints, model: Any, tx: Any, plan: RunPlan, meta: dict, mesh: Any
+) -> TrainState:
+    """The state to train from, replicated over ``mesh``: the latest checkpoint's if there is
+    one, else fresh (or fine-tuned, with ``plan.init_from``) parameters and optimizer state."""
+    create = functools.partial(
+        create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
+    )
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        abstract = jax.eval_shape(create, abstract_variables(model)["params"])
+        return restore_state(checkpoints, latest, abstract, meta, mesh)
+    params = initial_params(model, plan.seed, plan.init_from, mesh)
+    return jax.jit(create, out_shardings=parallel.replicated(mesh))(params)
 
 
 def initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any) -> Any:

@@ -4,6 +4,7 @@ import jax
 import matplotlib
 import numpy as np
 import pytest
+from conftest import MICRO_ARCH
 
 from dynamixer_jax import create_model, init_variables
 from dynamixer_jax.analysis.mixing_maps import collect_mixing
@@ -15,17 +16,9 @@ from dynamixer_jax.analysis.plots import (
 
 matplotlib.use("Agg")
 
-# Its own shape rather than the shared tiny one: the exact matrix shapes below need a
-# non-square grid (24x16 pixels, patch 4) and two layers in the first stage.
-ARCH = dict(
-    layers=(2, 1),
-    embed_dims=(16, 32),
-    transitions=(True, False),
-    num_segments=(2, 4),
-    reduced_dims=(2, 2),
-    mlp_ratios=(2, 2),
-    patch_size=4,
-)
+# The micro architecture with two layers in the first stage; the exact matrix shapes below need
+# a non-square grid (24x16 pixels, patch 4).
+ARCH = {**MICRO_ARCH, "layers": (2, 1)}
 
 
 @pytest.fixture(scope="module")

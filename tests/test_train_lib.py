@@ -568,3 +568,18 @@ def test_a_bad_config_fails_before_tensorflow_is_imported():
     lines = result.stdout.strip().splitlines()
     assert lines[-2].startswith("ConfigError learning_rate") and lines[-1] == "False"
     assert not workdir.exists()
+
+
+def test_first_ctrl_c_asks_for_a_checkpoint_and_the_second_aborts():
+    import os
+    import signal
+
+    from dynamixer_jax.train.preemption import PreemptionWatch
+
+    with PreemptionWatch() as watch:
+        assert not watch.requested(0)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert watch.requested(1) and watch.reason == "interrupted"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) != watch._handle  # restored on exit

@@ -185,10 +185,15 @@ def test_sigkill_then_restart_logs_exactly_the_uninterrupted_losses(
     assert by_step(tmp_path) == by_step(uninterrupted)
 
 
-def test_sigterm_saves_the_current_step_and_exits_zero(uninterrupted, digits_data_dir, tmp_path):
-    code, stderr = run_until(tmp_path, digits_data_dir, 6, signal.SIGTERM)
+@pytest.mark.parametrize(
+    "sig, says", [(signal.SIGTERM, "preempted"), (signal.SIGINT, "interrupted")]
+)
+def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_zero(
+    sig, says, uninterrupted, digits_data_dir, tmp_path
+):
+    code, stderr = run_until(tmp_path, digits_data_dir, 6, sig)
     assert code == 0, stderr
-    assert "preempted: saved checkpoint" in stderr
+    assert f"{says}: saved checkpoint" in stderr and "Traceback" not in stderr
     stopped = checkpoint_steps(tmp_path)
     # the step it stopped at (not a periodic one), with everything logged up to it; resuming
     # from a checkpoint is exact (the SIGKILL test above)

@@ -154,7 +154,7 @@ def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
             if preemption.requested(step):
                 if pending is not None:
                     _fetch(run.checkpoints, *pending)
-                return _preempted(run, step, state, last_eval)
+                return _preempted(run, step, state, last_eval, preemption.reason)
             state, metrics = run.train_step(state, parallel.global_batch(next(batches), run.mesh))
             if pending is not None:
                 losses.append(_fetch(run.checkpoints, *pending)["train_loss"])
@@ -234,11 +234,15 @@ def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
     return results
 
 
-def _preempted(run: _Run, step: int, state: TrainState, last_eval: dict) -> dict[str, Any]:
+def _preempted(
+    run: _Run, step: int, state: TrainState, last_eval: dict, reason: str
+) -> dict[str, Any]:
+    """Save the current step after SIGTERM or Ctrl-C (``reason``) and end the run."""
     run.checkpoints.save(step, state, run.meta)
     run.checkpoints.wait()
     log.info(
-        "preempted: saved checkpoint %s/%d; run the same command to resume",
+        "%s: saved checkpoint %s/%d; run the same command to resume",
+        reason,
         run.checkpoints.directory,
         step,
     )

@@ -583,3 +583,18 @@ def test_first_ctrl_c_asks_for_a_checkpoint_and_the_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) != watch._handle  # restored on exit
+
+
+def test_progress_leaves_the_compiled_first_step_out_of_throughput_and_eta(monkeypatch):
+    from dynamixer_jax.train import reporting
+
+    clock = iter([0.0, 60.0, 61.0, 62.0])  # start, step 1 done (60 s compile), two log lines
+    monkeypatch.setattr(reporting.time, "perf_counter", lambda: next(clock))
+    progress = reporting.Progress(0, 101, global_batch_size=10)
+    progress.step_done(1)  # 60 s
+    assert np.isnan(progress.images_per_second(1))  # a line at step 1 (61 s): nothing steady yet
+    assert "? img/s  ETA ?" in progress.line(1, 2.0, 1e-3, np.nan)
+    progress.step_done(2)  # already compiled: no restart
+    rate = progress.images_per_second(3)  # 62 s: two steady steps (2, 3) in 1 s
+    assert rate == pytest.approx(20.0)
+    assert progress.line(3, 2.0, 1e-3, rate).endswith("20 img/s  ETA 0:00:49")  # 98 steps / 2

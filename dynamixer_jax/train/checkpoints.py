@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -146,6 +148,26 @@ class Checkpoints:
         except Exception as error:
             raise self._unreadable(step, error) from None
         return restored["state"], dict(restored["meta"] or {})
+
+    def set_aside(self, first_step: int) -> list[str]:
+        """Move the checkpoints of step ``first_step`` and later to ``diverged/`` beside the
+        checkpoints directory (the run's parameters there are known bad); returns their new
+        paths. Only process 0 moves files."""
+        moved = []
+        aside = os.path.join(os.path.dirname(self.directory), "diverged")
+        for step in self.all_steps():
+            if step < first_step:
+                continue
+            target = os.path.join(aside, str(step))
+            if jax.process_index() == 0:
+                os.makedirs(aside, exist_ok=True)
+                if os.path.exists(target):
+                    shutil.rmtree(target)  # an earlier divergence's copy of the same step
+                os.replace(self._path(step), target)
+            moved.append(target)
+        if moved:
+            self.manager.reload()
+        return moved
 
     def saved_state_metadata(self, step: int) -> Any:
         """Shapes and dtypes of checkpoint ``step``'s state, without reading the arrays."""

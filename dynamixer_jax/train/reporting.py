@@ -1,7 +1,9 @@
 """What a person watching a run sees: a progress line, TensorBoard events and ``metrics.jsonl``.
 
 * ``WORKDIR/metrics.jsonl``: one JSON object per line: every logged training step
-  (``step``, ``train_loss``, ``learning_rate``, ``grad_norm``, ``images_per_second``) and every
+  (``step``, ``train_loss``, ``learning_rate``, ``grad_norm``, and ``images_per_second`` of the
+  steady-state steps since the last line: absent on a line that has only the compiled first
+  step) and every
   evaluation (``step``, ``eval_top1``, ``eval_top5``, ``eval_loss``, and the ``ema_``-prefixed
   three when the EMA is on). A resumed run first drops the lines after the restored step, so the
   file always tells one consistent history.
@@ -90,28 +92,45 @@ class MetricsLog:
 
 
 class Progress:
-    """Throughput and ETA between log lines."""
+    """Throughput and ETA between log lines, from steady-state steps only.
+
+    The first step of a run (or of a resumed run) includes compiling it, which can take longer
+    than a short run itself: the clock starts when that step is done (``step_done``), so the
+    throughput and the ETA are the steady state's. Evaluation and saving are left out likewise
+    (``restart``).
+    """
 
     def __init__(self, start_step: int, total_steps: int, global_batch_size: int):
         self.total_steps, self.batch = total_steps, global_batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
+        self.compiled = False
+
+    def step_done(self, step: int) -> None:
+        """The host has seen ``step`` finish (its metrics are fetched)."""
+        if not self.compiled:
+            self.compiled = True
+            self.restart(step)
 
     def restart(self, step: int) -> None:
         """Start the next throughput interval at ``step`` now (after an evaluation, say)."""
         self.last_step, self.last_time = step, time.perf_counter()
 
     def images_per_second(self, step: int) -> float:
-        """Images per second since the previous call (or since the start)."""
+        """Images per second since the previous call (NaN when no steady step has been timed
+        yet, e.g. on a log line of the first step)."""
         now = time.perf_counter()
-        rate = (step - self.last_step) * self.batch / max(now - self.last_time, 1e-9)
+        steps, seconds = step - self.last_step, now - self.last_time
         self.last_step, self.last_time = step, now
-        return rate
+        return steps * self.batch / seconds if steps > 0 and seconds > 0 else math.nan
 
     def line(self, step: int, loss: float, learning_rate: float, images_per_second: float) -> str:
         """``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  ETA 0:03:12``."""
-        remaining = (self.total_steps - step) * self.batch / max(images_per_second, 1e-9)
-        eta = str(datetime.timedelta(seconds=int(remaining))) if math.isfinite(remaining) else "?"
+        if math.isfinite(images_per_second) and images_per_second > 0:
+            remaining = (self.total_steps - step) * self.batch / images_per_second
+            rate, eta = f"{images_per_second:.0f}", str(datetime.timedelta(seconds=int(remaining)))
+        else:
+            rate, eta = "?", "?"
         return (
             f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {learning_rate:.2e}  "
-            f"{images_per_second:.0f} img/s  ETA {eta}"
+            f"{rate} img/s  ETA {eta}"
         )

@@ -598,3 +598,30 @@ def test_progress_leaves_the_compiled_first_step_out_of_throughput_and_eta(monke
     rate = progress.images_per_second(3)  # 62 s: two steady steps (2, 3) in 1 s
     assert rate == pytest.approx(20.0)
     assert progress.line(3, 2.0, 1e-3, rate).endswith("20 img/s  ETA 0:00:49")  # 98 steps / 2
+
+
+@pytest.mark.parametrize(
+    "deeper",
+    [
+        {"model_overrides.layers": (3, 2)},  # one more layer in the first stage
+        {  # one more stage
+            "model_overrides.layers": (2, 2, 1),
+            "model_overrides.embed_dims": (64, 128, 128),
+            "model_overrides.transitions": (True, False, False),
+            "model_overrides.num_segments": (4, 8, 8),
+            "model_overrides.reduced_dims": (2, 2, 2),
+            "model_overrides.mlp_ratios": (3, 3, 3),
+        },
+    ],
+)
+def test_evaluation_refuses_the_weights_of_a_deeper_model(deeper, tmp_path, digits_data_dir):
+    from dynamixer_jax.convert.flax_io import save_flax
+    from dynamixer_jax.train import evaluate
+
+    config = load_config(QUICKSTART, data_dir=digits_data_dir)
+    deeper_model = make_plan(load_config(QUICKSTART, **deeper)).model.build(10)
+    path = str(tmp_path / "deeper.msgpack")
+    save_flax(init_variables(deeper_model, jax.random.key(0)), path)
+    with pytest.raises(ConfigError, match=r"do not fit .* \(unexpected paths: stages_") as error:
+        evaluate(config, path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 1000

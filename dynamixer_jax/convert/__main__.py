@@ -5,18 +5,20 @@
     python -m dynamixer_jax.convert --ema checkpoint.pth.tar ema_flax           # the EMA weights
     python -m dynamixer_jax.convert dynamixer_s_flax dynamixer_s.pth            # Flax -> PyTorch state_dict
 
-The direction follows from the input: a .pth/.pth.tar/.pt/.bin file is read
-with torch; anything else is a Flax checkpoint. Every key is checked.
+Each format follows from the path: a .pth/.pth.tar/.pt/.bin file is PyTorch, a
+.msgpack file or a name without a suffix (a directory) is Flax; any other suffix
+is refused. Every key is checked.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dynamixer_jax.convert import flax_to_torch, torch_to_flax
 from dynamixer_jax.convert.flax_io import load_flax, save_flax
-from dynamixer_jax.convert.torch_io import is_torch_file, save_torch
+from dynamixer_jax.convert.torch_io import TORCH_SUFFIXES, is_torch_file, save_torch
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.variants import create_model
 
@@ -41,21 +43,42 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=224, help="with --model: the input size")
     args = parser.parse_args(argv)
     try:
+        writes_torch = _writes_torch(args.destination)
+        model = (
+            create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
+            if args.model
+            else None
+        )
         if is_torch_file(args.source):
-            model = (
-                create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
-                if args.model
-                else None
-            )
             variables = torch_to_flax(args.source, model=model, ema=args.ema)
-            save_flax(variables, args.destination)
         else:
-            save_torch(flax_to_torch(load_flax(args.source)), args.destination)
+            variables = load_flax(args.source)
+            if model is not None:  # the same key and shape check as for a PyTorch file
+                torch_to_flax(flax_to_torch(variables), model=model)
+        if writes_torch:
+            save_torch(flax_to_torch(variables), args.destination)
+        else:
+            save_flax(variables, args.destination)
     except (ConversionError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.destination}")
     return 0
+
+
+def _writes_torch(destination: str) -> bool:
+    """Whether ``destination`` names a PyTorch file (else a Flax one); ConversionError for a
+    suffix that names neither."""
+    if is_torch_file(destination):
+        return True
+    suffix = os.path.splitext(destination.rstrip("/"))[1]
+    if suffix in ("", ".msgpack"):
+        return False
+    raise ConversionError(
+        f"cannot tell which format to write from the suffix of {destination}: use "
+        f"{'/'.join(TORCH_SUFFIXES)} (PyTorch), .msgpack, or a name without a suffix (an Orbax "
+        "checkpoint directory)"
+    )
 
 
 if __name__ == "__main__":

@@ -109,5 +109,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000  # also after every evaluation
     config.keep_checkpoints = 3  # the latest ones; the best by eval_top1 is kept as well
     config.async_checkpointing = True
+    # jax.profiler trace of steps profile_first_step.. (+profile_num_steps) into WORKDIR for
+    # TensorBoard's Profile tab; None: no trace
+    config.profile_first_step = config_dict.placeholder(int)
+    config.profile_num_steps = 5
 
     return config

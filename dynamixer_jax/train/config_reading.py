@@ -231,6 +231,8 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
         checkpoint_every_steps=read("checkpoint_every_steps"),
         keep_checkpoints=read("keep_checkpoints"),
         async_checkpointing=bool(read("async_checkpointing")),
+        profile_first_step=read("profile_first_step"),
+        profile_num_steps=read("profile_num_steps"),
     )
     plan = RunPlan(
         model=model,

@@ -16,10 +16,12 @@ restarted from the checkpoint of step ``k`` computes exactly what the uninterrup
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -38,6 +40,7 @@ from dynamixer_jax.train.evaluation import (
 from dynamixer_jax.train.optimizer import optimizer_from_plan
 from dynamixer_jax.train.plan import RunPlan, Steps
 from dynamixer_jax.train.preemption import PreemptionWatch
+from dynamixer_jax.train.profiling import StepProfiler
 from dynamixer_jax.train.reporting import MetricsLog, Progress
 from dynamixer_jax.train.state import TrainState
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
@@ -57,6 +60,7 @@ class _Run:
     mesh: Any
     checkpoints: Checkpoints
     metrics_log: MetricsLog
+    workdir: str
     meta: dict
     use_ema: bool
 
@@ -111,6 +115,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             mesh=mesh,
             checkpoints=checkpoints,
             metrics_log=metrics_log,
+            workdir=workdir,
             meta=meta,
             use_ema=plan.optim.ema_decay > 0,
         )
@@ -150,13 +155,21 @@ def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
         last_eval = _evaluate(run, state, step)
     batches = run.train_data.batches(start_step=step)
     pending = None  # (step, metrics) of the step queued last, not yet fetched
-    with PreemptionWatch() as preemption:
+    profiler = StepProfiler(
+        run.workdir, plan.cadence.profile_first_step, plan.cadence.profile_num_steps
+    )
+    with PreemptionWatch() as preemption, contextlib.closing(profiler):
         while step < total:
             if preemption.requested(step):
                 if pending is not None:
                     _fetch(run.checkpoints, *pending)
                 return _preempted(run, step, state, last_eval, preemption.reason)
-            state, metrics = run.train_step(state, parallel.global_batch(next(batches), run.mesh))
+            waiting = time.perf_counter()
+            batch = parallel.global_batch(next(batches), run.mesh)
+            progress.waited_for_input(time.perf_counter() - waiting)
+            with profiler.step(step + 1):
+                state, metrics = run.train_step(state, batch)
+            profiler.finished(step + 1, metrics)
             if pending is not None:
                 losses.append(_fetch(run.checkpoints, *pending)["train_loss"])
                 progress.step_done(pending[0])
@@ -234,17 +247,18 @@ def _log_train(
     values: dict[str, float],
 ) -> None:
     """One progress line and metrics record: the mean loss since the last one."""
-    rate = progress.images_per_second(step)
+    measured = progress.measure(step)
     loss = float(np.mean(losses))
     record = {
         "train_loss": loss,
         "learning_rate": values["learning_rate"],
         "grad_norm": values["grad_norm"],
     }
-    if math.isfinite(rate):  # not on a first step's line: that one is mostly compilation
-        record["images_per_second"] = rate
+    if math.isfinite(measured.images_per_second):  # not on a line of the compiled first step
+        record["images_per_second"] = measured.images_per_second
+        record["input_wait_fraction"] = measured.input_wait_fraction
     metrics_log.write(step, record)
-    log.info("%s", progress.line(step, loss, values["learning_rate"], rate))
+    log.info("%s", progress.line(step, loss, values["learning_rate"], measured))
 
 
 def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:

@@ -116,6 +116,8 @@ class CadencePlan:
     checkpoint_every_steps: int
     keep_checkpoints: int
     async_checkpointing: bool
+    profile_first_step: int | None  # None: no profiler trace
+    profile_num_steps: int
 
 
 @dataclasses.dataclass(frozen=True)

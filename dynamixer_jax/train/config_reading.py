@@ -176,7 +176,8 @@ def _init_from(read: ConfigReader) -> InitPlan | None:
             "this config fine-tunes: give the starting weights with "
             "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"
         )
-    return None if path is None else InitPlan(str(path), ema, reset_head)
+    resample = bool(read("resample_generate"))
+    return None if path is None else InitPlan(str(path), ema, reset_head, resample)
 
 
 def make_plan(config: Any, *, devices: int | None = None, processes: int | None = None) -> RunPlan:

@@ -127,6 +127,7 @@ class InitPlan:
     path: str
     ema: bool
     reset_head: bool
+    resample_generate: bool  # at a new image size (else re-initialised)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,10 +4,12 @@
     python -m dynamixer_jax.convert dynamixer_s.pth.tar dynamixer_s.msgpack     # PyTorch -> msgpack file
     python -m dynamixer_jax.convert --ema checkpoint.pth.tar ema_flax           # the EMA weights
     python -m dynamixer_jax.convert dynamixer_s_flax dynamixer_s.pth            # Flax -> PyTorch state_dict
+    python -m dynamixer_jax.convert dynamixer_s.pth dynamixer_s.safetensors     # -> safetensors
 
 Each format follows from the path: a .pth/.pth.tar/.pt/.bin file is PyTorch, a
+.safetensors file holds the same state_dict (the authors' key names; no torch needed), a
 .msgpack file or a name without a suffix (a directory) is Flax; any other suffix
-is refused. Every key is checked.
+is refused. Any format converts to any other; every key is checked.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ import sys
 
 from dynamixer_jax.convert import flax_to_torch, torch_to_flax
 from dynamixer_jax.convert.flax_io import load_flax, save_flax
+from dynamixer_jax.convert.safetensors_io import (
+    SAFETENSORS_SUFFIX,
+    is_safetensors_file,
+    load_safetensors,
+    save_safetensors,
+)
 from dynamixer_jax.convert.torch_io import TORCH_SUFFIXES, is_torch_file, save_torch
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.variants import create_model
@@ -30,7 +38,9 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "source", help="a .pth/.pth.tar file, or a Flax checkpoint (Orbax directory or .msgpack)"
+        "source",
+        help="a .pth/.pth.tar or .safetensors file, or a Flax checkpoint (Orbax directory or "
+        ".msgpack)",
     )
     parser.add_argument("destination", help="where to write the converted weights")
     parser.add_argument(
@@ -43,20 +53,17 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=224, help="with --model: the input size")
     args = parser.parse_args(argv)
     try:
-        writes_torch = _writes_torch(args.destination)
+        output_format = _output_format(args.destination)
         model = (
             create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
             if args.model
             else None
         )
-        if is_torch_file(args.source):
-            variables = torch_to_flax(args.source, model=model, ema=args.ema)
-        else:
-            variables = load_flax(args.source)
-            if model is not None:  # the same key and shape check as for a PyTorch file
-                torch_to_flax(flax_to_torch(variables), model=model)
-        if writes_torch:
+        variables = _read(args.source, model, args.ema)
+        if output_format == "torch":
             save_torch(flax_to_torch(variables), args.destination)
+        elif output_format == "safetensors":
+            save_safetensors(flax_to_torch(variables), args.destination)
         else:
             save_flax(variables, args.destination)
     except (ConversionError, ValueError, OSError) as error:
@@ -66,18 +73,38 @@ def main(argv=None) -> int:
     return 0
 
 
-def _writes_torch(destination: str) -> bool:
-    """Whether ``destination`` names a PyTorch file (else a Flax one); ConversionError for a
-    suffix that names neither."""
+def _read(source: str, model, ema: bool) -> dict:
+    """``{'params': ...}`` from ``source`` in whichever format its path names, checked against
+    ``model`` where one is given (else against the architecture its shapes describe)."""
+    if is_torch_file(source):
+        return torch_to_flax(source, model=model, ema=ema)
+    if is_safetensors_file(source):
+        if ema:
+            raise ConversionError(
+                f"{source} holds one state_dict, no EMA copy; drop --ema (or convert the "
+                ".pth.tar that has 'state_dict_ema')"
+            )
+        return torch_to_flax(load_safetensors(source), model=model)
+    variables = load_flax(source)
+    if model is not None:  # the same key and shape check as for a PyTorch file
+        torch_to_flax(flax_to_torch(variables), model=model)
+    return variables
+
+
+def _output_format(destination: str) -> str:
+    """'torch', 'safetensors' or 'flax', from the suffix of ``destination``; ConversionError
+    for a suffix that names none of them."""
     if is_torch_file(destination):
-        return True
+        return "torch"
+    if is_safetensors_file(destination):
+        return "safetensors"
     suffix = os.path.splitext(destination.rstrip("/"))[1]
     if suffix in ("", ".msgpack"):
-        return False
+        return "flax"
     raise ConversionError(
         f"cannot tell which format to write from the suffix of {destination}: use "
-        f"{'/'.join(TORCH_SUFFIXES)} (PyTorch), .msgpack, or a name without a suffix (an Orbax "
-        "checkpoint directory)"
+        f"{'/'.join(TORCH_SUFFIXES)} (PyTorch), {SAFETENSORS_SUFFIX}, .msgpack, or a name "
+        "without a suffix (an Orbax checkpoint directory)"
     )
 
 

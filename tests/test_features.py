@@ -143,11 +143,22 @@ def test_backbone_loads_a_classifier_checkpoint(classifier, settings):
     assert jax.tree_util.tree_structure(abstract_variables(backbone)) == (
         jax.tree_util.tree_structure(expected)
     )
-    assert jax.tree_util.tree_map(
+    same = jax.tree_util.tree_map(
         lambda a, b: a.shape == b.shape and a.dtype == b.dtype,
         abstract_variables(backbone),
         expected,
     )
+    assert all(jax.tree_util.tree_leaves(same))
+    # timm's spelling builds the same backbone.
+    built = create_model(
+        "dynamixer_s",
+        **{**TINY_ARCH, **settings},
+        image_size=TINY_IMAGE_SIZE,
+        features_only=True,
+        out_indices=(0, -2),
+    )
+    assert isinstance(built, DynaMixerBackbone)
+    assert built.feature_info.channels() == (16, 32)
     features = jax.jit(backbone.apply)(without_head(variables), images)
     _, grids = model.apply(variables, images, method="forward_intermediates", output_fmt="NCHW")
     assert len(features) == 2

@@ -99,3 +99,20 @@ def test_a_whole_model_moves_to_another_image_size(image_size):
     assert len(resampled) == len([p for p in trees.flatten(params) if "/generate/" in p])
     images = jnp.ones(target_model.input_shape(2))
     assert np.isfinite(np.asarray(target_model.apply({"params": moved}, images))).all()
+
+
+def test_the_converter_writes_weights_for_another_image_size(tmp_path, capsys):
+    from dynamixer_jax.convert.__main__ import main as convert
+    from dynamixer_jax.convert.flax_io import load_flax, save_flax
+
+    source = tiny_model()
+    variables = jax.device_get(init_variables(source, jax.random.key(0)))
+    save_flax(variables, str(tmp_path / "at56.msgpack"))
+    code = convert(["--image-size", "84", str(tmp_path / "at56.msgpack"), str(tmp_path / "at84")])
+    assert code == 0 and "generate tensors to 84x84" in capsys.readouterr().out
+    written = load_flax(str(tmp_path / "at84"))["params"]
+    expected, _ = transfer_params(
+        variables["params"], abstract_variables(tiny_model(image_size=84))["params"]
+    )
+    for a, b in zip(jax.tree_util.tree_leaves(written), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(a, b)

@@ -5,6 +5,7 @@
     python -m dynamixer_jax.convert --ema checkpoint.pth.tar ema_flax           # the EMA weights
     python -m dynamixer_jax.convert dynamixer_s_flax dynamixer_s.pth            # Flax -> PyTorch state_dict
     python -m dynamixer_jax.convert dynamixer_s.pth dynamixer_s.safetensors     # -> safetensors
+    python -m dynamixer_jax.convert --image-size 288 dynamixer_s.pth s_288.msgpack  # for 288x288
 
 Each format follows from the path: a .pth/.pth.tar/.pt/.bin file is PyTorch, a
 .safetensors file holds the same state_dict (the authors' key names; no torch needed), a
@@ -19,6 +20,7 @@ import os
 import sys
 
 from dynamixer_jax.convert import flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.architecture import architecture_from_params
 from dynamixer_jax.convert.flax_io import load_flax, save_flax
 from dynamixer_jax.convert.safetensors_io import (
     SAFETENSORS_SUFFIX,
@@ -28,6 +30,9 @@ from dynamixer_jax.convert.safetensors_io import (
 )
 from dynamixer_jax.convert.torch_io import TORCH_SUFFIXES, is_torch_file, save_torch
 from dynamixer_jax.errors import ConversionError
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.resolution import transfer_params
 from dynamixer_jax.model.variants import create_model
 
 
@@ -50,16 +55,23 @@ def main(argv=None) -> int:
         "--model", help="check against this variant (e.g. dynamixer_s) instead of the file's shapes"
     )
     parser.add_argument("--num-classes", type=int, default=1000, help="with --model: the head size")
-    parser.add_argument("--image-size", type=int, default=224, help="with --model: the input size")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="the input size to write the weights for: at another size than the source's, the "
+        "generate layers are resampled to it (with --model: default 224)",
+    )
     args = parser.parse_args(argv)
     try:
         output_format = _output_format(args.destination)
-        model = (
-            create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
-            if args.model
-            else None
-        )
-        variables = _read(args.source, model, args.ema)
+        variables = _read(args.source, None, args.ema)  # checked against its own shapes
+        if args.image_size is not None:
+            variables = _at_image_size(variables, args.image_size)
+        if args.model:  # the same key and shape check against the named variant
+            model = create_model(
+                args.model, num_classes=args.num_classes, image_size=args.image_size or 224
+            )
+            torch_to_flax(flax_to_torch(variables), model=model)
         if output_format == "torch":
             save_torch(flax_to_torch(variables), args.destination)
         elif output_format == "safetensors":
@@ -89,6 +101,17 @@ def _read(source: str, model, ema: bool) -> dict:
     if model is not None:  # the same key and shape check as for a PyTorch file
         torch_to_flax(flax_to_torch(variables), model=model)
     return variables
+
+
+def _at_image_size(variables: dict, image_size: int) -> dict:
+    """The weights with their generate layers resampled for ``image_size``
+    (``dynamixer_jax.model.resolution``); unchanged at the size they were trained at."""
+    params = variables["params"]
+    target = DynaMixer(**{**architecture_from_params(params), "image_size": image_size})
+    moved, resampled = transfer_params(params, abstract_variables(target)["params"])
+    if resampled:
+        print(f"resampled {len(resampled)} generate tensors to {image_size}x{image_size}")
+    return {"params": moved}
 
 
 def _output_format(destination: str) -> str:

@@ -6,17 +6,33 @@
     python main.py --config=configs/imagenet.py:dynamixer_s --mode=evaluate \
         --weights=dynamixer_s.pth.tar
 
-Running the same command again with a workdir that holds checkpoints resumes from the latest.
+Running the same command again with a workdir that holds checkpoints resumes from the latest;
+a workdir trains one run at a time (a second run on it stops, naming the one that holds it).
 Several processes (one per host): give every one ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I``; Cloud TPU pods and SLURM jobs are detected without them.
 Everything here is a call into ``dynamixer_jax.train`` that a notebook can make too.
 """
 
+import os
+
+# Before anything imports TensorFlow (the input pipeline): its C++ start-up lines (INFO notices,
+# the CPU-instruction notice) stay quiet, and so does the oneDNN notice, which only
+# TF_ENABLE_ONEDNN_OPTS=0 silences (the input pipeline runs no op oneDNN speeds up: decoding,
+# crops, resizes and RandAugment's integer image operations). Either can be set otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 from absl import app, flags
-from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
+flags.DEFINE_string(
+    "config",
+    None,
+    "Config file (see configs/): FILE.py, or FILE.py:ARGUMENT for get_config(ARGUMENT). Any "
+    "field can be set with --config.FIELD=VALUE, e.g. --config.batch_size=256, "
+    "--config.mixup.cutmix_alpha=0, --config.model_overrides.layers='(2, 2)', "
+    "--config.half_precision (true), --config.num_train_steps=None (unset).",
+)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and evaluate), or only evaluate.")
 flags.DEFINE_string(
@@ -29,23 +45,27 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes."
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # After flag parsing and the huge-page re-exec below: --help and bad flags answer at once.
-    from dynamixer_jax.train import cli, evaluate, initialize_distributed, train_and_evaluate  # noqa: PLC0415
+def main(command_line):
+    if len(command_line.args) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(command_line.args[1:])}")
+    if FLAGS.mode == "train" and not FLAGS.workdir:
+        raise app.UsageError("--workdir is required for training")
+    if FLAGS.mode == "evaluate" and not (FLAGS.weights or FLAGS.workdir):
+        raise app.UsageError("--mode=evaluate needs --weights (or --workdir)")
+    from dynamixer_jax.train import cli  # noqa: PLC0415 (after the huge-page re-exec)
 
     cli.setup_logging()
+    return cli.run_reporting_errors(lambda: _run(cli.load_config(FLAGS.config, command_line)))
+
+
+def _run(config):
+    """The run the flags ask for, once the config is read (every config error before this)."""
+    from dynamixer_jax.train import evaluate, initialize_distributed, train_and_evaluate  # noqa: PLC0415
+
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    config = FLAGS.config
     if FLAGS.mode == "train":
-        if not FLAGS.workdir:
-            raise app.UsageError("--workdir is required for training")
-        return cli.run_reporting_errors(lambda: train_and_evaluate(config, FLAGS.workdir))
-    weights = FLAGS.weights or FLAGS.workdir
-    if not weights:
-        raise app.UsageError("--mode=evaluate needs --weights (or --workdir)")
-    return cli.run_reporting_errors(lambda: evaluate(config, weights))
+        return train_and_evaluate(config, FLAGS.workdir)
+    return evaluate(config, FLAGS.weights or FLAGS.workdir)
 
 
 if __name__ == "__main__":
@@ -53,4 +73,6 @@ if __name__ == "__main__":
     from dynamixer_jax.train.hugepages import ensure_hugepage_malloc
 
     ensure_hugepage_malloc()  # CPU training steps ~1.3-1.6x faster; a no-op elsewhere
-    app.run(main)
+    from dynamixer_jax.train.cli import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

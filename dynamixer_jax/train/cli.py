@@ -1,17 +1,110 @@
-"""What ``main.py`` does around the library calls: logging setup and one-line errors."""
+"""What ``main.py`` does around the library calls: the command line, logging and one-line errors.
+
+``--config=FILE`` is an ordinary absl flag (``--helpfull`` lists it); the ``--config.FIELD``
+overrides are taken out of the command line before absl parses it (:func:`split_overrides`)
+and applied by ``config_files.load_config_from_text`` inside :func:`run_reporting_errors`, so
+that a misspelt field or a wrong value is one line, ``error: ...``, exit 2, like every other
+user error, and costs no TensorFlow import. Nothing here imports more than absl.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from dynamixer_jax.errors import DynaMixerError, TrainingDiverged
+from dynamixer_jax.errors import ConfigError, DynaMixerError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+
+_OVERRIDE = re.compile(r"^--?(no)?config\.([^=]+)(=(.*))?$", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+    """What ``main`` gets from :func:`parse_flags`: the arguments absl left (the program name
+    first) and the ``--config.FIELD`` overrides as ``(field, [text, ...])`` in command-line
+    order (every text a field was given, for repeated tuple fields)."""
+
+    args: list[str]
+    overrides: list[tuple[str, list[str]]]
+    # Bare ``--config.FIELD VALUE`` pairs, wrong for a bool FIELD (bare means true): (field,
+    # VALUE); and fields given bare at the end or before another flag (taken as "true").
+    separate: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    bare: list[str] = dataclasses.field(default_factory=list)
+
+
+def split_overrides(argv: Sequence[str]) -> CommandLine:
+    """``argv`` without its ``--config.FIELD[=VALUE]`` overrides, and the overrides.
+
+    The forms ml_collections' ``config_flags`` took: ``--config.f=v``, ``--config.f v``,
+    ``--config.f`` (a bool: true) and ``--noconfig.f`` (false); ``--`` ends the flags.
+    """
+    args, overrides, separate, bare = [], {}, [], []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        if arg == "--":
+            args += argv[index - 1 :]
+            break
+        match = _OVERRIDE.match(arg)
+        if not match:
+            args.append(arg)
+            continue
+        negated, name, has_value, value = match.groups()
+        if negated:
+            if has_value:
+                raise ConfigError(f"{arg}: --noconfig.{name} takes no value")
+            text = "false"
+        elif has_value:
+            text = value
+        elif index < len(argv) and not argv[index].startswith("-"):
+            text = argv[index]
+            separate.append((name, text))
+            index += 1
+        else:
+            text = "true"
+            bare.append(name)
+        overrides.setdefault(name, []).append(text)
+        overrides[name] = overrides.pop(name)  # the last given comes last, as in config_flags
+    return CommandLine(args, list(overrides.items()), separate, bare)
+
+
+def load_config(path: str, command_line: CommandLine) -> Any:
+    """The config of ``--config=path`` with the command line's overrides (ConfigError if not)."""
+    from dynamixer_jax.train import config_files  # noqa: PLC0415
+
+    config = config_files.read_config_file(path)
+    for name, text in command_line.separate:
+        if config_files.field_type(config, name) is bool:
+            raise ConfigError(
+                f"--config.{name} {text}: a bool field takes its value after '=', "
+                f"--config.{name}={text} (alone, --config.{name} means true)"
+            )
+    for name in command_line.bare:
+        if config_files.field_type(config, name) not in (bool, None):
+            raise ConfigError(f"--config.{name} needs a value: --config.{name}=VALUE")
+    return config_files.apply_text_overrides(config, command_line.overrides)
+
+
+def parse_flags(argv: Sequence[str]) -> CommandLine:
+    """The ``flags_parser`` of ``app.run``: absl parses the flags but the config overrides;
+    a flag absl rejects is one line, ``error: ...``, exit 2."""
+    from absl import flags  # noqa: PLC0415
+
+    try:
+        command_line = split_overrides(flags.FLAGS.read_flags_from_files(argv, force_gnu=False))
+        args = flags.FLAGS(command_line.args)
+    except (flags.Error, DynaMixerError) as error:
+        message = " ".join(str(error).split())
+        print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    return dataclasses.replace(command_line, args=args)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -30,7 +123,6 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler._dynamixer = True
         logger.addHandler(handler)
     logger.propagate = False
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TFDS's deprecation notices
 
 

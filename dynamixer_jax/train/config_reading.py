@@ -16,7 +16,8 @@ import jax
 
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
-from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, list_models
+from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, VARIANTS, list_models
 from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.plan import (
     CadencePlan,
@@ -51,8 +52,9 @@ class ConfigReader:
                 ) from None
         self.read.add(name)
         if name in _UNSET_WAS_MINUS_ONE and node is not None and node <= 0:
+            was = "; -1 no longer means unset" if node == -1 else ""
             raise ConfigError(
-                f"{name} {node}: -1 no longer means unset; leave "
+                f"{name} {node}: must be positive{was}; leave "
                 f"--config.{name} out (unset, None, is the default)"
             )
         return tuple(node) if isinstance(node, list) else node
@@ -90,15 +92,40 @@ def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
     )
 
 
+def _check_image_size(name: str, image_size: Any, overrides: dict[str, Any]) -> None:
+    """ConfigError unless every side of ``image_size`` is a positive multiple of what the model
+    needs: its patch size, times 2 for every stride-2 transition between stages."""
+    patch = overrides.get("patch_size") or DynaMixer.__dataclass_fields__["patch_size"].default
+    transitions = overrides.get("transitions") or VARIANTS[name]["transitions"]
+    halvings = sum(bool(transition) for transition in tuple(transitions)[:-1])
+    multiple = patch * 2**halvings
+    sides = image_size if isinstance(image_size, (tuple, list)) else (image_size,)
+    why = f"patch size {patch}" + (
+        f" x {2**halvings} for {halvings} stride-2 transition{'s' * (halvings > 1)}"
+        if halvings
+        else ""
+    )
+    for side in sides:
+        if isinstance(side, bool) or not isinstance(side, int) or side <= 0 or side % multiple:
+            good = multiple * max(1, round(side / multiple)) if isinstance(side, int) else multiple
+            positive = "a positive" if isinstance(side, int) and side > 0 else "positive: a"
+            raise ConfigError(
+                f"image_size {image_size} must be {positive} multiple of {multiple} for {name} "
+                f"({why}); use e.g. --config.image_size={good}"
+            )
+
+
 def _model(read: ConfigReader) -> ModelPlan:
     name = read("model")
     if name not in list_models():
         raise ConfigError(
             f"unknown model {name!r}: set --config.model to one of {', '.join(list_models())}"
         )
+    overrides = _model_overrides(read("model_overrides"))
+    _check_image_size(name, read("image_size"), dict(overrides))
     model = ModelPlan(
         name=name,
-        overrides=_model_overrides(read("model_overrides")),
+        overrides=overrides,
         image_size=read("image_size"),
         num_classes=read("num_classes"),
         drop_path_rate=read("drop_path_rate"),
@@ -124,12 +151,30 @@ def _mixup(read: ConfigReader) -> MixupConfig:
         raise ConfigError(f"mixup: {error}") from None
 
 
+def _check_data(data: DataPlan) -> None:
+    if not 0 < data.crop_fraction <= 1:
+        raise ConfigError(f"crop_fraction must be in (0, 1], not {data.crop_fraction}")
+    for name, value, least in [
+        ("shuffle_buffer_size", data.shuffle_buffer_size, 1),
+        ("prefetch_batches", data.prefetch_batches, 0),
+        ("data_threads", 1 if data.threads is None else data.threads, 1),
+    ]:
+        if value < least:
+            unset = " (None: all cores)" if name == "data_threads" else ""
+            raise ConfigError(f"{name} must be >= {least}{unset}, not {value}")
+
+
 def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
     for name in ("batch_size", "eval_batch_size"):
         size = getattr(data, name)
-        if size <= 0 or size % devices:
+        if size <= 0:
+            raise ConfigError(
+                f"{name} {size}: must be positive (the global batch, a multiple of the "
+                f"{devices} device(s)), e.g. --config.{name}={devices * 8}"
+            )
+        if size % devices:
             where = f"{devices} devices" + (f" in {processes} processes" if processes > 1 else "")
-            multiple = devices * max(1, round(size / devices)) if size > 0 else devices
+            multiple = devices * max(1, round(size / devices))
             raise ConfigError(
                 f"{name} {size} is not divisible by the {where}; use a multiple "
                 f"of {devices}, e.g. --config.{name}={multiple}"
@@ -156,12 +201,23 @@ def _check_numbers(
     for name, value in [
         ("warmup_epochs", schedule.warmup_epochs),
         ("cooldown_epochs", schedule.cooldown_epochs),
+        ("num_epochs", schedule.num_epochs),
         ("weight_decay", optim.weight_decay),
         ("grad_clip_norm", optim.grad_clip_norm),
-        ("drop_path_rate", model.drop_path_rate),
+        ("warmup_learning_rate", optim.warmup_learning_rate),
+        ("min_learning_rate", optim.min_learning_rate),
+        ("adam_eps", optim.eps),
     ]:
-        if value < 0:
+        if not value >= 0:  # NaN too
             raise ConfigError(f"{name} must be >= 0, not {value}")
+    for name, value in [
+        ("drop_path_rate", model.drop_path_rate),
+        ("drop_rate", model.drop_rate),
+        ("adam_b1", optim.b1),
+        ("adam_b2", optim.b2),
+    ]:
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} must be in [0, 1), not {value}")
     for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if getattr(cadence, name) <= 0:
             raise ConfigError(f"{name} must be a positive number, not {getattr(cadence, name)}")
@@ -252,5 +308,6 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
             "configs/default.py lists every field"
         )
     _check_numbers(optim, schedule, cadence, model)
+    _check_data(data)
     _check_batches(data, optim.grad_accum_steps, devices, processes)
     return plan

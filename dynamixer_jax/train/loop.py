@@ -1,7 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the whole training run, resumable at any step.
 
-1. Read the config into a plan (``plan.py``), open the dataset and build the model: every user
-   error surfaces here, as one line, before anything is compiled.
+1. Read the config into a plan (``plan.py``), create the workdir and lock it for this run
+   (``workdir_lock.py``), open the dataset and build the model: every user error surfaces
+   here, as one line, before anything is compiled.
 2. Restore the latest checkpoint in ``WORKDIR/checkpoints`` if there is one, else initialise
    (from ``init_from`` when fine-tuning).
 3. Loop: global batch -> compiled train step. Each step's metrics are fetched one step late, so
@@ -28,7 +29,7 @@ import jax
 import numpy as np
 
 from dynamixer_jax.errors import TrainingDiverged
-from dynamixer_jax.train import parallel, start
+from dynamixer_jax.train import parallel, start, workdir_lock
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import (
@@ -73,7 +74,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     and ``TrainingDiverged`` when the loss stops being finite.
     """
     plan = make_plan(config)  # every config error, before TensorFlow is even imported
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = workdir_lock.create_workdir(workdir)
+    with workdir_lock.lock_for_training(workdir):  # a second run on this workdir stops here
+        return _train(plan, workdir)
+
+
+def _train(plan: RunPlan, workdir: str) -> dict[str, Any]:
+    """:func:`train_and_evaluate` once the plan is checked and the workdir is this run's."""
     mesh = parallel.make_mesh()
     source = open_configured_source(plan.data)
     train_data, eval_data = make_train_data(plan, source), make_eval_data(plan.data, source)
@@ -81,7 +88,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     model = plan.model.build(num_classes)
     steps = plan.steps(train_data.steps_per_epoch)
     schedule, tx = optimizer_from_plan(plan.optim, steps)
-    os.makedirs(workdir, exist_ok=True)
     _log_start(plan, num_classes, train_data, steps, mesh)
     meta = start.data_meta(plan, train_data.steps_per_epoch)
     checkpoints = Checkpoints(

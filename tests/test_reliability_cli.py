@@ -1,0 +1,253 @@
+"""What a user sees at the command line when they get something wrong (issue 11): one line,
+``error: ...``, exit 2, before TensorFlow is imported; and the workdir lock, end to end through
+``main.py`` as separate processes.
+
+Each bad-input case runs ``main.py`` in a subprocess (about a second each: the config is read
+and checked before the input pipeline, and so TensorFlow, is imported). The lock test starts a
+real run, kills it, and starts another to show that a killed run's lock does not block (and
+that TensorFlow's C++ start-up lines stay off the screen).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import MICRO_ARCH, REPO
+
+from dynamixer_jax.errors import CheckpointError, ConfigError
+from dynamixer_jax.train import cli
+from dynamixer_jax.train.workdir_lock import WorkdirLock
+
+QUICKSTART = f"--config={REPO / 'configs' / 'quickstart.py'}"
+# Runs main.py as __main__ (the huge-page re-exec included: it re-runs this same command) and
+# says on stdout, at exit, whether TensorFlow was imported.
+TRACE_TENSORFLOW = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+    f"sys.argv = [{str(REPO / 'main.py')!r}, *sys.argv[1:]]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+# TensorFlow's (and absl's C++) log lines: "I0000 00:00:... port.cc:153] ...", and the notices.
+CXX_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|oneDNN|cpu_feature")
+MICRO = [f"--config.model_overrides.{field}={value}" for field, value in MICRO_ARCH.items()]
+MICRO.append("--config.image_size=16")
+
+
+def _environment(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "TF_ENABLE"))}
+    env.update(JAX_PLATFORMS="cpu", **extra)  # main.py quiets TensorFlow itself
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def _main(*args, timeout=120, **env):
+    return subprocess.run(
+        [sys.executable, "-c", TRACE_TENSORFLOW, *args],
+        env=_environment(**env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_error_line(result) -> str:
+    """The single stderr line of a run that failed as a user error should (exit 2)."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config.batch_sise=32"], ["batch_sise", "did you mean batch_size?"]),
+        (["--config.mixup.cutmix_alpa=0"], ["did you mean mixup.cutmix_alpha?"]),
+        (["--config.batch_size=abc"], ["--config.batch_size=abc", "an integer"]),
+        (["--config.model_overrides.layers=(2 2)"], ["layers", "tuple"]),
+        (["--config.half_precision", "true"], ["--config.half_precision=true"]),
+        (["--config=configs/nope.py"], ["no config file configs/nope.py", "quickstart.py"]),
+        (["--config=configs/imagenet.py:xyz"], ["no such variant", "dynamixer_s"]),
+        (["--config=configs/quickstart.py:xyz"], ["takes no ':ARGUMENT'"]),
+        (["--config.image_size=0"], ["image_size 0 must be positive", "multiple of 8"]),
+        (["--config.image_size=-8"], ["image_size -8 must be positive"]),
+        (["--config.image_size=30"], ["multiple of 8", "--config.image_size=32"]),
+        (["--config.batch_size=0"], ["batch_size 0: must be positive"]),
+        (["--config.num_train_steps=-5"], ["num_train_steps -5: must be positive"]),
+        (["--config.learning_rate=-1"], ["learning_rate must be positive"]),
+        (["--config.drop_path_rate=1.5"], ["drop_path_rate must be in [0, 1)"]),
+        (["--config.crop_fraction=0"], ["crop_fraction must be in (0, 1]"]),
+        (["--mode=fit"], ["--mode", "--helpfull"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_before_tensorflow(args, expected, tmp_path):
+    workdir = tmp_path / "w"
+    config = [] if any(arg.startswith("--config=") for arg in args) else [QUICKSTART]
+    result = _main(*config, f"--workdir={workdir}", "--config.num_train_steps=20", *args)
+    line = _one_error_line(result)
+    assert all(part in line for part in expected), line
+    assert "tensorflow imported: False" in result.stdout, result.stdout
+    assert not workdir.exists()  # a config error leaves nothing behind
+
+
+def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = _main(QUICKSTART, f"--workdir={tmp_path / 'file' / 'wd'}")
+    line = _one_error_line(result)
+    assert f"cannot create workdir {tmp_path / 'file' / 'wd'} (Not a directory)" in line
+    assert "tensorflow imported: False" in result.stdout
+
+
+def test_helpfull_still_lists_the_flags():
+    result = _main("--helpfull")
+    for flag in ("--config:", "--workdir:", "--mode:", "--config.FIELD=VALUE"):
+        assert flag in result.stdout + result.stderr
+
+
+# ---- the overrides, read as ml_collections' config_flags read them
+
+
+@pytest.mark.parametrize(
+    "args, field, value",
+    [
+        (["--config.batch_size=32"], "batch_size", 32),
+        (["--config.batch_size", "32"], "batch_size", 32),
+        (["--config.batch_size=16", "--config.batch_size=32"], "batch_size", 32),
+        (["--config.learning_rate=1"], "learning_rate", 1.0),
+        (["--config.mixup.cutmix_alpha=0"], "mixup.cutmix_alpha", 0.0),
+        (["--config.model_overrides.layers=(2,3)"], "model_overrides.layers", (2, 3)),
+        (["--config.model_overrides.layers", "(2, 3)"], "model_overrides.layers", (2, 3)),
+        (["--config.model_overrides.layers=[2,3]"], "model_overrides.layers", (2, 3)),
+        (
+            ["--config.model_overrides.layers=2", "--config.model_overrides.layers=3"],
+            "model_overrides.layers",
+            (2, 3),
+        ),
+        (["--config.model_overrides.layers=None"], "model_overrides.layers", None),
+        (["--config.augment.scale=(0.5,1)"], "augment.scale", (0.5, 1)),
+        (["--config.half_precision"], "half_precision", True),
+        (["--config.half_precision=false"], "half_precision", False),
+        (["--config.half_precision=0"], "half_precision", False),
+        (["--noconfig.scan_layers"], "scan_layers", False),
+        (["--config.num_classes=None"], "num_classes", None),
+        (["--config.num_classes=10"], "num_classes", 10),
+        (["--config.init_from=/x/y.pth"], "init_from", "/x/y.pth"),
+        (["--config.dataset=None"], "dataset", "None"),  # not unset: a string field's text
+    ],
+)
+def test_overrides_take_the_forms_config_flags_took(args, field, value):
+    command_line = cli.split_overrides(["main.py", *args, "--workdir=w"])
+    assert command_line.args == ["main.py", "--workdir=w"]
+    config = cli.load_config(str(REPO / "configs" / "quickstart.py"), command_line)
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    assert node == value and type(node) is type(value)
+
+
+def test_bare_flags_that_need_a_value_say_so():
+    with pytest.raises(ConfigError, match="takes no value"):
+        cli.split_overrides(["main.py", "--noconfig.scan_layers=1"])
+    command_line = cli.split_overrides(["main.py", "--config.batch_size", "--workdir=w"])
+    with pytest.raises(ConfigError, match="--config.batch_size needs a value"):
+        cli.load_config(str(REPO / "configs" / "quickstart.py"), command_line)
+
+
+def test_arguments_after_double_dash_are_not_overrides():
+    command_line = cli.split_overrides(["main.py", "--", "--config.batch_size=3"])
+    assert command_line.args == ["main.py", "--", "--config.batch_size=3"]
+    assert command_line.overrides == []
+
+
+# ---- the workdir lock
+
+
+def test_the_lock_is_exclusive_names_its_holder_and_is_released(tmp_path):
+    with WorkdirLock(str(tmp_path)):
+        holder = json.loads((tmp_path / ".lock").read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(CheckpointError) as error:  # another open file: flock refuses it
+            WorkdirLock(str(tmp_path)).acquire()
+        message = str(error.value)
+        assert f"pid {os.getpid()} on host {holder['host']}" in message and "\n" not in message
+    with WorkdirLock(str(tmp_path)):  # released at exit
+        pass
+
+
+def test_a_second_run_on_a_workdir_stops_and_a_killed_runs_lock_does_not_block(
+    tmp_path, digits_data_dir, compilation_cache
+):
+    workdir = tmp_path / "w"
+    common = [
+        QUICKSTART,
+        f"--workdir={workdir}",
+        f"--config.data_dir={digits_data_dir}",
+        *MICRO,
+        "--config.checkpoint_every_steps=100000",
+    ]
+    env = _environment(**compilation_cache)
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), *common, "--config.num_train_steps=100000"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while f'"pid": {first.pid}' not in _read(workdir / ".lock"):
+            assert first.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.05)
+        second = _main(*common, "--config.num_train_steps=2", **compilation_cache)
+        line = _one_error_line(second)
+        assert f"is in use by another training run: pid {first.pid} on host" in line
+        assert "tensorflow imported: False" in second.stdout
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The kernel dropped the dead run's lock; its file is still there, naming it.
+    assert f'"pid": {first.pid}' in _read(workdir / ".lock")
+    stderr_path = tmp_path / "third.stderr"
+    with open(stderr_path, "w") as stderr:
+        third = subprocess.Popen(
+            [sys.executable, "-c", TRACE_TENSORFLOW, *common, "--config.num_train_steps=2"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        # Until it has the lock and has opened the dataset (TensorFlow imported): then Ctrl-C.
+        deadline = time.monotonic() + 120
+        while not (
+            f'"pid": {third.pid}' in _read(workdir / ".lock")
+            and " on sklearn_digits: " in _read(stderr_path)
+        ):
+            assert third.poll() is None, _read(stderr_path)
+            assert time.monotonic() < deadline, "the third run did not start"
+            time.sleep(0.05)
+        third.send_signal(signal.SIGINT)
+        stdout, _ = third.communicate(timeout=120)
+    finally:
+        if third.poll() is None:
+            third.kill()
+            third.wait()
+    log = _read(stderr_path)
+    assert "tensorflow imported: True" in stdout  # what the runs that stopped early did not
+    assert not [line for line in log.splitlines() if CXX_LOG_LINE.search(line)], log
+    assert re.search(r"^\d\d:\d\d:\d\d dynamixer_s on sklearn_digits: ", log, re.MULTILINE)
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

@@ -24,6 +24,7 @@ What releases the lock, and why a stale one never blocks:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from dynamixer_jax.errors import CheckpointError
@@ -121,14 +123,15 @@ class WorkdirLock:
             os.close(fd)
 
     def __enter__(self) -> WorkdirLock:
-        return self.acquire() if self._fd is None else self
+        return self.acquire()
 
     def __exit__(self, *exc_info: Any) -> None:
         self.release()
 
 
-def lock_for_training(workdir: str) -> WorkdirLock:
-    """The lock of this process's part of a training run on ``workdir`` (already acquired).
+@contextlib.contextmanager
+def lock_for_training(workdir: str) -> Iterator[None]:
+    """Holds the workdir's lock for this process's part of a training run (``with``).
 
     Process 0 takes ``WORKDIR/.lock``; in a run of several processes it then tells the others
     whether it got it, so that every process of a second run stops with the same one line.
@@ -137,7 +140,9 @@ def lock_for_training(workdir: str) -> WorkdirLock:
 
     lock = WorkdirLock(workdir)
     if jax.process_count() == 1:
-        return lock.acquire()
+        with lock:
+            yield
+        return
     error = None
     if jax.process_index() == 0:
         try:
@@ -155,4 +160,7 @@ def lock_for_training(workdir: str) -> WorkdirLock:
             f"workdir {workdir} is in use by another training run (process 0 names it in "
             f"{os.path.join(workdir, LOCK_FILE)}); give this run another --workdir"
         )
-    return lock
+    try:
+        yield
+    finally:
+        lock.release()  # a no-op in the processes that did not take it

@@ -2,9 +2,9 @@
 
 ``--config=FILE`` is an ordinary absl flag (``--helpfull`` lists it); the ``--config.FIELD``
 overrides are taken out of the command line before absl parses it (:func:`split_overrides`)
-and applied by ``config_files.load_config_from_text`` inside :func:`run_reporting_errors`, so
-that a misspelt field or a wrong value is one line, ``error: ...``, exit 2, like every other
-user error, and costs no TensorFlow import. Nothing here imports more than absl.
+and applied by :func:`load_config` (``config_files.apply_text_overrides``) inside
+:func:`run_reporting_errors`, so that a misspelt field or a wrong value is one line,
+``error: ...``, exit 2, like every other user error, and costs no TensorFlow import.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def finetune(init_from: str, image_size: int, steps: int, resample: bool, workdi
         reset_head=False,
         resample_generate=resample,
         num_train_steps=steps,
-        warmup_epochs=0.0,
+        warmup_epochs=0,
         learning_rate=5e-4,
         ema_decay=0.0,
         log_every_steps=steps,
@@ -91,6 +91,7 @@ def main() -> None:
                 args.workdir, size, args.finetune_steps, False, f"{scratch}/ft_reinit_{size}"
             ),
         }
+        print(f"{size}x{size}: {rows[size]}", flush=True)
     source = rows[32]["source"]
     print(f"\nquickstart trained at 32x32: top-1 {source:.1%}; fine-tuning: {args.finetune_steps}")
     print(

@@ -251,3 +251,12 @@ def _read(path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_a_keyboard_interrupt_outside_training_is_one_line(capsys):
+    # A second Ctrl-C in training (which aborts at once), or Ctrl-C during --mode=evaluate.
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert cli.run_reporting_errors(interrupted) == 130
+    assert capsys.readouterr().err == "interrupted: stopped without saving\n"

@@ -205,6 +205,38 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_zero(
     }
 
 
+def test_ctrl_c_while_the_step_compiles_stops_cleanly(digits_data_dir, tmp_path):
+    """Ctrl-C after the start line (data opening, state creation, compiling): one line, exit 0,
+    no traceback; a second run starts normally."""
+    env = _environment(1)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile for real: the signal lands during it
+    process = subprocess.Popen(
+        _command(tmp_path, digits_data_dir),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if " on sklearn_digits: " in line:  # the start line; then the state and the step
+                process.send_signal(signal.SIGINT)
+                break
+        stderr = "".join(lines) + process.communicate(timeout=300)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "interrupted before the first step: nothing new to save" in stderr or (
+        "interrupted: saved checkpoint" in stderr  # the signal came after the first step
+    ), stderr
+    assert logged_steps(tmp_path)[:1] in ([], [1])
+
+
 # 1 vs 8 devices: the same global batch, split 8 ways, reduced in another order. float32 sums
 # in another order differ by a few ulps (~1e-7 relative) per step, and 30 steps of Adam do not
 # amplify that much: the losses were seen to agree to 2.1e-7 relative (8 devices vs 1, and

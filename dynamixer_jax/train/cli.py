@@ -20,6 +20,7 @@ from dynamixer_jax.errors import ConfigError, DynaMixerError, TrainingDiverged
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
 
 _OVERRIDE = re.compile(r"^--?(no)?config\.([^=]+)(=(.*))?$", re.DOTALL)
 
@@ -136,4 +137,7 @@ def run_reporting_errors(function: Callable[[], Any]) -> int:
     except DynaMixerError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or Ctrl-C in evaluation
+        print("interrupted: stopped without saving", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

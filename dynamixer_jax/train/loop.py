@@ -75,11 +75,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """
     plan = make_plan(config)  # every config error, before TensorFlow is even imported
     workdir = workdir_lock.create_workdir(workdir)
-    with workdir_lock.lock_for_training(workdir):  # a second run on this workdir stops here
-        return _train(plan, workdir)
+    # A second run on this workdir stops at the lock. SIGTERM and Ctrl-C are caught from here on,
+    # while the data opens and the step compiles too: the loop stops before its next step.
+    with workdir_lock.lock_for_training(workdir), PreemptionWatch() as preemption:
+        return _train(plan, workdir, preemption)
 
 
-def _train(plan: RunPlan, workdir: str) -> dict[str, Any]:
+def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str, Any]:
     """:func:`train_and_evaluate` once the plan is checked and the workdir is this run's."""
     mesh = parallel.make_mesh()
     source = open_configured_source(plan.data)
@@ -126,7 +128,7 @@ def _train(plan: RunPlan, workdir: str) -> dict[str, Any]:
             use_ema=plan.optim.ema_decay > 0,
         )
         try:
-            return _loop(run, plan, state)
+            return _loop(run, plan, state, preemption)
         finally:
             metrics_log.close()
     finally:
@@ -147,7 +149,9 @@ def _log_start(plan: RunPlan, num_classes: int, train_data: Any, steps: Steps, m
     )
 
 
-def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
+def _loop(
+    run: _Run, plan: RunPlan, state: TrainState, preemption: PreemptionWatch
+) -> dict[str, Any]:
     """The training loop proper, from ``state``'s step to the end (or a preemption)."""
     from dynamixer_jax.train.cadence import Cadence  # noqa: PLC0415 (clu imports TensorFlow)
 
@@ -164,9 +168,14 @@ def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
     profiler = StepProfiler(
         run.workdir, plan.cadence.profile_first_step, plan.cadence.profile_num_steps
     )
-    with PreemptionWatch() as preemption, contextlib.closing(profiler):
+    first_step = step
+    with contextlib.closing(profiler):
         while step < total:
-            if preemption.requested(step):
+            stop = preemption.requested(step)
+            if stop and step == first_step:
+                log.info("%s before the first step: nothing new to save", preemption.reason)
+                return {"status": "preempted", "step": step, **last_eval}
+            if stop:
                 if pending is not None:
                     _fetch(run.checkpoints, *pending)
                 return _preempted(run, step, state, last_eval, preemption.reason)

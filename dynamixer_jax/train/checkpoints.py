@@ -21,6 +21,7 @@ checkpoint written on 8 devices restores on 1 and the other way round.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError
+from dynamixer_jax.train import orbax_quiet
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,22 @@ def _first_line(error: BaseException, within: str = "") -> str:
     text = text.splitlines()
     line = f"{type(error).__name__}: {text[0] if text else ''}"
     return line if len(line) <= 160 else line[:157] + "..."
+
+
+# Why a write fails, as the operating system says it (found inside TensorStore's messages).
+_WRITE_ERRORS = tuple(
+    os.strerror(number)
+    for number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+)
+
+
+def _save_reason(error: BaseException) -> str:
+    """Why a save failed: the operating system's words where they can be found."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    found = [reason for reason in _WRITE_ERRORS if reason in text]
+    return found[0] if found else _first_line(error)
 
 
 def json_damage(step_dir: str) -> str | None:
@@ -126,20 +144,6 @@ def array_damage(step_dir: str, *, batch: int = 64) -> str | None:
     return None
 
 
-class _OrbaxQuiet(logging.Filter):
-    """Drops Orbax's log records (it logs through absl): the failures it reports (a damaged
-    checkpoint, a failed save) reach the user as one line from this module instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno >= logging.CRITICAL
-
-
-def _quiet_orbax() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(existing, _OrbaxQuiet) for existing in logger.filters):
-        logger.addFilter(_OrbaxQuiet())
-
-
 class _Hiding:
     """Orbax's standard step-name format, minus the steps in ``hidden`` (damaged ones)."""
 
@@ -178,11 +182,13 @@ class Checkpoints:
     def __init__(
         self, directory: str, *, keep: int = 3, asynchronous: bool = True, read_only: bool = False
     ):
-        _quiet_orbax()
+        orbax_quiet.install()
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
         self.skipped: dict[int, str] = {}  # step -> why it cannot be read
         self._hidden: set[int] = set()  # the skipped steps, hidden from Orbax
+        self._saving: int | None = None  # the step of the save in flight
+        self._failed = False  # a save failed (and was reported)
         for step in self._step_dirs():
             reason = json_damage(self._path(step))
             if reason is not None:
@@ -255,7 +261,7 @@ class Checkpoints:
         Raises :class:`CheckpointError` if an earlier save failed (e.g. a full disk)."""
         if step in self.manager.all_steps():
             return  # already saved (e.g. a final save right after a periodic one)
-        self._check_saved()
+        self.wait()  # Orbax's save waits for the previous one too; this names its failure
         if step in self._hidden and os.path.exists(self._path(step)):
             self._set_aside(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
@@ -264,6 +270,7 @@ class Checkpoints:
             self.manager.save(step, args=args, metrics=metrics, force=True)
         except Exception as error:
             raise self._save_failed(step, error) from None
+        self._saving = step
 
     def _set_aside(self, step: int) -> None:
         """Rename the unreadable directory of ``step`` so that a new save can take its name."""
@@ -285,6 +292,7 @@ class Checkpoints:
         ]
 
     def _save_failed(self, step: int | None, error: BaseException) -> CheckpointError:
+        self._failed = True
         intact = self._intact_steps(step)
         which = f"checkpoint {step}" if step is not None else "a checkpoint"
         then = (
@@ -295,23 +303,12 @@ class Checkpoints:
             "command to start again"
         )
         return CheckpointError(
-            f"saving {which} in {self.directory} failed ({_first_line(error)}); {then}"
+            f"saving {which} in {self.directory} failed ({_save_reason(error)}); {then}"
         )
-
-    def _check_saved(self) -> None:
-        """Raise the error of a background save that failed, as one CheckpointError."""
-        try:
-            self.manager.check_for_errors()
-        except Exception as error:
-            raise self._save_failed(self._saving_step(), error) from None
-
-    def _saving_step(self) -> int | None:
-        steps = self.manager.all_steps()
-        return max(steps) if steps else None
 
     def wait(self) -> None:
         """Block until every started save is on disk (CheckpointError if one failed)."""
-        step = self._saving_step()
+        step, self._saving = self._saving, None
         try:
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
@@ -320,7 +317,8 @@ class Checkpoints:
 
     def close(self) -> None:
         try:
-            self.wait()
+            if not self._failed:  # a failed save raises once
+                self.wait()
         finally:
             try:
                 self.manager.close()

@@ -9,11 +9,13 @@ JSON record (``meta``) of what the data position means (seed, global batch size,
 
 Damaged checkpoints (truncated or deleted files, broken JSON) never block a workdir: those whose
 JSON files do not parse are hidden from Orbax when the manager is made (Orbax reads every
-step's metrics then), those whose arrays do not read are hidden when a restore fails
-(:meth:`Checkpoints.restore_newest`); each gets one warning and stays where it is. Only a save
-of the same step moves a damaged directory aside (``<step>.unreadable``), never deletes it.
+step's metrics then, for keep-N and the best step), those whose arrays do not read
+(:func:`array_damage`, checked before every restore) are hidden when the restore is asked for
+(:meth:`Checkpoints.restore_newest` then goes on to the next older one); each gets one warning
+and stays where it is. Only a new save of the same step moves a damaged directory aside
+(``<step>.unreadable``); nothing is ever deleted but what keep-N prunes among readable ones.
 A save that fails (a full disk) is one :class:`CheckpointError` naming the latest intact
-checkpoint. Orbax's own log lines are kept off the screen: every failure is reported here.
+checkpoint. What Orbax itself would print is kept off the screen (``orbax_quiet.py``).
 
 Restoring takes the shardings of the current mesh, whatever mesh wrote the checkpoint: a
 checkpoint written on 8 devices restores on 1 and the other way round.
@@ -62,8 +64,10 @@ def _score(metrics: Any) -> float:
 
 def _first_line(error: BaseException, within: str = "") -> str:
     """The error's type and first line, short (paths inside ``within`` made relative to it)."""
-    text = str(error).replace(f"{within}{os.sep}", "" if within else f"{os.sep}").strip()
-    text = text.splitlines()
+    text = str(error)
+    if within:
+        text = text.replace(f"{within}{os.sep}", "")
+    text = text.strip().splitlines()
     line = f"{type(error).__name__}: {text[0] if text else ''}"
     return line if len(line) <= 160 else line[:157] + "..."
 
@@ -184,7 +188,6 @@ class Checkpoints:
     ):
         orbax_quiet.install()
         self.directory = os.path.abspath(directory)
-        self.read_only = read_only
         self.skipped: dict[int, str] = {}  # step -> why it cannot be read
         self._hidden: set[int] = set()  # the skipped steps, hidden from Orbax
         self._saving: int | None = None  # the step of the save in flight

@@ -14,11 +14,21 @@ import subprocess
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 import test_train_runs as runs
-from conftest import REPO
+from conftest import MICRO_ARCH, REPO
 from test_train_runs import STEPS, by_step, checkpoint_steps, run
+
+from dynamixer_jax.model.init import init_variables
+from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.train import parallel
+from dynamixer_jax.train.checkpoints import Checkpoints
+from dynamixer_jax.train.state import create_train_state
+from dynamixer_jax.train.weights import load_param_sets
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -277,3 +287,31 @@ def test_sigkill_at_five_random_steps_then_restart_logs_exactly_the_uninterrupte
     assert code == 0, stderr
     _assert_clean(stderr)
     assert by_step(workdir) == reference
+
+
+# ---- evaluation reads a checkpoint once
+
+
+def test_evaluation_restores_params_and_ema_once_without_the_optimizer_state(tmp_path, monkeypatch):
+    model = create_model("dynamixer_s", num_classes=7, image_size=16, **MICRO_ARCH)
+    params = jax.device_get(init_variables(model, jax.random.key(3))["params"])
+    state = create_train_state(params, optax.adamw(1e-3), seed=0, use_ema=True)
+    state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x + 1, params))
+    with Checkpoints(str(tmp_path / "checkpoints"), asynchronous=False) as checkpoints:
+        checkpoints.save(5, state, {"seed": 0})
+    restored_parts = []
+    restore = ocp.CheckpointManager.restore
+
+    def counting_restore(self, step, *args, **kwargs):
+        restored_parts.append(sorted(kwargs["args"]["state"].item))
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", counting_restore)
+    sets = load_param_sets(str(tmp_path), parallel.make_mesh())  # what evaluate() calls
+    assert restored_parts == [["ema_params", "params"]]  # one restore, no optimizer state
+    assert sorted(sets) == ["ema", "raw"]
+    for name, want in (("raw", state.params), ("ema", state.ema_params)):
+        for got_leaf, want_leaf in zip(
+            jax.tree_util.tree_leaves(sets[name]), jax.tree_util.tree_leaves(want), strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(got_leaf), np.asarray(want_leaf))

@@ -244,6 +244,10 @@ def _kill_after_step(process: subprocess.Popen, step: int) -> None:
 def _kill_during_save(process: subprocess.Popen, workdir) -> int:
     """SIGKILL while an asynchronous save is being written (its temporary directory exists);
     returns that save's step."""
+    # From the first step on: Orbax has removed the temporary directory of a save killed before.
+    for line in process.stderr:
+        if f"/{STEPS} " in line:
+            break
     checkpoints = Path(workdir) / "checkpoints"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

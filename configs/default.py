@@ -100,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = config_dict.placeholder(str)  # workdir, checkpoint, .msgpack or .pth
     config.init_from_ema = False  # take the EMA weights of init_from
     config.reset_head = True  # a new classifier head
+    # At another image_size than init_from's: resample its generate layers to the new token grid
+    # (dynamixer_jax/model/resolution.py); False: initialise them afresh
+    config.resample_generate = True
     config.init_from_required = False  # True: refuse to start without init_from (finetune.py)
 
     # ---- bookkeeping
@@ -109,5 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000  # also after every evaluation
     config.keep_checkpoints = 3  # the latest ones; the best by eval_top1 is kept as well
     config.async_checkpointing = True
+    # jax.profiler trace of steps profile_first_step.. (+profile_num_steps) into WORKDIR for
+    # TensorBoard's Profile tab; None: no trace
+    config.profile_first_step = config_dict.placeholder(int)
+    config.profile_num_steps = 5
 
     return config

@@ -18,8 +18,10 @@ from dynamixer_jax.model import (  # noqa: E402
     PUBLISHED,
     VARIANTS,
     DynaMixer,
+    DynaMixerBackbone,
     DynaMixerBlock,
     DynaMixerOp,
+    FeatureInfo,
     MixerLayer,
     create_model,
     init_variables,
@@ -29,9 +31,11 @@ from dynamixer_jax.model import (  # noqa: E402
 
 __all__ = [
     "DynaMixer",
+    "DynaMixerBackbone",
     "DynaMixerBlock",
     "DynaMixerError",
     "DynaMixerOp",
+    "FeatureInfo",
     "MixerLayer",
     "PUBLISHED",
     "VARIANTS",

@@ -5,7 +5,8 @@
 
 Accepted: a workdir of ours (its latest checkpoint), its ``checkpoints/`` directory or one step
 in it; a ``.msgpack`` file or Orbax directory written by ``python -m dynamixer_jax.convert``; an
-authors' PyTorch checkpoint (``.pth``, ``.pth.tar``...; converted on the fly, needs torch). The
+authors' PyTorch checkpoint (``.pth``, ``.pth.tar``...; converted on the fly, needs torch) or the
+same state_dict as a ``.safetensors`` file (needs the safetensors package, not torch). The
 architecture comes from the workdir's ``config.json`` where there is one, else from the
 parameter shapes. Needs no device mesh, no TensorFlow and no ml_collections.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from dynamixer_jax import trees
 from dynamixer_jax.convert import architecture_from_params, model_from_state_dict, torch_to_flax
 from dynamixer_jax.convert.flax_io import load_flax
+from dynamixer_jax.convert.safetensors_io import is_safetensors_file, load_safetensors
 from dynamixer_jax.convert.torch_io import is_torch_file, unwrap_state_dict
 from dynamixer_jax.errors import CheckpointError, ConversionError
 from dynamixer_jax.model.init import abstract_variables
@@ -30,7 +32,8 @@ from dynamixer_jax.model.variants import create_model, list_models
 
 WHERE = (
     "give a training workdir, its checkpoints/ directory or one step in it, a .msgpack "
-    "file or Orbax directory from python -m dynamixer_jax.convert, or an authors' .pth file"
+    "file or Orbax directory from python -m dynamixer_jax.convert, or an authors' .pth file "
+    "(or its .safetensors)"
 )
 
 
@@ -56,12 +59,21 @@ def read_params(path: str | os.PathLike, *, ema: bool = False, sharding: Any = N
     path = _checked_path(path)
     if is_torch_file(path):
         return torch_to_flax(path, ema=ema)["params"]
+    if is_safetensors_file(path):
+        return torch_to_flax(_safetensors_state_dict(path, ema))["params"]
     if os.path.isdir(path) and is_our_checkpoint(path):
         name = "ema" if ema else "raw"
         return _params_from_workdir(path, (name,), sharding=sharding)[name]
     if ema:
         raise CheckpointError(f"{path} holds one set of weights, no EMA copy; drop the EMA option")
     return load_flax(path)["params"]
+
+
+def _safetensors_state_dict(path: str, ema: bool) -> dict[str, np.ndarray]:
+    """The authors' state_dict in a .safetensors file (one set of weights: no EMA copy)."""
+    if ema:
+        raise CheckpointError(f"{path} holds one set of weights, no EMA copy; drop the EMA option")
+    return load_safetensors(path)
 
 
 def read_param_sets(path: str | os.PathLike, *, sharding: Any = None) -> dict[str, Any]:
@@ -178,8 +190,12 @@ def load(
     """
     path = _checked_path(path)
     model_kwargs = {**model_kwargs, "dtype": dtype}
-    if is_torch_file(path):  # torch is imported to read it
-        state_dict = unwrap_state_dict(path, ema=ema)
+    if is_torch_file(path) or is_safetensors_file(path):  # the authors' key names
+        state_dict = (
+            _safetensors_state_dict(path, ema)
+            if is_safetensors_file(path)
+            else unwrap_state_dict(path, ema=ema)  # torch is imported to read it
+        )
         model = model_from_state_dict(state_dict, **model_kwargs)
         return model, torch_to_flax(state_dict, model)
     params = read_params(path, ema=ema)

@@ -78,7 +78,7 @@ def test_evaluate_authors_checkpoint_matches_pytorch(authors_checkpoint, digits_
 def test_finetune_from_authors_checkpoint_at_another_size(
     authors_checkpoint, digits_data_dir, tmp_path, caplog
 ):
-    path, _, _ = authors_checkpoint
+    path, raw, _ = authors_checkpoint
     config = load_config(
         str(REPO / "configs" / "finetune.py"),
         init_from=str(path),
@@ -96,12 +96,13 @@ def test_finetune_from_authors_checkpoint_at_another_size(
     with caplog.at_level("INFO", logger="dynamixer_jax"):
         result = train_and_evaluate(config, str(tmp_path))
     assert result["status"] == "finished" and result["step"] == 3
-    message = next(
-        record.getMessage()
-        for record in caplog.records
-        if "fine-tuning from" in record.getMessage()
+    messages = [record.getMessage() for record in caplog.records]
+    # 48 / 4 = a 12x12 grid instead of 8x8: every generate layer resampled, the head fresh
+    generate = sum(1 for key in raw.state_dict() if ".generate." in key)
+    assert f"were trained at 32x32: {generate} generate tensors resampled to 48x48" in "".join(
+        messages
     )
-    # 48 / 4 = a 12x12 grid instead of 8x8: the head and every generate layer start fresh
-    assert "head/kernel" in message or "head" in message
+    finetune = next(message for message in messages if "fine-tuning from" in message)
+    assert "2 freshly initialised (head/bias, head/kernel)" in finetune
     losses = [r["train_loss"] for r in read_metrics(str(tmp_path)) if "train_loss" in r]
     assert len(losses) == 3 and np.all(np.isfinite(losses))

@@ -4,7 +4,10 @@ DynaMixer-S at 224 training on ``tfds.testing.mock_data('imagenet2012')``."""
 
 import dataclasses
 import functools
+import gzip
+import json
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -588,3 +591,98 @@ def test_first_ctrl_c_asks_for_a_checkpoint_and_the_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) != watch._handle  # restored on exit
+
+
+def test_progress_leaves_the_compiled_first_step_out_of_throughput_and_eta(monkeypatch):
+    from dynamixer_jax.train import reporting
+
+    clock = iter([0.0, 60.0, 61.0, 62.0])  # start, step 1 done (60 s compile), two log lines
+    monkeypatch.setattr(reporting.time, "perf_counter", lambda: next(clock))
+    progress = reporting.Progress(0, 101, global_batch_size=10)
+    progress.step_done(1)  # 60 s
+    first = progress.measure(1)  # a line at step 1 (61 s): nothing steady yet
+    assert np.isnan(first.images_per_second)
+    assert "? img/s  ETA ?" in progress.line(1, 2.0, 1e-3, first)
+    progress.step_done(2)  # already compiled: no restart
+    progress.waited_for_input(0.25)
+    measured = progress.measure(3)  # 62 s: two steady steps (2, 3) in 1 s, 0.25 s of it waiting
+    assert measured == reporting.Throughput(images_per_second=20.0, input_wait_fraction=0.25)
+    line = progress.line(3, 2.0, 1e-3, measured)
+    assert line.endswith("20 img/s  input 25%  ETA 0:00:49")  # 98 steps at 2 per second
+
+
+@pytest.mark.parametrize(
+    "deeper",
+    [
+        {"model_overrides.layers": (3, 2)},  # one more layer in the first stage
+        {  # one more stage
+            "model_overrides.layers": (2, 2, 1),
+            "model_overrides.embed_dims": (64, 128, 128),
+            "model_overrides.transitions": (True, False, False),
+            "model_overrides.num_segments": (4, 8, 8),
+            "model_overrides.reduced_dims": (2, 2, 2),
+            "model_overrides.mlp_ratios": (3, 3, 3),
+        },
+    ],
+)
+def test_evaluation_refuses_the_weights_of_a_deeper_model(deeper, tmp_path, digits_data_dir):
+    from dynamixer_jax.convert.flax_io import save_flax
+    from dynamixer_jax.train import evaluate
+
+    config = load_config(QUICKSTART, data_dir=digits_data_dir)
+    deeper_model = make_plan(load_config(QUICKSTART, **deeper)).model.build(10)
+    path = str(tmp_path / "deeper.msgpack")
+    save_flax(init_variables(deeper_model, jax.random.key(0)), path)
+    with pytest.raises(ConfigError, match=r"do not fit .* \(unexpected paths: stages_") as error:
+        evaluate(config, path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 1000
+
+
+def test_input_stalls_are_measured_and_a_chosen_step_range_is_profiled(
+    tmp_path, digits_data_dir, monkeypatch, caplog
+):
+    from dynamixer_jax.train import loop
+
+    make_train_data = loop.make_train_data
+
+    class ThrottledAfterStep4:
+        """The run's batches, each of steps 5-8 arriving 0.5 s late."""
+
+        def __init__(self, data):
+            self.data = data
+
+        def __getattr__(self, name):
+            return getattr(self.data, name)
+
+        def batches(self, start_step):
+            for step, batch in enumerate(self.data.batches(start_step=start_step), start_step + 1):
+                time.sleep(0.5 if step > 4 else 0.0)
+                yield batch
+
+    monkeypatch.setattr(
+        loop, "make_train_data", lambda *a: ThrottledAfterStep4(make_train_data(*a))
+    )
+    config = load_config(
+        QUICKSTART,
+        data_dir=digits_data_dir,
+        num_train_steps=8,
+        log_every_steps=4,
+        eval_every_steps=1000,
+        checkpoint_every_steps=1000,
+        profile_first_step=2,
+        profile_num_steps=2,
+    )
+    with caplog.at_level("WARNING", logger="dynamixer_jax"):
+        train_and_evaluate(config, str(tmp_path))
+    quick, slow = [record for record in read_metrics(str(tmp_path)) if "train_loss" in record]
+    # Step 4's line covers steps 2-4 (step 1, compilation, is left out); the steady steps of
+    # this model take ~0.1-0.3 s here, so a 0.5 s wait per batch is most of steps 5-8's time.
+    assert (quick["step"], slow["step"]) == (4, 8)
+    assert slow["input_wait_fraction"] > max(0.5, quick["input_wait_fraction"]), (quick, slow)
+    assert caplog.text.count("the input pipeline is the bottleneck") == 1
+    # The trace of steps 2 and 3, each annotated with its number, for TensorBoard.
+    traces = list((tmp_path / "plugins" / "profile").glob("*/*.trace.json.gz"))
+    assert len(traces) == 1
+    events = json.load(gzip.open(traces[0]))["traceEvents"]
+    steps = {int(event["args"]["step_num"]) for event in events if event.get("name") == "train"}
+    assert steps == {2, 3}

@@ -1,5 +1,6 @@
 """Whole training runs through ``main.py``, as a user starts them: exact resume after SIGKILL,
-SIGTERM preemption, 1 vs 8 devices (checkpoints crossing between them), and the NaN guard.
+SIGTERM preemption, 1 vs 8 devices (checkpoints crossing between them), and the NaN guard
+(a checkpoint whose parameters diverge is set aside).
 
 Every run is the quickstart (a small DynaMixer on the built-in digits) cut to a few dozen
 steps with a loss logged at every step; each is a separate process, as on a real machine.
@@ -251,15 +252,18 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
     _assert_close_losses(one, uninterrupted, range(21, STEPS + 1))
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+def test_divergence_sets_aside_the_checkpoint_that_diverges_and_a_rerun_resumes(
     uninterrupted, digits_data_dir, tmp_path
 ):
+    """Issue 11's case: with a checkpoint at every step, the last one saved before the NaN holds
+    parameters whose loss is the NaN. It must not be named as good nor resumed from."""
     workdir = tmp_path / "diverging"
     shutil.copytree(uninterrupted, workdir)
     code, stderr = run(
         workdir,
         digits_data_dir,
         "--config.num_train_steps=40",
+        "--config.checkpoint_every_steps=1",
         "--config.learning_rate=1e30",
         "--config.warmup_epochs=0",
     )
@@ -270,9 +274,21 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     message = error_lines[0]
     match = re.search(r"training loss is (\S+) .* at step (\d+);", message)
     assert match, message
-    assert match.group(1) in ("nan", "inf", "-inf") and STEPS < int(match.group(2)) <= 40
-    assert f"the last good checkpoint, step {STEPS}, is kept" in message
-    assert checkpoint_steps(workdir) == [10, 20, 30]  # nothing after the divergence
+    assert match.group(1) in ("nan", "inf", "-inf")
+    failed = int(match.group(2))
+    assert STEPS + 1 < failed <= 40  # step 31 starts from the good step-30 parameters
+    # Step `failed`'s loss came from the parameters of step `failed - 1`: that checkpoint moved.
+    assert f"checkpoint {failed - 1}, whose parameters gave that, was moved" in message
+    assert f"the last good checkpoint, step {failed - 2}, is kept" in message
+    assert sorted(os.listdir(workdir / "diverged")) == [str(failed - 1)]
+    assert max(checkpoint_steps(workdir)) == failed - 2
+    # The advice does not loop: a re-run with the sane learning rate resumes from the kept
+    # checkpoint, whose parameters gave a finite loss, and trains on.
+    code, stderr = run(workdir, digits_data_dir, f"--config.num_train_steps={failed + 1}")
+    assert code == 0, stderr
+    assert f"resumed from checkpoint {workdir / 'checkpoints'}/{failed - 2}" in stderr
+    resumed = by_step(workdir)
+    assert all(np.isfinite(resumed[step]["train_loss"]) for step in range(failed - 1, failed + 2))
 
 
 # (tests/test_train_lib.py checks every such message in-process; these check the command line)

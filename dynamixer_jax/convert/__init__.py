@@ -48,7 +48,8 @@ def params_from_torch(state_dict: dict[str, np.ndarray], abstract_params: Any) -
 
     Works for the whole network and for any of its modules (an operation, a
     block, a layer) alike. Every key is checked first; a mismatch raises one
-    ConversionError listing all missing, unexpected and mis-shaped keys.
+    ConversionError naming the first five missing, unexpected and mis-shaped keys of each kind
+    and how many more there are.
     Leaves take the dtypes of ``abstract_params``.
     """
     abstract = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract_params))
@@ -59,7 +60,7 @@ def params_from_torch(state_dict: dict[str, np.ndarray], abstract_params: Any) -
     }
     diff = trees.compare(expected, dict(state_dict), order=torch_sort_key)
     if diff:
-        report = diff.summary(None, noun="keys", given="checkpoint", expected="model")
+        report = diff.summary(5, noun="keys", given="checkpoint", expected="model")
         raise ConversionError(f"checkpoint does not fit this DynaMixer: {report}")
     params = {
         path: torch_to_flax_layout(to_numpy(state_dict[keys[path]])).astype(leaf.dtype)
@@ -77,8 +78,8 @@ def torch_to_flax(
     checkpoint dict, or the path of a .pth/.pth.tar file. ``ema=True`` takes the
     ``state_dict_ema`` copy. ``model``: the DynaMixer the weights are for; by
     default it is read off the checkpoint's shapes. Every key is checked; a
-    mismatch raises one ConversionError listing all missing, unexpected and
-    mis-shaped keys. Leaves take the model's ``param_dtype``.
+    mismatch raises one ConversionError (see ``params_from_torch``). Leaves take the model's
+    ``param_dtype``.
     """
     state_dict = unwrap_state_dict(source, ema=ema)
     if model is None:

@@ -4,20 +4,35 @@
     python -m dynamixer_jax.convert dynamixer_s.pth.tar dynamixer_s.msgpack     # PyTorch -> msgpack file
     python -m dynamixer_jax.convert --ema checkpoint.pth.tar ema_flax           # the EMA weights
     python -m dynamixer_jax.convert dynamixer_s_flax dynamixer_s.pth            # Flax -> PyTorch state_dict
+    python -m dynamixer_jax.convert dynamixer_s.pth dynamixer_s.safetensors     # -> safetensors
+    python -m dynamixer_jax.convert --image-size 288 dynamixer_s.pth s_288.msgpack  # for 288x288
 
-The direction follows from the input: a .pth/.pth.tar/.pt/.bin file is read
-with torch; anything else is a Flax checkpoint. Every key is checked.
+Each format follows from the path: a .pth/.pth.tar/.pt/.bin file is PyTorch, a
+.safetensors file holds the same state_dict (the authors' key names; no torch needed), a
+.msgpack file or a name without a suffix (a directory) is Flax; any other suffix
+is refused. Any format converts to any other; every key is checked.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dynamixer_jax.convert import flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.architecture import architecture_from_params
 from dynamixer_jax.convert.flax_io import load_flax, save_flax
-from dynamixer_jax.convert.torch_io import is_torch_file, save_torch
+from dynamixer_jax.convert.safetensors_io import (
+    SAFETENSORS_SUFFIX,
+    is_safetensors_file,
+    load_safetensors,
+    save_safetensors,
+)
+from dynamixer_jax.convert.torch_io import TORCH_SUFFIXES, is_torch_file, save_torch
 from dynamixer_jax.errors import ConversionError
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.resolution import transfer_params
 from dynamixer_jax.model.variants import create_model
 
 
@@ -28,7 +43,9 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "source", help="a .pth/.pth.tar file, or a Flax checkpoint (Orbax directory or .msgpack)"
+        "source",
+        help="a .pth/.pth.tar or .safetensors file, or a Flax checkpoint (Orbax directory or "
+        ".msgpack)",
     )
     parser.add_argument("destination", help="where to write the converted weights")
     parser.add_argument(
@@ -38,24 +55,80 @@ def main(argv=None) -> int:
         "--model", help="check against this variant (e.g. dynamixer_s) instead of the file's shapes"
     )
     parser.add_argument("--num-classes", type=int, default=1000, help="with --model: the head size")
-    parser.add_argument("--image-size", type=int, default=224, help="with --model: the input size")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="the input size to write the weights for: at another size than the source's, the "
+        "generate layers are resampled to it (with --model: default 224)",
+    )
     args = parser.parse_args(argv)
     try:
-        if is_torch_file(args.source):
-            model = (
-                create_model(args.model, num_classes=args.num_classes, image_size=args.image_size)
-                if args.model
-                else None
+        output_format = _output_format(args.destination)
+        variables = _read(args.source, None, args.ema)  # checked against its own shapes
+        if args.image_size is not None:
+            variables = _at_image_size(variables, args.image_size)
+        if args.model:  # the same key and shape check against the named variant
+            model = create_model(
+                args.model, num_classes=args.num_classes, image_size=args.image_size or 224
             )
-            variables = torch_to_flax(args.source, model=model, ema=args.ema)
-            save_flax(variables, args.destination)
+            torch_to_flax(flax_to_torch(variables), model=model)
+        if output_format == "torch":
+            save_torch(flax_to_torch(variables), args.destination)
+        elif output_format == "safetensors":
+            save_safetensors(flax_to_torch(variables), args.destination)
         else:
-            save_torch(flax_to_torch(load_flax(args.source)), args.destination)
+            save_flax(variables, args.destination)
     except (ConversionError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.destination}")
     return 0
+
+
+def _read(source: str, model, ema: bool) -> dict:
+    """``{'params': ...}`` from ``source`` in whichever format its path names, checked against
+    ``model`` where one is given (else against the architecture its shapes describe)."""
+    if is_torch_file(source):
+        return torch_to_flax(source, model=model, ema=ema)
+    if is_safetensors_file(source):
+        if ema:
+            raise ConversionError(
+                f"{source} holds one state_dict, no EMA copy; drop --ema (or convert the "
+                ".pth.tar that has 'state_dict_ema')"
+            )
+        return torch_to_flax(load_safetensors(source), model=model)
+    variables = load_flax(source)
+    if model is not None:  # the same key and shape check as for a PyTorch file
+        torch_to_flax(flax_to_torch(variables), model=model)
+    return variables
+
+
+def _at_image_size(variables: dict, image_size: int) -> dict:
+    """The weights with their generate layers resampled for ``image_size``
+    (``dynamixer_jax.model.resolution``); unchanged at the size they were trained at."""
+    params = variables["params"]
+    target = DynaMixer(**{**architecture_from_params(params), "image_size": image_size})
+    moved, resampled = transfer_params(params, abstract_variables(target)["params"])
+    if resampled:
+        print(f"resampled {len(resampled)} generate tensors to {image_size}x{image_size}")
+    return {"params": moved}
+
+
+def _output_format(destination: str) -> str:
+    """'torch', 'safetensors' or 'flax', from the suffix of ``destination``; ConversionError
+    for a suffix that names none of them."""
+    if is_torch_file(destination):
+        return "torch"
+    if is_safetensors_file(destination):
+        return "safetensors"
+    suffix = os.path.splitext(destination.rstrip("/"))[1]
+    if suffix in ("", ".msgpack"):
+        return "flax"
+    raise ConversionError(
+        f"cannot tell which format to write from the suffix of {destination}: use "
+        f"{'/'.join(TORCH_SUFFIXES)} (PyTorch), {SAFETENSORS_SUFFIX}, .msgpack, or a name "
+        "without a suffix (an Orbax checkpoint directory)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,16 +11,35 @@ Parameter tree (names chosen so each maps one-to-one to the authors' keys)::
 Use ``model.apply(variables, images)`` for logits (or pooled features when
 ``num_classes == 0``) and ``model.apply(variables, images,
 method='forward_features')`` for the normalised token grid before pooling.
+
+For dense tasks (timm's interface)::
+
+    final, grids = model.apply(variables, images, method="forward_intermediates")
+    backbone = model.backbone(out_indices=(0, 3))       # DynaMixerBackbone: no head
+    grids = backbone.apply({"params": params_without_head}, images)
+    backbone.feature_info.channels(), backbone.feature_info.reduction()
+
+``forward_intermediates`` gives the token grid after every stage (before its downsampling), or
+after every layer with ``every_layer=True``, NHWC by default. A backbone's parameter tree is the
+classifier's without ``head``, so a classifier checkpoint loads into it once ``head`` is dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynamixer_jax.model.features import (
+    FeatureInfo,
+    FeatureSpec,
+    check_format,
+    take_indices,
+    to_format,
+)
 from dynamixer_jax.model.init import torch_conv_bias_init, torch_conv_kernel_init
 from dynamixer_jax.model.layers import Dtype, dense, layer_norm
 from dynamixer_jax.model.remat import REMAT_POLICIES
@@ -215,9 +234,112 @@ class DynaMixer(nn.Module):
         x = self.patch_embed(images.astype(self.dtype or images.dtype))
         for i, stage in enumerate(self.stages):
             x = stage(x, train=train)
-            if i < len(self.downsamples) and self.downsamples[i] is not None:
-                x = self.downsamples[i](x)
+            x = self._downsample(i, x)
         return self.norm(x)
+
+    def _downsample(self, stage: int, x: jax.Array) -> jax.Array:
+        """The transition (or width change) after ``stage``, where there is one."""
+        if stage < len(self.downsamples) and self.downsamples[stage] is not None:
+            return self.downsamples[stage](x)
+        return x
+
+    def intermediates_info(self, every_layer: bool = False) -> FeatureInfo:
+        """Channels, reduction and source of each grid ``forward_intermediates`` can return: one
+        per stage, or one per layer with ``every_layer``."""
+        specs, reduction = [], self.patch_size
+        for i, (count, dim) in enumerate(zip(self.layers, self.embed_dims)):
+            if every_layer:
+                specs += [
+                    FeatureSpec(dim, reduction, f"stages_{i}/layers_{j}") for j in range(count)
+                ]
+            else:
+                specs.append(FeatureSpec(dim, reduction, f"stages_{i}"))
+            if self.transitions[i] and i < len(self.embed_dims) - 1:
+                reduction *= 2
+        return FeatureInfo(tuple(specs))
+
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """One entry per stage output (timm's ``feature_info``): channels, reduction, module."""
+        return self.intermediates_info()
+
+    def forward_intermediates(
+        self,
+        images: jax.Array,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+        every_layer: bool = False,
+        train: bool = False,
+    ):
+        """The token grids after the chosen stages (or layers), as timm's method of that name.
+
+        ``indices``: None for every stage, an int n for the last n, or positions (negative ones
+        count from the end); with ``every_layer`` they index all layers in order instead (see
+        ``intermediates_info``). A stage's grid is taken before the downsampling that follows it.
+        ``norm`` applies the final LayerNorm to the last stage's (or layer's) grid when it is
+        taken, the only one whose width it was trained for. ``output_fmt``: 'NHWC' (default) or
+        'NCHW'. Returns ``(final, grids)``, ``final`` being ``forward_features``'s normalised
+        grid (NHWC), or only ``grids`` with ``intermediates_only``; ``stop_early`` (with
+        ``intermediates_only``) skips the stages after the last grid asked for.
+        """
+        check_format(output_fmt)
+        info = self.intermediates_info(every_layer)
+        take = take_indices(len(info), indices)
+        if stop_early and not intermediates_only:
+            raise ValueError(
+                "stop_early=True leaves out the final features; pass intermediates_only=True too."
+            )
+        self._check_input(images)
+        # The stage of each output position, and the last stage that must run.
+        owners = [
+            i for i, count in enumerate(self.layers) for _ in range(count if every_layer else 1)
+        ]
+        last_stage = owners[take[-1]] if stop_early else len(self.stages) - 1
+        x = self.patch_embed(images.astype(self.dtype or images.dtype))
+        outputs = []
+        for i in range(last_stage + 1):
+            if every_layer:
+                x, per_layer = self.stages[i](x, train=train, every_layer=True)
+                outputs.extend(per_layer)
+            else:
+                x = self.stages[i](x, train=train)
+                outputs.append(x)
+            if i < len(self.stages) - 1:
+                x = self._downsample(i, x)
+        final_position = len(info) - 1
+        grids = [
+            to_format(
+                self.norm(outputs[p]) if norm and p == final_position else outputs[p], output_fmt
+            )
+            for p in take
+        ]
+        if intermediates_only:
+            return grids
+        return self.norm(x), grids
+
+    def backbone(
+        self,
+        out_indices: Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NHWC",
+    ) -> DynaMixerBackbone:
+        """This architecture as a :class:`DynaMixerBackbone` (timm's ``features_only=True``)
+        returning the grids after the stages ``out_indices`` (default: all)."""
+        fields = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(DynaMixer)
+            if field.init and field.name not in ("parent", "name")
+        }
+        return DynaMixerBackbone(
+            **{**fields, "num_classes": 0},
+            out_indices=None if out_indices is None else tuple(int(i) for i in out_indices),
+            feature_norm=norm,
+            output_fmt=output_fmt,
+            parent=None,  # a model of its own, not a submodule of this one
+        )
 
     def forward_head(self, features: jax.Array) -> jax.Array:
         """Mean over tokens then the classifier: logits (B, num_classes), or pooled (B, C) if no head."""
@@ -226,3 +348,47 @@ class DynaMixer(nn.Module):
 
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         return self.forward_head(self.forward_features(images, train=train))
+
+
+class DynaMixerBackbone(DynaMixer):
+    """DynaMixer without its head, returning a list of token grids (timm's ``features_only``).
+
+    ``out_indices`` picks the stages (default all; negative ones count from the end),
+    ``feature_norm`` applies the final LayerNorm to the last stage's grid, ``output_fmt`` is
+    'NHWC' or 'NCHW'. The parameter tree is the classifier's without ``head`` (every stage and
+    ``norm`` are initialised even when not all are returned), so a classifier checkpoint loads
+    once ``head`` is dropped; stages after the last one asked for are not run.
+    ``feature_info`` describes the returned grids. Build one with ``DynaMixer.backbone``.
+    """
+
+    num_classes: int = 0
+    out_indices: tuple[int, ...] | None = None
+    feature_norm: bool = False
+    output_fmt: str = "NHWC"
+
+    def _validate(self):
+        super()._validate()
+        if self.num_classes:
+            raise ValueError(
+                f"a DynaMixerBackbone has no head, so num_classes must be 0, not {self.num_classes}."
+            )
+        check_format(self.output_fmt)
+        take_indices(len(self.layers), self.out_indices)
+
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """The returned grids' channels, reductions and modules, in order."""
+        return self.intermediates_info().select(take_indices(len(self.layers), self.out_indices))
+
+    def __call__(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
+        if self.is_initializing():  # every parameter of the classifier but the head
+            self.forward_features(images, train=train)
+        return self.forward_intermediates(
+            images,
+            indices=self.out_indices,
+            norm=self.feature_norm,
+            stop_early=True,
+            output_fmt=self.output_fmt,
+            intermediates_only=True,
+            train=train,
+        )

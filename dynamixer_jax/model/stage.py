@@ -2,6 +2,7 @@
 
 The layers run unrolled (each wrapped to keep what ``remat`` says) or, with ``scan_layers``, as
 one ``lax.scan`` over their stacked parameters; both give the same parameter tree and values.
+``every_layer=True`` also returns the token grid after each layer (``forward_intermediates``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ class Stage(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, every_layer: bool = False
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, ...]]:
+        """The stage's output grid; with ``every_layer``, ``(output, (grid after each layer,
+        ...))``."""
         count = len(self.drop_path_rates)
         if (
             self.scan_layers
@@ -71,7 +76,7 @@ class Stage(nn.Module):
             and not self.is_initializing()
             and not self.is_mutable_collection("intermediates")
         ):
-            return self._scan(x, train)
+            return self._scan(x, train, every_layer)
         layer = remat_layer(MixerLayer, self.remat)
         # With remat="full" on the CPU, one unit per layer when training (see model/remat.py).
         as_unit = (
@@ -81,12 +86,14 @@ class Stage(nn.Module):
             and not self.is_initializing()
             and not self.is_mutable_collection("intermediates")
         )
+        outputs = []
         for j, rate in enumerate(self.drop_path_rates):
             module = layer(drop_path_rate=rate, name=f"layers_{j}", **self._layer_fields())
             x = call_layer(module, x, train) if as_unit else module(x, train)
-        return x
+            outputs.append(x)
+        return (x, tuple(outputs)) if every_layer else x
 
-    def _scan(self, x: jax.Array, train: bool) -> jax.Array:
+    def _scan(self, x: jax.Array, train: bool, every_layer: bool):
         count = len(self.drop_path_rates)
         params = self.variables["params"]
         stacked = jax.tree_util.tree_map(
@@ -102,13 +109,17 @@ class Stage(nn.Module):
         def body(carry, inputs):
             layer_params, rate, key = inputs
             if not stochastic:  # every rate is 0: no random draw, no key needed
-                return template.apply({"params": layer_params}, carry, train), None
-            return template.apply(
-                {"params": layer_params}, carry, train, rate, rngs={"dropout": key}
-            ), None
+                out = template.apply({"params": layer_params}, carry, train)
+            else:
+                out = template.apply(
+                    {"params": layer_params}, carry, train, rate, rngs={"dropout": key}
+                )
+            return out, (out if every_layer else None)
 
         policy = REMAT_POLICIES[self.remat]
         if policy is not None:
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
+        x, stacked_outputs = jax.lax.scan(body, x, (stacked, rates, keys))
+        if every_layer:
+            return x, tuple(stacked_outputs[j] for j in range(count))
         return x

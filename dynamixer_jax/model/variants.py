@@ -70,8 +70,10 @@ def create_model(
     scan_layers: bool = False,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
+    features_only: bool = False,
+    out_indices: Any = None,
     **overrides: Any,
-) -> DynaMixer:
+) -> Any:
     """Build a DynaMixer variant by name, e.g. ``create_model('dynamixer_s', num_classes=10, image_size=112)``.
 
     ``overrides`` replace architecture fields (``layers``, ``embed_dims``, ...)
@@ -80,7 +82,9 @@ def create_model(
     ``remat`` ("none", "minimal", "full") trades memory for recomputation in
     training (see ``dynamixer_jax.model.remat``); results do not depend on it.
     ``scan_layers`` runs each stage's layers as one ``lax.scan`` (the same parameter tree and
-    values; faster compilation, less activation memory).
+    values; faster compilation, less activation memory). ``features_only=True`` gives timm's
+    backbone instead: a ``DynaMixerBackbone`` returning the NHWC token grids after the stages
+    ``out_indices`` (default: all), with the classifier's parameter tree minus ``head``.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}.")
@@ -93,7 +97,7 @@ def create_model(
         arch[key] = tuple(arch[key])
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
-    return DynaMixer(
+    model = DynaMixer(
         num_classes=num_classes,
         image_size=image_size,
         drop_path_rate=drop_path_rate,
@@ -104,3 +108,4 @@ def create_model(
         param_dtype=param_dtype,
         **arch,
     )
+    return model.backbone(out_indices) if features_only else model

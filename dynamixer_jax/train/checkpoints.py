@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -266,7 +267,7 @@ class Checkpoints:
             return  # already saved (e.g. a final save right after a periodic one)
         self.wait()  # Orbax's save waits for the previous one too; this names its failure
         if step in self._hidden and os.path.exists(self._path(step)):
-            self._set_aside(step)
+            self._move_unreadable(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         try:
@@ -275,7 +276,7 @@ class Checkpoints:
             raise self._save_failed(step, error) from None
         self._saving = step
 
-    def _set_aside(self, step: int) -> None:
+    def _move_unreadable(self, step: int) -> None:
         """Rename the unreadable directory of ``step`` so that a new save can take its name."""
         aside, number = self._path(step) + SET_ASIDE_SUFFIX, 1
         while os.path.exists(aside):
@@ -412,6 +413,26 @@ class Checkpoints:
             except UnreadableCheckpoint as error:
                 self._skip(step, error.reason)
         return None
+
+    def set_aside(self, first_step: int) -> list[str]:
+        """Move the checkpoints of step ``first_step`` and later to ``diverged/`` beside the
+        checkpoints directory (the run's parameters there are known bad); returns their new
+        paths. Only process 0 moves files."""
+        moved = []
+        aside = os.path.join(os.path.dirname(self.directory), "diverged")
+        for step in self.all_steps():
+            if step < first_step:
+                continue
+            target = os.path.join(aside, str(step))
+            if jax.process_index() == 0:
+                os.makedirs(aside, exist_ok=True)
+                if os.path.exists(target):
+                    shutil.rmtree(target)  # an earlier divergence's copy of the same step
+                os.replace(self._path(step), target)
+            moved.append(target)
+        if moved:
+            self.manager.reload()
+        return moved
 
     def saved_state_metadata(self, step: int) -> Any:
         """Shapes and dtypes of checkpoint ``step``'s state (:class:`UnreadableCheckpoint` if

@@ -176,7 +176,8 @@ def _init_from(read: ConfigReader) -> InitPlan | None:
             "this config fine-tunes: give the starting weights with "
             "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"
         )
-    return None if path is None else InitPlan(str(path), ema, reset_head)
+    resample = bool(read("resample_generate"))
+    return None if path is None else InitPlan(str(path), ema, reset_head, resample)
 
 
 def make_plan(config: Any, *, devices: int | None = None, processes: int | None = None) -> RunPlan:
@@ -231,6 +232,8 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
         checkpoint_every_steps=read("checkpoint_every_steps"),
         keep_checkpoints=read("keep_checkpoints"),
         async_checkpointing=bool(read("async_checkpointing")),
+        profile_first_step=read("profile_first_step"),
+        profile_num_steps=read("profile_num_steps"),
     )
     plan = RunPlan(
         model=model,

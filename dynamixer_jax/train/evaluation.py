@@ -23,7 +23,7 @@ from dynamixer_jax.train import parallel
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan
 from dynamixer_jax.train.steps import make_eval_step
-from dynamixer_jax.train.weights import load_param_sets
+from dynamixer_jax.train.weights import load_param_sets, resample_to
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,11 @@ def evaluate(config, source: str) -> dict[str, float]:
     model = plan.model.build(num_classes, train=False)
     abstract = abstract_variables(model)["params"]
     params_by_name = load_param_sets(source, mesh)  # raw and EMA, from one restore
+    # Weights trained at another image size: generate layers resampled (model/resolution.py).
+    params_by_name = {
+        name: resample_to(params, model, source, announce=name == "raw")
+        for name, params in params_by_name.items()
+    }
     for params in params_by_name.values():
         _check_fit(params, abstract, source, plan.model, num_classes)
     params_by_name = jax.device_put(params_by_name, parallel.replicated(mesh))

@@ -5,8 +5,8 @@
 2. Restore the latest checkpoint in ``WORKDIR/checkpoints`` if there is one, else initialise
    (from ``init_from`` when fine-tuning).
 3. Loop: global batch -> compiled train step. Each step's metrics are fetched one step late, so
-   the host never waits for the step it just queued; a non-finite loss stops the run there,
-   before anything is saved. Logging, evaluation (raw and EMA parameters) and checkpoints
+   the host never waits for the step it just queued; a non-finite loss or parameter stops the
+   run there, before anything is saved, and sets aside the checkpoint whose parameters gave it. Logging, evaluation (raw and EMA parameters) and checkpoints
    follow ``cadence.py``. SIGTERM checkpoints the current step and returns (``status``
    "preempted").
 
@@ -16,9 +16,12 @@ restarted from the checkpoint of step ``k`` computes exactly what the uninterrup
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -37,6 +40,7 @@ from dynamixer_jax.train.evaluation import (
 from dynamixer_jax.train.optimizer import optimizer_from_plan
 from dynamixer_jax.train.plan import RunPlan, Steps
 from dynamixer_jax.train.preemption import PreemptionWatch
+from dynamixer_jax.train.profiling import StepProfiler
 from dynamixer_jax.train.reporting import MetricsLog, Progress
 from dynamixer_jax.train.state import TrainState
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
@@ -56,6 +60,7 @@ class _Run:
     mesh: Any
     checkpoints: Checkpoints
     metrics_log: MetricsLog
+    workdir: str
     meta: dict
     use_ema: bool
 
@@ -110,6 +115,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             mesh=mesh,
             checkpoints=checkpoints,
             metrics_log=metrics_log,
+            workdir=workdir,
             meta=meta,
             use_ema=plan.optim.ema_decay > 0,
         )
@@ -149,20 +155,30 @@ def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
         last_eval = _evaluate(run, state, step)
     batches = run.train_data.batches(start_step=step)
     pending = None  # (step, metrics) of the step queued last, not yet fetched
-    with PreemptionWatch() as preemption:
+    profiler = StepProfiler(
+        run.workdir, plan.cadence.profile_first_step, plan.cadence.profile_num_steps
+    )
+    with PreemptionWatch() as preemption, contextlib.closing(profiler):
         while step < total:
             if preemption.requested(step):
                 if pending is not None:
                     _fetch(run.checkpoints, *pending)
                 return _preempted(run, step, state, last_eval, preemption.reason)
-            state, metrics = run.train_step(state, parallel.global_batch(next(batches), run.mesh))
+            waiting = time.perf_counter()
+            batch = parallel.global_batch(next(batches), run.mesh)
+            progress.waited_for_input(time.perf_counter() - waiting)
+            with profiler.step(step + 1):
+                state, metrics = run.train_step(state, batch)
+            profiler.finished(step + 1, metrics)
             if pending is not None:
                 losses.append(_fetch(run.checkpoints, *pending)["train_loss"])
+                progress.step_done(pending[0])
             step, pending = step + 1, (step + 1, metrics)
             due = cadence(step)
             if not due:
                 continue
             values = _fetch(run.checkpoints, *pending)
+            progress.step_done(step)
             losses, pending = [*losses, values["train_loss"]], None
             if due.log:
                 _log_train(run.metrics_log, progress, step, losses, values)
@@ -179,22 +195,47 @@ def _loop(run: _Run, plan: RunPlan, state: TrainState) -> dict[str, Any]:
 
 
 def _fetch(checkpoints: Checkpoints, step: int, metrics: Any) -> dict[str, float]:
-    """The step's metrics on the host; TrainingDiverged (nothing saved) if the loss is not
-    finite."""
+    """The step's metrics on the host; TrainingDiverged if they are not finite."""
     values = {key: float(value) for key, value in jax.device_get(metrics).items()}
     if values.pop("finite"):
         return values
+    raise _diverged(checkpoints, step, values)
+
+
+def _diverged(checkpoints: Checkpoints, step: int, values: dict[str, float]) -> TrainingDiverged:
+    """Set aside the checkpoints that are not known good, and say where a re-run resumes.
+
+    Step ``step``'s loss was computed with the parameters of step ``step - 1``: when that loss
+    is not finite, checkpoint ``step - 1`` (if saved) holds parameters that diverge, and resuming
+    from it would diverge again at once. It moves to ``WORKDIR/diverged`` (kept for inspection,
+    no longer resumed from), so the newest checkpoint left is one whose parameters gave a finite
+    loss.
+    """
     checkpoints.wait()
+    loss_finite = math.isfinite(values["train_loss"])
+    moved = checkpoints.set_aside(first_step=step if loss_finite else step - 1)
     kept = checkpoints.latest_step()
-    where = (
-        f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory}"
-        if kept is not None
-        else "no checkpoint had been written yet"
-    )
-    raise TrainingDiverged(
+    cause = (
         f"training loss is {values['train_loss']} (gradient norm {values['grad_norm']}) at "
-        f"step {step}; {where}. Lower --config.learning_rate, raise --config.warmup_epochs or "
-        "set --config.grad_clip_norm, then run again"
+        f"step {step}"
+        if not loss_finite or not math.isfinite(values["grad_norm"])
+        else f"the parameters after step {step} are not finite"
+    )
+    aside = (
+        f"checkpoint {', '.join(os.path.basename(path) for path in moved)}, whose parameters "
+        f"gave that, was moved to {os.path.dirname(moved[0])}; "
+        if moved
+        else ""
+    )
+    where = (
+        f"the last good checkpoint, step {kept}, is kept in {checkpoints.directory} and a "
+        "re-run resumes from it"
+        if kept is not None
+        else "no good checkpoint had been written yet, so a re-run starts afresh"
+    )
+    return TrainingDiverged(
+        f"{cause}; {aside}{where}. Lower --config.learning_rate, raise --config.warmup_epochs "
+        "or set --config.grad_clip_norm, then run again"
     )
 
 
@@ -206,18 +247,18 @@ def _log_train(
     values: dict[str, float],
 ) -> None:
     """One progress line and metrics record: the mean loss since the last one."""
-    rate = progress.images_per_second(step)
+    measured = progress.measure(step)
     loss = float(np.mean(losses))
-    metrics_log.write(
-        step,
-        {
-            "train_loss": loss,
-            "learning_rate": values["learning_rate"],
-            "grad_norm": values["grad_norm"],
-            "images_per_second": rate,
-        },
-    )
-    log.info("%s", progress.line(step, loss, values["learning_rate"], rate))
+    record = {
+        "train_loss": loss,
+        "learning_rate": values["learning_rate"],
+        "grad_norm": values["grad_norm"],
+    }
+    if math.isfinite(measured.images_per_second):  # not on a line of the compiled first step
+        record["images_per_second"] = measured.images_per_second
+        record["input_wait_fraction"] = measured.input_wait_fraction
+    metrics_log.write(step, record)
+    log.info("%s", progress.line(step, loss, values["learning_rate"], measured))
 
 
 def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:

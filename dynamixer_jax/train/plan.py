@@ -116,6 +116,8 @@ class CadencePlan:
     checkpoint_every_steps: int
     keep_checkpoints: int
     async_checkpointing: bool
+    profile_first_step: int | None  # None: no profiler trace
+    profile_num_steps: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,7 @@ class InitPlan:
     path: str
     ema: bool
     reset_head: bool
+    resample_generate: bool  # at a new image size (else re-initialised)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,18 +1,23 @@
 """What a person watching a run sees: a progress line, TensorBoard events and ``metrics.jsonl``.
 
 * ``WORKDIR/metrics.jsonl``: one JSON object per line: every logged training step
-  (``step``, ``train_loss``, ``learning_rate``, ``grad_norm``, ``images_per_second``) and every
+  (``step``, ``train_loss``, ``learning_rate``, ``grad_norm``, and ``images_per_second`` and
+  ``input_wait_fraction`` of the steady-state steps since the last line: absent on a line that
+  has only the compiled first step) and every
   evaluation (``step``, ``eval_top1``, ``eval_top5``, ``eval_loss``, and the ``ema_``-prefixed
   three when the EMA is on). A resumed run first drops the lines after the restored step, so the
   file always tells one consistent history.
 * TensorBoard event files in ``WORKDIR`` (clu's default writer), the same scalars.
-* The log: ``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  ETA 0:03:12``.
+* The log: ``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  input 3%  ETA 0:03:12``
+  (``input``: the share of the time spent waiting for batches; one warning when it passes
+  :data:`INPUT_BOUND`).
 
 Only process 0 writes files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -89,29 +94,81 @@ class MetricsLog:
             self.writer = None
 
 
+# A share of step time spent waiting for input above which the run says, once, that the input
+# pipeline is the bottleneck (a steady step waits a little for every batch's transfer).
+INPUT_BOUND = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """One log interval's measure: images per second and the share of the wall time the loop
+    spent waiting for input (next batch from tf.data, and its transfer to the devices); NaN
+    when no steady step has been timed yet."""
+
+    images_per_second: float
+    input_wait_fraction: float
+
+
 class Progress:
-    """Throughput and ETA between log lines."""
+    """Throughput, input stalls and ETA between log lines, from steady-state steps only.
+
+    The first step of a run (or of a resumed run) includes compiling it, which can take longer
+    than a short run itself: the clock starts when that step is done (``step_done``), so the
+    throughput and the ETA are the steady state's. Evaluation and saving are left out likewise
+    (``restart``).
+    """
 
     def __init__(self, start_step: int, total_steps: int, global_batch_size: int):
         self.total_steps, self.batch = total_steps, global_batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
+        self.input_wait = 0.0
+        self.compiled = False
+        self.warned = False
+
+    def step_done(self, step: int) -> None:
+        """The host has seen ``step`` finish (its metrics are fetched)."""
+        if not self.compiled:
+            self.compiled = True
+            self.restart(step)
+
+    def waited_for_input(self, seconds: float) -> None:
+        """The loop spent ``seconds`` getting the next batch onto the devices."""
+        self.input_wait += seconds
 
     def restart(self, step: int) -> None:
-        """Start the next throughput interval at ``step`` now (after an evaluation, say)."""
-        self.last_step, self.last_time = step, time.perf_counter()
+        """Start the next interval at ``step`` now (after an evaluation, say)."""
+        self.last_step, self.last_time, self.input_wait = step, time.perf_counter(), 0.0
 
-    def images_per_second(self, step: int) -> float:
-        """Images per second since the previous call (or since the start)."""
+    def measure(self, step: int) -> Throughput:
+        """The interval since the previous call (or since the start), and start the next."""
         now = time.perf_counter()
-        rate = (step - self.last_step) * self.batch / max(now - self.last_time, 1e-9)
-        self.last_step, self.last_time = step, now
-        return rate
+        steps, seconds = step - self.last_step, now - self.last_time
+        waited = self.input_wait
+        self.last_step, self.last_time, self.input_wait = step, now, 0.0
+        if steps <= 0 or seconds <= 0:
+            return Throughput(math.nan, math.nan)
+        result = Throughput(steps * self.batch / seconds, min(waited / seconds, 1.0))
+        if result.input_wait_fraction > INPUT_BOUND and not self.warned:
+            self.warned = True
+            log.warning(
+                "the input pipeline is the bottleneck: %.0f%% of the time up to step %d went to "
+                "waiting for batches; give tf.data more cores (--config.data_threads) or see "
+                "benchmarks/input_pipeline.py",
+                100 * result.input_wait_fraction,
+                step,
+            )
+        return result
 
-    def line(self, step: int, loss: float, learning_rate: float, images_per_second: float) -> str:
-        """``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  ETA 0:03:12``."""
-        remaining = (self.total_steps - step) * self.batch / max(images_per_second, 1e-9)
-        eta = str(datetime.timedelta(seconds=int(remaining))) if math.isfinite(remaining) else "?"
+    def line(self, step: int, loss: float, learning_rate: float, measured: Throughput) -> str:
+        """``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  input 3%  ETA 0:03:12``."""
+        rate = measured.images_per_second
+        if math.isfinite(rate) and rate > 0:
+            remaining = (self.total_steps - step) * self.batch / rate
+            shown = f"{rate:.0f} img/s  input {100 * measured.input_wait_fraction:.0f}%"
+            eta = str(datetime.timedelta(seconds=int(remaining)))
+        else:
+            shown, eta = "? img/s", "?"
         return (
             f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {learning_rate:.2e}  "
-            f"{images_per_second:.0f} img/s  ETA {eta}"
+            f"{shown}  ETA {eta}"
         )

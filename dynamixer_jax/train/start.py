@@ -18,7 +18,7 @@ from dynamixer_jax.train import parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.plan import InitPlan, RunPlan
 from dynamixer_jax.train.state import TrainState, create_train_state
-from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params
+from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params, resample_to
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ def initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any)
     params = init_variables(model, jax.random.key(seed))["params"]
     if init_from is not None:
         loaded = load_params(init_from.path, mesh, ema=init_from.ema)
+        if init_from.resample_generate:
+            loaded = resample_to(loaded, model, init_from.path)
         params, report = merge_params(
             jax.device_get(params),
             loaded,

@@ -10,8 +10,8 @@ Training step, in order: normalisation and random erasing per image
 forward with stochastic depth -> soft-target cross-entropy averaged over the real examples
 (``mask``) -> gradients, optionally accumulated over micro-batches with ``lax.scan`` -> AdamW
 (``optimizer.py``) -> EMA of the parameters. A step whose loss is not finite changes nothing in
-the state; one whose loss or gradient norm is not finite reports ``finite = False``, and the loop
-stops on it before anything is saved.
+the state; one whose loss, gradient norm or new parameters are not finite reports
+``finite = False``, and the loop stops on it before anything is saved.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.glob
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-example cross-entropy against soft targets (rows summing to 1), in float32."""
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every element of ``tree`` is finite (a scalar bool)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _tree_select(condition: jax.Array, new: Any, old: Any) -> Any:
@@ -135,8 +141,11 @@ def make_train_step(
         # backward pass with twice the activation memory (DynaMixer-S, batch 32: 313 instead of
         # 144 MB per image on the CPU). A finite loss with a non-finite gradient still reports
         # finite=False, and the loop stops before that state is evaluated or saved.
+        # ``finite`` also vouches for the new parameters, so a checkpoint of this step (saved
+        # only after its metrics are fetched) never holds an inf or NaN; the loop sets aside a
+        # checkpoint whose parameters give a non-finite loss at the next step.
         loss_finite = jnp.isfinite(loss)
-        finite = loss_finite & jnp.isfinite(grad_norm)
+        finite = loss_finite & jnp.isfinite(grad_norm) & _all_finite(params)
         new_state = state.replace(
             step=state.step + 1,
             params=_tree_select(loss_finite, params, state.params),

@@ -6,12 +6,15 @@ ours, a converted Flax checkpoint, an authors' .pth), restored onto a device mes
 
 :func:`merge_params` fits them into a freshly initialised model for fine-tuning, as big_vision's
 ``dont_load``: every leaf is loaded except the paths matching explicit patterns (:data:`HEAD`
-with ``reset_head``; :data:`GRID_DEPENDENT` when the image size changes, see
-:func:`grid_patterns`); any other difference is an error, never a silent re-initialisation.
+with ``reset_head``; :data:`GRID_DEPENDENT` when the image size changes and ``resample_generate``
+is off, see :func:`grid_patterns`); any other difference is an error, never a silent
+re-initialisation. :func:`resample_to` moves weights to another image size instead (the default
+for fine-tuning and evaluation at a new size).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,8 +22,12 @@ from dynamixer_jax import trees
 from dynamixer_jax.convert.architecture import architecture_from_params
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.loading import read_param_sets, read_params
+from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.resolution import transfer_params
 from dynamixer_jax.train.parallel import replicated
+
+log = logging.getLogger(__name__)
 
 # The classifier: a new dataset needs a new one.
 HEAD = (r"head/.*",)
@@ -48,8 +55,7 @@ def _pair(size: Any) -> tuple[int, int]:
 def grid_patterns(loaded: Any, model: DynaMixer) -> tuple[str, ...]:
     """:data:`GRID_DEPENDENT` if ``loaded`` was trained at another image size than ``model``
     takes, else nothing (the sizes are read off the parameter shapes)."""
-    trained_at = architecture_from_params(loaded)["image_size"]
-    return GRID_DEPENDENT if _pair(trained_at) != _pair(model.image_size) else ()
+    return GRID_DEPENDENT if trained_image_size(loaded) != _pair(model.image_size) else ()
 
 
 def merge_params(
@@ -78,3 +84,28 @@ def merge_params(
             "re-initialised); check the model name and its overrides"
         )
     return merged, report
+
+
+def trained_image_size(loaded: Any) -> tuple[int, int]:
+    """The image size ``loaded`` parameters were trained at (read off their shapes)."""
+    return _pair(architecture_from_params(loaded)["image_size"])
+
+
+def resample_to(loaded: Any, model: DynaMixer, source: str, *, announce: bool = True) -> Any:
+    """``loaded`` with its ``generate`` layers resampled to ``model``'s image size
+    (``model/resolution.py``), and (``announce``) one log line saying so; unchanged at the same
+    size."""
+    trained_at, wanted = trained_image_size(loaded), _pair(model.image_size)
+    if trained_at == wanted:
+        return loaded
+    moved, resampled = transfer_params(loaded, abstract_variables(model)["params"])
+    if not announce:
+        return moved
+    log.info(
+        "weights at %s were trained at %dx%d: %d generate tensors resampled to %dx%d",
+        source,
+        *trained_at,
+        len(resampled),
+        *wanted,
+    )
+    return moved

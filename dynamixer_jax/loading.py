@@ -62,7 +62,8 @@ def read_params(path: str | os.PathLike, *, ema: bool = False, sharding: Any = N
     if is_safetensors_file(path):
         return torch_to_flax(_safetensors_state_dict(path, ema))["params"]
     if os.path.isdir(path) and is_our_checkpoint(path):
-        return _params_from_workdir(path, ema=ema, sharding=sharding)
+        name = "ema" if ema else "raw"
+        return _params_from_workdir(path, (name,), sharding=sharding)[name]
     if ema:
         raise CheckpointError(f"{path} holds one set of weights, no EMA copy; drop the EMA option")
     return load_flax(path)["params"]
@@ -75,27 +76,62 @@ def _safetensors_state_dict(path: str, ema: bool) -> dict[str, np.ndarray]:
     return load_safetensors(path)
 
 
-def _params_from_workdir(path: str, *, ema: bool, sharding: Any) -> Any:
+def read_param_sets(path: str | os.PathLike, *, sharding: Any = None) -> dict[str, Any]:
+    """``{"raw": params, "ema": EMA params}`` stored at ``path`` ("ema" only where there is an
+    EMA copy); a workdir's checkpoint is read once, its optimizer state not at all."""
+    path = _checked_path(path)
+    if not is_torch_file(path) and os.path.isdir(path) and is_our_checkpoint(path):
+        return _params_from_workdir(path, ("raw", "ema"), sharding=sharding, need_all=False)
+    sets = {"raw": read_params(path, sharding=sharding)}
+    try:
+        sets["ema"] = read_params(path, ema=True, sharding=sharding)
+    except (CheckpointError, ValueError):
+        pass  # no EMA copy at this source
+    return sets
+
+
+# Which part of a checkpoint's TrainState each parameter set is.
+_STATE_PARTS = {"raw": "params", "ema": "ema_params"}
+
+
+def _params_from_workdir(
+    path: str, names: tuple[str, ...], *, sharding: Any, need_all: bool = True
+) -> dict[str, Any]:
+    """The parameter sets ``names`` of the checkpoint at ``path``: a step's, or a workdir's
+    newest readable one (each unreadable one skipped with a warning)."""
     from dynamixer_jax.train.checkpoints import find_checkpoint  # noqa: PLC0415 (Orbax: slow, workdirs only)
 
     checkpoints, step = find_checkpoint(path)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    parts = tuple(_STATE_PARTS[name] for name in names)
     try:
-        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree_util.tree_map(
-            lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding),
-            checkpoints.saved_state_metadata(step),
-        )
-        state, _ = checkpoints.restore(step, abstract)
+        if step is None:
+            found = checkpoints.restore_newest(
+                lambda at: checkpoints.restore_parts(at, parts, sharding)
+            )
+            if found is None:
+                damaged = ", ".join(str(at) for at in sorted(checkpoints.skipped))
+                raise CheckpointError(
+                    f"no checkpoint in {checkpoints.directory} can be read (steps {damaged} "
+                    "are damaged); train again or give other weights"
+                )
+            step, state = found
+        else:
+            state = checkpoints.restore_parts(step, parts, sharding)
     finally:
         checkpoints.close()
-    key = "ema_params" if ema else "params"
-    params = state[key] if isinstance(state, dict) else getattr(state, key)
-    if ema and not jax.tree_util.tree_leaves(params):
-        raise CheckpointError(
-            f"checkpoint {checkpoints.directory}/{step} was trained without "
-            "EMA; use its raw parameters"
-        )
-    return jax.device_get(params)
+    sets = {}
+    for name in names:
+        params = state.get(_STATE_PARTS[name])
+        if not jax.tree_util.tree_leaves(params):
+            if need_all:
+                raise CheckpointError(
+                    f"checkpoint {checkpoints.directory}/{step} was trained without "
+                    "EMA; use its raw parameters"
+                )
+            continue
+        sets[name] = jax.device_get(params)
+    return sets
 
 
 def _saved_config(path: str) -> dict[str, Any]:

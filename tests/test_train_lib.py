@@ -22,7 +22,7 @@ from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
 from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.model.variants import PUBLISHED, create_model
 from dynamixer_jax.train import load_config, parallel, train_and_evaluate
-from dynamixer_jax.train.checkpoints import Checkpoints
+from dynamixer_jax.train.checkpoints import Checkpoints, UnreadableCheckpoint
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
@@ -285,7 +285,12 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     with Checkpoints(str(tmp_path)) as checkpoints, pytest.raises(CheckpointError) as error:
         checkpoints.restore(1, abstract)
     assert "\n" not in str(error.value) and "cannot be read" in str(error.value)
-    assert "move it away to start from scratch" in str(error.value)
+    assert isinstance(error.value, UnreadableCheckpoint)  # what start and load skip
+    # the newest readable checkpoint is what a workdir resumes from: none here
+    with Checkpoints(str(tmp_path)) as checkpoints:
+        assert checkpoints.restore_newest(lambda step: checkpoints.restore(step, abstract)) is None
+        assert list(checkpoints.skipped) == [1] and checkpoints.all_steps() == []
+    assert (tmp_path / "1").is_dir()  # left in place
 
 
 # ---- fine-tuning merge

@@ -17,13 +17,13 @@ import jax
 import numpy as np
 
 from dynamixer_jax import trees
-from dynamixer_jax.errors import CheckpointError, ConfigError
+from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan
 from dynamixer_jax.train.steps import make_eval_step
-from dynamixer_jax.train.weights import load_params, resample_to
+from dynamixer_jax.train.weights import load_param_sets, resample_to
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ def evaluate(config, source: str) -> dict[str, float]:
     num_classes = plan.model.classes(data_source.num_classes)
     model = plan.model.build(num_classes, train=False)
     abstract = abstract_variables(model)["params"]
-    params_by_name = {"raw": load_params(source, mesh)}
-    try:
-        params_by_name["ema"] = load_params(source, mesh, ema=True)
-    except (CheckpointError, ValueError):
-        pass  # no EMA copy at this source
+    params_by_name = load_param_sets(source, mesh)  # raw and EMA, from one restore
     # Weights trained at another image size: generate layers resampled (model/resolution.py).
     params_by_name = {
         name: resample_to(params, model, source, announce=name == "raw")

@@ -26,15 +26,25 @@ log = logging.getLogger(__name__)
 def initial_state(
     checkpoints: Checkpoints, model: Any, tx: Any, plan: RunPlan, meta: dict, mesh: Any
 ) -> TrainState:
-    """The state to train from, replicated over ``mesh``: the latest checkpoint's if there is
-    one, else fresh (or fine-tuned, with ``plan.init_from``) parameters and optimizer state."""
+    """The state to train from, replicated over ``mesh``: the newest readable checkpoint's if
+    there is one, else fresh (or fine-tuned, with ``plan.init_from``) parameters and optimizer
+    state. Unreadable checkpoints are skipped with a warning each and left in place."""
     create = functools.partial(
         create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
     )
-    latest = checkpoints.latest_step()
-    if latest is not None:
+    if checkpoints.all_steps():
         abstract = jax.eval_shape(create, abstract_variables(model)["params"])
-        return restore_state(checkpoints, latest, abstract, meta, mesh)
+        found = checkpoints.restore_newest(
+            lambda step: restore_state(checkpoints, step, abstract, meta, mesh)
+        )
+        if found is not None:
+            return found[1]
+    if checkpoints.skipped:
+        log.warning(
+            "no checkpoint in %s can be read: training starts from scratch (the unreadable "
+            "ones are left in place)",
+            checkpoints.directory,
+        )
     params = initial_params(model, plan.seed, plan.init_from, mesh)
     return jax.jit(create, out_shardings=parallel.replicated(mesh))(params)
 

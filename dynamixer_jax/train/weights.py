@@ -1,7 +1,8 @@
 """Weights from elsewhere: for fine-tuning (``config.init_from``) and for ``evaluate``.
 
 :func:`load_params` reads parameters from any form ``dynamixer_jax.load`` accepts (a workdir of
-ours, a converted Flax checkpoint, an authors' .pth), restored onto a device mesh.
+ours, a converted Flax checkpoint, an authors' .pth), restored onto a device mesh;
+:func:`load_param_sets` reads the raw and EMA parameters together (one checkpoint restore).
 
 :func:`merge_params` fits them into a freshly initialised model for fine-tuning, as big_vision's
 ``dont_load``: every leaf is loaded except the paths matching explicit patterns (:data:`HEAD`
@@ -20,7 +21,7 @@ from typing import Any
 from dynamixer_jax import trees
 from dynamixer_jax.convert.architecture import architecture_from_params
 from dynamixer_jax.errors import ConversionError
-from dynamixer_jax.loading import read_params
+from dynamixer_jax.loading import read_param_sets, read_params
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.resolution import transfer_params
@@ -39,6 +40,12 @@ def load_params(path: str, mesh, *, ema: bool = False) -> Any:
     """Parameters (numpy leaves) from ``path``; ``ema`` picks the EMA copy where there is one.
     A workdir's checkpoint is restored replicated over ``mesh`` (every process reads it)."""
     return read_params(path, ema=ema, sharding=replicated(mesh))
+
+
+def load_param_sets(path: str, mesh) -> dict[str, Any]:
+    """``{"raw": params, "ema": EMA params}`` from ``path`` ("ema" where there is a copy), read
+    once; a workdir's checkpoint is restored replicated over ``mesh``, its params only."""
+    return read_param_sets(path, sharding=replicated(mesh))
 
 
 def _pair(size: Any) -> tuple[int, int]:

@@ -5,8 +5,9 @@ timm and torchvision evaluate on ``PIL.Image.resize(size, Image.BICUBIC)``; ``tf
 follows Pillow's resampling algorithm (``libImaging/Resample.c``), so that the same pixels come
 out:
 
-- separable: a horizontal pass over the source rows, its result rounded and clipped to uint8,
-  then a vertical pass over that;
+- separable: one pass along each axis, the first pass's result rounded and clipped to uint8.
+  Pillow goes along the width first, except (since Pillow 13) when the height shrinks by more
+  than twice as many pixels as the width (``vertical_first``);
 - for each output pixel ``i`` of an axis resized from ``n`` to ``m`` pixels: ``scale = n / m``,
   the kernel is stretched by ``s = max(scale, 1)`` (antialiasing when shrinking), its support is
   ``2 s``, the centre is ``(i + 0.5) scale``, and the window is the source pixels
@@ -18,9 +19,12 @@ out:
   in float64, as Pillow computes them in double).
 
 An output pixel depends only on its own window, so ``resized_crop`` computes just a crop of the
-resized image (what evaluation keeps) and equals resizing whole and then cropping. Each pass
-loops over the window's taps (at most ``2 ceil(2 s) + 1``), gathering one source column or row
-per tap, so memory stays at one output-sized int32 buffer even for very large photographs.
+resized image (what evaluation keeps) and equals resizing whole and then cropping; the first
+pass reads only the source lines the second needs. Both passes run along the first axis of a
+suitably transposed image and loop over the window's taps (at most ``2 ceil(2 s) + 1``),
+gathering one whole source line per output line and tap, so memory stays at one output-sized
+int32 buffer even for very large photographs. With the crop and no Python, this runs inside
+``tf.data.Dataset.map``.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ def vertical_first(in_size: tf.Tensor, out_size: tf.Tensor) -> tf.Tensor:
     shrinks, by more than twice as many pixels as the width does. Pillow 12 and earlier always
     go along the width first; the orders differ only in the uint8 rounding between the passes.
     ``in_size`` and ``out_size`` are [height, width]."""
-    shrink = in_size - out_size
+    shrink = tf.cast(in_size, tf.int32) - tf.cast(out_size, tf.int32)
     return (shrink[0] > 0) & (2 * shrink[1] < shrink[0])
 
 

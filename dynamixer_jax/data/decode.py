@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from dynamixer_jax.data import pil_resize
 from dynamixer_jax.data.recipe import TrainAugment
 
 
@@ -161,25 +162,44 @@ def train_decode(
     )
 
 
+def decode_as_pil(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Decode like ``PIL.Image.open(...).convert('RGB')``: uint8 (H, W, 3).
+
+    JPEGs use libjpeg's accurate integer IDCT (PIL's choice; TensorFlow's default, the fast
+    one, is off by several grey levels); other formats decode as ``decode_image`` does.
+    """
+
+    def jpeg():
+        return tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: decode_image(image_bytes))
+    image.set_shape([None, None, 3])
+    return image
+
+
 def eval_preprocess(
     image_bytes: tf.Tensor, size: int = 224, crop_fraction: float = 0.875
 ) -> tf.Tensor:
     """Decode and centre-crop an evaluation image: uint8 (size, size, 3).
 
-    As timm's eval transform: resize the shorter side to ``int(size / crop_fraction)`` (with
-    ``crop_fraction`` in (0, 1]) with antialiased bicubic (the longer side to
-    ``int(new_short * long / short)``), then take the centred ``size`` x ``size`` crop.
+    timm's eval transform (torchvision ``Resize(int(size / crop_fraction))`` and
+    ``CenterCrop(size)`` on a PIL image), pixel for pixel: the shorter side becomes
+    ``int(size / crop_fraction)`` (``crop_fraction`` in (0, 1]), the longer
+    ``int(new_short * long / short)``, with PIL's bicubic (``pil_resize``); the crop starts at
+    ``round((new - size) / 2)`` (half to even, as Python's ``round``). Only the crop is computed.
     """
-    image = decode_image(image_bytes)
+    image = decode_as_pil(image_bytes)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     short = tf.minimum(height, width)
     new_short = int(size / crop_fraction)
     new_h = tf.where(height == short, new_short, new_short * height // short)
     new_w = tf.where(width == short, new_short, new_short * width // short)
-    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
+    # tf.round rounds half to even, like Python's round().
     top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
-    crop = _to_uint8(resized[top : top + size, left : left + size])
+    crop = pil_resize.resized_crop(
+        image, tf.stack([new_h, new_w]), tf.stack([top, left, size, size])
+    )
     crop.set_shape([size, size, 3])
     return crop

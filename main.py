@@ -14,6 +14,7 @@ Everything here is a call into ``dynamixer_jax.train`` that a notebook can make 
 """
 
 import os
+import sys
 
 # Before anything imports TensorFlow (the input pipeline): its C++ start-up lines (INFO notices,
 # the CPU-instruction notice) stay quiet, and so does the oneDNN notice, which only
@@ -45,14 +46,24 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes."
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
-def main(command_line):
+def _usage_error(command_line) -> str | None:
+    """What is wrong with the flags (beyond what absl checks), or None."""
     if len(command_line.args) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(command_line.args[1:])}")
+        return f"unexpected arguments: {' '.join(command_line.args[1:])} (flags start with --)"
     if FLAGS.mode == "train" and not FLAGS.workdir:
-        raise app.UsageError("--workdir is required for training")
+        return "--workdir is required for training (where checkpoints and metrics go)"
     if FLAGS.mode == "evaluate" and not (FLAGS.weights or FLAGS.workdir):
-        raise app.UsageError("--mode=evaluate needs --weights (or --workdir)")
+        return "--mode=evaluate needs --weights=PATH (or --workdir=WORKDIR)"
+    return None
+
+
+def main(command_line):
     from dynamixer_jax.train import cli  # noqa: PLC0415 (after the huge-page re-exec)
+
+    problem = _usage_error(command_line)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return cli.EXIT_USER_ERROR
 
     cli.setup_logging()
     return cli.run_reporting_errors(lambda: _run(cli.load_config(FLAGS.config, command_line)))

@@ -104,6 +104,27 @@ def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
     assert "tensorflow imported: False" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([QUICKSTART], "--workdir is required for training"),
+        ([QUICKSTART, "--workdir=/tmp/x", "extra"], "unexpected arguments: extra"),
+        ([QUICKSTART, "--mode=evaluate"], "--mode=evaluate needs --weights=PATH"),
+    ],
+)
+def test_missing_or_extra_arguments_are_one_line(args, expected):
+    line = _one_error_line(_main(*args))
+    assert expected in line, line
+
+
+def test_unreadable_weights_to_evaluate_are_one_line_before_tensorflow(tmp_path):
+    (tmp_path / "text.msgpack").write_text("hello")
+    result = _main(QUICKSTART, "--mode=evaluate", f"--weights={tmp_path / 'text.msgpack'}")
+    line = _one_error_line(result)
+    assert "is not a readable .msgpack checkpoint" in line
+    assert "tensorflow imported: False" in result.stdout
+
+
 def test_helpfull_still_lists_the_flags():
     result = _main("--helpfull")
     for flag in ("--config:", "--workdir:", "--mode:", "--config.FIELD=VALUE"):

@@ -112,11 +112,12 @@ def evaluate(config, source: str) -> dict[str, float]:
 
     plan = make_plan(config)
     mesh = parallel.make_mesh()
+    # The weights first: an unreadable file is one line before TensorFlow is imported.
+    params_by_name = load_param_sets(source, mesh)  # raw and EMA, from one restore
     data_source = open_configured_source(plan.data)
     num_classes = plan.model.classes(data_source.num_classes)
     model = plan.model.build(num_classes, train=False)
     abstract = abstract_variables(model)["params"]
-    params_by_name = load_param_sets(source, mesh)  # raw and EMA, from one restore
     # Weights trained at another image size: generate layers resampled (model/resolution.py).
     params_by_name = {
         name: resample_to(params, model, source, announce=name == "raw")

@@ -5,7 +5,8 @@ checkpoint), then at each of ``--sizes``:
 
 * evaluates it with the ``generate`` layers resampled (``model/resolution.py``) and with them
   initialised afresh (every other weight loaded), no training;
-* fine-tunes each of the two for the same ``--finetune-steps`` and evaluates again.
+* fine-tunes each of the two for the same ``--finetune-steps`` and evaluates again;
+* as a bound, runs the untouched 32x32 model on the same eval images resized back to 32x32.
 
     python benchmarks/resolution_transfer.py --workdir /tmp/quickstart [--sizes 48 24]
         [--finetune-steps 44] [--json results.json]
@@ -21,13 +22,16 @@ import os
 import tempfile
 
 import jax
+import numpy as np
 
 from dynamixer_jax import trees
 from dynamixer_jax.convert.flax_io import save_flax
+from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.loading import read_params
 from dynamixer_jax.model.init import init_variables
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.config_reading import make_plan
+from dynamixer_jax.train.evaluation import make_eval_data, open_configured_source
 from dynamixer_jax.train.weights import GRID_DEPENDENT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +50,24 @@ def reinitialised_generate(workdir: str, image_size: int, path: str) -> str:
     params, _ = trees.merge(fresh, loaded, reinit=GRID_DEPENDENT)
     save_flax({"params": params}, path)
     return path
+
+
+def source_on_resized_images(workdir: str, image_size: int) -> float:
+    """Top-1 of the untouched 32x32 model on the eval images at ``image_size`` resized back to
+    32x32: whether the smaller (larger) images still hold what the model needs."""
+    plan32 = make_plan(load_config(QUICKSTART))
+    plan = make_plan(load_config(QUICKSTART, image_size=image_size))
+    model = plan32.model.build(10, train=False)
+    params = read_params(workdir)
+    apply = jax.jit(lambda images: model.apply({"params": params}, images))
+    hits = count = 0
+    for batch in make_eval_data(plan.data, open_configured_source(plan.data)).batches():
+        images = normalize(batch["image"], plan.data.mean, plan.data.std)
+        images = jax.image.resize(images, (images.shape[0], 32, 32, 3), "bilinear")
+        predicted = np.asarray(apply(images)).argmax(-1)
+        hits += int(((predicted == batch["label"]) & batch["mask"]).sum())
+        count += int(batch["mask"].sum())
+    return hits / count
 
 
 def finetune(init_from: str, image_size: int, steps: int, resample: bool, workdir: str) -> float:
@@ -82,6 +104,7 @@ def main() -> None:
         config = load_config(QUICKSTART, image_size=size)
         fresh = reinitialised_generate(args.workdir, size, f"{scratch}/reinit_{size}.msgpack")
         rows[size] = {
+            "source_resized_to_32": source_on_resized_images(args.workdir, size),
             "resampled": top1(evaluate(config, args.workdir)),
             "reinitialised": top1(evaluate(config, fresh)),
             "resampled_finetuned": finetune(
@@ -95,15 +118,16 @@ def main() -> None:
     source = rows[32]["source"]
     print(f"\nquickstart trained at 32x32: top-1 {source:.1%}; fine-tuning: {args.finetune_steps}")
     print(
-        "| image size | resampled | re-initialised | resampled + fine-tune | re-init + fine-tune |"
+        "| image size | resampled | re-initialised | resampled + fine-tune | re-init + fine-tune "
+        "| source model, images resized to 32 |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for size in args.sizes:
         row = rows[size]
         print(
             f"| {size}x{size} | {row['resampled']:.1%} ({row['resampled'] / source:.0%} of "
             f"source) | {row['reinitialised']:.1%} | {row['resampled_finetuned']:.1%} | "
-            f"{row['reinitialised_finetuned']:.1%} |"
+            f"{row['reinitialised_finetuned']:.1%} | {row['source_resized_to_32']:.1%} |"
         )
     if args.json:
         with open(args.json, "w") as file:

@@ -79,13 +79,14 @@ def compiled_and_ready() -> dict:
     folder = os.environ.get(BARRIER_DIR)
     if not folder:
         return {}
+    ready_at = time.time()
     with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
         pass
     count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
     while len(os.listdir(folder)) < count and time.time() < deadline:
         time.sleep(0.2)
     # True: some setting was still compiling (or starting) when this one was timed.
-    return {"barrier_ran_out": len(os.listdir(folder)) < count}
+    return {"barrier_ran_out": len(os.listdir(folder)) < count, "ready_at": ready_at}
 
 
 @contextlib.contextmanager
@@ -113,6 +114,7 @@ def timed_rounds(step, batch: int, steps: int, warmup: int, rounds: int) -> dict
         wait()
     rates = []
     before = resource.getrusage(resource.RUSAGE_SELF)
+    timed_from = time.time()
     for r in range(rounds):
         start = time.perf_counter()
         for i in range(steps):
@@ -122,6 +124,7 @@ def timed_rounds(step, batch: int, steps: int, warmup: int, rounds: int) -> dict
     return {
         "img_s": statistics.median(rates),
         "rounds_img_s": rates,
+        "timed_window": [timed_from, time.time()],  # wall clock, to check turns never overlap
         **_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF), steps * rounds),
     }
 

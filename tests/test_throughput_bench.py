@@ -163,7 +163,7 @@ def test_benchmark_imports_no_tensorflow():
     import subprocess
 
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check; "
+        "import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check, train_step; "
         "from dynamixer_jax.convert import torch_to_flax; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))"
@@ -173,3 +173,45 @@ def test_benchmark_imports_no_tensorflow():
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_concurrent_settings_compile_first_and_take_turns_on_the_device(tmp_path):
+    """train_step.py --concurrent: every setting is timed only after all have compiled, and no
+    two timed windows overlap (what makes side-by-side compiling safe for the timings)."""
+    import subprocess
+
+    out = tmp_path / "race.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/train_step.py",
+            "--concurrent",
+            "--model=tiny",
+            "--image-size=56",
+            "--batches=2",
+            "--steps=2",
+            "--inner-rounds=2",
+            "--rounds=1",
+            "--barrier-s=300",
+            "--settings",
+            "jax:none",
+            "jax:minimal",
+            "peak",
+            f"--json={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    runs = {row["setting"]: row["runs"][0] for row in json.loads(out.read_text())["results"]}
+    assert set(runs) == {"jax:none", "jax:minimal", "peak"}
+    timed = [runs["jax:none"], runs["jax:minimal"]]
+    for run in timed:
+        assert run["img_s"] > 0 and not run["barrier_ran_out"]
+    last_ready = max(run["ready_at"] for run in runs.values())
+    windows = sorted(run["timed_window"] for run in timed)
+    assert all(start >= last_ready for start, _ in windows)
+    assert windows[0][1] <= windows[1][0]

@@ -3,6 +3,7 @@
 # installs torch 2.13.0 (CPU) and the project with its test extras, then runs pytest.
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k parity       # extra arguments go to pytest
+#   TEST_WORKERS=1 bash scripts/test.sh  # one process instead of two pytest-xdist workers
 # PYTHON picks the interpreter (default python3; Python 3.11 is what CI uses).
 # DYNAMIXER_NO_TORCH=1 installs everything but torch and leaves out the tests that need it
 # (CI's second leg, on a Python for which no CPU torch wheel is at hand).
@@ -23,4 +24,12 @@ else
   "$VENV/bin/python" -m pip install --quiet -e ".[test]"
   "$VENV/bin/python" -c "import torch" || { echo "torch is missing: the parity tests cannot run" >&2; exit 1; }
 fi
-exec "$VENV/bin/python" -m pytest "$@"
+# Two workers, each test file on one (--dist loadfile keeps a file's module fixtures and its
+# order): 14 instead of 19 minutes for the whole suite on a 2-core machine. TEST_WORKERS=1 runs
+# it in one process; any other count is passed on to pytest-xdist's -n.
+WORKERS="${TEST_WORKERS:-2}"
+XDIST=()
+if [ "$WORKERS" != 1 ]; then
+  XDIST=(-n "$WORKERS" --dist loadfile)
+fi
+exec "$VENV/bin/python" -m pytest "${XDIST[@]}" "$@"

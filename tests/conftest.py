@@ -3,7 +3,10 @@ this machine's 2 threads, and a summary of measured parity figures."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,11 +57,24 @@ TORCH_MODULES = ["test_parity.py", "test_convert.py", "test_evaluate_authors.py"
 collect_ignore = TORCH_MODULES if os.environ.get("DYNAMIXER_NO_TORCH") == "1" else []
 
 PARITY_FIGURES = {}
+_PARITY_DIR = "DYNAMIXER_PARITY_FIGURES_DIR"
 
 
 def record_parity(name: str, value: float) -> None:
     """Keep a measured figure (e.g. worst logit difference) for the end-of-run summary."""
     PARITY_FIGURES[name] = max(value, PARITY_FIGURES.get(name, 0.0))
+    folder = os.environ.get(_PARITY_DIR)
+    if folder:  # under pytest-xdist the figures are measured in the workers
+        with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps([name, float(value)]) + "\n")
+
+
+def pytest_configure(config):
+    """The folder where pytest-xdist workers leave their parity figures (made by the controller,
+    inherited by the workers it starts)."""
+    if not hasattr(config, "workerinput") and _PARITY_DIR not in os.environ:
+        os.environ[_PARITY_DIR] = tempfile.mkdtemp(prefix="dynamixer_parity_figures_")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(_PARITY_DIR), ignore_errors=True))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -94,6 +110,11 @@ def compilation_cache(tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter):
+    folder = os.environ.get(_PARITY_DIR)
+    for path in Path(folder).glob("*.jsonl") if folder else []:
+        for line in path.read_text().splitlines():
+            name, value = json.loads(line)
+            PARITY_FIGURES[name] = max(value, PARITY_FIGURES.get(name, 0.0))
     if PARITY_FIGURES:
         terminalreporter.section("parity figures (worst seen)")
         for name, value in sorted(PARITY_FIGURES.items()):

@@ -10,18 +10,22 @@ evaluated beside the raw weights, eval at 224, bfloat16, ``remat="minimal"``. Ta
 S 82.7%, M 83.7%, L 84.3%.
 
 Hardware, per variant: all three are meant for 8 GPUs of 40 GB or more (the authors' setup) or
-a TPU v3-8 / v4-8. Memory per device (``benchmarks/memory_fit.py``):
+a TPU v3-8 / v4-8. Memory per device:
 
-* ``dynamixer_s``: batch 2048, 256 per device. On an H200 the step took 55.6 MB per image (about
-  15 GB at 256), so 40 GB GPUs fit; XLA:CPU's upper bound is 102 MB per image (26 GB). On a TPU
-  v3 (16 GB per core) add ``--config.remat=full`` (45 MB per image by the CPU bound, 12 GB at
-  256) or ``--config.grad_accum_steps=2``.
-* ``dynamixer_m``: batch 1024, 128 per device; XLA:CPU's upper bound 210 MB per image, 27 GB per
-  device: fits 40 GB GPUs. On a TPU v3 add ``--config.remat=full`` (79 MB per image, 10 GB) or
-  ``--config.grad_accum_steps=2``.
-* ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875;
-  XLA:CPU's upper bound 294 MB per image, 19 GB per device: fits 40 GB GPUs. On a TPU v3 add
-  ``--config.remat=full`` (110 MB per image, 7 GB).
+* ``dynamixer_s``: batch 2048, 256 per device. On an H100 the bf16 step took 56 MB per image
+  with ``remat="minimal"`` (about 14 GB at 256), so 40 GB GPUs fit; there ``--config.remat=none``
+  (118 MB per image, about 30 GB at 256) is 15% faster. XLA:CPU's upper bound is 102 MB per
+  image (26 GB). On a TPU v3 (16 GB per core) add ``--config.remat=full`` (16 MB per image on
+  the H100, 45 by the CPU bound) or ``--config.grad_accum_steps=2``.
+* ``dynamixer_m``: batch 1024, 128 per device; 99 MB per image on the H100 (13 GB per device),
+  XLA:CPU's upper bound 210 (27 GB): fits 40 GB GPUs. On a TPU v3 add ``--config.remat=full``
+  (79 MB per image by the CPU bound, 10 GB) or ``--config.grad_accum_steps=2``.
+* ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875; 142 MB
+  per image on the H100 (9 GB per device), XLA:CPU's upper bound 294 (19 GB): fits 40 GB GPUs.
+  On a TPU v3 add ``--config.remat=full`` (110 MB per image by the CPU bound, 7 GB).
+
+Figures: ``bash benchmarks/accelerator_check.sh`` (H100, batch 128, bf16) and
+``python benchmarks/memory_fit.py`` (the CPU bound).
 
 ImageNet must be prepared once: ``tfds build imagenet2012`` with the two ILSVRC2012 tar files in
 ``$TFDS_DATA_DIR/downloads/manual`` (the run tells you if it is not).

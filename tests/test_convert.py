@@ -1,9 +1,11 @@
 """Checkpoint forms, files, the command line and mismatch messages of the converter."""
 
 import argparse
+import os
 import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 import torch
 from torch_reference import TorchDynaMixer, randomize_
 
+import dynamixer_jax
 from dynamixer_jax import create_model
 from dynamixer_jax.convert import architecture_from_state_dict, flax_to_torch, torch_to_flax
+from dynamixer_jax.convert.__main__ import main as convert_main
 from dynamixer_jax.convert.flax_io import load_flax
 from dynamixer_jax.errors import ConversionError
 
@@ -72,15 +76,48 @@ def test_checkpoint_forms(torch_model):
 
 
 def test_file_with_training_arguments(tmp_path, torch_model):
-    """timm saves argparse arguments beside the weights; weights_only loading refuses them, we fall back."""
+    """timm saves argparse arguments beside the weights: they load, silently, with no pickle
+    allowed beyond them."""
     path = tmp_path / "checkpoint.pth.tar"
-    torch.save({"state_dict": torch_model.state_dict(), "args": argparse.Namespace(lr=2e-3)}, path)
-    with pytest.warns(UserWarning, match="weights_only=False"):
+    arguments = argparse.Namespace(lr=2e-3, mean=None, crop_pct=(0.9,), model="dynamixer_s")
+    checkpoint = {"state_dict": torch_model.state_dict(), "args": arguments, "epoch": 299}
+    torch.save({**checkpoint, "metric": 82.7, "optimizer": {"state": {}, "param_groups": []}}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         variables = torch_to_flax(str(path))
     assert_same_weights(variables, torch_model.state_dict())
     bare = tmp_path / "bare.pth"
     torch.save(torch_model.state_dict(), bare)
     assert_same_weights(torch_to_flax(bare), torch_model.state_dict())
+
+
+class _RunsCode:
+    """Unpickling this makes a directory: the trace of code run from a checkpoint file."""
+
+    def __init__(self, trace):
+        self.trace = str(trace)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.trace,))
+
+
+def test_a_file_that_pickles_code_is_refused_everywhere_and_runs_nothing(tmp_path, torch_model):
+    trace, path = tmp_path / "code_ran", tmp_path / "hostile.pth.tar"
+    torch.save({"state_dict": torch_model.state_dict(), "args": _RunsCode(trace)}, path)
+    refusal = (
+        rf"^{re.escape(str(path))} pickles Python objects besides weights \(posix.mkdir\); "
+        "reading them could run code, so it was not read"
+    )
+    with pytest.raises(ConversionError, match=refusal):
+        torch_to_flax(str(path))
+    with pytest.raises(ConversionError, match=refusal):
+        dynamixer_jax.load(str(path))
+    assert convert_main([str(path), str(tmp_path / "out.safetensors")]) == 2
+    assert not trace.exists() and not (tmp_path / "out.safetensors").exists()
+    # The explicit opt-in for a trusted file: the file's code runs, the weights convert.
+    assert convert_main(["--trust-pickle", str(path), str(tmp_path / "out.safetensors")]) == 0
+    assert trace.is_dir()
+    assert_same_weights(torch_to_flax(str(tmp_path / "out.safetensors")), torch_model.state_dict())
 
 
 def test_every_mismatch_in_one_message(torch_model, flax_model):

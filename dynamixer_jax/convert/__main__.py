@@ -6,11 +6,17 @@
     python -m dynamixer_jax.convert dynamixer_s_flax dynamixer_s.pth            # Flax -> PyTorch state_dict
     python -m dynamixer_jax.convert dynamixer_s.pth dynamixer_s.safetensors     # -> safetensors
     python -m dynamixer_jax.convert --image-size 288 dynamixer_s.pth s_288.msgpack  # for 288x288
+    python -m dynamixer_jax.convert --trust-pickle old.pth.tar old.safetensors   # see below
 
 Each format follows from the path: a .pth/.pth.tar/.pt/.bin file is PyTorch, a
 .safetensors file holds the same state_dict (the authors' key names; no torch needed), a
 .msgpack file or a name without a suffix (a directory) is Flax; any other suffix
 is refused. Any format converts to any other; every key is checked.
+
+A PyTorch file is read without running code from it: a file that pickles Python objects
+other than tensors and timm's training arguments is refused with their names.
+--trust-pickle reads such a file anyway (its code runs): only for a file whose source you
+trust, and once, to write a .safetensors file that is safe to read from then on.
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from dynamixer_jax.convert.safetensors_io import (
     load_safetensors,
     save_safetensors,
 )
-from dynamixer_jax.convert.torch_io import TORCH_SUFFIXES, is_torch_file, save_torch
+from dynamixer_jax.convert.torch_io import (
+    TORCH_SUFFIXES,
+    is_torch_file,
+    load_torch_file,
+    save_torch,
+)
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
@@ -61,10 +72,18 @@ def main(argv=None) -> int:
         help="the input size to write the weights for: at another size than the source's, the "
         "generate layers are resampled to it (with --model: default 224)",
     )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read a PyTorch file that pickles arbitrary Python objects (this runs code from "
+        "the file: only for a file whose source you trust)",
+    )
     args = parser.parse_args(argv)
     try:
         output_format = _output_format(args.destination)
-        variables = _read(args.source, None, args.ema)  # checked against its own shapes
+        variables = _read(
+            args.source, None, args.ema, trust_pickle=args.trust_pickle
+        )  # checked against its own shapes
         if args.image_size is not None:
             variables = _at_image_size(variables, args.image_size)
         if args.model:  # the same key and shape check against the named variant
@@ -85,11 +104,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _read(source: str, model, ema: bool) -> dict:
+def _read(source: str, model, ema: bool, trust_pickle: bool = False) -> dict:
     """``{'params': ...}`` from ``source`` in whichever format its path names, checked against
     ``model`` where one is given (else against the architecture its shapes describe)."""
     if is_torch_file(source):
-        return torch_to_flax(source, model=model, ema=ema)
+        checkpoint = load_torch_file(source, trust_pickle=trust_pickle)
+        return torch_to_flax(checkpoint, model=model, ema=ema)
     if is_safetensors_file(source):
         if ema:
             raise ConversionError(

@@ -5,12 +5,21 @@ Accepted: a bare state_dict, a timm-style checkpoint dict (weights under
 without DistributedDataParallel's ``module.`` prefix, or a path to such a file.
 Values may be numpy arrays or torch tensors. torch is imported only to read a
 file or a tensor.
+
+A ``.pth`` file is a pickle, and unpickling can run any code the file names. Files are
+therefore read with ``torch.load(weights_only=True)``, which rebuilds only tensors and plain
+containers, plus the one class timm's checkpoint saver adds (the training arguments, an
+``argparse.Namespace``). A file that names anything else is refused with the names it holds;
+``trust_pickle=True`` (the converter's ``--trust-pickle``) is the explicit opt-in for a file
+its user vouches for.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import warnings
+import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,27 +46,59 @@ def import_torch():
     return torch
 
 
-def load_torch_file(path: os.PathLike | str) -> Any:
-    """torch.load a .pth / .pth.tar file on the CPU, tensors only if the file allows it."""
+# What timm's checkpoint saver (the authors' code) pickles besides tensors and plain containers.
+AUTHORS_GLOBALS = (argparse.Namespace,)
+
+
+def load_torch_file(path: os.PathLike | str, *, trust_pickle: bool = False) -> Any:
+    """torch.load a .pth / .pth.tar file on the CPU without running code from it.
+
+    Only tensors, plain containers and :data:`AUTHORS_GLOBALS` are rebuilt; a file that pickles
+    anything else is a :class:`ConversionError` naming what it holds. ``trust_pickle=True``
+    unpickles everything (the file's code runs): only for a file whose source you trust."""
     torch = import_torch()
     if not os.path.isfile(path):
         raise ConversionError(f"no checkpoint file at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:
-        # timm checkpoints also pickle the training arguments, which weights_only refuses.
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(AUTHORS_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        held = [] if trust_pickle else _globals_beyond_weights(torch, path, error)
+        if held:
             raise ConversionError(
-                f"{path} is not a readable PyTorch checkpoint ({error})"
-            ) from error
-        warnings.warn(
-            f"{path} holds more than tensors; it was loaded with weights_only=False "
-            f"({type(safe_error).__name__}). Only do this with files you trust.",
-            stacklevel=3,
-        )
-        return checkpoint
+                f"{path} pickles Python objects besides weights ({', '.join(held)}); reading them "
+                "could run code, so it was not read. If you trust its source, convert it once "
+                f"with `python -m dynamixer_jax.convert --trust-pickle {path} OUT.safetensors` "
+                "and use OUT.safetensors"
+            ) from None
+        raise ConversionError(
+            f"{path} is not a readable PyTorch checkpoint ({_reason(error)})"
+        ) from None
+    except Exception as error:
+        raise ConversionError(
+            f"{path} is not a readable PyTorch checkpoint ({_reason(error)})"
+        ) from None
+
+
+def _globals_beyond_weights(torch: Any, path: os.PathLike | str, error: BaseException) -> list[str]:
+    """The Python globals (classes, functions) that the file pickles beyond what we allow: from
+    torch's listing of the file, or from its refusal where the file is too old to be listed.
+    Empty for a file that is damaged rather than hostile."""
+    allowed = {f"{kind.__module__}.{kind.__qualname__}" for kind in AUTHORS_GLOBALS}
+    try:
+        names = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip file: an old format, or no checkpoint at all
+        names = set(re.findall(r"GLOBAL ([\w.]+)", str(error)))
+    return sorted(names - allowed)
+
+
+def _reason(error: BaseException) -> str:
+    """The line of torch's message that says what is wrong with the file."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -7,10 +7,10 @@ run's numbers, and that no file of a checkpoint was deleted.
 """
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,8 +80,15 @@ def _warnings(stderr: str, what: str) -> list[str]:
 
 
 def _assert_clean(stderr: str) -> None:
-    """No traceback, nothing from Orbax's or asyncio's internals."""
-    for noise in ("Traceback", "orbax", "Event loop is closed", "never retrieved"):
+    """No traceback, no runtime warning, nothing from Orbax's or asyncio's internals."""
+    for noise in (
+        "Traceback",
+        "orbax",
+        "Event loop is closed",
+        "never retrieved",
+        "never awaited",
+        "RuntimeWarning",
+    ):
         assert noise not in stderr, stderr
 
 
@@ -174,10 +181,17 @@ def test_every_checkpoint_damaged(uninterrupted, digits_data_dir, tmp_path):
 # TensorBoard file (a few KB) can. The compiled steps come from the cache, which is only read.
 FILE_SIZE_LIMIT = 1 << 20
 
-
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+# The limit is set by a fresh, single-threaded interpreter that then becomes the run (exec keeps
+# resource limits; Python ignores SIGXFSZ, so an oversized write fails instead of killing it). A
+# ``preexec_fn`` would run Python in a fork of this multithreaded JAX process, where it can
+# deadlock.
+_WITH_FILE_SIZE_LIMIT = [
+    sys.executable,
+    "-c",
+    "import os, resource, sys; "
+    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT})); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
 
 
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(
@@ -187,13 +201,12 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(
     shutil.rmtree(workdir / "checkpoints" / "30")  # the run resumes at 20 and saves 30
     before = _files(workdir)
     result = subprocess.run(
-        runs._command(workdir, digits_data_dir),
+        [*_WITH_FILE_SIZE_LIMIT, *runs._command(workdir, digits_data_dir)],
         env=runs._environment(1),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=400,
-        preexec_fn=_limit_file_size,
     )
     assert result.returncode == 2, result.stderr
     _assert_clean(result.stderr)

@@ -7,6 +7,10 @@ import functools
 import gzip
 import json
 import math
+import os
+import resource
+import shutil
+import threading
 import time
 
 import jax
@@ -291,6 +295,77 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
         assert checkpoints.restore_newest(lambda step: checkpoints.restore(step, abstract)) is None
         assert list(checkpoints.skipped) == [1] and checkpoints.all_steps() == []
     assert (tmp_path / "1").is_dir()  # left in place
+
+
+def test_a_checkpoint_directory_that_cannot_be_written_is_one_line_before_training(tmp_path):
+    blocked = tmp_path / "checkpoints"
+    blocked.write_text("a file where the checkpoints would go")
+    with pytest.raises(CheckpointError) as error:
+        Checkpoints(str(blocked))
+    assert str(error.value) == (
+        f"cannot write checkpoints in {blocked} (a file is in its place); make it a writable "
+        "directory (or choose another --workdir) and run again"
+    )
+    with Checkpoints(str(tmp_path / "fresh")):  # made if missing, and no probe file left
+        pass
+    assert os.listdir(tmp_path / "fresh") == []
+
+
+def test_a_save_that_fails_in_the_background_is_reported_within_a_step(tmp_path):
+    """The disk fills while a save's arrays are written in the background: the loop's check()
+    after the next step raises (it does not wait for the next save), nothing is left waiting in
+    the background (the process exits at once, with no warning after the error), and closing
+    raises nothing more."""
+    state, _ = _trained_state(steps=1)
+    before = set(threading.enumerate())
+    checkpoints = Checkpoints(str(tmp_path), asynchronous=True)
+    checkpoints.save(1, state, {})
+    checkpoints.wait()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Files past 16 KB cannot grow (EFBIG; Python ignores SIGXFSZ): the directories and small
+    # JSON files of a save are written, its array data (~1 MB) is not.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, limits[1]))
+    try:
+        with pytest.raises(CheckpointError) as error:
+            checkpoints.save(2, state, {})
+            for _ in range(600):  # bounded: 30 s at most
+                checkpoints.check()
+                time.sleep(0.05)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert str(error.value) == (
+        f"saving checkpoint 2 in {tmp_path} failed (File too large); the latest intact "
+        f"checkpoint is {tmp_path / '1'}; free space (or fix the cause) and run the same "
+        "command to resume from it"
+    )
+    checkpoints.close()
+    assert _waiting_threads(before) == []
+
+
+def _waiting_threads(before: set) -> list[str]:
+    return [t.name for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
+
+
+def test_a_save_whose_directory_cannot_be_made_leaves_nothing_waiting(tmp_path):
+    """Orbax makes a checkpoint's directories in the background by default and signals the
+    writing threads when they exist; if making them fails, those threads wait 300 s for the
+    signal, holding the process's exit, and then report their never-run coroutines. Ours are
+    made in save(): the failure is one line, and no thread is left behind."""
+    state, _ = _trained_state(steps=1)
+    before = set(threading.enumerate())
+    directory = tmp_path / "checkpoints"
+    checkpoints = Checkpoints(str(directory), asynchronous=True)
+    checkpoints.save(1, state, {})
+    checkpoints.wait()
+    shutil.rmtree(directory)
+    directory.write_text("the disk went away")
+    with pytest.raises(CheckpointError) as error:
+        checkpoints.save(2, state, {})
+        checkpoints.wait()
+    assert str(error.value).startswith(f"saving checkpoint 2 in {directory} failed (")
+    assert "\n" not in str(error.value)
+    checkpoints.close()
+    assert _waiting_threads(before) == []
 
 
 # ---- fine-tuning merge

@@ -15,7 +15,9 @@ step's metrics then, for keep-N and the best step), those whose arrays do not re
 and stays where it is. Only a new save of the same step moves a damaged directory aside
 (``<step>.unreadable``); nothing is ever deleted but what keep-N prunes among readable ones.
 A save that fails (a full disk) is one :class:`CheckpointError` naming the latest intact
-checkpoint. What Orbax itself would print is kept off the screen (``orbax_quiet.py``).
+checkpoint, raised within a step of the failure (:meth:`Checkpoints.check`); a directory that
+cannot be written at all is one before training starts. What Orbax itself would print is kept
+off the screen (``orbax_quiet.py``).
 
 Restoring takes the shardings of the current mesh, whatever mesh wrote the checkpoint: a
 checkpoint written on 8 devices restores on 1 and the other way round.
@@ -23,6 +25,7 @@ checkpoint written on 8 devices restores on 1 and the other way round.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -149,6 +152,21 @@ def array_damage(step_dir: str, *, batch: int = 64) -> str | None:
     return None
 
 
+def _directories_made_in_save() -> ocp.AsyncOptions:
+    """Orbax's asynchronous options with a checkpoint's directories made inside ``save`` itself.
+
+    Made in the background (Orbax's default), the directories are announced to the writing
+    threads by signals; when making them fails (a full disk, a read-only or vanished
+    directory), the signal never comes and those threads wait out Orbax's 300 s coordination
+    timeout, holding the process's exit, then report the coroutines they never ran. Made in
+    ``save``, such a failure raises there, and no writing thread waits for anything. The cost
+    is a few directory creations in the training thread per save."""
+    fields = {field.name for field in dataclasses.fields(ocp.AsyncOptions)}
+    if "create_directories_asynchronously" not in fields:  # older Orbax: always made in save
+        return ocp.AsyncOptions()
+    return ocp.AsyncOptions(create_directories_asynchronously=False)
+
+
 class _Hiding:
     """Orbax's standard step-name format, minus the steps in ``hidden`` (damaged ones)."""
 
@@ -193,6 +211,8 @@ class Checkpoints:
         self._hidden: set[int] = set()  # the skipped steps, hidden from Orbax
         self._saving: int | None = None  # the step of the save in flight
         self._failed = False  # a save failed (and was reported)
+        if not read_only:
+            self._check_writable()
         for step in self._step_dirs():
             reason = json_damage(self._path(step))
             if reason is not None:
@@ -212,6 +232,7 @@ class Checkpoints:
             best_fn=_score,
             best_mode="max",
             enable_async_checkpointing=asynchronous,
+            async_options=_directories_made_in_save(),
             create=not read_only,
             read_only=read_only,
             save_interval_steps=0 if read_only else 1,
@@ -226,6 +247,27 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
+
+    def _check_writable(self) -> None:
+        """CheckpointError now, before any training, where no checkpoint could be written (a
+        read-only directory, a file in its place): the alternative is a whole run that fails at
+        its first save. Each process checks, since each writes its own part of a checkpoint."""
+        probe = os.path.join(self.directory, f".write_check.{os.getpid()}")
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as error:
+            reason = (
+                "a file is in its place"
+                if os.path.exists(self.directory) and not os.path.isdir(self.directory)
+                else error.strerror or str(error)
+            )
+            raise CheckpointError(
+                f"cannot write checkpoints in {self.directory} ({reason}); make it a writable "
+                "directory (or choose another --workdir) and run again"
+            ) from None
 
     def _step_dirs(self) -> list[int]:
         if not os.path.isdir(self.directory):
@@ -309,6 +351,14 @@ class Checkpoints:
         return CheckpointError(
             f"saving {which} in {self.directory} failed ({_save_reason(error)}); {then}"
         )
+
+    def check(self) -> None:
+        """CheckpointError now if the save in flight has already failed; never waits (the loop
+        calls it every step, so a full disk stops training within a step, not at the next
+        save). Once Orbax says the save is no longer in progress, waiting for it returns at
+        once, with its error if it failed."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
 
     def wait(self) -> None:
         """Block until every started save is on disk (CheckpointError if one failed)."""

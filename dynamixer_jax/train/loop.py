@@ -185,6 +185,7 @@ def _loop(
             with profiler.step(step + 1):
                 state, metrics = run.train_step(state, batch)
             profiler.finished(step + 1, metrics)
+            run.checkpoints.check()
             if pending is not None:
                 losses.append(_fetch(run.checkpoints, *pending)["train_loss"])
                 progress.step_done(pending[0])

@@ -56,6 +56,31 @@ def tiny_model(**overrides):
 TORCH_MODULES = ["test_parity.py", "test_convert.py", "test_evaluate_authors.py"]
 collect_ignore = TORCH_MODULES if os.environ.get("DYNAMIXER_NO_TORCH") == "1" else []
 
+# Modules whose every test is end to end (a main.py process, a notebook, a training run over a
+# dataset, the tf.data pipeline): marked slow, left out of `scripts/test.sh --fast`. Single slow
+# tests elsewhere carry @pytest.mark.slow themselves.
+SLOW_MODULES = {
+    "test_evaluate_authors.py",
+    "test_hugepages.py",
+    "test_notebooks.py",
+    "test_packaging.py",
+    "test_pipeline.py",
+    "test_reliability_checkpoints.py",
+    "test_reliability_cli.py",
+    "test_throughput_bench.py",
+    "test_train_runs.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The module-wide markers: slow (SLOW_MODULES) and torch (TORCH_MODULES)."""
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if item.path.name in TORCH_MODULES:
+            item.add_marker(pytest.mark.torch)
+
+
 PARITY_FIGURES = {}
 _PARITY_DIR = "DYNAMIXER_PARITY_FIGURES_DIR"
 

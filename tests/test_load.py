@@ -56,6 +56,7 @@ def test_converted_flax_checkpoints_round_trip(tmp_path, trained, name):
     _assert_same_model(dynamixer_jax.load(tmp_path / name), trained)
 
 
+@pytest.mark.torch
 def test_authors_pth_round_trip(tmp_path, trained):
     torch = pytest.importorskip("torch")  # optional dependency, as for the converter
     state_dict = {k: torch.from_numpy(v) for k, v in flax_to_torch(trained[1]).items()}

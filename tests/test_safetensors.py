@@ -153,6 +153,7 @@ def test_damaged_files_are_one_line(tmp_path, capsys, variables):
     assert code == 2 and err.count("\n") == 1, err
 
 
+@pytest.mark.torch
 def test_pytorch_loads_it_strictly(tmp_path, capsys):
     torch = pytest.importorskip("torch")  # optional dependency, as for the .pth tests
     from safetensors.torch import load_file

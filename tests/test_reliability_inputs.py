@@ -77,3 +77,107 @@ def test_a_check_whose_own_machinery_fails_costs_no_checkpoint(tmp_path, monkeyp
         found = checkpoints.restore_newest(lambda step: checkpoints.restore(step, _abstract(state)))
     assert found is not None and found[0] == 2
     assert sorted(os.listdir(tmp_path)) == ["2"]
+
+
+# ---- runs that would train quietly wrong: one line before anything compiles
+
+
+def _folder_dataset(root, train_classes, val_classes, images=3):
+    from PIL import Image
+
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    for split, classes in (("train", train_classes), ("val", val_classes)):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for index in range(images):
+                Image.fromarray(pixels).save(root / split / name / f"{index}.png")
+    return str(root)
+
+
+def _quickstart(**overrides):
+    from conftest import REPO
+
+    from dynamixer_jax.train import load_config
+
+    return load_config(str(REPO / "configs" / "quickstart.py"), **overrides)
+
+
+def _compiles(monkeypatch):
+    """Record every train step made: a run that fails before compiling makes none."""
+    from dynamixer_jax.train import loop
+
+    made = []
+    real = loop.make_train_step
+    monkeypatch.setattr(loop, "make_train_step", lambda *a, **k: made.append(1) or real(*a, **k))
+    return made
+
+
+def _one_line_error(config, workdir, error_type, monkeypatch):
+    from dynamixer_jax.train import train_and_evaluate
+
+    made = _compiles(monkeypatch)
+    with pytest.raises(error_type) as error:
+        train_and_evaluate(config, str(workdir))
+    assert "\n" not in str(error.value) and not made
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
+    return str(error.value)
+
+
+def test_a_head_smaller_than_the_datasets_labels_is_one_line(
+    tmp_path, digits_data_dir, monkeypatch
+):
+    from dynamixer_jax.errors import ConfigError
+
+    config = _quickstart(data_dir=digits_data_dir, num_classes=5)
+    message = _one_line_error(config, tmp_path / "w", ConfigError, monkeypatch)
+    assert "num_classes 5 is smaller than the 10 classes" in message
+    assert "--config.num_classes=10" in message
+
+
+def test_labels_outside_the_head_stop_at_the_first_batch():
+    from dynamixer_jax.errors import DataError
+    from dynamixer_jax.train.loop import check_labels
+
+    batch = {"label": np.array([0, 3, 9, 0]), "mask": np.array([True, True, True, False])}
+    check_labels(batch, 10, 0)
+    with pytest.raises(DataError, match="label 9 in the batch of step 1 is outside the model's 5"):
+        check_labels(batch, 5, 0)
+    check_labels({"label": np.array([0, 9]), "mask": np.array([True, False])}, 5, 0)  # padding
+
+
+def test_a_folder_dataset_of_one_class_is_one_line(tmp_path, monkeypatch):
+    from dynamixer_jax.errors import DataError
+
+    root = _folder_dataset(tmp_path / "data", ["cat"], ["cat"])
+    config = _quickstart(dataset=root, eval_split="val", batch_size=2)
+    message = _one_line_error(config, tmp_path / "w", DataError, monkeypatch)
+    assert "has 1 class" in message
+
+
+def test_validation_classes_the_training_split_lacks_are_one_line(tmp_path):
+    from dynamixer_jax.data.sources import FolderSource
+    from dynamixer_jax.errors import DataError
+
+    root = _folder_dataset(tmp_path / "data", ["A", "B", "c"], ["A", "b", "c", "d"])
+    source = FolderSource(root)
+    assert source.num_examples("train") == 9
+    with pytest.raises(DataError) as error:
+        source.num_examples("val")
+    message = str(error.value)
+    assert "'b' (train/ has 'B'), 'd'" in message and "6 images would be left out" in message
+    (tmp_path / "data" / "val" / "b").rename(tmp_path / "data" / "val" / "B")
+    (tmp_path / "data" / "val" / "d").rename(
+        tmp_path / "data" / "val" / ".d"
+    )  # hidden: not a class
+    assert FolderSource(root).num_examples("val") == 9
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_an_infinite_learning_rate_is_one_line(value):
+    from dynamixer_jax.errors import ConfigError
+    from dynamixer_jax.train.config_reading import make_plan
+
+    with pytest.raises(ConfigError, match="learning_rate must be a positive finite number"):
+        make_plan(_quickstart(learning_rate=value))
+    with pytest.raises(ConfigError, match="weight_decay must be a finite number"):
+        make_plan(_quickstart(weight_decay=value))

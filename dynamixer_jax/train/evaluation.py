@@ -115,7 +115,7 @@ def evaluate(config, source: str) -> dict[str, float]:
     # The weights first: an unreadable file is one line before TensorFlow is imported.
     params_by_name = load_param_sets(source, mesh)  # raw and EMA, from one restore
     data_source = open_configured_source(plan.data)
-    num_classes = plan.model.classes(data_source.num_classes)
+    num_classes = plan.model.classes(data_source.num_classes, f"dataset {plan.data.dataset}")
     model = plan.model.build(num_classes, train=False)
     abstract = abstract_variables(model)["params"]
     # Weights trained at another image size: generate layers resampled (model/resolution.py).

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dynamixer_jax.errors import TrainingDiverged
+from dynamixer_jax.errors import DataError, TrainingDiverged
 from dynamixer_jax.train import parallel, start, workdir_lock
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
@@ -64,6 +64,33 @@ class _Run:
     workdir: str
     meta: dict
     use_ema: bool
+    num_classes: int
+
+
+def _check_dataset_classes(dataset_classes: int | None, dataset: str) -> None:
+    """DataError for a dataset with fewer than two classes: it trains to loss 0 and top-1 1.0
+    and learns nothing."""
+    if dataset_classes is not None and dataset_classes < 2:
+        raise DataError(
+            f"dataset {dataset} has {dataset_classes} class: a classifier learns nothing from it "
+            "(loss 0, top-1 1.0 at once); give the training split two or more classes "
+            "(for a folder dataset, one folder per class)"
+        )
+
+
+def check_labels(batch: dict, num_classes: int, step: int) -> None:
+    """DataError if a label of the host batch ``batch`` (for step ``step + 1``) has no output
+    among the head's ``num_classes`` (checked on the host: costs nothing next to a step)."""
+    labels = np.asarray(batch["label"])
+    if "mask" in batch:
+        labels = labels[np.asarray(batch["mask"], bool)]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise DataError(
+            f"label {bad} in the batch of step {step + 1} is outside the model's "
+            f"{num_classes} classes (0 to {num_classes - 1}); set --config.num_classes to "
+            "the number of classes of the dataset's labels"
+        )
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -86,7 +113,8 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
     mesh = parallel.make_mesh()
     source = open_configured_source(plan.data)
     train_data, eval_data = make_train_data(plan, source), make_eval_data(plan.data, source)
-    num_classes = plan.model.classes(source.num_classes)
+    num_classes = plan.model.classes(source.num_classes, f"dataset {plan.data.dataset}")
+    _check_dataset_classes(source.num_classes, plan.data.dataset)
     model = plan.model.build(num_classes)
     steps = plan.steps(train_data.steps_per_epoch)
     schedule, tx = optimizer_from_plan(plan.optim, steps)
@@ -126,6 +154,7 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
             workdir=workdir,
             meta=meta,
             use_ema=plan.optim.ema_decay > 0,
+            num_classes=num_classes,
         )
         try:
             return _loop(run, plan, state, preemption)
@@ -180,7 +209,9 @@ def _loop(
                     _fetch(run.checkpoints, *pending)
                 return _preempted(run, step, state, last_eval, preemption.reason)
             waiting = time.perf_counter()
-            batch = parallel.global_batch(next(batches), run.mesh)
+            host_batch = next(batches)
+            check_labels(host_batch, run.num_classes, step)
+            batch = parallel.global_batch(host_batch, run.mesh)
             progress.waited_for_input(time.perf_counter() - waiting)
             with profiler.step(step + 1):
                 state, metrics = run.train_step(state, batch)

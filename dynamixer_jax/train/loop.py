@@ -127,7 +127,8 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
     )
     try:
         state = start.initial_state(checkpoints, model, tx, plan, meta, mesh)
-        start.write_config(plan.config_json, workdir)
+        first_step = int(jax.device_get(state.step))
+        start.write_config(plan.config_json, workdir, first_step)
         train_step = make_train_step(
             model,
             tx,
@@ -140,7 +141,6 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
             grad_accum_steps=plan.optim.grad_accum_steps,
         )
         eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
-        first_step = int(jax.device_get(state.step))
         metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
         run = _Run(
             steps=steps,

@@ -5,6 +5,7 @@ would train quietly wrong, a resume with another config, damaged files we read, 
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -220,3 +221,62 @@ def test_load_reads_the_architecture_from_the_latest_config(tmp_path):
     start.write_config(json.dumps({**saved, "learning_rate": 5.0}), str(tmp_path), 4)
     loaded, _ = dynamixer_jax.load(tmp_path)
     assert loaded.embed_dims == model.embed_dims and loaded.patch_size == 4
+
+
+# ---- damaged files we read
+
+
+@pytest.fixture(scope="module")
+def saved_workdir(tmp_path_factory):
+    """A workdir with one checkpoint (no config.json)."""
+    workdir = tmp_path_factory.mktemp("saved")
+    _, state = _micro_state()
+    with Checkpoints(str(workdir / "checkpoints"), asynchronous=False) as checkpoints:
+        checkpoints.save(4, state, {"seed": 0})
+    return workdir
+
+
+def test_damaged_metrics_lines_neither_crash_a_resume_nor_get_lost(tmp_path, caplog):
+    from dynamixer_jax.train.reporting import METRICS_FILE, MetricsLog, read_metrics
+
+    path = tmp_path / METRICS_FILE
+    path.write_bytes(
+        b'{"step": 1, "train_loss": 2.0}\n'
+        b"\xff\xfe\x00garbage\n"
+        b"[1, 2]\n"
+        b'{"step": "two"}\n'
+        b'{"step": 2, "train_loss": 1.5}\n'
+        b'{"step": 3, "train_loss": 1.0}\n'
+        b'{"step": 4, "train_'
+    )
+    assert [record["step"] for record in read_metrics(str(tmp_path))] == [1, 2, 3]
+    with caplog.at_level(logging.WARNING):
+        metrics_log = MetricsLog(str(tmp_path), start_step=2)  # what a resume at step 2 does
+    metrics_log.close()
+    assert [record["step"] for record in read_metrics(str(tmp_path))] == [1, 2]
+    aside = (tmp_path / (METRICS_FILE + ".unreadable")).read_bytes()
+    assert b"\xff\xfe\x00garbage" in aside and b'{"step": "two"}' in aside
+    assert "4 line(s)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[]", "is not a run's config (a JSON object, not list)"),
+        (b"null", "is not a run's config (a JSON object, not NoneType)"),
+        (b'{"model": "dynamixer_s"}', "lacks the field(s) image_size, model_overrides"),
+        (b'{"image_size": 16}', "lacks the field model"),
+        (b'{"model": "dynamixer_s", "image_size": 16, "model_overrides": [1]}', "not a JSON"),
+        (b"\xff\xfe{", "cannot be read"),
+        (b'{"model": "dynamixer_s", "image_size": "big", "model_overrides": {}}', "cannot build"),
+    ],
+)
+def test_a_damaged_config_json_is_one_line_from_load(saved_workdir, tmp_path, content, message):
+    from dynamixer_jax.errors import DynaMixerError
+
+    shutil.copytree(saved_workdir, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(DynaMixerError) as error:
+        dynamixer_jax.load(tmp_path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert "config_history" in str(error.value) or "cannot build" in str(error.value)

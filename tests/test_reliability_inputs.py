@@ -280,3 +280,89 @@ def test_a_damaged_config_json_is_one_line_from_load(saved_workdir, tmp_path, co
         dynamixer_jax.load(tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert "config_history" in str(error.value) or "cannot build" in str(error.value)
+
+
+# ---- messages that help
+
+
+def test_out_of_memory_is_one_line_with_the_compilers_figure_and_what_fits(
+    tmp_path, digits_data_dir, monkeypatch
+):
+    """XLA's RESOURCE_EXHAUSTED, as a step that does not fit raises it, on the first step."""
+    from dynamixer_jax.errors import OutOfMemory
+    from dynamixer_jax.train import loop, memory, train_and_evaluate
+
+    class DoesNotFit:
+        def __init__(self, step):
+            self.step = step
+
+        def __call__(self, state, batch):
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 98765432100 bytes."
+            )
+
+        def lower(self, *args):
+            return self.step.lower(*args)
+
+    real = loop.make_train_step
+    monkeypatch.setattr(loop, "make_train_step", lambda *a, **k: DoesNotFit(real(*a, **k)))
+    needed = []
+    real_needed = memory.needed_bytes
+    monkeypatch.setattr(
+        memory, "needed_bytes", lambda *a: needed.append(real_needed(*a)) or needed[0]
+    )
+    small = {  # a step quick to compile: small, no random erasing, mixup or stochastic depth
+        "model_overrides.layers": (1, 1),
+        "model_overrides.embed_dims": (16, 32),
+        "augment.random_erase_prob": 0.0,
+        "mixup.mixup_alpha": 0.0,
+        "drop_path_rate": 0.0,
+    }
+    config = _quickstart(
+        data_dir=digits_data_dir, num_train_steps=2, batch_size=32, remat="none", **small
+    )
+    with pytest.raises(OutOfMemory) as error:
+        train_and_evaluate(config, str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("out of memory on cpu")
+    assert "32 images per device (batch_size 32 over 1 device(s), image_size 32)" in message
+    assert needed[0] > 2**20 and "by the compiler's memory analysis" in message
+    assert "--config.batch_size (e.g. 16)" in message
+    assert "--config.grad_accum_steps=2 (the same batch in 2 passes of 16 images)" in message
+    assert "--config.remat=full" in message
+    assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_disguised():
+    from dynamixer_jax.train import memory
+
+    assert memory.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
+    assert not memory.is_out_of_memory(ValueError("INVALID_ARGUMENT: shapes differ"))
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (
+            "def get_config():\n    config = {\n    return config\n",
+            "bad.py:2: '{' was never closed",
+        ),
+        (
+            "def get_config():\n    return {'model': 'x'}\n",
+            "bad.py:1: get_config() returned a dict",
+        ),
+        ("import no_such_module_here\n", "bad.py:1: ModuleNotFoundError: No module named"),
+        (
+            "def get_config():\n    x = 1\n    return x / 0\n",
+            "bad.py:3: ZeroDivisionError: division by zero (in get_config())",
+        ),
+    ],
+)
+def test_a_broken_config_file_is_one_line_naming_the_file_and_line(tmp_path, source, message):
+    from dynamixer_jax.errors import ConfigError
+    from dynamixer_jax.train import load_config
+
+    (tmp_path / "bad.py").write_text(source)
+    with pytest.raises(ConfigError) as error:
+        load_config(str(tmp_path / "bad.py"))
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from dynamixer_jax.errors import DataError, TrainingDiverged
-from dynamixer_jax.train import parallel, start, workdir_lock
+from dynamixer_jax.train import memory, parallel, start, workdir_lock
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import (
@@ -214,7 +214,10 @@ def _loop(
             batch = parallel.global_batch(host_batch, run.mesh)
             progress.waited_for_input(time.perf_counter() - waiting)
             with profiler.step(step + 1):
-                state, metrics = run.train_step(state, batch)
+                if step == first_step:
+                    state, metrics = _first_step(run, plan, state, batch)
+                else:
+                    state, metrics = run.train_step(state, batch)
             profiler.finished(step + 1, metrics)
             if pending is not None:
                 losses.append(_fetch(run.checkpoints, *pending)["train_loss"])
@@ -238,6 +241,27 @@ def _loop(
                 progress.restart(step)  # throughput counts training time only
     run.checkpoints.wait()
     return {"status": "finished", "step": step, **last_eval}
+
+
+def _first_step(run: _Run, plan: RunPlan, state: TrainState, batch: Any) -> tuple[Any, Any]:
+    """The first (compiled) step, waited for: a step that does not fit the devices is one
+    :class:`OutOfMemory` line with what it needs and what fits, instead of XLA's traceback."""
+    args = memory.abstract((state, batch))
+    try:
+        state, metrics = run.train_step(state, batch)
+        jax.block_until_ready(metrics)
+    except Exception as error:
+        if not memory.is_out_of_memory(error):
+            raise
+        raise memory.out_of_memory(
+            run.train_step,
+            args,
+            batch_size=plan.data.batch_size,
+            image_size=plan.model.image_size,
+            grad_accum_steps=plan.optim.grad_accum_steps,
+            remat=plan.model.remat,
+        ) from None
+    return state, metrics
 
 
 def _fetch(checkpoints: Checkpoints, step: int, metrics: Any) -> dict[str, float]:

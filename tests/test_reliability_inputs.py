@@ -178,7 +178,7 @@ def test_an_infinite_learning_rate_is_one_line(value):
     from dynamixer_jax.errors import ConfigError
     from dynamixer_jax.train.config_reading import make_plan
 
-    with pytest.raises(ConfigError, match="learning_rate must be a positive finite number"):
+    with pytest.raises(ConfigError, match="learning_rate must be positive and finite"):
         make_plan(_quickstart(learning_rate=value))
     with pytest.raises(ConfigError, match="weight_decay must be a finite number"):
         make_plan(_quickstart(weight_decay=value))

@@ -196,9 +196,7 @@ def _check_numbers(
             f"ema_decay must be in [0, 1) (0 turns the EMA off), not {optim.ema_decay}"
         )
     if not 0 < optim.learning_rate < math.inf:
-        raise ConfigError(
-            f"learning_rate must be a positive finite number, not {optim.learning_rate}"
-        )
+        raise ConfigError(f"learning_rate must be positive and finite, not {optim.learning_rate}")
     if schedule.num_train_steps is None and not schedule.num_epochs > 0:
         raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
     for name, value in [

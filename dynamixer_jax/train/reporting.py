@@ -6,7 +6,8 @@
   has only the compiled first step) and every
   evaluation (``step``, ``eval_top1``, ``eval_top5``, ``eval_loss``, and the ``ema_``-prefixed
   three when the EMA is on). A resumed run first drops the lines after the restored step, so the
-  file always tells one consistent history.
+  file always tells one consistent history; lines that are no record (damaged bytes, a
+  half-written line) are moved to ``metrics.jsonl.unreadable``.
 * TensorBoard event files in ``WORKDIR`` (clu's default writer), the same scalars.
 * The log: ``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  input 3%  ETA 0:03:12``
   (``input``: the share of the time spent waiting for batches; one warning when it passes

@@ -39,7 +39,7 @@ def _config_json(workdir):
     (workdir / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("name", ["run#1", "what?", "with space", "100%25done", "ünï漢字", "-dash"])
+@pytest.mark.parametrize("name", ["run#1", "what?", "-100%25 dönë 漢字"])
 def test_any_workdir_path_keeps_its_checkpoints(tmp_path, name):
     model, state = _micro_state()
     workdir = tmp_path / name
@@ -144,6 +144,9 @@ def test_labels_outside_the_head_stop_at_the_first_batch():
     with pytest.raises(DataError, match="label 9 in the batch of step 1 is outside the model's 5"):
         check_labels(batch, 5, 0)
     check_labels({"label": np.array([0, 9]), "mask": np.array([True, False])}, 5, 0)  # padding
+    check_labels(batch, 10, 0, agree=True)  # the extremes of every process's labels
+    with pytest.raises(DataError, match="label -1 in the batch of step 8"):
+        check_labels({"label": np.array([-1, 2])}, 5, 7, agree=True)
 
 
 def test_a_folder_dataset_of_one_class_is_one_line(tmp_path, monkeypatch):

@@ -78,14 +78,23 @@ def _check_dataset_classes(dataset_classes: int | None, dataset: str) -> None:
         )
 
 
-def check_labels(batch: dict, num_classes: int, step: int) -> None:
+def check_labels(batch: dict, num_classes: int, step: int, *, agree: bool = False) -> None:
     """DataError if a label of the host batch ``batch`` (for step ``step + 1``) has no output
-    among the head's ``num_classes`` (checked on the host: costs nothing next to a step)."""
+    among the head's ``num_classes`` (checked on the host: costs nothing next to a step).
+
+    ``agree``: every process takes the extremes of all processes' labels (a collective, so
+    that all of them stop, not one)."""
     labels = np.asarray(batch["label"])
     if "mask" in batch:
         labels = labels[np.asarray(batch["mask"], bool)]
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if agree:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        both = np.asarray(multihost_utils.process_allgather(np.array([low, high], np.int64)))
+        low, high = int(both.reshape(-1, 2)[:, 0].min()), int(both.reshape(-1, 2)[:, 1].max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
         raise DataError(
             f"label {bad} in the batch of step {step + 1} is outside the model's "
             f"{num_classes} classes (0 to {num_classes - 1}); set --config.num_classes to "
@@ -210,7 +219,8 @@ def _loop(
                 return _preempted(run, step, state, last_eval, preemption.reason)
             waiting = time.perf_counter()
             host_batch = next(batches)
-            check_labels(host_batch, run.num_classes, step)
+            if jax.process_count() == 1 or step == first_step:  # several: once, together
+                check_labels(host_batch, run.num_classes, step, agree=jax.process_count() > 1)
             batch = parallel.global_batch(host_batch, run.mesh)
             progress.waited_for_input(time.perf_counter() - waiting)
             with profiler.step(step + 1):

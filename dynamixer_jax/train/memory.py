@@ -83,6 +83,7 @@ def out_of_memory(
     (abstract), with what the compiler says it needs and the settings that need less."""
     devices = jax.device_count()
     per_device = batch_size // devices
+    log.info("the first step ran out of memory; compiling it again to measure what it needs")
     needed, has = needed_bytes(step, args), device_bytes()
     need = f" needs {_size(needed)} by the compiler's memory analysis" if needed else ""
     of = f" ({_size(has)} per device)" if has else ""

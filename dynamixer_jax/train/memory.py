@@ -48,13 +48,18 @@ def needed_bytes(step: Any, args: tuple) -> int | None:
         analysis = step.lower(*args).compile().memory_analysis()
         if analysis is None:
             return None
-        return int(
-            analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-            - analysis.alias_size_in_bytes
-            + analysis.temp_size_in_bytes
-            + analysis.generated_code_size_in_bytes
+        size = {
+            name: int(getattr(analysis, f"{name}_size_in_bytes", 0) or 0)
+            for name in ("argument", "output", "alias", "temp", "generated_code")
+        }
+        total = (
+            size["argument"]
+            + size["output"]
+            - size["alias"]
+            + size["temp"]
+            + size["generated_code"]
         )
+        return total if total > 0 else None
     except Exception as error:  # the analysis itself may not fit (TPU compiles): go without
         log.debug("no memory analysis: %s", error)
         return None

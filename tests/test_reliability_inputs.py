@@ -376,3 +376,37 @@ def test_a_broken_config_file_is_one_line_naming_the_file_and_line(tmp_path, sou
     with pytest.raises(ConfigError) as error:
         load_config(str(tmp_path / "bad.py"))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_evaluation_out_of_memory_is_one_line_too():
+    from dynamixer_jax.errors import OutOfMemory
+    from dynamixer_jax.train import parallel
+    from dynamixer_jax.train.evaluation import evaluate_params
+    from dynamixer_jax.train.steps import make_eval_step
+
+    model, state = _micro_state()
+    mesh = parallel.make_mesh()
+    real = make_eval_step(model, mesh)
+
+    class DoesNotFit:
+        def __call__(self, params_by_name, batch):
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+
+        def lower(self, *args):
+            return real.lower(*args)
+
+    class EvalData:
+        def batches(self):
+            size = 2 * jax.device_count()
+            yield {
+                "image": np.zeros((size, 16, 16, 3), np.uint8),
+                "label": np.zeros(size, np.int32),
+                "mask": np.ones(size, bool),
+            }
+
+    with pytest.raises(OutOfMemory) as error:
+        evaluate_params(DoesNotFit(), {"raw": state.params}, EvalData(), mesh)
+    message = str(error.value)
+    assert "\n" not in message and "the evaluation step at 2 images per device" in message
+    assert "by the compiler's memory analysis" in message
+    assert "--config.eval_batch_size" in message

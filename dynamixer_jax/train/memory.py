@@ -107,3 +107,19 @@ def out_of_memory(
         f"{per_device} images per device{accum} (batch_size {batch_size} over {devices} "
         f"device(s), image_size {image_size}){need}; use {', or '.join(fits)}"
     )
+
+
+def eval_out_of_memory(step: Any, args: tuple, *, batch_size: int, image_size: Any) -> OutOfMemory:
+    """The one-line error for an evaluation ``step`` (jitted) that ran out of memory on
+    ``args`` (abstract) at global batch ``batch_size``."""
+    devices = jax.device_count()
+    log.info("the evaluation step ran out of memory; compiling it again to measure what it needs")
+    needed, has = needed_bytes(step, args), device_bytes()
+    need = f" needs {_size(needed)} by the compiler's memory analysis" if needed else ""
+    of = f" ({_size(has)} per device)" if has else ""
+    return OutOfMemory(
+        f"out of memory on {jax.devices()[0].device_kind}{of}: the evaluation step at "
+        f"{batch_size // devices} images per device (eval_batch_size {batch_size} over "
+        f"{devices} device(s), image_size {image_size}){need}; use a smaller "
+        f"--config.eval_batch_size (e.g. {max(batch_size // 2, devices)})"
+    )

@@ -83,7 +83,9 @@ class MetricsLog:
                 file.writelines(
                     line if line.endswith(b"\n") else line + b"\n" for line in unreadable
                 )
-            log.warning(
+            # A partly written last line alone is what a killed run leaves: no damage.
+            partial = len(unreadable) == 1 and not unreadable[0].endswith(b"\n")
+            (log.info if partial else log.warning)(
                 "%d line(s) of %s are not metrics records (damaged or partly written): moved to %s",
                 len(unreadable),
                 self.path,

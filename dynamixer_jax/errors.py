@@ -29,3 +29,7 @@ class ConversionError(DynaMixerError, ValueError):
 
 class TrainingDiverged(DynaMixerError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the checkpoint kept."""
+
+
+class OutOfMemory(DynaMixerError, RuntimeError):
+    """A step that does not fit the device; the message says what it needs and what fits."""

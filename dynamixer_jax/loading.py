@@ -134,17 +134,52 @@ def _params_from_workdir(
     return sets
 
 
+_CONFIG_ADVICE = (
+    "restore it (the workdir's config_history/ keeps every start's config) or remove it "
+    "to read the architecture from the parameter shapes"
+)
+
+
 def _saved_config(path: str) -> dict[str, Any]:
-    """The ``config.json`` a training run wrote beside its checkpoints, or {}."""
+    """The ``config.json`` a training run wrote beside its checkpoints, or {} if there is none
+    (CheckpointError if it is there but is no JSON object)."""
     for directory in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
         candidate = os.path.join(directory, "config.json")
         if os.path.isdir(os.path.join(directory, "checkpoints")) and os.path.isfile(candidate):
             try:
-                with open(candidate) as file:
-                    return json.load(file)
-            except (OSError, ValueError):
-                return {}
+                with open(candidate, encoding="utf-8") as file:
+                    saved = json.load(file)
+            except (OSError, ValueError) as error:
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise CheckpointError(
+                    f"{candidate} cannot be read ({reason}); {_CONFIG_ADVICE}"
+                ) from None
+            if not isinstance(saved, dict):
+                raise CheckpointError(
+                    f"{candidate} is not a run's config (a JSON object, not "
+                    f"{type(saved).__name__}); {_CONFIG_ADVICE}"
+                )
+            return {"_path": candidate, **saved}
     return {}
+
+
+def _architecture_fields(saved: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The image size and architecture overrides of a run's config (ConversionError if they
+    are missing or not what a run writes)."""
+    missing = [name for name in ("image_size", "model_overrides") if name not in saved]
+    if missing:
+        raise CheckpointError(
+            f"{saved['_path']} lacks the field(s) {', '.join(missing)} of a run's config; "
+            f"{_CONFIG_ADVICE}"
+        )
+    overrides = saved["model_overrides"] or {}
+    if not isinstance(overrides, dict):
+        raise CheckpointError(
+            f"{saved['_path']}: model_overrides is not a JSON object; {_CONFIG_ADVICE}"
+        )
+    return _tuples(saved["image_size"]), {
+        key: _tuples(value) for key, value in overrides.items() if value is not None
+    }
 
 
 def _tuples(value: Any) -> Any:
@@ -156,15 +191,15 @@ def _model_for(path: str, params: Any, model_kwargs: dict[str, Any]) -> DynaMixe
     saved = _saved_config(path) if os.path.isdir(path) else {}
     head = params.get("head", {}).get("kernel") if hasattr(params, "get") else None
     try:
+        if saved and "model" not in saved:
+            raise CheckpointError(
+                f"{saved['_path']} lacks the field model of a run's config; {_CONFIG_ADVICE}"
+            )
         if saved.get("model") in list_models():  # a run's config.json holds every field
-            overrides = {
-                key: _tuples(value)
-                for key, value in (saved["model_overrides"] or {}).items()
-                if value is not None
-            }
+            image_size, overrides = _architecture_fields(saved)
             settings = {
                 "num_classes": int(np.shape(head)[-1]) if head is not None else 0,
-                "image_size": _tuples(saved["image_size"]),
+                "image_size": image_size,
                 **overrides,
             }
             return create_model(saved["model"], **{**settings, **model_kwargs})

@@ -79,7 +79,8 @@ class TfdsSource:
                     f"dataset {name!r} has no feature {key!r} (it has "
                     f"{sorted(features)}); set image_key/label_key"
                 )
-        self.num_classes = int(features[label_key].num_classes)
+        known = getattr(features[label_key], "num_classes", None)  # None: a plain integer
+        self.num_classes = int(known) if known is not None else None
         if getattr(self.builder, "PREPARE_ON_FIRST_USE", False) and not self.builder.is_prepared():
             self.builder.download_and_prepare()
         self._counts: dict[str, int] = {}
@@ -229,15 +230,15 @@ class FolderSource:
         """All image files of ``split`` with their class indices (scanned once, then cached)."""
         if split not in self._splits:
             directory = self._split_dir(split)
+            self._check_class_folders(directory)
             paths, labels = [], []
             for label, name in enumerate(self.classes):
                 class_dir = os.path.join(directory, name)
                 if not tf.io.gfile.isdir(class_dir):
                     continue  # a class may be absent from a small validation split
-                for file in sorted(tf.io.gfile.listdir(class_dir)):
-                    if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith("."):
-                        paths.append(os.path.join(class_dir, file))
-                        labels.append(label)
+                for file in self._images(class_dir):
+                    paths.append(os.path.join(class_dir, file))
+                    labels.append(label)
             if not paths:
                 raise DataError(
                     f"folder dataset {self.root}: no images in {directory}; "
@@ -245,6 +246,41 @@ class FolderSource:
                 )
             self._splits[split] = FolderSplit(np.asarray(paths), np.asarray(labels, np.int64))
         return self._splits[split]
+
+    def _images(self, class_dir: str) -> list[str]:
+        return [
+            file
+            for file in sorted(tf.io.gfile.listdir(class_dir))
+            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith(".")
+        ]
+
+    def _check_class_folders(self, directory: str) -> None:
+        """DataError if ``directory`` has class folders with images that train/ lacks (or
+        spells otherwise): their images would be left out without a word."""
+        known = set(self.classes)
+        unknown = {}
+        for entry in tf.io.gfile.listdir(directory):
+            name = entry.rstrip("/")
+            path = os.path.join(directory, name)
+            if name in known or name.startswith(".") or not tf.io.gfile.isdir(path):
+                continue
+            count = len(self._images(path))
+            if count:
+                unknown[name] = count
+        if not unknown:
+            return
+        lower = {name.lower(): name for name in self.classes}
+        shown = [
+            f"{name!r}"
+            + (f" (train/ has {lower[name.lower()]!r})" if name.lower() in lower else "")
+            for name in sorted(unknown)[:5]
+        ]
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise DataError(
+            f"folder dataset {self.root}: {directory} has class folder(s) {', '.join(shown)}{more} "
+            f"that the training split lacks ({sum(unknown.values())} images would be left out); "
+            "name every class folder as in the training split"
+        )
 
     def num_examples(self, split: str) -> int:
         """Image files in ``split``."""

@@ -121,13 +121,26 @@ def array_damage(step_dir: str, *, batch: int = 64) -> str | None:
     Reads and decodes every array of the state's OCDBT store with TensorStore, waited on
     synchronously (``batch`` arrays at a time), before Orbax restores: a restore that fails
     half-way leaves TensorStore reads in flight that print tracebacks once Orbax's event loop is
-    closed. Costs about one more read of the checkpoint."""
-    import tensorstore as ts  # noqa: PLC0415 (Orbax's own dependency)
+    closed. Costs about one more read of the checkpoint.
 
+    The store is opened by a spec, never a ``file://`` URL, so that any path a filesystem takes
+    works (``#``, ``?``, ``%``, spaces...). Only the data can be judged damaged: if TensorStore
+    cannot read back the manifest file that Python reads (the check's own machinery fails), the
+    answer is None and Orbax's restore decides."""
     state = os.path.join(step_dir, "state")
     if not os.path.exists(os.path.join(state, "manifest.ocdbt")):
         return None  # not an OCDBT checkpoint: Orbax's restore reports any damage
-    store = {"driver": "ocdbt", "base": f"file://{state}/"}
+    problem = _machinery_problem(state)
+    if problem is not None:
+        log.warning(
+            "cannot check the arrays of checkpoint %s (%s); leaving it to Orbax's restore",
+            step_dir,
+            problem,
+        )
+        return None
+    import tensorstore as ts  # noqa: PLC0415 (Orbax's own dependency)
+
+    store = {"driver": "ocdbt", "base": _file_kvstore(state)}
     try:
         context = ts.Context()
         keys = ts.KvStore.open(store, context=context).result().list().result()
@@ -165,6 +178,27 @@ def _directories_made_in_save() -> ocp.AsyncOptions:
     if "create_directories_asynchronously" not in fields:  # older Orbax: always made in save
         return ocp.AsyncOptions()
     return ocp.AsyncOptions(create_directories_asynchronously=False)
+
+
+def _file_kvstore(directory: str) -> dict:
+    """TensorStore's spec of the local directory ``directory`` (a spec: no URL parsing)."""
+    return {"driver": "file", "path": directory.rstrip(os.sep) + os.sep}
+
+
+def _machinery_problem(state: str) -> str | None:
+    """Why TensorStore cannot be trusted to judge the state directory ``state``, or None:
+    it must read the manifest file byte for byte as Python reads it."""
+    try:
+        import tensorstore as ts  # noqa: PLC0415
+
+        with open(os.path.join(state, "manifest.ocdbt"), "rb") as file:
+            expected = file.read()
+        found = ts.KvStore.open(_file_kvstore(state)).result().read(b"manifest.ocdbt").result()
+        if found.state != "value" or bytes(found.value) != expected:
+            return "TensorStore does not read the manifest that is there"
+    except Exception as error:  # an import, a spec or a file read failing: not the arrays
+        return _first_line(error)
+    return None
 
 
 class _Hiding:

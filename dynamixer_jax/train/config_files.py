@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,21 +84,54 @@ def read_config_file(path: str) -> Any:
     root = os.path.dirname(os.path.dirname(path))
     if root not in sys.path:
         sys.path.insert(0, root)
-    get_config = getattr(_module(path), "get_config", None)
+    file = given.split(":", 1)[0]
+    try:
+        module = _module(path)
+    except SyntaxError as error:  # IndentationError too
+        raise ConfigError(
+            f"{file}:{error.lineno}: {error.msg} (a syntax error in the config file); fix it"
+        ) from None
+    except Exception as error:
+        raise _failed(file, path, error, "reading the config file") from None
+    get_config = getattr(module, "get_config", None)
     if get_config is None:
         raise ConfigError(f"{given}: the file has no get_config() function")
     try:
         inspect.signature(get_config).bind(*argument)
     except TypeError:
-        file = given.split(":", 1)[0]
         raise ConfigError(
             f"{file} takes no ':ARGUMENT'; use --config={file}"
             if argument
             else f"{file} needs an argument: --config={file}:ARGUMENT"
         ) from None
-    config = get_config(*argument)
+    try:
+        config = get_config(*argument)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise _failed(file, path, error, "get_config()") from None
+    from ml_collections import config_dict  # noqa: PLC0415
+
+    if not isinstance(config, config_dict.ConfigDict):
+        line = getattr(getattr(get_config, "__code__", None), "co_firstlineno", "?")
+        raise ConfigError(
+            f"{file}:{line}: get_config() returned a {type(config).__name__}, not an "
+            "ml_collections ConfigDict; start it from configs/default.py "
+            "(config = default.get_config()) and return that"
+        )
     config.lock()
     return config
+
+
+def _failed(file: str, path: str, error: Exception, what: str) -> ConfigError:
+    """The one-line error for ``error`` raised while running config file ``path`` (given as
+    ``file``): the line of the file where it happened, the error's type and first line."""
+    line = "?"
+    for frame, number in traceback.walk_tb(error.__traceback__):
+        if os.path.abspath(frame.f_code.co_filename) == path:
+            line = number  # the deepest line of the config file itself
+    message = (str(error).strip().splitlines() or [""])[0]
+    return ConfigError(f"{file}:{line}: {type(error).__name__}: {message} (in {what}); fix it")
 
 
 def load_config(path: str, **overrides: Any) -> Any:

@@ -10,6 +10,7 @@ a field nothing reads is reported as unknown.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -194,8 +195,8 @@ def _check_numbers(
         raise ConfigError(
             f"ema_decay must be in [0, 1) (0 turns the EMA off), not {optim.ema_decay}"
         )
-    if not optim.learning_rate > 0:
-        raise ConfigError(f"learning_rate must be positive, not {optim.learning_rate}")
+    if not 0 < optim.learning_rate < math.inf:
+        raise ConfigError(f"learning_rate must be positive and finite, not {optim.learning_rate}")
     if schedule.num_train_steps is None and not schedule.num_epochs > 0:
         raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
     for name, value in [
@@ -208,8 +209,8 @@ def _check_numbers(
         ("min_learning_rate", optim.min_learning_rate),
         ("adam_eps", optim.eps),
     ]:
-        if not value >= 0:  # NaN too
-            raise ConfigError(f"{name} must be >= 0, not {value}")
+        if not 0 <= value < math.inf:  # NaN too
+            raise ConfigError(f"{name} must be a finite number >= 0, not {value}")
     for name, value in [
         ("drop_path_rate", model.drop_path_rate),
         ("drop_rate", model.drop_rate),

@@ -19,7 +19,7 @@ import numpy as np
 from dynamixer_jax import trees
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.init import abstract_variables
-from dynamixer_jax.train import parallel
+from dynamixer_jax.train import memory, parallel
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan
 from dynamixer_jax.train.steps import make_eval_step
@@ -35,7 +35,11 @@ def evaluate_params(
     the others (e.g. ``ema_eval_top1``), over the whole split of ``eval_data``."""
     totals = None
     for batch in eval_data.batches():
-        sums = eval_step(dict(params_by_name), parallel.global_batch(batch, mesh))
+        batch = parallel.global_batch(batch, mesh)
+        if totals is None:  # the first batch compiles: a step that does not fit is one line
+            sums = _first_eval_step(eval_step, dict(params_by_name), batch)
+        else:
+            sums = eval_step(dict(params_by_name), batch)
         totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
     totals = jax.device_get(totals)
     results = {}
@@ -47,6 +51,23 @@ def evaluate_params(
         results[f"{prefix}eval_loss"] = float(sums["loss"]) / count
     results["eval_examples"] = float(next(iter(totals.values()))["count"])
     return results
+
+
+def _first_eval_step(eval_step: Any, params_by_name: dict, batch: Any) -> Any:
+    """The first evaluation step, waited for (OutOfMemory in one line if it does not fit)."""
+    args = memory.abstract((params_by_name, batch))
+    try:
+        return jax.block_until_ready(eval_step(params_by_name, batch))
+    except Exception as error:
+        if not memory.is_out_of_memory(error):
+            raise
+        image = batch["image"].shape
+        raise memory.eval_out_of_memory(
+            eval_step,
+            args,
+            batch_size=int(image[0]),
+            image_size=int(image[1]) if image[1] == image[2] else tuple(image[1:3]),
+        ) from None
 
 
 def make_train_data(plan: RunPlan, source: Any) -> Any:
@@ -115,7 +136,7 @@ def evaluate(config, source: str) -> dict[str, float]:
     # The weights first: an unreadable file is one line before TensorFlow is imported.
     params_by_name = load_param_sets(source, mesh)  # raw and EMA, from one restore
     data_source = open_configured_source(plan.data)
-    num_classes = plan.model.classes(data_source.num_classes)
+    num_classes = plan.model.classes(data_source.num_classes, f"dataset {plan.data.dataset}")
     model = plan.model.build(num_classes, train=False)
     abstract = abstract_variables(model)["params"]
     # Weights trained at another image size: generate layers resampled (model/resolution.py).

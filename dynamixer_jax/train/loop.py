@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from dynamixer_jax.errors import TrainingDiverged
-from dynamixer_jax.train import parallel, start, workdir_lock
+from dynamixer_jax.errors import DataError, TrainingDiverged
+from dynamixer_jax.train import memory, parallel, start, workdir_lock
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import (
@@ -64,6 +64,42 @@ class _Run:
     workdir: str
     meta: dict
     use_ema: bool
+    num_classes: int
+
+
+def _check_dataset_classes(dataset_classes: int | None, dataset: str) -> None:
+    """DataError for a dataset with fewer than two classes: it trains to loss 0 and top-1 1.0
+    and learns nothing."""
+    if dataset_classes is not None and dataset_classes < 2:
+        raise DataError(
+            f"dataset {dataset} has {dataset_classes} class: a classifier learns nothing from it "
+            "(loss 0, top-1 1.0 at once); give the training split two or more classes "
+            "(for a folder dataset, one folder per class)"
+        )
+
+
+def check_labels(batch: dict, num_classes: int, step: int, *, agree: bool = False) -> None:
+    """DataError if a label of the host batch ``batch`` (for step ``step + 1``) has no output
+    among the head's ``num_classes`` (checked on the host: costs nothing next to a step).
+
+    ``agree``: every process takes the extremes of all processes' labels (a collective, so
+    that all of them stop, not one)."""
+    labels = np.asarray(batch["label"])
+    if "mask" in batch:
+        labels = labels[np.asarray(batch["mask"], bool)]
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if agree:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        both = np.asarray(multihost_utils.process_allgather(np.array([low, high], np.int64)))
+        low, high = int(both.reshape(-1, 2)[:, 0].min()), int(both.reshape(-1, 2)[:, 1].max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise DataError(
+            f"label {bad} in the batch of step {step + 1} is outside the model's "
+            f"{num_classes} classes (0 to {num_classes - 1}); set --config.num_classes to "
+            "the number of classes of the dataset's labels"
+        )
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -86,7 +122,8 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
     mesh = parallel.make_mesh()
     source = open_configured_source(plan.data)
     train_data, eval_data = make_train_data(plan, source), make_eval_data(plan.data, source)
-    num_classes = plan.model.classes(source.num_classes)
+    num_classes = plan.model.classes(source.num_classes, f"dataset {plan.data.dataset}")
+    _check_dataset_classes(source.num_classes, plan.data.dataset)
     model = plan.model.build(num_classes)
     steps = plan.steps(train_data.steps_per_epoch)
     schedule, tx = optimizer_from_plan(plan.optim, steps)
@@ -99,7 +136,8 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
     )
     try:
         state = start.initial_state(checkpoints, model, tx, plan, meta, mesh)
-        start.write_config(plan.config_json, workdir)
+        first_step = int(jax.device_get(state.step))
+        start.write_config(plan.config_json, workdir, first_step)
         train_step = make_train_step(
             model,
             tx,
@@ -112,7 +150,6 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
             grad_accum_steps=plan.optim.grad_accum_steps,
         )
         eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
-        first_step = int(jax.device_get(state.step))
         metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
         run = _Run(
             steps=steps,
@@ -126,6 +163,7 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
             workdir=workdir,
             meta=meta,
             use_ema=plan.optim.ema_decay > 0,
+            num_classes=num_classes,
         )
         try:
             return _loop(run, plan, state, preemption)
@@ -180,10 +218,16 @@ def _loop(
                     _fetch(run.checkpoints, *pending)
                 return _preempted(run, step, state, last_eval, preemption.reason)
             waiting = time.perf_counter()
-            batch = parallel.global_batch(next(batches), run.mesh)
+            host_batch = next(batches)
+            if jax.process_count() == 1 or step == first_step:  # several: once, together
+                check_labels(host_batch, run.num_classes, step, agree=jax.process_count() > 1)
+            batch = parallel.global_batch(host_batch, run.mesh)
             progress.waited_for_input(time.perf_counter() - waiting)
             with profiler.step(step + 1):
-                state, metrics = run.train_step(state, batch)
+                if step == first_step:
+                    state, metrics = _first_step(run, plan, state, batch)
+                else:
+                    state, metrics = run.train_step(state, batch)
             profiler.finished(step + 1, metrics)
             run.checkpoints.check()
             if pending is not None:
@@ -208,6 +252,27 @@ def _loop(
                 progress.restart(step)  # throughput counts training time only
     run.checkpoints.wait()
     return {"status": "finished", "step": step, **last_eval}
+
+
+def _first_step(run: _Run, plan: RunPlan, state: TrainState, batch: Any) -> tuple[Any, Any]:
+    """The first (compiled) step, waited for: a step that does not fit the devices is one
+    :class:`OutOfMemory` line with what it needs and what fits, instead of XLA's traceback."""
+    args = memory.abstract((state, batch))
+    try:
+        state, metrics = run.train_step(state, batch)
+        jax.block_until_ready(metrics)
+    except Exception as error:
+        if not memory.is_out_of_memory(error):
+            raise
+        raise memory.out_of_memory(
+            run.train_step,
+            args,
+            batch_size=plan.data.batch_size,
+            image_size=plan.model.image_size,
+            grad_accum_steps=plan.optim.grad_accum_steps,
+            remat=plan.model.remat,
+        ) from None
+    return state, metrics
 
 
 def _fetch(checkpoints: Checkpoints, step: int, metrics: Any) -> dict[str, float]:

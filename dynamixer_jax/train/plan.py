@@ -35,9 +35,26 @@ class ModelPlan:
     remat: str
     scan_layers: bool
 
-    def classes(self, dataset_classes: int) -> int:
-        """The number of classes of the head, given the dataset's."""
-        return self.num_classes if self.num_classes is not None else dataset_classes
+    def classes(self, dataset_classes: int | None, dataset: str = "the dataset") -> int:
+        """The number of classes of the head, given the dataset's (None: it does not say).
+
+        ConfigError if the head would be too small for the dataset's labels (they would train
+        with no output of their own and evaluate to a NaN loss), or if neither says."""
+        if self.num_classes is None:
+            if dataset_classes is None:
+                raise ConfigError(
+                    f"{dataset} does not say how many classes its labels have; set "
+                    "--config.num_classes"
+                )
+            return dataset_classes
+        if dataset_classes is not None and self.num_classes < dataset_classes:
+            raise ConfigError(
+                f"num_classes {self.num_classes} is smaller than the {dataset_classes} classes "
+                f"of {dataset} (labels {self.num_classes} to {dataset_classes - 1} would have "
+                f"no output); set --config.num_classes={dataset_classes} or leave it out "
+                "(the dataset's)"
+            )
+        return self.num_classes
 
     def build(self, num_classes: int, *, train: bool = True) -> DynaMixer:
         """The DynaMixer (no dropout nor stochastic depth unless ``train``)."""

@@ -6,7 +6,8 @@
   has only the compiled first step) and every
   evaluation (``step``, ``eval_top1``, ``eval_top5``, ``eval_loss``, and the ``ema_``-prefixed
   three when the EMA is on). A resumed run first drops the lines after the restored step, so the
-  file always tells one consistent history.
+  file always tells one consistent history; lines that are no record (damaged bytes, a
+  half-written line) are moved to ``metrics.jsonl.unreadable``.
 * TensorBoard event files in ``WORKDIR`` (clu's default writer), the same scalars.
 * The log: ``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  input 3%  ETA 0:03:12``
   (``input``: the share of the time spent waiting for batches; one warning when it passes
@@ -29,20 +30,32 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """Every record of ``WORKDIR/metrics.jsonl`` (a partly written last line is skipped)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    records = []
-    if os.path.exists(path):
-        with open(path) as file:
-            for line in file:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return records
+    """Every record of ``WORKDIR/metrics.jsonl`` (lines that are not a JSON object with a
+    numeric ``step``, such as a partly written last line or damaged bytes, are skipped)."""
+    return _read_records(os.path.join(workdir, METRICS_FILE))[0]
+
+
+def _read_records(path: str) -> tuple[list[dict], list[bytes]]:
+    """The records of the metrics file ``path`` and the lines that are none (as bytes)."""
+    records, unreadable = [], []
+    if not os.path.exists(path):
+        return records, unreadable
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                record = json.loads(line)  # bytes: UTF-8 expected, a decoding error is a ValueError
+            except ValueError:
+                record = None
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                records.append(record)
+            elif line.strip():
+                unreadable.append(line)
+    return records, unreadable
 
 
 class MetricsLog:
@@ -64,11 +77,21 @@ class MetricsLog:
         """Keep only the records up to ``step`` (a resumed run replays what came after)."""
         if not os.path.exists(self.path):
             return
-        kept = [
-            record
-            for record in read_metrics(os.path.dirname(self.path))
-            if record.get("step", 0) <= step
-        ]
+        records, unreadable = _read_records(self.path)
+        if unreadable:  # kept aside, not lost
+            with open(self.path + UNREADABLE_SUFFIX, "ab") as file:
+                file.writelines(
+                    line if line.endswith(b"\n") else line + b"\n" for line in unreadable
+                )
+            # A partly written last line alone is what a killed run leaves: no damage.
+            partial = len(unreadable) == 1 and not unreadable[0].endswith(b"\n")
+            (log.info if partial else log.warning)(
+                "%d line(s) of %s are not metrics records (damaged or partly written): moved to %s",
+                len(unreadable),
+                self.path,
+                self.path + UNREADABLE_SUFFIX,
+            )
+        kept = [record for record in records if record["step"] <= step]
         temporary = self.path + ".tmp"
         with open(temporary, "w") as file:
             file.writelines(json.dumps(record) + "\n" for record in kept)

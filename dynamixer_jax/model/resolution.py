@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamixer_jax import trees
+from dynamixer_jax.convert.architecture import architecture_from_params
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.network import DynaMixer
 
 
 def _resample(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -91,3 +94,17 @@ def transfer_params(params: Any, target: Any) -> tuple[Any, list[str]]:
         return generate_bias_to(value, length)
 
     return jax.tree_util.tree_map_with_path(visit, params), resampled
+
+
+def resample_params(params: Any, image_size: int | tuple[int, int]) -> Any:
+    """Trained DynaMixer weights moved to ``image_size`` (an int or ``(H, W)``): every
+    ``generate`` layer resampled to the new token grid (see the module docstring), every other
+    leaf as it is. ``params`` is ``{'params': tree}`` or the bare tree, and the result has the
+    same form; the architecture is read off the shapes. Unchanged at the size they were trained
+    at; ValueError (one line) for a size the architecture cannot take."""
+    wrapped = hasattr(params, "get") and "params" in params
+    tree = params["params"] if wrapped else params
+    size = image_size if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    target = DynaMixer(**{**architecture_from_params(tree), "image_size": size})
+    moved, _ = transfer_params(tree, abstract_variables(target)["params"])
+    return {**params, "params": moved} if wrapped else moved

@@ -357,14 +357,18 @@ class DynaMixer(nn.Module):
             return grids
         return self.norm(x), grids
 
+    @nn.nowrap  # run in the caller's module context (its submodule), not in this model's
     def backbone(
         self,
         out_indices: Sequence[int] | None = None,
         norm: bool = False,
         output_fmt: str = "NHWC",
+        name: str | None = None,
     ) -> DynaMixerBackbone:
         """This architecture as a :class:`DynaMixerBackbone` (timm's ``features_only=True``)
-        returning the grids after the stages ``out_indices`` (default: all)."""
+        returning the grids after the stages ``out_indices`` (default: all). Called inside a
+        Flax module's ``setup`` or ``nn.compact`` method it becomes that module's submodule
+        (named ``name``), so a dense-task model can hold it."""
         fields = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(DynaMixer)
@@ -375,7 +379,7 @@ class DynaMixer(nn.Module):
             out_indices=None if out_indices is None else tuple(int(i) for i in out_indices),
             feature_norm=norm,
             output_fmt=output_fmt,
-            parent=None,  # a model of its own, not a submodule of this one
+            name=name,
         )
 
     def forward_head(self, features: jax.Array) -> jax.Array:

@@ -21,6 +21,7 @@ from dynamixer_jax.loading import saved_run_config
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, VARIANTS, list_models
 from dynamixer_jax.train.mixup import MixupConfig
+from dynamixer_jax.train.parallel import STATE_SHARDINGS
 from dynamixer_jax.train.plan import (
     CadencePlan,
     DataPlan,
@@ -227,6 +228,15 @@ def _check_numbers(
             raise ConfigError(f"{name} must be a positive number, not {getattr(cadence, name)}")
 
 
+def _state_sharding(value: Any) -> str:
+    if value not in STATE_SHARDINGS:
+        raise ConfigError(
+            f"state_sharding {value!r}: use one of {', '.join(STATE_SHARDINGS)}, e.g. "
+            "--config.state_sharding=fsdp"
+        )
+    return value
+
+
 def _init_from(read: ConfigReader) -> InitPlan | None:
     path = read("init_from")
     ema, reset_head = bool(read("init_from_ema")), bool(read("reset_head"))
@@ -317,6 +327,7 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
         grad_clip_norm=read("grad_clip_norm"),
         grad_accum_steps=read("grad_accum_steps"),
         ema_decay=read("ema_decay"),
+        state_sharding=_state_sharding(read("state_sharding")),
     )
     schedule = SchedulePlan(
         num_epochs=read("num_epochs"),

@@ -255,7 +255,8 @@ def with_init_from_architecture(config: Any) -> Any:
     training workdir ``init_from`` names, if it is one of ours (weights of another architecture
     could not be loaded anyway); else ``config`` itself. ConfigError if the config asks for
     other overrides than the workdir was trained with."""
-    path = config.get("init_from")
+    read = ConfigReader(config)
+    path = read("init_from")
     saved = saved_run_config(str(path)) if path is not None else {}
     if saved.get("model") not in list_models():
         return config
@@ -264,7 +265,7 @@ def with_init_from_architecture(config: Any) -> Any:
         for key, value in (saved.get("model_overrides") or {}).items()
         if value is not None
     }
-    asked = dict(_model_overrides(config.get("model_overrides")))
+    asked = dict(_model_overrides(read("model_overrides")))
     differ = {key: value for key, value in asked.items() if trained.get(key) != value}
     if differ:
         raise ConfigError(

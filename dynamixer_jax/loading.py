@@ -29,7 +29,7 @@ from dynamixer_jax.convert.torch_io import is_torch_file, unwrap_state_dict
 from dynamixer_jax.errors import CheckpointError, ConversionError
 from dynamixer_jax.model.init import abstract_variables, timm_trunc_normal
 from dynamixer_jax.model.network import DynaMixer, as_hw
-from dynamixer_jax.model.resolution import transfer_params
+from dynamixer_jax.model.resolution import resample_params
 from dynamixer_jax.model.variants import create_model, list_models
 
 WHERE = (
@@ -191,6 +191,7 @@ def load(
     ema: bool = False,
     dtype: Any = None,
     image_size: int | tuple[int, int] | None = None,
+    patch_size: int | None = None,
     num_classes: int | None = None,
     head_rng: Any = 0,
     **model_kwargs: Any,
@@ -202,7 +203,8 @@ def load(
     ``state_dict_ema``). ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``); other
     keyword arguments go to the model (``param_dtype``, ``remat``...), and the parameters take
     its ``param_dtype``. ``image_size`` (an int or ``(H, W)``) other than the trained one
-    resamples the ``generate`` layers to its token grid (``resample_params``);
+    resamples the ``generate`` layers to its token grid (``resample_params``), or, with a
+    ``patch_size`` other than the trained one, resizes the patch embedding (FlexiViT);
     ``num_classes`` other than the trained one gives a freshly initialised head drawn from
     ``head_rng`` (a key or a seed; 0 drops the head: pooled features). Images are expected
     normalised as in training (ImageNet mean and std for the authors' weights). Every user
@@ -210,25 +212,32 @@ def load(
     """
     path = _checked_path(path)
     model, variables = _load_as_trained(path, ema, {**model_kwargs, "dtype": dtype})
-    model, params = _resized(model, variables["params"], image_size, path)
+    model, params = _resized(model, variables["params"], image_size, patch_size, path)
     model, params = _with_classes(model, params, num_classes, head_rng)
     return model, {"params": params}
 
 
-def _resized(model: DynaMixer, params: Any, image_size: Any, path: str) -> tuple[DynaMixer, Any]:
-    """The model and weights at ``image_size`` (``generate`` layers resampled); as they are for
-    None or the trained size."""
-    if image_size is None or as_hw(image_size) == as_hw(model.image_size):
+def _resized(
+    model: DynaMixer, params: Any, image_size: Any, patch_size: int | None, path: str
+) -> tuple[DynaMixer, Any]:
+    """The model and weights at ``image_size`` with ``patch_size`` (``resample_params``); as
+    they are for None or the trained sizes."""
+    size = model.image_size if image_size is None else image_size
+    size = size if isinstance(size, int) else tuple(int(s) for s in size)
+    patch = model.patch_size if patch_size is None else int(patch_size)
+    if as_hw(size) == as_hw(model.image_size) and patch == model.patch_size:
         return model, params
-    size = image_size if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     try:
-        target = model.clone(image_size=size)
+        target = model.clone(image_size=size, patch_size=patch)
     except ValueError as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConversionError(
-            f"cannot run the weights at {path} at image_size {image_size}: {reason}"
+            f"cannot run the weights at {path} at image_size {size} with patch_size {patch}: "
+            f"{reason}"
         ) from None
-    moved, _ = transfer_params(params, abstract_variables(target)["params"])
+    moved = resample_params(params, size, patch_size=patch)
+    dtypes = abstract_variables(target)["params"]
+    moved = jax.tree_util.tree_map(lambda leaf, want: np.asarray(leaf, want.dtype), moved, dtypes)
     return target, moved
 
 

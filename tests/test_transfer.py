@@ -154,3 +154,45 @@ def test_finetuning_from_a_workdir_takes_its_architecture(workdir, trained):
     )
     with pytest.raises(DynaMixerError, match="drop --config.model_overrides"):
         make_plan(conflicting, devices=1, processes=1)
+
+
+def test_flexivit_patch_kernel_keeps_each_patchs_embedding():
+    """<resize(x), w'> = <x, w> for every patch x when the patch grows (4 -> 6: exact); when it
+    shrinks (4 -> 3) the same equations have no exact solution and w' is their least-squares
+    one (the residual is orthogonal to every resized patch)."""
+    from dynamixer_jax.model.resolution import patch_kernel_to
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(4, 4, 3, 5)).astype(np.float32)
+
+    def embed(patches, kernel):
+        return np.einsum("nhwc,hwco->no", patches, kernel)
+
+    def resize(patches, size):
+        return np.asarray(jax.image.resize(patches, (len(patches), size, size, 3), "bilinear"))
+
+    patches = rng.normal(size=(16, 4, 4, 3)).astype(np.float32)
+    grown = patch_kernel_to(kernel, 6)
+    assert grown.shape == (6, 6, 3, 5) and grown.dtype == np.float32
+    np.testing.assert_allclose(
+        embed(resize(patches, 6), grown), embed(patches, kernel), rtol=1e-4, atol=1e-4
+    )
+    shrunk = patch_kernel_to(kernel, 3).astype(np.float64)
+    # One input channel's 4x4 basis patches, resized: the rows of R (16 x 9).
+    basis = np.eye(16, dtype=np.float32).reshape(16, 4, 4, 1).repeat(3, axis=-1)
+    resized = resize(basis, 3)[..., 0].reshape(16, 9).astype(np.float64)
+    residual = resized @ shrunk[:, :, 0, :].reshape(9, 5) - kernel[:, :, 0, :].reshape(16, 5)
+    np.testing.assert_allclose(resized.T @ residual, 0, atol=1e-4)
+    assert np.abs(residual).max() > 1e-2  # not exact: there was something to approximate
+
+
+def test_load_with_another_patch_size_keeps_the_token_grid(workdir, trained):
+    # 16x24 with patches of 4 and 12x18 with patches of 3: the same 4x6 grid.
+    model, variables = dynamixer_jax.load(workdir, image_size=(12, 18), patch_size=3)
+    assert model.patch_size == 3 and model.grids == trained[0].grids
+    got, want = trees.flatten(variables["params"]), trees.flatten(trained[1]["params"])
+    assert got["patch_embed/kernel"].shape == (3, 3, 3, 16)
+    for name, value in got.items():
+        if name != "patch_embed/kernel":
+            np.testing.assert_array_equal(value, want[name], err_msg=name)
+    assert jax.jit(model.apply)(variables, _images((12, 18))).shape == (2, 7)

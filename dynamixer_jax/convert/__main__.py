@@ -12,8 +12,9 @@
 Each format follows from the path: a .pth/.pth.tar/.pt/.bin file is PyTorch, a
 .safetensors file holds the same state_dict (the authors' key names; no torch needed), a
 .msgpack file or a name without a suffix (a directory) is Flax; any other suffix
-is refused. A training workdir of ours (or its checkpoints/ directory, or one step in it) is read
-too: its latest checkpoint, with the architecture its config.json records. Any format converts to any other; every key is checked.
+is refused. A training workdir of ours (or its checkpoints/ directory, or one step in it) is
+read too: its latest checkpoint, with the architecture its config.json records. Any format
+converts to any other; every key is checked.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import tempfile
 import jax
 import numpy as np
 
+import dynamixer_jax
 from dynamixer_jax import trees
 from dynamixer_jax.convert.flax_io import save_flax
 from dynamixer_jax.data.device_augment import normalize
@@ -70,6 +71,21 @@ def source_on_resized_images(workdir: str, image_size: int) -> float:
     return hits / count
 
 
+def on_eval_images(workdir: str, image_size: int, **load_kwargs) -> float:
+    """Top-1 at ``image_size`` of ``dynamixer_jax.load(workdir, image_size=..., **load_kwargs)``
+    (raw parameters), on the eval images prepared at that size."""
+    plan = make_plan(load_config(QUICKSTART, image_size=image_size))
+    model, variables = dynamixer_jax.load(workdir, image_size=image_size, **load_kwargs)
+    apply = jax.jit(lambda images: model.apply(variables, images))
+    hits = count = 0
+    for batch in make_eval_data(plan.data, open_configured_source(plan.data)).batches():
+        images = normalize(batch["image"], plan.data.mean, plan.data.std)
+        predicted = np.asarray(apply(images)).argmax(-1)
+        hits += int(((predicted == batch["label"]) & batch["mask"]).sum())
+        count += int(batch["mask"].sum())
+    return hits / count
+
+
 def finetune(init_from: str, image_size: int, steps: int, resample: bool, workdir: str) -> float:
     config = load_config(
         QUICKSTART,
@@ -106,6 +122,8 @@ def main() -> None:
         rows[size] = {
             "source_resized_to_32": source_on_resized_images(args.workdir, size),
             "resampled": top1(evaluate(config, args.workdir)),
+            # FlexiViT: patches of 4 * size / 32 keep the 8x8 grid; the patch kernel resized.
+            "patch_resized": on_eval_images(args.workdir, size, patch_size=4 * size // 32),
             "reinitialised": top1(evaluate(config, fresh)),
             "resampled_finetuned": finetune(
                 args.workdir, size, args.finetune_steps, True, f"{scratch}/ft_resampled_{size}"
@@ -119,15 +137,16 @@ def main() -> None:
     print(f"\nquickstart trained at 32x32: top-1 {source:.1%}; fine-tuning: {args.finetune_steps}")
     print(
         "| image size | resampled | re-initialised | resampled + fine-tune | re-init + fine-tune "
-        "| source model, images resized to 32 |"
+        "| source model, images resized to 32 | patch kernel resized (FlexiViT), no training |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         row = rows[size]
         print(
             f"| {size}x{size} | {row['resampled']:.1%} ({row['resampled'] / source:.0%} of "
             f"source) | {row['reinitialised']:.1%} | {row['resampled_finetuned']:.1%} | "
-            f"{row['reinitialised_finetuned']:.1%} | {row['source_resized_to_32']:.1%} |"
+            f"{row['reinitialised_finetuned']:.1%} | {row['source_resized_to_32']:.1%} | "
+            f"{row['patch_resized']:.1%} |"
         )
     if args.json:
         with open(args.json, "w") as file:

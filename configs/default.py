@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.grad_clip_norm = 0.0  # clip the global gradient norm; 0 off (the authors: off)
     config.grad_accum_steps = 1  # micro-batches per step (same update, less memory)
     config.ema_decay = 0.99996  # EMA of the parameters, evaluated beside them; 0 off
+    # Training state over the devices: "replicated"; "zero1": optimizer state and EMA split over
+    # the devices; "fsdp": the parameters too (less memory per device, the same losses)
+    config.state_sharding = "replicated"
 
     # ---- fine-tuning
     config.init_from = config_dict.placeholder(str)  # workdir, checkpoint, .msgpack or .pth

@@ -28,6 +28,7 @@ from dynamixer_jax.model import (  # noqa: E402
     list_models,
     stage_grids,
 )
+from dynamixer_jax.model.resolution import resample_params  # noqa: E402
 
 __all__ = [
     "DynaMixer",
@@ -43,6 +44,7 @@ __all__ = [
     "init_variables",
     "list_models",
     "load",
+    "resample_params",
     "stage_grids",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,10 @@ class ConfigError(DynaMixerError, ValueError):
     """A configuration that cannot run; the message says which field and what to do."""
 
 
+class InputError(DynaMixerError, ValueError):
+    """Images a model cannot take (layout, size, channels, dtype); the message says what to do."""
+
+
 class DataError(DynaMixerError, ValueError):
     """A dataset that cannot be read as configured; the message says what to do."""
 

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dynamixer_jax import trees
@@ -26,8 +27,9 @@ from dynamixer_jax.convert.flax_io import load_flax
 from dynamixer_jax.convert.safetensors_io import is_safetensors_file, load_safetensors
 from dynamixer_jax.convert.torch_io import is_torch_file, unwrap_state_dict
 from dynamixer_jax.errors import CheckpointError, ConversionError
-from dynamixer_jax.model.init import abstract_variables
-from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.init import abstract_variables, timm_trunc_normal
+from dynamixer_jax.model.network import DynaMixer, as_hw
+from dynamixer_jax.model.resolution import resample_params
 from dynamixer_jax.model.variants import create_model, list_models
 
 WHERE = (
@@ -182,6 +184,13 @@ def _architecture_fields(saved: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     }
 
 
+def saved_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The config a training run of ours recorded (``config.json`` beside the ``checkpoints/``
+    of the workdir ``path`` is, or is in), or {} for anything else."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    return _saved_config(path) if os.path.isdir(path) else {}
+
+
 def _tuples(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
@@ -212,7 +221,15 @@ def _model_for(path: str, params: Any, model_kwargs: dict[str, Any]) -> DynaMixe
 
 
 def load(
-    path: str | os.PathLike, *, ema: bool = False, dtype: Any = None, **model_kwargs: Any
+    path: str | os.PathLike,
+    *,
+    ema: bool = False,
+    dtype: Any = None,
+    image_size: int | tuple[int, int] | None = None,
+    patch_size: int | None = None,
+    num_classes: int | None = None,
+    head_rng: Any = 0,
+    **model_kwargs: Any,
 ) -> tuple[DynaMixer, dict[str, Any]]:
     """``(model, variables)`` for the trained weights at ``path``, ready for
     ``model.apply(variables, images, train=False)``.
@@ -220,11 +237,79 @@ def load(
     ``ema=True`` takes the EMA copy (a workdir trained with EMA, an authors' checkpoint with
     ``state_dict_ema``). ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``); other
     keyword arguments go to the model (``param_dtype``, ``remat``...), and the parameters take
-    its ``param_dtype``. Images are expected normalised as in training (ImageNet mean and std
-    for the authors' weights). Every user error is one-line :class:`DynaMixerError`.
+    its ``param_dtype``. ``image_size`` (an int or ``(H, W)``) other than the trained one
+    resamples the ``generate`` layers to its token grid (``resample_params``), or, with a
+    ``patch_size`` other than the trained one, resizes the patch embedding (FlexiViT);
+    ``num_classes`` other than the trained one gives a freshly initialised head drawn from
+    ``head_rng`` (a key or a seed; 0 drops the head: pooled features). Images are expected
+    normalised as in training (ImageNet mean and std for the authors' weights). Every user
+    error is one-line :class:`DynaMixerError`.
     """
     path = _checked_path(path)
-    model_kwargs = {**model_kwargs, "dtype": dtype}
+    model, variables = _load_as_trained(path, ema, {**model_kwargs, "dtype": dtype})
+    model, params = _resized(model, variables["params"], image_size, patch_size, path)
+    model, params = _with_classes(model, params, num_classes, head_rng)
+    return model, {"params": params}
+
+
+def _resized(
+    model: DynaMixer, params: Any, image_size: Any, patch_size: int | None, path: str
+) -> tuple[DynaMixer, Any]:
+    """The model and weights at ``image_size`` with ``patch_size`` (``resample_params``); as
+    they are for None or the trained sizes."""
+    size = model.image_size if image_size is None else image_size
+    size = size if isinstance(size, int) else tuple(int(s) for s in size)
+    patch = model.patch_size if patch_size is None else int(patch_size)
+    if as_hw(size) == as_hw(model.image_size) and patch == model.patch_size:
+        return model, params
+    try:
+        target = model.clone(image_size=size, patch_size=patch)
+    except ValueError as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConversionError(
+            f"cannot run the weights at {path} at image_size {size} with patch_size {patch}: "
+            f"{reason}"
+        ) from None
+    moved = resample_params(params, size, patch_size=patch)
+    dtypes = abstract_variables(target)["params"]
+    moved = jax.tree_util.tree_map(lambda leaf, want: np.asarray(leaf, want.dtype), moved, dtypes)
+    return target, moved
+
+
+def fresh_head(in_features: int, num_classes: int, rng: Any, param_dtype: Any) -> dict[str, Any]:
+    """A new classifier head ``{'kernel', 'bias'}`` initialised as the authors' ``nn.Linear``
+    (truncated normal, std 0.02; zero bias), numpy leaves."""
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    kernel = timm_trunc_normal()(key, (in_features, num_classes), jnp.float32)
+    return {
+        "kernel": np.asarray(kernel).astype(param_dtype),
+        "bias": np.zeros((num_classes,), param_dtype),
+    }
+
+
+def _with_classes(
+    model: DynaMixer, params: Any, num_classes: int | None, rng: Any
+) -> tuple[DynaMixer, Any]:
+    """The model and weights with a fresh ``num_classes`` head (none for 0); as they are for
+    None or the trained class count."""
+    if num_classes is None or num_classes == model.num_classes:
+        return model, params
+    try:
+        model = model.clone(num_classes=int(num_classes))
+    except ValueError as error:
+        raise ConversionError(f"num_classes {num_classes}: {error}") from None
+    params = {key: value for key, value in params.items() if key != "head"}
+    if num_classes:
+        params["head"] = fresh_head(
+            model.embed_dims[-1], int(num_classes), rng, jnp.dtype(model.param_dtype)
+        )
+    return model, params
+
+
+def _load_as_trained(
+    path: str, ema: bool, model_kwargs: dict[str, Any]
+) -> tuple[DynaMixer, dict[str, Any]]:
+    """The model the weights at ``path`` were trained as, and ``{'params': ...}`` for it."""
     if is_torch_file(path) or is_safetensors_file(path):  # the authors' key names
         state_dict = (
             _safetensors_state_dict(path, ema)

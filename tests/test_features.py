@@ -254,3 +254,38 @@ def test_segmentation_head_trains():
     held_images, held_masks = square_masks(1, 16)
     held_out = float(jax.jit(loss_fn)(params, held_images, held_masks))
     assert held_out < 0.5 * prior_entropy(held_masks), (held_out, losses)
+
+
+class Segmenter(nn.Module):
+    """A dense-task model as a user writes one: the backbone built inside ``nn.compact``."""
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        backbone = create_model(
+            "dynamixer_s",
+            num_classes=0,
+            image_size=SEG_SIZE,
+            features_only=True,
+            name="backbone",
+            **MICRO_ARCH,
+        )
+        return SegmentationHead(name="head")(backbone(images, train=train))
+
+
+def test_backbone_composes_inside_a_users_compact_module():
+    segmenter = Segmenter()
+    images, _ = square_masks(0, 2)
+    variables = jax.jit(segmenter.init)(jax.random.key(0), images)
+    standalone = create_model(
+        "dynamixer_s", num_classes=0, image_size=SEG_SIZE, features_only=True, **MICRO_ARCH
+    )
+    trunk = init_variables(standalone, 0)  # the classifier's tree minus head, as standalone
+    assert jax.tree_util.tree_structure(variables["params"]["backbone"]) == (
+        jax.tree_util.tree_structure(trunk["params"])
+    )
+    params = {**variables["params"], "backbone": trunk["params"]}
+    logits = jax.jit(segmenter.apply)({"params": params}, images)
+    grids = jax.jit(standalone.apply)(trunk, images)
+    want = SegmentationHead().apply({"params": params["head"]}, grids)
+    assert logits.shape == (2, SEG_SIZE, SEG_SIZE, 2)
+    np.testing.assert_allclose(logits, want, atol=1e-5, rtol=0)  # compiled apart: rounding only

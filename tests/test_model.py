@@ -1,5 +1,8 @@
 """The Flax model on its own: shapes, parameter counts, grids, dtypes, stochastic depth, input checks."""
 
+import ast
+import re
+
 import chex
 import flax
 import jax
@@ -10,6 +13,7 @@ from conftest import TINY_ARCH, tiny_model
 
 from dynamixer_jax import (
     PUBLISHED,
+    DynaMixerError,
     DynaMixerOp,
     create_model,
     init_variables,
@@ -66,22 +70,40 @@ def test_logits_features_and_token_grid_shapes():
     assert "head" not in abstract_variables(backbone)["params"]
 
 
-def test_wrong_image_size_is_a_clear_value_error():
+def test_wrong_images_are_one_line_errors_that_say_what_to_do():
     model = tiny_model()
     variables = init_variables(model, 0)
-    with pytest.raises(ValueError, match=r"built for 56x56 images but got 63x63"):
-        jitted(model)(variables, jnp.ones((1, 63, 63, 3)))
-    with pytest.raises(ValueError, match=r"expected 3 channels"):
-        jitted(model)(variables, jnp.ones((1, 56, 56, 1)))
+    cases = [
+        # 63 cannot build (the tiny model needs multiples of 14): the hint names 56 instead
+        (jnp.ones((1, 63, 63, 3)), r"built for 56x56 images but got 63x63; .*image_size=56\)"),
+        (jnp.ones((1, 112, 112, 3)), r"or create the model with image_size=112\."),
+        (jnp.ones((1, 56, 56, 1)), r"expected 3 channels"),
+        (jnp.ones((1, 3, 56, 56)), r"look channels-first .* expects NHWC"),
+        (jnp.ones((56, 56, 3)), r"add a batch axis"),
+        (jnp.ones((1, 56, 56, 3), jnp.uint8), r"uint8: normalise them"),
+    ]
+    for images, message in cases:
+        with pytest.raises(DynaMixerError, match=message) as error:
+            jitted(model)(variables, images)
+        assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["dynamixer_s", "dynamixer_m", "dynamixer_l"])
+def test_every_size_hint_names_a_size_that_builds(name):
+    # S, M and L halve their grid once after patches of 7: sides are multiples of 14.
+    for size in (64, 100, 7 * 15, 20, (64, 100)):
+        with pytest.raises(ValueError, match=r"multiple of 14 \(patch size 7 x 2 for 1") as error:
+            create_model(name, image_size=size)
+        hint = re.search(r"image_size=(\d+|\(\d+, \d+\))\.$", str(error.value)).group(1)
+        create_model(name, image_size=ast.literal_eval(hint))  # builds
+    assert "image_size=70" in str(
+        pytest.raises(ValueError, create_model, name, image_size=64).value
+    )
 
 
 def test_bad_configurations_fail_at_construction():
     with pytest.raises(ValueError, match=r"16 channels are not divisible by 3 segments"):
         tiny_model(num_segments=(3, 4, 4, 4))
-    with pytest.raises(ValueError, match=r"not a multiple of the patch size 7"):
-        create_model("dynamixer_s", image_size=100)
-    with pytest.raises(ValueError, match=r"cannot halve"):
-        create_model("dynamixer_s", image_size=7 * 15)
     with pytest.raises(ValueError, match=r"unknown model 'dynamixer_xl'"):
         create_model("dynamixer_xl")
     assert list_models() == ["dynamixer_l", "dynamixer_m", "dynamixer_s"]

@@ -4,10 +4,14 @@ loading weights. Only the input pipeline (TensorFlow) and the config reading of 
 (ml_collections, clu) bring those in."""
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
 
 import pytest
+import tomllib
+from conftest import REPO
 
 HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "ml_collections", "clu")
 
@@ -39,3 +43,61 @@ def test_model_step_optimizer_and_checkpoints_import_no_heavy_framework(imports)
 def test_the_input_pipeline_is_where_tensorflow_comes_in():
     # The check above is only meaningful if the detection sees TensorFlow when it is there.
     assert "tensorflow" in _heavy_modules_after("dynamixer_jax.data.pipeline")
+
+
+def _distribution(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group(0)).lower()
+
+
+def _installed_with(requirements: list[str]) -> set[str]:
+    """The distributions ``pip install`` brings for ``requirements``: them and, transitively,
+    what each requires (optional extras of theirs left out)."""
+    seen, todo = set(), [_distribution(r) for r in requirements]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo += [_distribution(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def _module_level_imports(path: str) -> set[str]:
+    """The top-level names a source file imports at module level (not inside functions)."""
+    names = set()
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_load_nnx_and_its_step_need_only_the_core_and_convert_extras():
+    """Every module ``load_nnx`` (a workdir: Orbax) and the NNX step bring in imports only
+    what ``pip install dynamixer_jax[convert]`` installs."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    allowed = _installed_with(project["dependencies"] + project["optional-dependencies"]["convert"])
+    code = (
+        "import sys; import dynamixer_jax.model.nnx_bridge as b, dynamixer_jax.train.checkpoints; "
+        "b.make_nnx_train_step(); print(sorted(m.__file__ for n, m in list(sys.modules.items()) "
+        "if n.startswith('dynamixer_jax') and getattr(m, '__file__', None)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    ours = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert any(path.endswith("nnx_bridge.py") for path in ours)
+    imported = set().union(*map(_module_level_imports, ours)) - {"dynamixer_jax"}
+    owners = importlib.metadata.packages_distributions()
+    outside = {
+        module: owners.get(module)
+        for module in sorted(imported - set(sys.stdlib_module_names))
+        if not {_distribution(d) for d in owners.get(module, [module])} & allowed
+    }
+    assert not outside, f"imported from distributions outside core + convert: {outside}"

@@ -6,6 +6,9 @@ Only the test that loads into the PyTorch twin needs torch (CI's second leg runs
 
 from __future__ import annotations
 
+import os
+import stat
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +79,20 @@ def test_flax_safetensors_flax_is_exact(tmp_path, capsys, variables):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert_bitwise_equal(load_flax(str(tmp_path / "back.msgpack")), variables)
     assert_bitwise_equal(load_flax(str(tmp_path / "orbax")), variables)
+
+
+def test_files_get_the_permissions_of_our_other_files(tmp_path, variables):
+    """0666 less the umask, as the .msgpack (Python's open) gets, not safetensors' 0600."""
+    previous = os.umask(0o022)
+    try:
+        save_safetensors(flax_to_torch(variables), tmp_path / "w.safetensors")
+        save_flax(variables, str(tmp_path / "w.msgpack"))
+    finally:
+        os.umask(previous)
+    modes = {
+        stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("w.safetensors", "w.msgpack")
+    }
+    assert modes == {0o644}
 
 
 def test_bfloat16_stays_bfloat16(tmp_path):

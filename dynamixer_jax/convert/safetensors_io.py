@@ -39,11 +39,16 @@ def _safetensors_numpy():
 
 
 def save_safetensors(state_dict: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``{authors' key: array}`` to ``path``, in the given order, bit for bit."""
+    """Write ``{authors' key: array}`` to ``path``, in the given order, bit for bit.
+
+    The bytes are written by Python's ``open``, so the file gets the permissions of every other
+    file we write (0666 less the umask; ``save_file`` would make it 0600)."""
     backend = _safetensors_numpy()
     tensors = {key: np.ascontiguousarray(np.asarray(value)) for key, value in state_dict.items()}
     try:
-        backend.save_file(tensors, str(path), metadata=dict(METADATA))
+        data = backend.save(tensors, metadata=dict(METADATA))
+        with open(path, "wb") as file:
+            file.write(data)
     except Exception as error:
         raise ConversionError(f"cannot write {path} ({_first_line(error)})") from None
 

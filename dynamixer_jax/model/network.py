@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynamixer_jax.errors import InputError
 from dynamixer_jax.model.features import (
     FeatureInfo,
     FeatureSpec,
@@ -66,28 +67,43 @@ def as_hw(size: ImageSize) -> tuple[int, int]:
     return (int(height), int(width))
 
 
+def size_multiple(patch_size: int, transitions: Sequence[bool]) -> tuple[int, str]:
+    """What every image side must be a multiple of (the patch size, times 2 for every stride-2
+    transition before the last stage), and why, in words."""
+    halvings = sum(bool(transition) for transition in tuple(transitions)[:-1])
+    why = f"patch size {patch_size}" + (
+        f" x {2**halvings} for {halvings} stride-2 transition{'s' * (halvings > 1)}"
+        if halvings
+        else ""
+    )
+    return patch_size * 2**halvings, why
+
+
+def nearest_size(image_size: ImageSize, multiple: int) -> ImageSize:
+    """The image size nearest ``image_size`` whose every side is a positive multiple of
+    ``multiple`` (an int for a square size)."""
+    sides = tuple(multiple * max(1, round(side / multiple)) for side in as_hw(image_size))
+    return sides[0] if sides[0] == sides[1] else sides
+
+
 def stage_grids(
     image_size: ImageSize, patch_size: int, transitions: Sequence[bool]
 ) -> tuple[tuple[int, int], ...]:
     """Token grid (H, W) of every stage: image_size / patch_size, halved after each transition.
 
-    Raises ValueError for an image size the network cannot take.
+    Raises ValueError for an image size the network cannot take, naming the nearest that it can.
     """
     height, width = as_hw(image_size)
-    if height % patch_size or width % patch_size:
+    multiple, why = size_multiple(patch_size, transitions)
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ValueError(
-            f"image size {height}x{width} is not a multiple of the patch size {patch_size}; "
-            f"use e.g. {max(1, round(height / patch_size)) * patch_size}."
+            f"image size {height}x{width} does not fit: each side must be a positive multiple "
+            f"of {multiple} ({why}); use e.g. image_size={nearest_size(image_size, multiple)}."
         )
     grid = (height // patch_size, width // patch_size)
     grids = [grid]
     for transition in transitions[:-1]:
         if transition:
-            if grid[0] % 2 or grid[1] % 2:
-                raise ValueError(
-                    f"image size {height}x{width} gives a {grid[0]}x{grid[1]} token grid that a stride-2 "
-                    "transition cannot halve; choose an image size whose token grid stays even."
-                )
             grid = (grid[0] // 2, grid[1] // 2)
         grids.append(grid)
     return tuple(grids)
@@ -211,21 +227,42 @@ class DynaMixer(nn.Module):
         return (batch_size, *as_hw(self.image_size), self.in_chans)
 
     def _check_input(self, images: jax.Array) -> None:
+        """InputError (one line, saying what to do) for images this model cannot take: another
+        rank, layout (channels first), size or channel count, or integer pixels."""
         expected = as_hw(self.image_size)
+        shape = tuple(images.shape)
         if images.ndim != 4:
-            raise ValueError(
-                f"expected images of shape (batch, height, width, {self.in_chans}), got {images.shape}."
+            raise InputError(
+                f"expected images of shape (batch, height, width, {self.in_chans}) (NHWC), "
+                f"got {shape}; add a batch axis with images[None] for one image."
             )
-        if tuple(images.shape[1:3]) != expected:
-            raise ValueError(
+        if shape[1] == self.in_chans and shape[3] != self.in_chans:
+            raise InputError(
+                f"images of shape {shape} look channels-first (B, {self.in_chans}, H, W); "
+                "this model expects NHWC: pass jnp.transpose(images, (0, 2, 3, 1))."
+            )
+        if shape[3] != self.in_chans:
+            raise InputError(
+                f"expected {self.in_chans} channels (channels-last NHWC images), got shape {shape}."
+            )
+        if jnp.issubdtype(images.dtype, jnp.integer) or images.dtype == jnp.bool_:
+            raise InputError(
+                f"images are {images.dtype}: normalise them to floats as in training first, e.g. "
+                "(images / 255 - mean) / std with the ImageNet mean and std for the authors' "
+                "weights."
+            )
+        if shape[1:3] != expected:
+            got = shape[1:3]
+            multiple, _ = size_multiple(self.patch_size, self.transitions)
+            size = got[0] if got[0] == got[1] else got
+            resize = f"resize the images to {expected[0]}x{expected[1]}"
+            if got[0] % multiple or got[1] % multiple:
+                advice = f"{resize} (a model near their size takes image_size={nearest_size(got, multiple)})"
+            else:
+                advice = f"{resize}, or create the model with image_size={size}"
+            raise InputError(
                 f"this DynaMixer was built for {expected[0]}x{expected[1]} images but got "
-                f"{images.shape[1]}x{images.shape[2]}; resize the images or create the model with "
-                f"image_size={images.shape[1] if images.shape[1] == images.shape[2] else tuple(images.shape[1:3])}."
-            )
-        if images.shape[3] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} channels (channels-last NHWC images), "
-                f"got shape {images.shape}."
+                f"{got[0]}x{got[1]}; {advice}."
             )
 
     def forward_features(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -320,14 +357,18 @@ class DynaMixer(nn.Module):
             return grids
         return self.norm(x), grids
 
+    @nn.nowrap  # run in the caller's module context (its submodule), not in this model's
     def backbone(
         self,
         out_indices: Sequence[int] | None = None,
         norm: bool = False,
         output_fmt: str = "NHWC",
+        name: str | None = None,
     ) -> DynaMixerBackbone:
         """This architecture as a :class:`DynaMixerBackbone` (timm's ``features_only=True``)
-        returning the grids after the stages ``out_indices`` (default: all)."""
+        returning the grids after the stages ``out_indices`` (default: all). Called inside a
+        Flax module's ``setup`` or ``nn.compact`` method it becomes that module's submodule
+        (named ``name``), so a dense-task model can hold it."""
         fields = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(DynaMixer)
@@ -338,7 +379,7 @@ class DynaMixer(nn.Module):
             out_indices=None if out_indices is None else tuple(int(i) for i in out_indices),
             feature_norm=norm,
             output_fmt=output_fmt,
-            parent=None,  # a model of its own, not a submodule of this one
+            name=name,
         )
 
     def forward_head(self, features: jax.Array) -> jax.Array:

@@ -22,8 +22,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dynamixer_jax import trees
-from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.loading import load
 from dynamixer_jax.model.init import init_variables
 from dynamixer_jax.model.network import DynaMixer
@@ -63,24 +61,19 @@ def load_nnx(
     path: str | os.PathLike,
     *,
     num_classes: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     ema: bool = False,
     rngs: nnx.Rngs | None = None,
     **model_kwargs: Any,
 ) -> nnx.Module:
     """Our trained weights (anything ``dynamixer_jax.load`` reads) as an NNX module, ready to
     fine-tune: ``num_classes`` different from the checkpoint's gives a freshly initialised head
-    (every other weight loaded); ``model_kwargs`` go to the model (``drop_path_rate``...)."""
-    model, variables = load(path, ema=ema, **model_kwargs)
-    if num_classes is not None and num_classes != model.num_classes:
-        model = model.clone(num_classes=num_classes)
-        fresh = init_variables(model, jax.random.key(0))["params"]
-        params, _ = trees.merge(
-            jax.device_get(fresh),
-            variables["params"],
-            reinit=(r"head/.*",),
-            error=ConversionError,
-        )
-        variables = {"params": params}
+    (every other weight loaded), ``image_size`` different from the trained one resampled
+    ``generate`` layers (as ``dynamixer_jax.load``); ``model_kwargs`` go to the model
+    (``drop_path_rate``...)."""
+    model, variables = load(
+        path, ema=ema, num_classes=num_classes, image_size=image_size, **model_kwargs
+    )
     return to_nnx(model, variables, rngs=rngs or nnx.Rngs(0, dropout=1))
 
 

@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamixer_jax import trees
+from dynamixer_jax.convert.architecture import architecture_from_params
+from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.network import DynaMixer
 
 
 def _resample(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -91,3 +94,49 @@ def transfer_params(params: Any, target: Any) -> tuple[Any, list[str]]:
         return generate_bias_to(value, length)
 
     return jax.tree_util.tree_map_with_path(visit, params), resampled
+
+
+def _resize_matrix(old: int, new: int) -> np.ndarray:
+    """(new*new, old*old): bilinear resizing of an old x old patch to new x new, as a matrix."""
+    basis = jnp.eye(old * old, dtype=jnp.float32).reshape(old * old, old, old)
+    resized = jax.vmap(lambda patch: jax.image.resize(patch, (new, new), "bilinear"))(basis)
+    return np.asarray(resized, np.float64).reshape(old * old, new * new).T
+
+
+def patch_kernel_to(kernel: np.ndarray, patch_size: int) -> np.ndarray:
+    """A patch-embedding kernel (p, p, in, out) for ``patch_size`` x ``patch_size`` patches, by
+    FlexiViT's pseudo-inverse resize (Beyer et al., 2023): the kernel ``w'`` for which a patch
+    resized to the new size gives the same embedding as the original patch did with ``w``,
+    ``<resize(x), w'> = <x, w>`` (exact when enlarging; least squares when shrinking)."""
+    old = kernel.shape[0]
+    if old == patch_size:
+        return kernel
+    resize = _resize_matrix(old, patch_size)
+    flat = np.asarray(kernel, np.float64).reshape(old * old, -1)
+    new = np.linalg.pinv(resize.T) @ flat
+    return new.reshape(patch_size, patch_size, *kernel.shape[2:]).astype(kernel.dtype)
+
+
+def resample_params(
+    params: Any, image_size: int | tuple[int, int], *, patch_size: int | None = None
+) -> Any:
+    """Trained DynaMixer weights moved to ``image_size`` (an int or ``(H, W)``): every
+    ``generate`` layer resampled to the new token grid (see the module docstring), every other
+    leaf as it is. ``patch_size`` other than the trained one resizes the patch embedding instead
+    (:func:`patch_kernel_to`, FlexiViT): e.g. weights trained at 32 with patches of 4 run at 24
+    with patches of 3 on the same 8x8 token grid, their ``generate`` layers unchanged.
+    ``params`` is ``{'params': tree}`` or the bare tree, and the result has the same form; the
+    architecture is read off the shapes. Unchanged at the size they were trained at; ValueError
+    (one line) for a size the architecture cannot take."""
+    wrapped = hasattr(params, "get") and "params" in params
+    tree = params["params"] if wrapped else params
+    size = image_size if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    arch = architecture_from_params(tree)
+    if patch_size is not None and patch_size != arch["patch_size"]:
+        embed = dict(tree["patch_embed"])
+        embed["kernel"] = patch_kernel_to(np.asarray(embed["kernel"]), patch_size)
+        tree = {**tree, "patch_embed": embed}
+        arch["patch_size"] = patch_size
+    target = DynaMixer(**{**arch, "image_size": size})
+    moved, _ = transfer_params(tree, abstract_variables(target)["params"])
+    return {**params, "params": moved} if wrapped else moved

@@ -60,7 +60,7 @@ def list_models():
 
 
 def create_model(
-    name: str,
+    model_name: str,
     num_classes: int = 1000,
     image_size: ImageSize = 224,
     *,
@@ -85,18 +85,21 @@ def create_model(
     values; faster compilation, less activation memory). ``features_only=True`` gives timm's
     backbone instead: a ``DynaMixerBackbone`` returning the NHWC token grids after the stages
     ``out_indices`` (default: all), with the classifier's parameter tree minus ``head``.
+    Called inside a Flax module's ``setup`` or ``nn.compact`` method, the model (or backbone) is
+    its submodule like any other Linen module (``name=`` names it).
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}.")
+    if model_name not in VARIANTS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(list_models())}.")
     unknown = set(overrides) - set(DynaMixer.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown DynaMixer argument(s) {sorted(unknown)}.")
-    arch = dict(VARIANTS[name])
+    arch = dict(VARIANTS[model_name])
     arch.update(overrides)
     for key in PER_STAGE_FIELDS:
         arch[key] = tuple(arch[key])
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
+    name = overrides.pop("name", None)  # its name as a submodule, where it is one
     model = DynaMixer(
         num_classes=num_classes,
         image_size=image_size,
@@ -107,5 +110,7 @@ def create_model(
         dtype=dtype,
         param_dtype=param_dtype,
         **arch,
+        # A backbone is built from this model: the backbone, not it, joins the caller's module.
+        **({"parent": None} if features_only else {"name": name}),
     )
-    return model.backbone(out_indices) if features_only else model
+    return model.backbone(out_indices, name=name) if features_only else model

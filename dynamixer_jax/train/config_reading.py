@@ -10,6 +10,7 @@ a field nothing reads is reported as unknown.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,9 +18,11 @@ import jax
 
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
+from dynamixer_jax.loading import saved_run_config
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, VARIANTS, list_models
 from dynamixer_jax.train.mixup import MixupConfig
+from dynamixer_jax.train.parallel import STATE_SHARDINGS
 from dynamixer_jax.train.plan import (
     CadencePlan,
     DataPlan,
@@ -31,6 +34,8 @@ from dynamixer_jax.train.plan import (
 )
 
 # Fields whose "unset" used to be spelled -1; it is None now.
+log = logging.getLogger(__name__)
+
 _UNSET_WAS_MINUS_ONE = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
 
 
@@ -224,6 +229,15 @@ def _check_numbers(
             raise ConfigError(f"{name} must be a positive number, not {getattr(cadence, name)}")
 
 
+def _state_sharding(value: Any) -> str:
+    if value not in STATE_SHARDINGS:
+        raise ConfigError(
+            f"state_sharding {value!r}: use one of {', '.join(STATE_SHARDINGS)}, e.g. "
+            "--config.state_sharding=fsdp"
+        )
+    return value
+
+
 def _init_from(read: ConfigReader) -> InitPlan | None:
     path = read("init_from")
     ema, reset_head = bool(read("init_from_ema")), bool(read("reset_head"))
@@ -237,11 +251,50 @@ def _init_from(read: ConfigReader) -> InitPlan | None:
     return None if path is None else InitPlan(str(path), ema, reset_head, resample)
 
 
+def with_init_from_architecture(config: Any) -> Any:
+    """``config`` with ``model`` and ``model_overrides`` taken from the ``config.json`` of the
+    training workdir ``init_from`` names, if it is one of ours (weights of another architecture
+    could not be loaded anyway); else ``config`` itself. ConfigError if the config asks for
+    other overrides than the workdir was trained with."""
+    read = ConfigReader(config)
+    path = read("init_from")
+    saved = saved_run_config(str(path)) if path is not None else {}
+    if saved.get("model") not in list_models():
+        return config
+    trained = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in (saved.get("model_overrides") or {}).items()
+        if value is not None
+    }
+    asked = dict(_model_overrides(read("model_overrides")))
+    differ = {key: value for key, value in asked.items() if trained.get(key) != value}
+    if differ:
+        raise ConfigError(
+            f"init_from {path} was trained as {saved['model']} with model_overrides "
+            f"{trained or 'none'}, not {differ}; drop --config.model_overrides (the workdir's "
+            "architecture is used)"
+        )
+    if config.model != saved["model"] or trained != asked:
+        log.info(
+            "fine-tuning the architecture of %s: %s with model_overrides %s",
+            path,
+            saved["model"],
+            trained or "none",
+        )
+    config = config.copy_and_resolve_references()
+    config.model = saved["model"]
+    for key in config.model_overrides:
+        config.model_overrides[key] = trained.get(key)
+    return config
+
+
 def make_plan(config: Any, *, devices: int | None = None, processes: int | None = None) -> RunPlan:
     """The checked, typed plan of ``config`` for ``devices`` devices in ``processes`` processes
-    (default: JAX's); raises ConfigError with one line."""
+    (default: JAX's); raises ConfigError with one line. Fine-tuning from one of our workdirs
+    takes its architecture (:func:`with_init_from_architecture`)."""
     devices = jax.device_count() if devices is None else devices
     processes = jax.process_count() if processes is None else processes
+    config = with_init_from_architecture(config)
     read = ConfigReader(config)
     model = _model(read)
     batch_size = read("batch_size")
@@ -276,6 +329,7 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
         grad_clip_norm=read("grad_clip_norm"),
         grad_accum_steps=read("grad_accum_steps"),
         ema_decay=read("ema_decay"),
+        state_sharding=_state_sharding(read("state_sharding")),
     )
     schedule = SchedulePlan(
         num_epochs=read("num_epochs"),

@@ -148,6 +148,7 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
             augment=plan.data.augment.on_device(),
             ema_decay=plan.optim.ema_decay,
             grad_accum_steps=plan.optim.grad_accum_steps,
+            state_sharding=start.state_layout(model, tx, plan, mesh),
         )
         eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
         metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
@@ -345,6 +346,8 @@ def _log_train(
 def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
     """Raw (and EMA) parameters on the whole eval split; logged and recorded."""
     params = {"raw": state.params, **({"ema": state.ema_params} if run.use_ema else {})}
+    # The eval step takes replicated weights: a sharded EMA (or FSDP parameters) is gathered.
+    params = jax.device_put(params, parallel.replicated(run.mesh))
     results = evaluate_params(run.eval_step, params, run.eval_data, run.mesh)
     results.pop("eval_examples", None)
     run.metrics_log.write(step, results)

@@ -1,7 +1,9 @@
 """Devices and processes: one data-parallel ``Mesh`` over every device of every process.
 
-Parameters, optimiser state and EMA are replicated (``PartitionSpec()``); batches are split along
-their first axis over the ``data`` axis of the mesh. Each process holds the part of a global batch
+Parameters, optimiser state and EMA are replicated (``PartitionSpec()``) by default, or split
+over the ``data`` axis (:func:`state_shardings`: ZeRO-1 shards the optimiser state and the EMA,
+FSDP the parameters too; XLA gathers them where the step needs them, and the losses are those
+of the replicated run); batches are split along their first axis over the ``data`` axis. Each process holds the part of a global batch
 that its own input pipeline produced and :func:`global_batch` assembles the global array without
 copying between hosts. Nothing here uses ``pmap``.
 """
@@ -11,10 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dynamixer_jax.sharding import MIN_SHARDED_SIZE, param_shardings
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,39 @@ def make_mesh() -> Mesh:
 def replicated(mesh: Mesh) -> NamedSharding:
     """The sharding of parameters, optimiser state and scalars: a full copy on every device."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+# How the training state is laid out over the mesh (config.state_sharding).
+STATE_SHARDINGS = ("replicated", "zero1", "fsdp")
+
+
+def state_shardings(
+    abstract_state: Any, mesh: Mesh, mode: str = "replicated", *, min_size: int = MIN_SHARDED_SIZE
+) -> Any:
+    """The sharding of every leaf of a ``TrainState`` (arrays or ``ShapeDtypeStruct``s):
+    everything replicated; ``zero1``: the optimiser state and the EMA split over ``data``
+    (``dynamixer_jax.sharding``'s rule: each large leaf along its largest dimension the device
+    count divides; leaves under ``min_size`` elements replicated); ``fsdp``: the parameters too.
+    Step and key stay replicated."""
+    if mode not in STATE_SHARDINGS:
+        raise ValueError(
+            f"state sharding must be one of {', '.join(STATE_SHARDINGS)}, not {mode!r}"
+        )
+    if mode == "replicated":
+        return jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
+
+    def split(tree: Any) -> Any:
+        return param_shardings(tree, mesh, DATA_AXIS, min_size=min_size)
+
+    return abstract_state.replace(
+        step=replicated(mesh),
+        rng=replicated(mesh),
+        params=split(abstract_state.params)
+        if mode == "fsdp"
+        else jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state.params),
+        opt_state=split(abstract_state.opt_state),
+        ema_params=split(abstract_state.ema_params),
+    )
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:

@@ -112,6 +112,7 @@ class OptimPlan:
     grad_clip_norm: float
     grad_accum_steps: int
     ema_decay: float  # 0: no EMA
+    state_sharding: str  # parallel.STATE_SHARDINGS: replicated, zero1 or fsdp
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,16 +29,14 @@ log = logging.getLogger(__name__)
 def initial_state(
     checkpoints: Checkpoints, model: Any, tx: Any, plan: RunPlan, meta: dict, mesh: Any
 ) -> TrainState:
-    """The state to train from, replicated over ``mesh``: the newest readable checkpoint's if
-    there is one, else fresh (or fine-tuned, with ``plan.init_from``) parameters and optimizer
-    state. Unreadable checkpoints are skipped with a warning each and left in place."""
-    create = functools.partial(
-        create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
-    )
+    """The state to train from, laid out over ``mesh`` as ``plan.optim.state_sharding`` says
+    (:func:`state_layout`): the newest readable checkpoint's if there is one, else fresh (or
+    fine-tuned, with ``plan.init_from``) parameters and optimizer state. Unreadable checkpoints
+    are skipped with a warning each and left in place."""
+    create, abstract, layout = _creation(model, tx, plan, mesh)
     if checkpoints.all_steps():
-        abstract = jax.eval_shape(create, abstract_variables(model)["params"])
         found = checkpoints.restore_newest(
-            lambda step: restore_state(checkpoints, step, abstract, meta, mesh)
+            lambda step: restore_state(checkpoints, step, abstract, meta, mesh, layout)
         )
         if found is not None:
             return found[1]
@@ -49,7 +47,21 @@ def initial_state(
             checkpoints.directory,
         )
     params = initial_params(model, plan.seed, plan.init_from, mesh)
-    return jax.jit(create, out_shardings=parallel.replicated(mesh))(params)
+    return jax.jit(create, out_shardings=layout)(params)
+
+
+def state_layout(model: Any, tx: Any, plan: RunPlan, mesh: Any) -> Any:
+    """The shardings of the training state of ``model`` (``plan.optim.state_sharding``)."""
+    return _creation(model, tx, plan, mesh)[2]
+
+
+def _creation(model: Any, tx: Any, plan: RunPlan, mesh: Any) -> tuple[Any, Any, Any]:
+    """``(create, abstract state, its shardings)``: ``create(params)`` makes a fresh state."""
+    create = functools.partial(
+        create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
+    )
+    abstract = jax.eval_shape(create, abstract_variables(model)["params"])
+    return create, abstract, parallel.state_shardings(abstract, mesh, plan.optim.state_sharding)
 
 
 def initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any) -> Any:
@@ -77,11 +89,21 @@ def initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any)
     return jax.device_put(params, parallel.replicated(mesh))
 
 
-def restore_state(checkpoints: Checkpoints, step: int, abstract: Any, meta: dict, mesh: Any) -> Any:
-    """The state of checkpoint ``step``, replicated; warns if the data settings changed."""
-    sharding = parallel.replicated(mesh)
+def restore_state(
+    checkpoints: Checkpoints,
+    step: int,
+    abstract: Any,
+    meta: dict,
+    mesh: Any,
+    layout: Any = None,
+) -> Any:
+    """The state of checkpoint ``step``, laid out as ``layout`` says (default replicated);
+    warns if the data settings changed."""
+    layout = layout or jax.tree_util.tree_map(lambda _: parallel.replicated(mesh), abstract)
     abstract = jax.tree_util.tree_map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract,
+        layout,
     )
     state, saved_meta = checkpoints.restore(step, abstract)
     changed = {

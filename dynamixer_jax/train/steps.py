@@ -77,6 +77,7 @@ def make_train_step(
     ema_decay: float = 0.0,
     grad_accum_steps: int = 1,
     donate: bool = True,
+    state_sharding: Any = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled training step ``(state, batch) -> (state, metrics)``.
 
@@ -86,6 +87,7 @@ def make_train_step(
     ``metrics``: ``train_loss``, ``learning_rate``, ``grad_norm``, ``finite``.
     ``grad_accum_steps`` > 1 computes the gradient of the same global batch in that many
     sequential micro-batches (less activation memory, same update up to float rounding).
+    ``state_sharding``: the state's shardings (``parallel.state_shardings``); default replicated.
     """
     compute_dtype = model.dtype or jnp.float32
 
@@ -162,8 +164,8 @@ def make_train_step(
 
     return jax.jit(
         train_step,
-        in_shardings=(replicated(mesh), batch_sharded(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
+        in_shardings=(state_sharding or replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(state_sharding or replicated(mesh), replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
 

@@ -105,6 +105,9 @@ def _main_ending_on_error(command_line):
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
     _hugepages().ensure_hugepage_malloc()  # CPU training steps ~1.3-1.6x faster; a no-op elsewhere
+    from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
+
+    prefer_memory_saving_scheduler()  # before any JAX computation; read by XLA:CPU alone
     from dynamixer_jax.train.cli import parse_flags
 
     app.run(_main_ending_on_error, flags_parser=parse_flags)

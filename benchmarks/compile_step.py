@@ -25,6 +25,9 @@ from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_train_step
+from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
+
+prefer_memory_saving_scheduler()  # as main.py: before any JAX computation
 
 
 def compile_train_step(

@@ -3,18 +3,16 @@
     model = create_model("dynamixer_s", num_classes=10, image_size=112)   # a fresh model
     model, variables = load("path/to/workdir_or_checkpoint")               # a trained one
 
-Importing this package needs only jax, flax and numpy. It asks XLA:CPU for its
-memory-minimising scheduler (``dynamixer_jax/xla_cpu.py``; ``DYNAMIXER_KEEP_XLA_FLAGS=1`` opts
-out), which takes effect if no JAX computation has run yet in this process.
+Importing this package needs only jax, flax and numpy, and changes nothing in the process's
+environment. Training on a CPU wants XLA:CPU's memory-minimising scheduler, which only an
+environment variable set before the first JAX computation can ask for:
+``dynamixer_jax.xla_cpu.prefer_memory_saving_scheduler()`` (``main.py``, the benchmarks and the
+notebooks call it).
 """
 
-from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
-
-prefer_memory_saving_scheduler()
-
-from dynamixer_jax.errors import DynaMixerError  # noqa: E402
-from dynamixer_jax.loading import load  # noqa: E402
-from dynamixer_jax.model import (  # noqa: E402
+from dynamixer_jax.errors import DynaMixerError
+from dynamixer_jax.loading import load
+from dynamixer_jax.model import (
     PUBLISHED,
     VARIANTS,
     DynaMixer,
@@ -28,7 +26,7 @@ from dynamixer_jax.model import (  # noqa: E402
     list_models,
     stage_grids,
 )
-from dynamixer_jax.model.resolution import resample_params  # noqa: E402
+from dynamixer_jax.model.resolution import resample_params
 
 __all__ = [
     "DynaMixer",

@@ -9,10 +9,11 @@ rematerialisation and 341 MB with any ``remat`` choice under the default schedul
 GPU and TPU compilers schedule for memory already; the flag is read by XLA:CPU alone.
 
 XLA reads ``XLA_FLAGS`` once, when the first backend starts, and per-call
-``compiler_options`` do not reach the scheduler, so the flag is added to the environment when
-``dynamixer_jax`` is imported: import it before running any JAX computation. A flag of that name
-already in ``XLA_FLAGS`` is left as it is; ``DYNAMIXER_KEEP_XLA_FLAGS=1`` leaves ``XLA_FLAGS``
-untouched.
+``compiler_options`` do not reach the scheduler, so the flag has to be in the environment before
+the first JAX computation. Importing ``dynamixer_jax`` changes no environment variable: a program
+opts in by calling :func:`prefer_memory_saving_scheduler` early (``main.py``, the benchmarks, the
+notebooks and the tests do). A flag of that name already in ``XLA_FLAGS`` is left as it is;
+``DYNAMIXER_KEEP_XLA_FLAGS=1`` leaves ``XLA_FLAGS`` untouched.
 """
 
 from __future__ import annotations

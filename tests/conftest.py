@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
+
+# As main.py does: the memory figures the tests check assume XLA:CPU's memory-minimising
+# scheduler, which must be asked for before the first JAX computation.
+prefer_memory_saving_scheduler()
+
 from dynamixer_jax.model.variants import create_model
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root: configs/, notebooks/, main.py

@@ -16,6 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
+
+prefer_memory_saving_scheduler()  # as main.py: before any JAX computation of a benchmark
+
 
 class UserError(Exception):
     """A mistake on the command line: reported in one line, exit code 2."""

@@ -5,6 +5,7 @@ loading weights. Only the input pipeline (TensorFlow) and the config reading of 
 
 import ast
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -43,6 +44,25 @@ def test_model_step_optimizer_and_checkpoints_import_no_heavy_framework(imports)
 def test_the_input_pipeline_is_where_tensorflow_comes_in():
     # The check above is only meaningful if the detection sees TensorFlow when it is there.
     assert "tensorflow" in _heavy_modules_after("dynamixer_jax.data.pipeline")
+
+
+def test_importing_the_package_changes_no_environment_variable():
+    """The XLA:CPU scheduler flag is for programs to opt in to (main.py, benchmarks, notebooks):
+    a project that imports the model keeps the environment it set."""
+    code = (
+        "import os; before = dict(os.environ); "
+        "import dynamixer_jax, dynamixer_jax.train, dynamixer_jax.convert; "
+        "print(sorted(set(os.environ.items()) ^ set(before.items())))"
+    )
+    # Without XLA_FLAGS (this process's holds the flag already, which an import would leave be).
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "DYNAMIXER_KEEP_XLA_FLAGS")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def _distribution(requirement: str) -> str:

@@ -330,3 +330,23 @@ def test_one_process_with_a_bad_flag_stops_every_process_with_its_line(tmp_path)
     assert "an integer" in last_lines[0]
     assert not any("Traceback" in output for output in outputs), outputs
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_rejected_command_line_still_says_where_to_join():
+    # absl rejected --mode=bogus, so FLAGS hold nothing: the joining flags are read off argv.
+    argv = [
+        "main.py",
+        "--mode=bogus",
+        "--coordinator_address=10.0.0.1:1234",
+        "--num_processes",
+        "4",
+        "--process_id=x",  # unreadable: left out (the process cannot say its place)
+        "--join_timeout=30",
+        "--",
+        "--process_id=2",
+    ]
+    assert cli._joining(argv) == {
+        "coordinator_address": "10.0.0.1:1234",
+        "num_processes": 4,
+        "timeout": 30,
+    }

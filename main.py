@@ -14,7 +14,6 @@ Everything here is a call into ``dynamixer_jax.train`` that a notebook can make 
 """
 
 import os
-import sys
 
 # Before anything imports TensorFlow (the input pipeline): its C++ start-up lines (INFO notices,
 # the CPU-instruction notice) stay quiet, and so does the oneDNN notice, which only
@@ -44,6 +43,12 @@ flags.DEFINE_string(
 flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_integer(
+    "join_timeout",
+    120,  # parallel.JOIN_TIMEOUT (not imported here: it would import JAX before the re-exec)
+    "Multi-process: seconds to wait for every process to join; past it, this one stops with a "
+    "line saying so. A process that fails on its flags tells the others, who stop at once.",
+)
 
 
 def _usage_error(command_line) -> str | None:
@@ -54,26 +59,37 @@ def _usage_error(command_line) -> str | None:
         return "--workdir is required for training (where checkpoints and metrics go)"
     if FLAGS.mode == "evaluate" and not (FLAGS.weights or FLAGS.workdir):
         return "--mode=evaluate needs --weights=PATH (or --workdir=WORKDIR)"
+    if FLAGS.coordinator_address is not None:
+        count, index = FLAGS.num_processes, FLAGS.process_id
+        if count is None or index is None:
+            return "--coordinator_address needs --num_processes=N and --process_id=I too"
+        if not 0 <= index < count:
+            return f"--process_id={index} must be from 0 to --num_processes={count} less one"
     return None
 
 
 def main(command_line):
     from dynamixer_jax.train import cli  # noqa: PLC0415 (after the huge-page re-exec)
 
-    problem = _usage_error(command_line)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return cli.EXIT_USER_ERROR
-
-    cli.setup_logging()
-    return cli.run_reporting_errors(lambda: _run(cli.load_config(FLAGS.config, command_line)))
+    config, problem = None, _usage_error(command_line)
+    if problem is None:
+        cli.setup_logging()
+        config, problem = cli.config_or_problem(FLAGS.config, command_line)
+    # With several processes, all join here, failed or not, and stop together if one failed.
+    code = cli.start_together(
+        problem,
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        FLAGS.join_timeout,
+    )
+    return code or cli.run_reporting_errors(lambda: _run(config))
 
 
 def _run(config):
-    """The run the flags ask for, once the config is read (every config error before this)."""
-    from dynamixer_jax.train import evaluate, initialize_distributed, train_and_evaluate  # noqa: PLC0415
+    """The run the flags ask for, once the config is read and every process has joined."""
+    from dynamixer_jax.train import evaluate, train_and_evaluate  # noqa: PLC0415
 
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.mode == "train":
         return train_and_evaluate(config, FLAGS.workdir)
     return evaluate(config, FLAGS.weights or FLAGS.workdir)

@@ -281,3 +281,72 @@ def test_a_keyboard_interrupt_outside_training_is_one_line(capsys):
 
     assert cli.run_reporting_errors(interrupted) == 130
     assert capsys.readouterr().err == "interrupted: stopped without saving\n"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_one_process_with_a_bad_flag_stops_every_process_with_its_line(tmp_path):
+    # Process 1 has a wrong override: both join the coordinator, learn of it, and end with the
+    # same line (before: process 1 alone said why; process 0 waited 300 s in
+    # jax.distributed.initialize and aborted with a C++ stack trace). No training starts.
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "main.py"),
+                QUICKSTART,
+                f"--workdir={tmp_path / 'run'}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={index}",
+                *(["--config.batch_size=abc"] if index == 1 else []),
+            ],
+            env=_environment(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    try:
+        # Far below JAX's 300 s and the 120 s --join_timeout (seen: ~9 s on a busy machine).
+        outputs = [process.communicate(timeout=100)[1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [2, 2], outputs
+    last_lines = [output.strip().splitlines()[-1] for output in outputs]
+    assert last_lines[0] == last_lines[1], outputs
+    assert last_lines[0].startswith("error: process 1: --config.batch_size=abc"), outputs
+    assert "an integer" in last_lines[0]
+    assert not any("Traceback" in output for output in outputs), outputs
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_rejected_command_line_still_says_where_to_join():
+    # absl rejected --mode=bogus, so FLAGS hold nothing: the joining flags are read off argv.
+    argv = [
+        "main.py",
+        "--mode=bogus",
+        "--coordinator_address=10.0.0.1:1234",
+        "--num_processes",
+        "4",
+        "--process_id=x",  # unreadable: left out (the process cannot say its place)
+        "--join_timeout=30",
+        "--",
+        "--process_id=2",
+    ]
+    assert cli._joining(argv) == {
+        "coordinator_address": "10.0.0.1:1234",
+        "num_processes": 4,
+        "timeout": 30,
+    }

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -104,9 +105,114 @@ def parse_flags(argv: Sequence[str]) -> CommandLine:
         args = flags.FLAGS(command_line.args)
     except (flags.Error, DynaMixerError) as error:
         message = " ".join(str(error).split())
-        print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        # Several processes: the others learn of it (when this one can still tell its place).
+        exit_at_once(start_together(f"{message} (--helpfull lists the flags)", **_joining(argv)))
     return dataclasses.replace(command_line, args=args)
+
+
+_JOINING = {
+    "coordinator_address": str,
+    "num_processes": int,
+    "process_id": int,
+    "join_timeout": int,
+}
+
+
+def _joining(argv: Sequence[str]) -> dict:
+    """The flags that say how to join the other processes, read from a command line that absl
+    rejected (for another flag): each one given as ``--NAME=VALUE`` or ``--NAME VALUE`` and
+    readable, the last one given winning."""
+    found = {}
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("--") or name not in _JOINING:
+            continue
+        if not equals:
+            if index + 1 >= len(argv):
+                continue
+            value = argv[index + 1]
+        try:
+            found[name] = _JOINING[name](value)
+        except ValueError:
+            found.pop(name, None)
+    if "join_timeout" in found:
+        found["timeout"] = found.pop("join_timeout")
+    return found
+
+
+def config_or_problem(path: str, command_line: CommandLine) -> tuple[Any, str | None]:
+    """:func:`load_config`, or None and its error's line."""
+    try:
+        return load_config(path, command_line), None
+    except DynaMixerError as error:
+        return None, str(error)
+
+
+def start_together(
+    problem: str | None,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout: int | None = None,
+) -> int:
+    """0 when this process, and every other one, can start; else the exit code, its one line
+    (``error: ...``) printed.
+
+    ``problem`` is this process's own error line (None: none). A single process prints it
+    and joins nothing. One of several (a coordinator given, or a cluster in the environment)
+    joins the others even when it has failed, and all exchange their statuses
+    (``parallel.agree_to_start``): if any failed, every one prints the same line,
+    ``error: process K: ...``, and ends within seconds. A process that cannot join in
+    ``timeout`` seconds (one failed before it knew where to join, or was never started) ends
+    with a line saying so instead of JAX's abort.
+    """
+    from dynamixer_jax.train import parallel  # noqa: PLC0415
+
+    if not parallel.several_processes(coordinator_address):
+        if problem is None:
+            return 0
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    timeout = parallel.JOIN_TIMEOUT if timeout is None else timeout
+    where = f" at {coordinator_address}" if coordinator_address else ""
+    # JAX's own waits are longer than ours: ours ends the process with a line, JAX's aborts it.
+    line = [
+        problem
+        or (
+            f"the other processes did not all join{where} within {timeout} s "
+            "(--join_timeout): one failed before it could (its own line says why) or was not "
+            "started"
+        )
+    ]
+
+    def give_up():
+        print(f"error: {line[0]}", file=sys.stderr)
+        exit_at_once(EXIT_USER_ERROR)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        parallel.initialize_distributed(
+            coordinator_address, num_processes, process_id, timeout=timeout + 60, announce=False
+        )
+        failure = parallel.agree_to_start(problem, timeout=timeout + 60)
+    except Exception as error:  # could not join: JAX's reason, on one line
+        watchdog.cancel()
+        failure = problem or "cannot join the other processes: " + " ".join(str(error).split())
+        print(f"error: {failure}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if failure is None:
+        watchdog.cancel()
+        parallel.log_place()
+        return 0
+    line[0] = failure
+    parallel.leave_together()
+    watchdog.cancel()
+    print(f"error: {failure}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -50,21 +50,39 @@ def _several_hosts_hinted() -> bool:
     return False
 
 
+# How long (seconds) a process waits for all the others to join by default: JAX's own default
+# is 300 s, spent in silence before the process aborts with a C++ stack trace.
+JOIN_TIMEOUT = 120
+_STATUS = "dynamixer_jax/start/"  # key-value prefix of each process's start status
+_OK = "ok"
+
+
+def several_processes(coordinator_address: str | None = None) -> bool:
+    """Whether this process is one of several: a coordinator was given, or the environment says
+    so (a Cloud TPU pod slice, a SLURM or MPI job, ``JAX_COORDINATOR_ADDRESS``)."""
+    return coordinator_address is not None or _several_hosts_hinted()
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout: int = JOIN_TIMEOUT,
+    announce: bool = True,
 ) -> None:
     """Call ``jax.distributed.initialize`` when this is one of several processes.
 
     With explicit arguments (e.g. from ``main.py --coordinator_address=...``) they are used; else
     initialisation happens only where the environment says there are several hosts (a Cloud TPU
     pod slice, a SLURM or MPI job, ``JAX_COORDINATOR_ADDRESS``) and JAX detects the rest. A single
-    machine, whatever its number of devices, needs nothing. Must run before any other JAX call.
+    machine, whatever its number of devices, needs nothing. Must run before any other JAX call;
+    a second call does nothing. ``timeout`` bounds JAX's wait for the other processes (past it,
+    JAX aborts the process: ``cli.start_together`` ends it with one line first). ``announce``
+    logs this process's place (:func:`log_place`).
     """
-    explicit = coordinator_address is not None
-    if not explicit and not _several_hosts_hinted():
+    if not several_processes(coordinator_address) or jax.distributed.is_initialized():
         return
+    explicit = coordinator_address is not None
     if explicit:
         # CPU collectives between processes (tests, CPU clusters) go through gloo; the setting
         # does not touch accelerators.
@@ -72,14 +90,20 @@ def initialize_distributed(
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         except Exception:
             pass
-    kwargs = {}
+    kwargs = {"initialization_timeout": int(timeout)}
     if explicit:
-        kwargs = dict(
+        kwargs.update(
             coordinator_address=coordinator_address,
             num_processes=num_processes,
             process_id=process_id,
         )
     jax.distributed.initialize(**kwargs)
+    if announce:
+        log_place()
+
+
+def log_place() -> None:
+    """Log this process's place among the processes and devices."""
     log.info(
         "process %d of %d, %d local devices of %d",
         jax.process_index(),
@@ -87,6 +111,54 @@ def initialize_distributed(
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def _coordination_client():
+    """The coordination service's client of ``jax.distributed`` (JAX has no public name for it;
+    ``jax._src.distributed.global_state.client`` from 0.4 to 0.12 at least), or None."""
+    try:
+        from jax._src import distributed  # noqa: PLC0415
+
+        return distributed.global_state.client
+    except (ImportError, AttributeError):  # pragma: no cover (a JAX that moved it)
+        return None
+
+
+def agree_to_start(problem: str | None, timeout: int = JOIN_TIMEOUT) -> str | None:
+    """Every process's start status, exchanged once all have joined: None when all can start,
+    else ``process K: <line>`` for the lowest K that cannot (the same text in every process).
+
+    ``problem`` is this process's own one-line error (None: it can start). Each process
+    publishes its status in the coordination service's key-value store and then reads every
+    other's (waiting up to ``timeout`` seconds for each), so a process that failed on its flags
+    stops the others within seconds instead of leaving them waiting in their first collective.
+    """
+    client = _coordination_client()
+    me, count = jax.process_index(), jax.process_count()
+    if not hasattr(client, "blocking_key_value_get"):  # pragma: no cover (a JAX without it)
+        return None if problem is None else f"process {me}: {problem}"
+    client.key_value_set(f"{_STATUS}{me}", _OK if problem is None else problem)
+    failures = []
+    for index in range(count):
+        status = client.blocking_key_value_get(f"{_STATUS}{index}", int(timeout * 1000))
+        if status != _OK:
+            failures.append((index, status))
+    if not failures:
+        return None
+    index, line = failures[0]
+    others = [str(other) for other, _ in failures[1:]]
+    also = f" (processes {', '.join(others)} failed too)" if others else ""
+    return f"process {index}: {line}{also}"
+
+
+def leave_together() -> None:
+    """After a failed start, leave ``jax.distributed`` with the others (its shutdown waits until
+    every process has come to it), so that none ends while another still reads its statuses
+    from the coordinator (process 0) and none reports the others' going as a fatal error."""
+    try:
+        jax.distributed.shutdown()
+    except Exception:  # the error line is printed already; the process ends anyway
+        pass
 
 
 def make_mesh() -> Mesh:

@@ -25,10 +25,14 @@ from dynamixer_jax.train.workdir_lock import WorkdirLock
 
 QUICKSTART = f"--config={REPO / 'configs' / 'quickstart.py'}"
 # Runs main.py as __main__ (the huge-page re-exec included: it re-runs this same command) and
-# says on stdout, at exit, whether TensorFlow was imported.
+# says on stdout, at exit, whether TensorFlow was imported: at a normal exit, and at the
+# immediate one (os._exit) that ends a run after its error line.
 TRACE_TENSORFLOW = (
-    "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+    "import atexit, os, runpy, sys\n"
+    "def report(): print('tensorflow imported:', 'tensorflow' in sys.modules, flush=True)\n"
+    "atexit.register(report)\n"
+    "exit_now = os._exit\n"
+    "os._exit = lambda code: (report(), exit_now(code))\n"
     f"sys.argv = [{str(REPO / 'main.py')!r}, *sys.argv[1:]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )

@@ -73,6 +73,8 @@ SLOW_MODULES = {
     "test_pipeline.py",
     "test_reliability_checkpoints.py",
     "test_reliability_cli.py",
+    "test_reliability_inputs.py",
+    "test_sharding.py",
     "test_throughput_bench.py",
     "test_train_runs.py",
 }

@@ -570,6 +570,7 @@ def test_cadence_of_a_resumed_run_is_the_uninterrupted_ones():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -601,6 +602,7 @@ def test_finetune_config_asks_for_its_starting_weights(tmp_path):
 # ---- DynaMixer-S at 224 on mock ImageNet
 
 
+@pytest.mark.slow
 def test_dynamixer_s_at_224_trains_on_mock_imagenet(tmp_path):
     # The recipe as is, but for the batch size, bfloat16 and the EMA (slow to compile and run
     # on a CPU; both are tested on small models elsewhere).
@@ -628,6 +630,7 @@ def test_dynamixer_s_at_224_trains_on_mock_imagenet(tmp_path):
     assert [record["step"] for record in evaluations] == [2]
 
 
+@pytest.mark.slow
 def test_a_bad_config_fails_before_tensorflow_is_imported():
     code = (
         "import sys\n"
@@ -686,6 +689,7 @@ def test_progress_leaves_the_compiled_first_step_out_of_throughput_and_eta(monke
     assert line.endswith("20 img/s  input 25%  ETA 0:00:49")  # 98 steps at 2 per second
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "deeper",
     [
@@ -713,6 +717,7 @@ def test_evaluation_refuses_the_weights_of_a_deeper_model(deeper, tmp_path, digi
     assert "\n" not in str(error.value) and len(str(error.value)) < 1000
 
 
+@pytest.mark.slow
 def test_input_stalls_are_measured_and_a_chosen_step_range_is_profiled(
     tmp_path, digits_data_dir, monkeypatch, caplog
 ):

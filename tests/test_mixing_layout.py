@@ -71,3 +71,22 @@ def test_softmax_gradient_equals_jax_in_float32_and_is_close_in_bfloat16():
     want = jaxs(logits)
     assert got.dtype == jnp.float32  # the cotangent of the cast input, in the input's dtype
     np.testing.assert_allclose(got, want, atol=4 * 2**-8 * float(jnp.max(jnp.abs(want))))
+
+
+def test_vector_and_dot_mixing_agree_and_bad_names_are_rejected():
+    x = jax.random.normal(jax.random.key(4), (2, 6, 5, 12))
+    ops = {m: DynaMixerOp(seq_len=6, num_segments=3, mixing=m) for m in ("vector", "dot")}
+    params = ops["dot"].init(jax.random.key(5), x[:, :, 0])["params"]
+    # Along axis 1 (not the op's own axis), through the block's entry point: float32 both ways,
+    # only the summation order differs.
+    outs = {
+        m: jax.jit(lambda p, x, op=op: op.apply({"params": p}, x, x[..., :6], 1, method="mix"))(
+            params, x
+        )
+        for m, op in ops.items()
+    }
+    np.testing.assert_allclose(outs["vector"], outs["dot"], atol=1e-5)
+    with pytest.raises(ValueError, match="mixing must be one of"):
+        DynaMixerOp(seq_len=6, num_segments=3, mixing="pallas").apply(
+            {"params": params}, x[:, :, 0]
+        )

@@ -53,9 +53,18 @@ def _accepts(cls, field: str) -> bool:
     return field in inspect.signature(cls).parameters
 
 
-def build_unit(unit: str, side: int, channels: int, segments: int, reduced: int, args):
+def mixing_fields(platform: str, args) -> dict:
+    """The ``mixing`` field to build with: ``--mixing``, else what ``"auto"`` picks on that
+    platform's own host ("vector" on a TPU; a TPU compiled from a CPU host would get "dot");
+    nothing for code without the field."""
+    if not _accepts(MixerLayer, "mixing"):
+        return {}
+    return {"mixing": args.mixing or ("vector" if platform == "tpu" else "dot")}
+
+
+def build_unit(unit: str, side: int, channels: int, segments: int, reduced: int, platform, args):
     """(module, apply function of (params, x)) of one mixer layer or one DynaMixer op."""
-    extra = {"mixing": args.mixing} if args.mixing and _accepts(MixerLayer, "mixing") else {}
+    extra = mixing_fields(platform, args)
     dtype = DTYPES[args.dtype]
     if unit == "layer":
         cls = remat_layer(MixerLayer, args.remat)
@@ -76,7 +85,7 @@ def build_unit(unit: str, side: int, channels: int, segments: int, reduced: int,
 def compile_unit(unit: str, stage: tuple, platform: str, args):
     """The compiled vjp of one unit for ``platform``."""
     _, side, channels, segments, reduced = stage
-    module, apply = build_unit(unit, side, channels, segments, reduced, args)
+    module, apply = build_unit(unit, side, channels, segments, reduced, platform, args)
     dtype = DTYPES[args.dtype]
     x = jax.ShapeDtypeStruct((args.batch, side, side, channels), dtype)
     init_args = (jax.random.key(0), jnp.zeros(x.shape, x.dtype))
@@ -107,7 +116,7 @@ def compile_train_step(platform: str, args):
     from dynamixer_jax.train.state import create_train_state
     from dynamixer_jax.train.steps import make_train_step
 
-    extra = {"mixing": args.mixing} if args.mixing else {}
+    extra = mixing_fields(platform, args)
     model = create_model(
         "dynamixer_s", drop_path_rate=0.1, remat=args.remat, dtype=DTYPES[args.dtype], **extra
     )
@@ -167,7 +176,8 @@ def main():
     if args.step:
         for platform in args.platform:
             row = {"platform": platform, "unit": "train_step", "model": "dynamixer_s"}
-            row.update(batch=args.batch, dtype=args.dtype, remat=args.remat, mixing=args.mixing)
+            row.update(batch=args.batch, dtype=args.dtype, remat=args.remat)
+            row.update(mixing=mixing_fields(platform, args).get("mixing"))
             row.update(figures(compile_train_step(platform, args), args.batch))
             print(json.dumps(row), flush=True)
         return
@@ -178,7 +188,8 @@ def main():
             for unit in args.units:
                 compiled = compile_unit(unit, stage, platform, args)
                 row = {"platform": platform, "stage": stage[0], "unit": unit, "batch": args.batch}
-                row.update(dtype=args.dtype, remat=args.remat, mixing=args.mixing)
+                row.update(dtype=args.dtype, remat=args.remat)
+                row.update(mixing=mixing_fields(platform, args).get("mixing"))
                 row.update(figures(compiled, args.batch))
                 print(json.dumps(row), flush=True)
                 if args.dump:

@@ -192,7 +192,8 @@ class DynaMixerOp(nn.Module):
 
     ``DynaMixerBlock`` uses the two halves separately (``compress_params`` and
     ``mix``) so that it can compress for both directions in one matmul and mix
-    along an axis of the (B, H, W, C) grid without transposing the grid.
+    along either axis of the (B, H, W, C) grid (``mix`` moves it into a lane-dense layout;
+    ``mixing`` chooses how the tokens are combined: see ``resolve_mixing``).
     """
 
     seq_len: int

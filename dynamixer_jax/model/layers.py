@@ -12,6 +12,8 @@ float32 whatever ``dtype`` is.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -48,6 +50,36 @@ def _softmax_float32(logits: jax.Array, axis: int, dtype: Dtype | None) -> jax.A
     """Softmax computed in float32, returned in the computation dtype."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=axis)
     return probs.astype(dtype or logits.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def softmax_saving_probabilities(logits: jax.Array, axis: int, dtype: Dtype) -> jax.Array:
+    """Softmax computed in float32, returned in ``dtype``; its gradient is computed from the
+    probabilities in ``dtype`` (the only residual), in float32.
+
+    The same values as ``_softmax_float32``. What differs is the backward pass: JAX's own rule keeps
+    the float32 probabilities and builds the logits' cotangent in float32 before casting it, three
+    float32 arrays of the matrices' size; here the cotangent is one fused pass over the
+    ``dtype`` probabilities and the incoming cotangent, written in the logits' dtype. In float32
+    the gradient is the same as JAX's, up to rounding; in bfloat16 it uses probabilities rounded
+    to bfloat16 (relative error 2**-9, the rounding the forward output already has).
+    """
+    return _softmax_float32(logits, axis, dtype)
+
+
+def _softmax_forward(logits, axis, dtype):
+    probs = _softmax_float32(logits, axis, dtype)
+    return probs, (probs, jnp.zeros((), logits.dtype))
+
+
+def _softmax_backward(axis, dtype, residuals, cotangent):
+    probs, logits_zero = residuals
+    probs, cotangent = probs.astype(jnp.float32), cotangent.astype(jnp.float32)
+    inner = jnp.sum(probs * cotangent, axis=axis, keepdims=True)
+    return ((probs * (cotangent - inner)).astype(logits_zero.dtype),)
+
+
+softmax_saving_probabilities.defvjp(_softmax_forward, _softmax_backward)
 
 
 def layer_norm(dtype: Dtype | None, param_dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
@@ -114,7 +146,38 @@ def linear(
     return y if bias is None else y + bias
 
 
-_AXIS_LETTERS = "abcefghk"
+MIXINGS = ("auto", "vector", "dot")
+
+
+def resolve_mixing(mixing: str) -> str:
+    """How the tokens are mixed: ``"vector"`` (a broadcast multiply and a float32 sum over input
+    tokens, fused by XLA into one pass on the vector units: the least memory traffic on a TPU) or
+    ``"dot"`` (a batched matrix product: XLA:CPU does not fuse the broadcast form and would
+    materialise an L times larger product). ``"auto"``: ``"vector"`` where the default backend is
+    a TPU, else ``"dot"``. Both give the same values up to float rounding."""
+    if mixing not in MIXINGS:
+        raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not {mixing!r}.")
+    if mixing == "auto":
+        return "vector" if jax.default_backend() == "tpu" else "dot"
+    return mixing
+
+
+def _tokens_channels_sequences(x: jax.Array, token_axis: int) -> jax.Array:
+    """(..., L, ..., C) -> (L, C, N): the token axis major, channels, then all other positions
+    (N, in their order) minor.
+
+    The other positions are merged before the transpose wherever they are already adjacent (a
+    free reshape), so on a TPU, where the two minor axes are tiled, the move is one copy of x into
+    a layout whose minor axis is the long N axis. When they are not adjacent (the token axis sits
+    between them), the token axis is first moved next to the channels.
+    """
+    ndim = x.ndim
+    length, channels = x.shape[token_axis], x.shape[-1]
+    if token_axis != ndim - 2:
+        x = jnp.moveaxis(x, token_axis, ndim - 2)
+    # The barrier keeps XLA from moving the (free) reshape after the transpose, where it is not.
+    x = jax.lax.optimization_barrier(x.reshape(-1, length, channels))
+    return jnp.transpose(x, (1, 2, 0))
 
 
 class DynaMixerOp(nn.Module):
@@ -129,7 +192,8 @@ class DynaMixerOp(nn.Module):
 
     ``DynaMixerBlock`` uses the two halves separately (``compress_params`` and
     ``mix``) so that it can compress for both directions in one matmul and mix
-    along an axis of the (B, H, W, C) grid without transposing the grid.
+    along either axis of the (B, H, W, C) grid (``mix`` moves it into a lane-dense layout;
+    ``mixing`` chooses how the tokens are combined: see ``resolve_mixing``).
     """
 
     seq_len: int
@@ -137,6 +201,7 @@ class DynaMixerOp(nn.Module):
     reduced_dim: int = 2
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    mixing: str = "auto"
 
     def setup(self):
         segments, reduced, length = self.num_segments, self.reduced_dim, self.seq_len
@@ -149,7 +214,16 @@ class DynaMixerOp(nn.Module):
         return self.compress(channels)
 
     def mix(self, x: jax.Array, compressed: jax.Array, token_axis: int) -> jax.Array:
-        """Mix the tokens of ``x`` (..., C) along ``token_axis`` given ``compressed`` = compress(x) (..., S*r)."""
+        """Mix the tokens of ``x`` (..., C) along ``token_axis`` given ``compressed`` = compress(x) (..., S*r).
+
+        The sequences being mixed (all positions along the other axes, N of them) go on the
+        minor axis for the whole mixing: logits and matrices are (L_in, L_out, S, N), the segments
+        (L, S, C/S, N). On a TPU, whose arrays are tiled (8, 128) over the two minor axes, no
+        32-wide matrix or 24-channel segment is then padded to 128 lanes, and the softmax and the
+        mixing reduce over major axes. The mixing itself is a broadcast multiply and a float32 sum
+        over input tokens (on the vector units: an (L, L) matrix is far too small for a matrix
+        unit), so it reads the matrices and the segments once, in that layout.
+        """
         shape = x.shape
         channels, length = shape[-1], shape[token_axis]
         segments, reduced = self.num_segments, self.reduced_dim
@@ -162,28 +236,47 @@ class DynaMixerOp(nn.Module):
             raise ValueError(
                 f"channels ({channels}) must be divisible by the number of segments ({segments})."
             )
-        token_axis %= len(shape)
-        others = [size for axis, size in enumerate(shape[:-1]) if axis != token_axis]
+        ndim = len(shape)
+        token_axis %= ndim
+        others = [axis for axis in range(ndim - 1) if axis != token_axis]
+        others_shape = [shape[axis] for axis in others]
+        sequences = math.prod(others_shape)
 
-        # (..., L, ..., S*r) -> (others, L, S, r) -> (others, S, L*r): token index major, reduced index minor.
-        z = jnp.moveaxis(compressed.reshape(*shape[:-1], segments, reduced), token_axis, -3)
-        z = jnp.swapaxes(z, -3, -2).reshape(*others, segments, length * reduced)
-        # generate's output index is (L_in major, L_out minor). Permuting its columns to (L_out, L_in)
-        # puts the softmax over input tokens on the minor axis, where it is cheapest.
+        # Sequences (N) minor: (..., L, ..., S*r) -> (L, S*r, N) -> (L, r, S, N), whose first two
+        # axes are generate's input index (token major, reduced minor).
+        z = _tokens_channels_sequences(compressed, token_axis)
+        z = jnp.swapaxes(z.reshape(length, segments, reduced, sequences), 1, 2)
+        z = z.reshape(length * reduced, segments, sequences)
         kernel, bias = self.generate(length * reduced)
-        kernel = jnp.swapaxes(kernel.reshape(-1, length, length), 1, 2).reshape(-1, length * length)
-        bias = bias.reshape(length, length).T.reshape(-1)
-        logits = linear(z, kernel, bias, self.dtype).reshape(*others, segments, length, length)
-        mixing = _softmax_float32(logits, axis=-1, dtype=self.dtype)  # (others, S, L_out, L_in)
-        self.sow("intermediates", "mixing", jnp.swapaxes(mixing, -1, -2))
+        z, kernel, bias = nn.dtypes.promote_dtype(z, kernel, bias, dtype=self.dtype)
+        # generate's output index is (L_in major, L_out minor): logits (S, L_in, L_out, N).
+        logits = jnp.einsum("kq,ksn->sqn", kernel, z) + bias[:, None]
+        logits = logits.reshape(segments, length, length, sequences)
+        mixing = softmax_saving_probabilities(logits, 1, self.dtype)  # over input tokens
+        if self.is_mutable_collection("intermediates"):
+            sown = mixing.reshape(segments, length, length, *others_shape)
+            sown = jnp.moveaxis(sown, (0, 1, 2), (-3, -2, -1))  # (others, S, L_in, L_out)
+            self.sow("intermediates", "mixing", sown)
 
-        grid = _AXIS_LETTERS[: len(shape) - 1]
-        x_spec = grid.replace(grid[token_axis], "i") + "sd"
-        out_spec = grid.replace(grid[token_axis], "j") + "sd"
-        mix_spec = grid.replace(grid[token_axis], "") + "sji"
-        x_seg = x.reshape(*shape[:-1], segments, channels // segments).astype(mixing.dtype)
-        y = jnp.einsum(f"{x_spec},{mix_spec}->{out_spec}", x_seg, mixing).reshape(shape)
-        return linear(y, *self.out(channels), self.dtype)
+        # (..., L, ..., C) -> (L, S, C/S, N); mixed (L_out, S, C/S, N), summed in float32.
+        x_seg = _tokens_channels_sequences(x, token_axis)
+        x_seg = x_seg.reshape(length, segments, channels // segments, sequences).astype(
+            mixing.dtype
+        )
+        if resolve_mixing(self.mixing) == "vector":
+            # Products in the computation dtype, summed in float32 (as a matrix unit accumulates).
+            products = jnp.moveaxis(mixing, 0, 2)[:, :, :, None, :] * x_seg[:, None]
+            y = jnp.sum(products, axis=0, dtype=jnp.float32).astype(mixing.dtype)
+        else:
+            y = jnp.einsum("sijn,isdn->jsdn", mixing, x_seg)
+        y = y.reshape(length, channels, sequences)
+
+        # out, then back into x's layout: (L, C, N) -> (N, L, C) -> (..., L, ..., C).
+        kernel, bias = self.out(channels)
+        y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("lmn,mo->nlo", y, kernel) + bias
+        y = y.reshape(*others_shape, length, channels)
+        return jnp.moveaxis(y, ndim - 2, token_axis)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         compressed = linear(x, *self.compress_params(x.shape[-1]), self.dtype)
@@ -205,6 +298,7 @@ class DynaMixerBlock(nn.Module):
     proj_drop_rate: float = 0.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    mixing: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -214,6 +308,7 @@ class DynaMixerBlock(nn.Module):
             reduced_dim=self.reduced_dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            mixing=self.mixing,
         )
         mix_h = DynaMixerOp(self.height, name="mix_h", **op)
         mix_w = DynaMixerOp(self.width, name="mix_w", **op)
@@ -266,6 +361,7 @@ class MixerLayer(nn.Module):
     skip_lam: float = 1.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    mixing: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, drop_path_rate=None) -> jax.Array:
@@ -283,6 +379,7 @@ class MixerLayer(nn.Module):
             proj_drop_rate=self.drop_rate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            mixing=self.mixing,
             name="attn",
         )(y, train=train)
         x = x + self._drop_path(y, rate, train) / self.skip_lam

@@ -42,7 +42,7 @@ from dynamixer_jax.model.features import (
     to_format,
 )
 from dynamixer_jax.model.init import torch_conv_bias_init, torch_conv_kernel_init
-from dynamixer_jax.model.layers import Dtype, dense, layer_norm
+from dynamixer_jax.model.layers import MIXINGS, Dtype, dense, layer_norm
 from dynamixer_jax.model.remat import REMAT_POLICIES
 from dynamixer_jax.model.stage import Stage, drop_path_rates
 
@@ -132,6 +132,8 @@ class DynaMixer(nn.Module):
     ``dropout``). ``num_classes=0`` returns the pooled features instead of logits.
     ``remat`` chooses what each mixer layer keeps for the backward pass
     (``dynamixer_jax.model.remat``); it changes memory and speed, never the result.
+    ``mixing`` chooses how the tokens are mixed (``dynamixer_jax.model.layers.resolve_mixing``:
+    ``"auto"``, ``"vector"`` or ``"dot"``); likewise memory traffic only, never the result.
     """
 
     layers: tuple[int, ...]
@@ -151,6 +153,7 @@ class DynaMixer(nn.Module):
     scan_layers: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    mixing: str = "auto"
 
     def __post_init__(self):
         self._validate()
@@ -170,6 +173,8 @@ class DynaMixer(nn.Module):
             raise ValueError(
                 f"remat must be one of {', '.join(REMAT_POLICIES)}, not {self.remat!r}."
             )
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not {self.mixing!r}.")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}.")
         stage_grids(self.image_size, self.patch_size, self.transitions)
@@ -199,6 +204,7 @@ class DynaMixer(nn.Module):
                 scan_layers=self.scan_layers,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                mixing=self.mixing,
             )
             for i, (height, width) in enumerate(self.grids)
         ]

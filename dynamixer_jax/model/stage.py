@@ -49,6 +49,7 @@ class Stage(nn.Module):
     scan_layers: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    mixing: str = "auto"
 
     def _layer_fields(self) -> dict:
         return dict(
@@ -61,6 +62,7 @@ class Stage(nn.Module):
             skip_lam=self.skip_lam,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            mixing=self.mixing,
         )
 
     @nn.compact

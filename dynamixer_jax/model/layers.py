@@ -147,14 +147,19 @@ def linear(
 
 
 MIXINGS = ("auto", "vector", "dot")
+_AXIS_LETTERS = "abcefghk"
 
 
 def resolve_mixing(mixing: str) -> str:
-    """How the tokens are mixed: ``"vector"`` (a broadcast multiply and a float32 sum over input
-    tokens, fused by XLA into one pass on the vector units: the least memory traffic on a TPU) or
-    ``"dot"`` (a batched matrix product: XLA:CPU does not fuse the broadcast form and would
-    materialise an L times larger product). ``"auto"``: ``"vector"`` where the default backend is
-    a TPU, else ``"dot"``. Both give the same values up to float rounding."""
+    """How the tokens are mixed. ``"vector"``: every other grid position on the minor axis and
+    the mixing as a broadcast multiply with a float32 sum over input tokens, fused by XLA into
+    one pass on the vector units; on a TPU, whose arrays are tiled (8, 128) over the two minor
+    axes, nothing 32 wide is padded to 128 lanes (docs/memory_traffic.md: 0.58x the bytes and
+    0.64x the temporary memory of the S training step). ``"dot"``: the tokens on the minor axes
+    and a batched matrix product, the layout measured on the H100 and on CPUs (XLA:CPU does not
+    fuse the broadcast form and would materialise an L times larger product). ``"auto"``:
+    ``"vector"`` where the default backend is a TPU, else ``"dot"``. Both give the same values up
+    to float rounding."""
     if mixing not in MIXINGS:
         raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not {mixing!r}.")
     if mixing == "auto":
@@ -214,19 +219,11 @@ class DynaMixerOp(nn.Module):
         return self.compress(channels)
 
     def mix(self, x: jax.Array, compressed: jax.Array, token_axis: int) -> jax.Array:
-        """Mix the tokens of ``x`` (..., C) along ``token_axis`` given ``compressed`` = compress(x) (..., S*r).
-
-        The sequences being mixed (all positions along the other axes, N of them) go on the
-        minor axis for the whole mixing: logits and matrices are (L_in, L_out, S, N), the segments
-        (L, S, C/S, N). On a TPU, whose arrays are tiled (8, 128) over the two minor axes, no
-        32-wide matrix or 24-channel segment is then padded to 128 lanes, and the softmax and the
-        mixing reduce over major axes. The mixing itself is a broadcast multiply and a float32 sum
-        over input tokens (on the vector units: an (L, L) matrix is far too small for a matrix
-        unit), so it reads the matrices and the segments once, in that layout.
-        """
+        """Mix the tokens of ``x`` (..., C) along ``token_axis`` given ``compressed`` = compress(x)
+        (..., S*r), in the layout ``mixing`` chooses (see ``resolve_mixing``)."""
         shape = x.shape
         channels, length = shape[-1], shape[token_axis]
-        segments, reduced = self.num_segments, self.reduced_dim
+        segments = self.num_segments
         if length != self.seq_len:
             raise ValueError(
                 f"DynaMixerOp was built for sequences of {self.seq_len} tokens but got {length}; "
@@ -236,6 +233,49 @@ class DynaMixerOp(nn.Module):
             raise ValueError(
                 f"channels ({channels}) must be divisible by the number of segments ({segments})."
             )
+        if resolve_mixing(self.mixing) == "vector":
+            return self._mix_sequences_minor(x, compressed, token_axis)
+        return self._mix_tokens_minor(x, compressed, token_axis)
+
+    def _mix_tokens_minor(self, x: jax.Array, compressed: jax.Array, token_axis: int) -> jax.Array:
+        """``"dot"``: matrices (others, S, L_out, L_in), a batched matrix product."""
+        shape = x.shape
+        channels, length = shape[-1], shape[token_axis]
+        segments, reduced = self.num_segments, self.reduced_dim
+        token_axis %= len(shape)
+        others = [size for axis, size in enumerate(shape[:-1]) if axis != token_axis]
+
+        # (..., L, ..., S*r) -> (others, L, S, r) -> (others, S, L*r): token index major, reduced index minor.
+        z = jnp.moveaxis(compressed.reshape(*shape[:-1], segments, reduced), token_axis, -3)
+        z = jnp.swapaxes(z, -3, -2).reshape(*others, segments, length * reduced)
+        # generate's output index is (L_in major, L_out minor). Permuting its columns to (L_out, L_in)
+        # puts the softmax over input tokens on the minor axis, where it is cheapest.
+        kernel, bias = self.generate(length * reduced)
+        kernel = jnp.swapaxes(kernel.reshape(-1, length, length), 1, 2).reshape(-1, length * length)
+        bias = bias.reshape(length, length).T.reshape(-1)
+        logits = linear(z, kernel, bias, self.dtype).reshape(*others, segments, length, length)
+        mixing = _softmax_float32(logits, axis=-1, dtype=self.dtype)  # (others, S, L_out, L_in)
+        self.sow("intermediates", "mixing", jnp.swapaxes(mixing, -1, -2))
+
+        grid = _AXIS_LETTERS[: len(shape) - 1]
+        x_spec = grid.replace(grid[token_axis], "i") + "sd"
+        out_spec = grid.replace(grid[token_axis], "j") + "sd"
+        mix_spec = grid.replace(grid[token_axis], "") + "sji"
+        x_seg = x.reshape(*shape[:-1], segments, channels // segments).astype(mixing.dtype)
+        y = jnp.einsum(f"{x_spec},{mix_spec}->{out_spec}", x_seg, mixing).reshape(shape)
+        return linear(y, *self.out(channels), self.dtype)
+
+    def _mix_sequences_minor(
+        self, x: jax.Array, compressed: jax.Array, token_axis: int
+    ) -> jax.Array:
+        """``"vector"``: the sequences being mixed (all positions along the other axes, N of
+        them) on the minor axis for the whole mixing: logits and matrices (S, L_in, L_out, N),
+        the segments (L, S, C/S, N); the softmax and the mixing reduce over major axes. The
+        mixing is a broadcast multiply and a float32 sum over input tokens (an (L, L) matrix is
+        far too small for a matrix unit), reading the matrices and the segments once."""
+        shape = x.shape
+        channels, length = shape[-1], shape[token_axis]
+        segments, reduced = self.num_segments, self.reduced_dim
         ndim = len(shape)
         token_axis %= ndim
         others = [axis for axis in range(ndim - 1) if axis != token_axis]
@@ -263,12 +303,9 @@ class DynaMixerOp(nn.Module):
         x_seg = x_seg.reshape(length, segments, channels // segments, sequences).astype(
             mixing.dtype
         )
-        if resolve_mixing(self.mixing) == "vector":
-            # Products in the computation dtype, summed in float32 (as a matrix unit accumulates).
-            products = jnp.moveaxis(mixing, 0, 2)[:, :, :, None, :] * x_seg[:, None]
-            y = jnp.sum(products, axis=0, dtype=jnp.float32).astype(mixing.dtype)
-        else:
-            y = jnp.einsum("sijn,isdn->jsdn", mixing, x_seg)
+        # Products in the computation dtype, summed in float32 (as a matrix unit accumulates).
+        products = jnp.moveaxis(mixing, 0, 2)[:, :, :, None, :] * x_seg[:, None]
+        y = jnp.sum(products, axis=0, dtype=jnp.float32).astype(mixing.dtype)
         y = y.reshape(length, channels, sequences)
 
         # out, then back into x's layout: (L, C, N) -> (N, L, C) -> (..., L, ..., C).

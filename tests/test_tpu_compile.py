@@ -1,0 +1,66 @@
+"""The TPU compile lab (benchmarks/tpu_compile.py): its arithmetic everywhere, and one compile of a
+tiny model's real training step for a TPU where libtpu is installed (no TPU chip is needed).
+
+The compile test checks what must hold of any correct compile of the step: the donated state is
+aliased, the arguments are the state plus the batch, memory grows with the batch, and XLA's FLOP
+count is at least the matrix products of ``dynamixer_jax.model.flops`` (XLA adds element-wise
+work and the optimizer) and less than twice them (measured 1.1-1.3x on the CPU, test_flops.py).
+"""
+
+import math
+import sys
+
+import jax
+import pytest
+from conftest import MICRO_ARCH, REPO
+
+from dynamixer_jax.model import flops
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from benchlib.tpu_fit import Affine, roofline_images_per_s
+
+
+def test_affine_fit_and_largest_batch():
+    fit = Affine.through((4, 10.0), (8, 18.0))
+    assert (fit.fixed, fit.per_image) == (2.0, 2.0)
+    assert fit.at(100) == 202.0
+    assert fit.largest_batch(202.0) == 100
+    assert fit.largest_batch(201.9) == 99
+    assert fit.largest_batch(1.0) == 0
+    with pytest.raises(ValueError):
+        Affine.through((4, 1.0), (4, 2.0))
+
+
+def test_roofline_takes_the_lower_bound():
+    # 1 TFLOP/s and 1 GB/s; 1 GFLOP and 10 MB per image: 1000 img/s by compute, 100 by memory.
+    out = roofline_images_per_s(1e9, 1e7, 1e12, 1e9)
+    assert out["compute_images_per_s"] == pytest.approx(1000)
+    assert out["memory_images_per_s"] == pytest.approx(100)
+    assert out["bound_images_per_s"] == pytest.approx(100)
+    assert out["bound_by"] == "memory"
+    assert out["intensity_flops_per_byte"] == pytest.approx(100)
+
+
+def test_tiny_training_step_compiles_for_a_tpu():
+    pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
+    from benchlib.published_step import published_train_step
+    from benchlib.tpu_compile import chip_mesh, compile_stats
+
+    arch = {k: v for k, v in MICRO_ARCH.items()}
+    mesh = chip_mesh("v5e")
+    stats = {}
+    for batch in (8, 16):
+        step, args, model = published_train_step(
+            "dynamixer_s", batch, mesh, image_size=16, num_classes=10, model_overrides=arch
+        )
+        stats[batch] = compile_stats(step, args)
+    state_bytes = sum(
+        math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(args[0])
+    )
+    small, large = stats[8], stats[16]
+    assert small["memory"]["alias_bytes"] >= state_bytes - 64  # the donated state, in place
+    assert small["memory"]["argument_bytes"] == state_bytes + 8 * (16 * 16 * 3 + 4 + 1)
+    assert large["hbm_bytes"] > small["hbm_bytes"]
+    matmuls = flops.training_flops(model)
+    assert 8 * matmuls <= small["flops"] < 2 * 8 * matmuls + 1e6
+    assert large["bytes_accessed"] > small["bytes_accessed"] > 0

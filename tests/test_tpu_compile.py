@@ -46,21 +46,25 @@ def test_tiny_training_step_compiles_for_a_tpu():
     from benchlib.published_step import published_train_step
     from benchlib.tpu_compile import chip_mesh, compile_stats
 
-    arch = {k: v for k, v in MICRO_ARCH.items()}
-    mesh = chip_mesh("v5e")
-    stats = {}
-    for batch in (8, 16):
-        step, args, model = published_train_step(
-            "dynamixer_s", batch, mesh, image_size=16, num_classes=10, model_overrides=arch
-        )
-        stats[batch] = compile_stats(step, args)
+    batch = 8
+    step, args, model = published_train_step(
+        "dynamixer_s",
+        batch,
+        chip_mesh("v5e"),
+        image_size=16,
+        num_classes=10,
+        model_overrides=dict(MICRO_ARCH),
+    )
+    stats = compile_stats(step, args)
     state_bytes = sum(
         math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(args[0])
     )
-    small, large = stats[8], stats[16]
-    assert small["memory"]["alias_bytes"] >= state_bytes - 64  # the donated state, in place
-    assert small["memory"]["argument_bytes"] == state_bytes + 8 * (16 * 16 * 3 + 4 + 1)
-    assert large["hbm_bytes"] > small["hbm_bytes"]
-    matmuls = flops.training_flops(model)
-    assert 8 * matmuls <= small["flops"] < 2 * 8 * matmuls + 1e6
-    assert large["bytes_accessed"] > small["bytes_accessed"] > 0
+    memory = stats["memory"]
+    # The TPU pads small arrays to its tiles, so the compiler's bytes are at least the logical.
+    assert memory["alias_bytes"] >= state_bytes  # the donated state is updated in place
+    assert memory["argument_bytes"] >= state_bytes + batch * (16 * 16 * 3 + 4 + 1)
+    assert stats["hbm_bytes"] >= memory["argument_bytes"] + memory["temp_bytes"]
+    assert memory["temp_bytes"] > 0 and stats["bytes_accessed"] > 0
+    # XLA counts the matmuls plus element-wise work and the optimizer: more, but not twice.
+    matmuls = batch * flops.training_flops(model)
+    assert matmuls <= stats["flops"] < 2 * matmuls

@@ -15,7 +15,7 @@ in its own process and is cached in ``benchmarks/results/tpu-compile/`` (see
         [--verify v5e:dynamixer_s[:BATCH] ...] [--remat minimal] [--cached-only]
 
 Needs libtpu (``pip install 'jax[tpu]'``) for compiling; ``--cached-only`` only summarises the
-cache. Writes ``summary.json`` there and prints the README's table.
+cache (without libtpu add ``--libtpu-version 0.0.42.1``, the version the cache was made with). Writes ``summary.json`` there and prints the README's table.
 """
 
 from __future__ import annotations
@@ -38,10 +38,15 @@ DEVICES = 8  # the published recipe's setup: 8 GPUs, or the 8 cores of a v3-8 / 
 GIB = 2**30
 
 
+LIBTPU_VERSION = None  # --libtpu-version: read the cache of another libtpu than the installed one
+
+
 def _versions() -> dict[str, str]:
     """jax's and libtpu's versions without importing jax's TPU backend."""
     import importlib.metadata as metadata
 
+    if LIBTPU_VERSION:
+        return {"jax": metadata.version("jax"), "libtpu": LIBTPU_VERSION}
     out = {}
     for name in ("jax", "libtpu"):
         try:
@@ -105,6 +110,19 @@ def per_device_batch(variant: str) -> int:
     return PUBLISHED[variant]["batch_size"] // DEVICES
 
 
+def accumulation_to_fit(hbm: Affine, batch: int, capacity: float, num_params: int) -> dict | None:
+    """The fewest ``grad_accum_steps`` (a power of two dividing ``batch``) whose step fits
+    ``capacity``, estimated from the fit: the HBM of ``batch / steps`` images plus a float32
+    gradient accumulator (not compiled; None if even one image per micro-batch does not fit)."""
+    steps = 1
+    while batch % steps == 0:
+        need = hbm.at(batch // steps) + (4 * num_params if steps > 1 else 0)
+        if need <= capacity:
+            return {"steps": steps, "estimated_gib": need / GIB}
+        steps *= 2
+    return None
+
+
 def summarise(generation, variant, points, verify=None) -> dict:
     """Fits, extrapolations, fit on the chip, roofline and analytic figures of one pair."""
     import jax.numpy as jnp
@@ -129,6 +147,7 @@ def summarise(generation, variant, points, verify=None) -> dict:
     minimum_bytes = traffic.training_bytes_per_image(model, batch)
     xla = roofline_images_per_s(at["flops"] / batch, at["bytes_accessed"] / batch, peak, bandwidth)
     analytic = roofline_images_per_s(flops.training_flops(model), minimum_bytes, peak, bandwidth)
+    accum = accumulation_to_fit(fits["hbm_bytes"], batch, capacity, traffic.num_parameters(model))
     out = {
         "generation": generation,
         "device_kind": low["device_kind"],
@@ -157,6 +176,7 @@ def summarise(generation, variant, points, verify=None) -> dict:
         "devices_for_published_batch": math.ceil(per_device_batch(variant) * DEVICES / largest)
         if largest
         else None,
+        "grad_accum_steps_to_fit": accum,
         "xla_gflops_per_image": at["flops"] / batch / 1e9,
         "xla_gb_accessed_per_image": at["bytes_accessed"] / batch / 1e9,
         "analytic_gflops_per_image": flops.training_flops(model) / 1e9,
@@ -187,16 +207,19 @@ def table(rows: list[dict]) -> str:
     """The README's table (one row per generation and variant)."""
     lines = [
         "| TPU | variant | HBM/device | batch/device | HBM there (headroom) | largest batch "
-        "| MB/image | GFLOP/image | GB accessed/image (minimum) | roofline img/s/chip (bound) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| accumulate | MB/image | GFLOP/image | GB accessed/image (minimum) "
+        "| roofline img/s/chip (bound) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = "" if r["extrapolated"] else " (compiled)"
+        fit = r["grad_accum_steps_to_fit"]
+        accum = f"{fit['steps']} ({fit['estimated_gib']:.1f} GiB)" if fit else "-"
         lines.append(
             f"| {r['generation']} | {r['variant'].split('_')[1].upper()} "
             f"| {r['device_hbm_gib']:.1f} GiB | {r['published_device_batch']} "
             f"| {r['published_hbm_gib']:.1f} GiB ({r['published_headroom_gib']:+.1f}){mark} "
-            f"| {r['largest_device_batch']} | {r['hbm_mb_per_image']:.0f} "
+            f"| {r['largest_device_batch']} | {accum} | {r['hbm_mb_per_image']:.0f} "
             f"| {r['xla_gflops_per_image']:.1f} | {r['xla_gb_accessed_per_image']:.2f} "
             f"({r['minimum_gb_per_image']:.2f}) | {r['roofline_xla']['bound_images_per_s']:.0f} "
             f"({r['roofline_xla']['bound_by']}) |"
@@ -221,9 +244,14 @@ def main():
     parser.add_argument("--accum", type=int, default=1, help="grad_accum_steps")
     parser.add_argument("--cached-only", action="store_true")
     parser.add_argument(
+        "--libtpu-version", help="summarise the cache of this libtpu version (e.g. 0.0.42.1)"
+    )
+    parser.add_argument(
         "--one", nargs=3, metavar=("GEN", "VARIANT", "BATCH"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    global LIBTPU_VERSION
+    LIBTPU_VERSION = args.libtpu_version
     if args.one:
         generation, variant, batch = args.one[0], args.one[1], int(args.one[2])
         record = compile_one(generation, variant, batch, args.remat, args.accum)

@@ -208,21 +208,23 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| TPU | variant | HBM/device | batch/device | HBM there (headroom) | largest batch "
         "| accumulate | MB/image | GFLOP/image | GB accessed/image (minimum) "
-        "| roofline img/s/chip (bound) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FLOP/byte (minimum) | roofline img/s/chip (minimum) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = "" if r["extrapolated"] else " (compiled)"
         fit = r["grad_accum_steps_to_fit"]
         accum = f"{fit['steps']} ({fit['estimated_gib']:.1f} GiB)" if fit else "-"
+        xla, low = r["roofline_xla"], r["roofline_analytic"]
         lines.append(
             f"| {r['generation']} | {r['variant'].split('_')[1].upper()} "
             f"| {r['device_hbm_gib']:.1f} GiB | {r['published_device_batch']} "
             f"| {r['published_hbm_gib']:.1f} GiB ({r['published_headroom_gib']:+.1f}){mark} "
             f"| {r['largest_device_batch']} | {accum} | {r['hbm_mb_per_image']:.0f} "
             f"| {r['xla_gflops_per_image']:.1f} | {r['xla_gb_accessed_per_image']:.2f} "
-            f"({r['minimum_gb_per_image']:.2f}) | {r['roofline_xla']['bound_images_per_s']:.0f} "
-            f"({r['roofline_xla']['bound_by']}) |"
+            f"({r['minimum_gb_per_image']:.2f}) "
+            f"| {xla['intensity_flops_per_byte']:.0f} ({low['intensity_flops_per_byte']:.0f}) "
+            f"| {xla['bound_images_per_s']:.0f} ({low['bound_images_per_s']:.0f}) |"
         )
     return "\n".join(lines)
 

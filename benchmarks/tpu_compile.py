@@ -289,7 +289,21 @@ def main():
                 )
             rows.append(summarise(generation, variant, points, check))
     if rows:
-        summary = {"versions": _versions(), "devices": DEVICES, "rows": rows}
+        summary = {
+            "versions": _versions(),
+            "devices": DEVICES,
+            "notes": {
+                "measured": "the compiles at measured_batches (and verified_at_batch), per device",
+                "extrapolated": "every published_* and largest_device_batch figure, and the "
+                "per-image figures at published_device_batch, from the affine fit through the "
+                "measured batches, unless extrapolated is false (then published_* is compiled)",
+                "estimated": "grad_accum_steps_to_fit: the fit at batch/steps plus a float32 "
+                "gradient accumulator, not compiled",
+                "hbm_bytes": "arguments + outputs - aliases + temporaries + generated code",
+                "verify_relative_error": "fit / compiled - 1 at verified_at_batch",
+            },
+            "rows": rows,
+        }
         cache.save(f"summary_{args.remat}.json", summary)
         print(table(rows))
 

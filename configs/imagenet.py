@@ -19,8 +19,9 @@ eighth of the batch in 16 GiB. Memory per device:
   with ``remat="minimal"`` (about 14 GB at 256), so 40 GB GPUs fit; there ``--config.remat=none``
   (118 MB per image, about 30 GB at 256) is 15% faster. XLA:CPU's upper bound is 102 MB per
   image (26 GB). For a TPU v4 TensorCore libtpu's compiler needs 0.98 GB + 137 MB per image:
-  33.5 GiB at 256, 17.5 GiB over its 16 (at most 118 per core fit; v5e: 134 MB per image, 112
-  per chip). What fits a v4-8: ``--config.grad_accum_steps=4`` (about 9.2 GiB per core,
+  33.5 GiB at 256, 17.5 GiB over its 16 (at most 118 per core fit; a fit through batches 2 and
+  8, which on a v5e overstated the memory at 16 by 7%; v5e, fitted through 8 and 16: 108 MB per
+  image, 26.8 GiB at 256, at most 137 per chip). What fits a v4-8: ``--config.grad_accum_steps=4`` (about 9.2 GiB per core,
   estimated from the same fit plus the gradient accumulator), or a v4-32 (32 cores, 64 per
   core; a v4-16's 128 per core is over the 118) at the same global batch. ``--config.remat=full`` (16 MB per image on the H100) has
   not been compiled for a TPU. A v3 core has the same 16 GiB and has not been compiled either.

@@ -31,7 +31,7 @@ import time
 
 from benchlib import REPO
 from benchlib import compile_cache as cache
-from benchlib.tpu_fit import Affine, roofline_images_per_s
+from benchlib.tpu_fit import Affine, accumulation_to_fit, roofline_images_per_s
 
 GENERATIONS = ("v3", "v4", "v5e", "v5p", "v6e")
 VARIANTS = ("dynamixer_s", "dynamixer_m", "dynamixer_l")
@@ -109,19 +109,6 @@ def per_device_batch(variant: str) -> int:
     from dynamixer_jax.model.variants import PUBLISHED
 
     return PUBLISHED[variant]["batch_size"] // DEVICES
-
-
-def accumulation_to_fit(hbm: Affine, batch: int, capacity: float, num_params: int) -> dict | None:
-    """The fewest ``grad_accum_steps`` (a power of two dividing ``batch``) whose step fits
-    ``capacity``, estimated from the fit: the HBM of ``batch / steps`` images plus a float32
-    gradient accumulator (not compiled; None if even one image per micro-batch does not fit)."""
-    steps = 1
-    while batch % steps == 0:
-        need = hbm.at(batch // steps) + (4 * num_params if steps > 1 else 0)
-        if need <= capacity:
-            return {"steps": steps, "estimated_gib": need / GIB}
-        steps *= 2
-    return None
 
 
 def summarise(generation, variant, points, verify=None) -> dict:

@@ -37,6 +37,21 @@ class Affine:
         return max(0, math.floor((capacity - self.fixed) / self.per_image))
 
 
+def accumulation_to_fit(
+    hbm: Affine, batch: int, capacity: float, num_params: int
+) -> dict[str, float] | None:
+    """The fewest ``grad_accum_steps`` (a power of two dividing ``batch``) whose step fits
+    ``capacity``, estimated from the fit: the HBM of ``batch / steps`` images plus a float32
+    gradient accumulator (not compiled; None if even one image per micro-batch does not fit)."""
+    steps = 1
+    while batch % steps == 0:
+        need = hbm.at(batch // steps) + (4 * num_params if steps > 1 else 0)
+        if need <= capacity:
+            return {"steps": steps, "estimated_gib": need / 2**30}
+        steps *= 2
+    return None
+
+
 def roofline_images_per_s(
     flops_per_image: float, bytes_per_image: float, peak_flops: float, bandwidth: float
 ) -> dict[str, float]:

@@ -9,23 +9,35 @@ Each variant's global batch size, stochastic depth and eval crop fraction come f
 evaluated beside the raw weights, eval at 224, bfloat16, ``remat="minimal"``. Targets (top-1):
 S 82.7%, M 83.7%, L 84.3%.
 
-Hardware, per variant: all three are meant for 8 GPUs of 40 GB or more (the authors' setup) or
-a TPU v3-8 / v4-8. Memory per device:
+Hardware, per variant: all three are meant for 8 GPUs of 40 GB or more (the authors' setup).
+They do **not** fit a TPU v3-8 or v4-8 as published with the default ``remat="minimal"``
+(compiler estimates of ``python benchmarks/tpu_compile.py``, README "On a TPU"): a v3-8 is 8
+TensorCores of 16 GiB, a v4-8 is 4 chips of 32 GiB with two TensorCores each, so both hold an
+eighth of the batch in 16 GiB. Memory per device:
 
 * ``dynamixer_s``: batch 2048, 256 per device. On an H100 the bf16 step took 56 MB per image
   with ``remat="minimal"`` (about 14 GB at 256), so 40 GB GPUs fit; there ``--config.remat=none``
   (118 MB per image, about 30 GB at 256) is 15% faster. XLA:CPU's upper bound is 102 MB per
-  image (26 GB). On a TPU v3 (16 GB per core) add ``--config.remat=full`` (16 MB per image on
-  the H100, 45 by the CPU bound) or ``--config.grad_accum_steps=2``.
+  image (26 GB). For a TPU v4 TensorCore libtpu's compiler needs 0.98 GB + 137 MB per image:
+  33.5 GiB at 256, 17.5 GiB over its 16 (at most 118 per core fit; a fit through batches 2 and
+  8, which on a v5e overstated the memory at 16 by 7%; v5e, fitted through 8 and 16: 108 MB per
+  image, 26.8 GiB at 256, at most 137 per chip). What fits a v4-8: ``--config.grad_accum_steps=4`` (about 9.2 GiB per core,
+  estimated from the same fit plus the gradient accumulator), or a v4-32 (32 cores, 64 per
+  core; a v4-16's 128 per core is over the 118) at the same global batch. ``--config.remat=full`` (16 MB per image on the H100) has
+  not been compiled for a TPU. A v3 core has the same 16 GiB and has not been compiled either.
 * ``dynamixer_m``: batch 1024, 128 per device; 99 MB per image on the H100 (13 GB per device),
-  XLA:CPU's upper bound 210 (27 GB): fits 40 GB GPUs. On a TPU v3 add ``--config.remat=full``
-  (79 MB per image by the CPU bound, 10 GB) or ``--config.grad_accum_steps=2``.
+  XLA:CPU's upper bound 210 (27 GB): fits 40 GB GPUs. Not compiled for a TPU yet; S needed 2.4x
+  the H100's memory per image there, which would put M near 30 GB per device: expect to need
+  ``--config.grad_accum_steps=4`` on a v3-8 / v4-8 and check with
+  ``python benchmarks/tpu_compile.py --variants dynamixer_m``.
 * ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875; 142 MB
   per image on the H100 (9 GB per device), XLA:CPU's upper bound 294 (19 GB): fits 40 GB GPUs.
-  On a TPU v3 add ``--config.remat=full`` (110 MB per image by the CPU bound, 7 GB).
+  Not compiled for a TPU yet; at S's TPU/H100 ratio about 22 GB per device, over 16: expect
+  to need ``--config.grad_accum_steps=2`` (check with ``--variants dynamixer_l``).
 
-Figures: ``bash benchmarks/accelerator_check.sh`` (H100, batch 128, bf16) and
-``python benchmarks/memory_fit.py`` (the CPU bound).
+Figures: ``bash benchmarks/accelerator_check.sh`` (H100, batch 128, bf16),
+``python benchmarks/memory_fit.py`` (the CPU bound) and ``python benchmarks/tpu_compile.py``
+(TPU, libtpu 0.0.42.1's compiler; batches 2 and 8 compiled, larger ones extrapolated).
 
 ImageNet must be prepared once: ``tfds build imagenet2012`` with the two ILSVRC2012 tar files in
 ``$TFDS_DATA_DIR/downloads/manual`` (the run tells you if it is not).

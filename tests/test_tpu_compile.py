@@ -1,0 +1,79 @@
+"""The TPU compile lab (benchmarks/tpu_compile.py): its arithmetic everywhere, and one compile of a
+tiny model's real training step for a TPU where libtpu is installed (no TPU chip is needed).
+
+The compile test checks what must hold of any correct compile of the step: the donated state is
+aliased, the arguments are the state plus the batch, memory grows with the batch, and XLA's FLOP
+count is at least the matrix products of ``dynamixer_jax.model.flops`` (XLA adds element-wise
+work and the optimizer) and less than twice them (measured 1.1-1.3x on the CPU, test_flops.py).
+"""
+
+import math
+import sys
+
+import jax
+import pytest
+from conftest import MICRO_ARCH, REPO
+
+from dynamixer_jax.model import flops
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from benchlib.tpu_fit import Affine, accumulation_to_fit, roofline_images_per_s
+
+
+def test_affine_fit_and_largest_batch():
+    fit = Affine.through((4, 10.0), (8, 18.0))
+    assert (fit.fixed, fit.per_image) == (2.0, 2.0)
+    assert fit.at(100) == 202.0
+    assert fit.largest_batch(202.0) == 100
+    assert fit.largest_batch(201.9) == 99
+    assert fit.largest_batch(1.0) == 0
+    with pytest.raises(ValueError):
+        Affine.through((4, 1.0), (4, 2.0))
+
+
+def test_accumulation_adds_a_float32_gradient_per_micro_batch():
+    hbm = Affine(fixed=100.0, per_image=10.0)  # bytes; 1 parameter -> a 4-byte accumulator
+    assert accumulation_to_fit(hbm, 16, 260.0, 1) == {"steps": 1, "estimated_gib": 260 / 2**30}
+    assert accumulation_to_fit(hbm, 16, 259.0, 1)["steps"] == 2  # 100 + 8 * 10 + 4 = 184
+    assert accumulation_to_fit(hbm, 16, 183.0, 1)["steps"] == 4  # 100 + 4 * 10 + 4 = 144
+    assert accumulation_to_fit(hbm, 16, 143.0, 1)["steps"] == 8  # 100 + 2 * 10 + 4 = 124
+    assert accumulation_to_fit(hbm, 16, 113.0, 1) is None  # one image per step needs 114
+
+
+def test_roofline_takes_the_lower_bound():
+    # 1 TFLOP/s and 1 GB/s; 1 GFLOP and 10 MB per image: 1000 img/s by compute, 100 by memory.
+    out = roofline_images_per_s(1e9, 1e7, 1e12, 1e9)
+    assert out["compute_images_per_s"] == pytest.approx(1000)
+    assert out["memory_images_per_s"] == pytest.approx(100)
+    assert out["bound_images_per_s"] == pytest.approx(100)
+    assert out["bound_by"] == "memory"
+    assert out["intensity_flops_per_byte"] == pytest.approx(100)
+
+
+def test_tiny_training_step_compiles_for_a_tpu():
+    pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
+    from benchlib.published_step import published_train_step
+    from benchlib.tpu_compile import chip_mesh, compile_stats
+
+    batch = 8
+    step, args, model = published_train_step(
+        "dynamixer_s",
+        batch,
+        chip_mesh("v5e"),
+        image_size=16,
+        num_classes=10,
+        model_overrides=dict(MICRO_ARCH),
+    )
+    stats = compile_stats(step, args)
+    state_bytes = sum(
+        math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(args[0])
+    )
+    memory = stats["memory"]
+    # The TPU pads small arrays to its tiles, so the compiler's bytes are at least the logical.
+    assert memory["alias_bytes"] >= state_bytes  # the donated state is updated in place
+    assert memory["argument_bytes"] >= state_bytes + batch * (16 * 16 * 3 + 4 + 1)
+    assert stats["hbm_bytes"] >= memory["argument_bytes"] + memory["temp_bytes"]
+    assert memory["temp_bytes"] > 0 and stats["bytes_accessed"] > 0
+    # XLA counts the matmuls plus element-wise work and the optimizer: more, but not twice.
+    matmuls = batch * flops.training_flops(model)
+    assert matmuls <= stats["flops"] < 2 * matmuls

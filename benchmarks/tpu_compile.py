@@ -57,6 +57,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# The token-mixing layout compiled (--mixing): "vector", what a TPU runs, unless told otherwise.
+MIXING = "vector"
+
+
 def compile_one(generation: str, variant: str, batch: int, remat: str, accum: int) -> dict:
     """Compile the step once (in this process) and return its record."""
     from benchlib.tpu_compile import chip_devices, chip_mesh, compile_stats, quiet_libtpu
@@ -66,7 +70,7 @@ def compile_one(generation: str, variant: str, batch: int, remat: str, accum: in
 
     devices = chip_devices(generation)
     step, args, _ = published_train_step(
-        variant, batch, chip_mesh(generation), remat=remat, grad_accum_steps=accum
+        variant, batch, chip_mesh(generation), remat=remat, grad_accum_steps=accum, mixing=MIXING
     )
     stats = compile_stats(step, args)
     return {
@@ -78,6 +82,7 @@ def compile_one(generation: str, variant: str, batch: int, remat: str, accum: in
         "remat": remat,
         "dtype": "bf16",
         "grad_accum_steps": accum,
+        "mixing": MIXING,
         "versions": _versions(),
         "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         **stats,
@@ -87,14 +92,14 @@ def compile_one(generation: str, variant: str, batch: int, remat: str, accum: in
 def ensure(generation, variant, batch, remat, accum, cached_only) -> dict | None:
     """The cached record, compiling it in a child process first if it is missing."""
     versions = _versions()
-    name = cache.key(versions, generation, variant, batch, remat, "bf16", accum)
+    name = cache.key(versions, generation, variant, batch, remat, "bf16", accum, MIXING)
     record = cache.load(name)
     if record is not None or cached_only:
         return record
     start = time.time()
     print(f"compiling {generation} {variant} batch {batch} ({remat}) ...", flush=True)
     child = [sys.executable, os.path.abspath(__file__), "--one", generation, variant, str(batch)]
-    child += ["--remat", remat, "--accum", str(accum)]
+    child += ["--remat", remat, "--accum", str(accum), "--mixing", MIXING]
     done = subprocess.run(child, cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line[:1] not in ("W", "I")]
@@ -237,6 +242,13 @@ def main():
     )
     parser.add_argument("--remat", default="minimal", choices=["none", "minimal", "full"])
     parser.add_argument("--accum", type=int, default=1, help="grad_accum_steps")
+    parser.add_argument(
+        "--mixing",
+        default="vector",
+        choices=["vector", "dot"],
+        help="the model's token-mixing layout: vector (what a TPU runs; the default) or dot (the "
+        "layout before vector existed, which the first cached compiles used)",
+    )
     parser.add_argument("--cached-only", action="store_true")
     parser.add_argument(
         "--libtpu-version", help="summarise the cache of this libtpu version (e.g. 0.0.42.1)"
@@ -245,13 +257,14 @@ def main():
         "--one", nargs=3, metavar=("GEN", "VARIANT", "BATCH"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
-    global LIBTPU_VERSION
+    global LIBTPU_VERSION, MIXING
     LIBTPU_VERSION = args.libtpu_version
+    MIXING = args.mixing
     if args.one:
         generation, variant, batch = args.one[0], args.one[1], int(args.one[2])
         record = compile_one(generation, variant, batch, args.remat, args.accum)
         name = cache.key(
-            record["versions"], generation, variant, batch, args.remat, "bf16", args.accum
+            record["versions"], generation, variant, batch, args.remat, "bf16", args.accum, MIXING
         )
         cache.save(name, record)
         return
@@ -298,7 +311,8 @@ def main():
             },
             "rows": rows,
         }
-        cache.save(f"summary_{args.remat}.json", summary)
+        layout = f"_{MIXING}" if MIXING != "dot" else ""
+        cache.save(f"summary_{args.remat}{layout}.json", summary)
         print(table(rows))
 
 

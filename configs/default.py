@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
     # matmul outputs and recomputes element-wise work; "full" keeps only layer inputs (about
     # 2.2x less activation memory than "minimal", ~25% more compute); "none" keeps everything.
     config.remat = "minimal"
+    # How the tokens are mixed (dynamixer_jax/model/layers.py, resolve_mixing): "auto" is "vector"
+    # on a TPU (a lane-dense layout: 0.58x the bytes of "dot" per S training step, by the TPU
+    # compiler; docs/memory_traffic.md) and "dot" elsewhere (the layout measured on GPUs and CPUs).
+    config.mixing = "auto"
     # Run each stage's layers as one lax.scan: S compiles ~25% faster and holds ~15% less
     # activation memory on the CPU, same values; not yet timed on a GPU, hence off.
     config.scan_layers = False

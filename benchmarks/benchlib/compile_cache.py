@@ -3,7 +3,8 @@
 A compile for a TPU takes minutes on a CPU, so each result is kept in
 ``benchmarks/results/tpu-compile/`` and a rerun compiles only what is missing. The key holds the
 jax and libtpu versions, the generation, the variant, the per-device batch, ``remat``, the compute
-dtype and ``grad_accum_steps``.
+dtype, ``grad_accum_steps`` and the model's ``mixing`` layout (no suffix: ``"dot"``, the layout
+every model had before ``"vector"`` existed).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ def key(
     remat: str,
     dtype: str = "bf16",
     grad_accum_steps: int = 1,
+    mixing: str = "dot",
 ) -> str:
     """The file name (without directory) of one compile's record."""
     accum = f"_accum{grad_accum_steps}" if grad_accum_steps != 1 else ""
+    layout = f"_{mixing}" if mixing != "dot" else ""
     return (
         f"jax{versions['jax']}_libtpu{versions['libtpu']}_{generation}_{variant}"
-        f"_b{batch}_{remat}_{dtype}{accum}.json"
+        f"_b{batch}_{remat}_{dtype}{accum}{layout}.json"
     )
 
 

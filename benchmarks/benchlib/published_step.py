@@ -33,16 +33,20 @@ def published_train_step(
     grad_accum_steps: int = 1,
     num_classes: int | None = None,
     model_overrides: dict[str, Any] | None = None,
+    mixing: str = "vector",
 ) -> tuple[Any, tuple[Any, dict[str, jax.ShapeDtypeStruct]], Any]:
     """``(jitted step, (abstract state, abstract batch), model)`` of ``variant``'s ImageNet config
     at a global ``batch`` over ``mesh``'s devices. ``num_classes`` (default ImageNet's 1000) and
-    ``model_overrides`` (architecture fields) make a smaller model with the same recipe."""
+    ``model_overrides`` (architecture fields) make a smaller model with the same recipe.
+    ``mixing``: the token-mixing layout; a TPU resolves the model's ``"auto"`` to ``"vector"``,
+    but this runs on a CPU host, where ``"auto"`` would mean ``"dot"``, so it is explicit."""
     config = imagenet.get_config(variant)
     config.batch_size = batch
     config.remat = remat
     config.image_size = image_size
     config.grad_accum_steps = grad_accum_steps
     config.num_classes = num_classes
+    config.mixing = mixing
     for key, value in (model_overrides or {}).items():
         config.model_overrides[key] = value
     plan = make_plan(config, devices=mesh.devices.size, processes=1)

@@ -139,6 +139,7 @@ def _model(read: ConfigReader) -> ModelPlan:
         half_precision=bool(read("half_precision")),
         remat=read("remat"),
         scan_layers=bool(read("scan_layers")),
+        mixing=read("mixing"),
     )
     model.build(model.num_classes or 1)  # a model that cannot be built fails here
     return model

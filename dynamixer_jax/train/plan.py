@@ -34,6 +34,7 @@ class ModelPlan:
     half_precision: bool
     remat: str
     scan_layers: bool
+    mixing: str = "auto"
 
     def classes(self, dataset_classes: int | None, dataset: str = "the dataset") -> int:
         """The number of classes of the head, given the dataset's (None: it does not say).
@@ -67,6 +68,7 @@ class ModelPlan:
                 drop_rate=self.drop_rate if train else 0.0,
                 remat=self.remat,
                 scan_layers=self.scan_layers,
+                mixing=self.mixing,
                 dtype=jnp.bfloat16 if self.half_precision else None,
                 **dict(self.overrides),
             )

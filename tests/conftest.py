@@ -62,28 +62,51 @@ def tiny_model(**overrides):
 TORCH_MODULES = ["test_parity.py", "test_convert.py", "test_evaluate_authors.py"]
 collect_ignore = TORCH_MODULES if os.environ.get("DYNAMIXER_NO_TORCH") == "1" else []
 
-# Modules whose every test is end to end (a main.py process, a notebook, a training run over a
-# dataset, the tf.data pipeline): marked slow, left out of `scripts/test.sh --fast`. Single slow
-# tests elsewhere carry @pytest.mark.slow themselves.
+# The fast tier (`scripts/test.sh --fast`, under 2 minutes on 2 cores) is what runs in seconds:
+# the operation, layers, conversions, augmentations, configs, arithmetic. Marked slow here: whole
+# modules that are end to end (a main.py process, a notebook, a training run over a dataset, the
+# tf.data pipeline) or that compile several training steps, and single tests that compile a
+# whole network (each took 12 s or more on 2 cores). The full suite runs them all.
 SLOW_MODULES = {
     "test_evaluate_authors.py",
+    "test_fast_init.py",
     "test_hugepages.py",
+    "test_mixing_maps.py",
+    "test_nnx.py",
     "test_notebooks.py",
     "test_packaging.py",
     "test_pipeline.py",
     "test_reliability_checkpoints.py",
     "test_reliability_cli.py",
     "test_reliability_inputs.py",
+    "test_remat.py",
+    "test_scan_layers.py",
     "test_sharding.py",
     "test_throughput_bench.py",
+    "test_train_lib.py",
     "test_train_runs.py",
+}
+SLOW_TESTS = {
+    "test_network_logits_parity",
+    "test_gradient_parity_dynamixer_s",
+    "test_segmentation_head_trains",
+    "test_training_step_matches_trace_and_xla",
+    "test_stochastic_depth_is_per_sample_and_only_in_training",
+    "test_jit_and_grad_are_finite",
+    "test_command_line_round_trip",
+    "test_a_whole_model_moves_to_another_image_size",
+    "test_sharded_batch_matches_unsharded",
+    "test_logits_features_and_token_grid_shapes",
+    "test_erasing_modes_counts_and_off",
+    "test_train_preprocess_in_dataset_map",
+    "test_backbone_composes_inside_a_users_compact_module",
 }
 
 
 def pytest_collection_modifyitems(config, items):
-    """The module-wide markers: slow (SLOW_MODULES) and torch (TORCH_MODULES)."""
+    """The markers set here: slow (SLOW_MODULES, SLOW_TESTS) and torch (TORCH_MODULES)."""
     for item in items:
-        if item.path.name in SLOW_MODULES:
+        if item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
         if item.path.name in TORCH_MODULES:
             item.add_marker(pytest.mark.torch)

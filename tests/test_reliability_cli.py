@@ -295,7 +295,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_one_process_with_a_bad_flag_stops_every_process_with_its_line(tmp_path):
     # Process 1 has a wrong override: both join the coordinator, learn of it, and end with the
     # same line (before: process 1 alone said why; process 0 waited 300 s in

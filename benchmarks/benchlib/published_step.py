@@ -50,7 +50,8 @@ def published_train_step(
     for key, value in (model_overrides or {}).items():
         config.model_overrides[key] = value
     plan = make_plan(config, devices=mesh.devices.size, processes=1)
-    model = plan.model.build(plan.model.classes(IMAGENET_CLASSES))
+    # num_classes stands for the dataset too: a smaller model with the same recipe, not ImageNet.
+    model = plan.model.build(plan.model.classes(num_classes or IMAGENET_CLASSES))
     steps = plan.steps(IMAGENET_TRAIN_IMAGES // plan.data.batch_size)
     schedule, tx = optimizer_from_plan(plan.optim, steps)
     size = plan.model.image_size

@@ -90,3 +90,50 @@ def test_vector_and_dot_mixing_agree_and_bad_names_are_rejected():
         DynaMixerOp(seq_len=6, num_segments=3, mixing="pallas").apply(
             {"params": params}, x[:, :, 0]
         )
+
+
+def _residual_lines(policy) -> list[str]:
+    """What one vector-layout mixer layer keeps for its backward pass under ``policy``, as
+    ``jax.ad_checkpoint.print_saved_residuals`` lists it (arguments left out)."""
+    import contextlib
+    import io
+
+    import flax.linen as nn
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from dynamixer_jax.model.layers import MixerLayer
+
+    layer = nn.remat(MixerLayer, policy=policy, static_argnums=(2,))(
+        8, 8, 4, 2, dtype=jnp.bfloat16, mixing="vector"
+    )
+    x = jnp.zeros((2, 8, 8, 32), jnp.bfloat16)
+    params = layer.init(jax.random.key(0), x, False)["params"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_saved_residuals(lambda p, x: layer.apply({"params": p}, x, False), params, x)
+    return [line for line in printed.getvalue().splitlines() if "from the argument" not in line]
+
+
+def _residual_bytes(lines: list[str]) -> int:
+    sizes = {"bf16": 2, "f32": 4}
+    total = 0
+    for line in lines:
+        dtype, dims = line.split()[0].rstrip("]").split("[")
+        total += sizes[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+    return total
+
+
+def test_minimal_remat_keeps_the_probabilities_and_mixed_tokens_instead_of_their_sources():
+    # The "vector" mixing names the softmax's probabilities and the mixed tokens (after ``out``
+    # and the move back into the grid's layout). "minimal" keeps those, so the backward pass
+    # no longer recomputes the softmax and the relayout from the saved logits and ``out``
+    # product, and it holds no more memory than keeping the matrix products alone.
+    from dynamixer_jax.model.remat import REMAT_POLICIES
+
+    kept = _residual_lines(REMAT_POLICIES["minimal"])
+    dots_only = _residual_lines(jax.checkpoint_policies.dots_saveable)
+    for name in ("mixing_probabilities", "mixed_tokens"):
+        assert sum(f"named '{name}'" in line for line in kept) == 2, kept  # one per direction
+    assert not any("_mix_sequences_minor" in line and "dot_general" in line for line in kept)
+    assert any("_mix_sequences_minor" in line and "dot_general" in line for line in dots_only)
+    assert _residual_bytes(kept) <= _residual_bytes(dots_only)

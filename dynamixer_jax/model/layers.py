@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from dynamixer_jax.model.init import timm_trunc_normal
 
@@ -68,7 +69,7 @@ def softmax_saving_probabilities(logits: jax.Array, axis: int, dtype: Dtype) -> 
 
 
 def _softmax_forward(logits, axis, dtype):
-    probs = _softmax_float32(logits, axis, dtype)
+    probs = checkpoint_name(_softmax_float32(logits, axis, dtype), "mixing_probabilities")
     return probs, (probs, jnp.zeros((), logits.dtype))
 
 
@@ -313,7 +314,7 @@ class DynaMixerOp(nn.Module):
         y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=self.dtype)
         y = jnp.einsum("lmn,mo->nlo", y, kernel) + bias
         y = y.reshape(*others_shape, length, channels)
-        return jnp.moveaxis(y, ndim - 2, token_axis)
+        return checkpoint_name(jnp.moveaxis(y, ndim - 2, token_axis), "mixed_tokens")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         compressed = linear(x, *self.compress_params(x.shape[-1]), self.dtype)

@@ -67,7 +67,7 @@ def build_unit(unit: str, side: int, channels: int, segments: int, reduced: int,
     extra = mixing_fields(platform, args)
     dtype = DTYPES[args.dtype]
     if unit == "layer":
-        cls = remat_layer(MixerLayer, args.remat)
+        cls = remat_layer(MixerLayer, args.remat, extra.get("mixing", "dot"))
         module = cls(side, side, segments, reduced, dtype=dtype, **extra)
 
         def apply(params, x):

@@ -69,7 +69,7 @@ def softmax_saving_probabilities(logits: jax.Array, axis: int, dtype: Dtype) -> 
 
 
 def _softmax_forward(logits, axis, dtype):
-    probs = checkpoint_name(_softmax_float32(logits, axis, dtype), "mixing_probabilities")
+    probs = _softmax_float32(logits, axis, dtype)
     return probs, (probs, jnp.zeros((), logits.dtype))
 
 
@@ -290,8 +290,11 @@ class DynaMixerOp(nn.Module):
         z = z.reshape(length * reduced, segments, sequences)
         kernel, bias = self.generate(length * reduced)
         z, kernel, bias = nn.dtypes.promote_dtype(z, kernel, bias, dtype=self.dtype)
-        # generate's output index is (L_in major, L_out minor): logits (S, L_in, L_out, N).
-        logits = jnp.einsum("kq,ksn->sqn", kernel, z) + bias[:, None]
+        # generate's output index is (L_in major, L_out minor): logits (S, L_in, L_out, N). A
+        # product batched over segments, so that remat "minimal" recomputes the logits instead of
+        # keeping them (model/remat.py, remat_policy).
+        kernel = jnp.broadcast_to(kernel, (segments, *kernel.shape))
+        logits = jnp.einsum("skq,ksn->sqn", kernel, z) + bias[:, None]
         logits = logits.reshape(segments, length, length, sequences)
         mixing = softmax_saving_probabilities(logits, 1, self.dtype)  # over input tokens
         if self.is_mutable_collection("intermediates"):

@@ -11,10 +11,9 @@ the token grid's, stochastic depth a full-size mask. The choices, from most memo
     element-wise work (LayerNorms, softmaxes, GELU, reweighting, stochastic depth) in the
     backward pass. No matrix product runs twice, so the extra work is a few element-wise passes;
     activation memory falls to what the matmuls' weight gradients need anyway. With the
-    ``"vector"`` mixing (a TPU's) it keeps the softmax's probabilities and the mixed tokens
-    instead of the logits and the ``out`` product they come from: the same bytes held, and the
-    backward pass no longer recomputes the softmax and the move back into the grid's layout
-    (TPU v5e, S, one stage-1 layer: 12% fewer bytes accessed; docs/memory_traffic.md).
+    ``"vector"`` mixing (a TPU's; see ``remat_policy``) it keeps the mixed tokens instead of
+    the ``out`` product they come from, and recomputes the mixing matrices from the small
+    ``compress`` output instead of keeping their logits.
 ``"full"``
     Keep only each layer's input and recompute the whole layer in the backward pass: about one
     more forward pass of compute (training FLOPs x4/3) for the smallest memory, one layer's
@@ -38,16 +37,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-# Values the "vector" mixing names (layers.py): cheaper to keep than to recompute from the
-# matrix products' outputs, which they replace as residuals (same bytes held).
-SAVED_NAMES = ("mixing_probabilities", "mixed_tokens")
+from dynamixer_jax.model.layers import resolve_mixing
 
 REMAT_POLICIES = {
     "none": None,
-    "minimal": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_saveable,
-        jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES),
-    ),
+    "minimal": jax.checkpoint_policies.dots_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 
@@ -67,9 +61,35 @@ def call_layer(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     return nn.cond(corner == corner, run, run, module, x)
 
 
-def remat_layer(layer_cls: type[nn.Module], remat: str) -> type[nn.Module]:
-    """``layer_cls`` wrapped to keep what ``remat`` says; it must be called as ``layer(x, train)``."""
-    policy = REMAT_POLICIES[remat]
+# "minimal" for the "vector" mixing: every plain matrix product's output, and the mixed tokens
+# (named in layers.py) instead of the ``out`` product they come from.
+_VECTOR_MINIMAL = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.save_only_these_names("mixed_tokens"),
+)
+
+
+def remat_policy(remat: str, mixing: str):
+    """The ``jax.checkpoint`` policy of ``remat`` for a layer that mixes with ``mixing``.
+
+    ``"minimal"`` with the ``"vector"`` mixing (a TPU's) differs from the table in two ways,
+    both measured with the TPU compiler (docs/memory_traffic.md). It keeps the mixed tokens, in
+    the grid's layout, rather than the ``out`` product (the same bytes), so the backward pass
+    does not redo the bias and the move back into the grid. And it keeps no mixing matrices:
+    their logits (``generate``, the one product batched over segments) are recomputed in the
+    backward pass from the ``compress`` output, 32x smaller at S's first stage, for about 2%
+    more FLOPs. The ``"dot"`` layout keeps exactly what ``dots_saveable`` keeps, as measured on
+    the H100 and the CPUs.
+    """
+    if remat == "minimal" and resolve_mixing(mixing) == "vector":
+        return _VECTOR_MINIMAL
+    return REMAT_POLICIES[remat]
+
+
+def remat_layer(layer_cls: type[nn.Module], remat: str, mixing: str = "dot") -> type[nn.Module]:
+    """``layer_cls`` wrapped to keep what ``remat`` says for a layer that mixes with ``mixing``;
+    it must be called as ``layer(x, train)``."""
+    policy = remat_policy(remat, mixing)
     if policy is None:
         return layer_cls
     # static_argnums counts the module as argument 0: ``train`` (a Python bool) is argument 2.

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from dynamixer_jax.model.layers import Dtype, MixerLayer
-from dynamixer_jax.model.remat import REMAT_POLICIES, call_layer, remat_layer
+from dynamixer_jax.model.remat import call_layer, remat_layer, remat_policy
 
 
 def drop_path_rates(layers: Sequence[int], drop_path_rate: float) -> tuple[tuple[float, ...], ...]:
@@ -79,7 +79,7 @@ class Stage(nn.Module):
             and not self.is_mutable_collection("intermediates")
         ):
             return self._scan(x, train, every_layer)
-        layer = remat_layer(MixerLayer, self.remat)
+        layer = remat_layer(MixerLayer, self.remat, self.mixing)
         # With remat="full" on the CPU, one unit per layer when training (see model/remat.py).
         as_unit = (
             train
@@ -118,7 +118,7 @@ class Stage(nn.Module):
                 )
             return out, (out if every_layer else None)
 
-        policy = REMAT_POLICIES[self.remat]
+        policy = remat_policy(self.remat, self.mixing)
         if policy is not None:
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
         x, stacked_outputs = jax.lax.scan(body, x, (stacked, rates, keys))

@@ -169,7 +169,7 @@ def test_helpfull_still_lists_the_flags():
 def test_overrides_take_the_forms_config_flags_took(args, field, value):
     command_line = cli.split_overrides(["main.py", *args, "--workdir=w"])
     assert command_line.args == ["main.py", "--workdir=w"]
-    config = cli.load_config(str(REPO / "configs" / "quickstart.py"), command_line)
+    config = cli.config_from_command_line(str(REPO / "configs" / "quickstart.py"), command_line)
     node = config
     for part in field.split("."):
         node = node[part]
@@ -181,7 +181,7 @@ def test_bare_flags_that_need_a_value_say_so():
         cli.split_overrides(["main.py", "--noconfig.scan_layers=1"])
     command_line = cli.split_overrides(["main.py", "--config.batch_size", "--workdir=w"])
     with pytest.raises(ConfigError, match="--config.batch_size needs a value"):
-        cli.load_config(str(REPO / "configs" / "quickstart.py"), command_line)
+        cli.config_from_command_line(str(REPO / "configs" / "quickstart.py"), command_line)
 
 
 def test_arguments_after_double_dash_are_not_overrides():

@@ -15,7 +15,7 @@ import dataclasses
 
 from clu import periodic_actions
 
-from dynamixer_jax.train.plan import CadencePlan, Steps
+from dynamixer_jax.train.plan import CadencePlan, StepCounts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ def _action(every_steps: int, on_steps: list[int]) -> periodic_actions.PeriodicC
 class Cadence:
     """Call once after every step, with its number (the first call may be any step)."""
 
-    def __init__(self, cadence: CadencePlan, steps: Steps):
+    def __init__(self, cadence: CadencePlan, steps: StepCounts):
         end = [steps.total_steps]  # the last step always logs and evaluates
         self._log = _action(cadence.log_every_steps, end)
         self._evaluate = _action(steps.eval_every_steps, end)

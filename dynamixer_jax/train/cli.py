@@ -78,7 +78,7 @@ def split_overrides(argv: Sequence[str]) -> CommandLine:
     return CommandLine(args, list(overrides.items()), separate, bare)
 
 
-def load_config(path: str, command_line: CommandLine) -> Any:
+def config_from_command_line(path: str, command_line: CommandLine) -> Any:
     """The config of ``--config=path`` with the command line's overrides (ConfigError if not)."""
     from dynamixer_jax.train import config_files  # noqa: PLC0415
 
@@ -145,7 +145,7 @@ def _joining(argv: Sequence[str]) -> dict:
 def config_or_problem(path: str, command_line: CommandLine) -> tuple[Any, str | None]:
     """:func:`load_config`, or None and its error's line."""
     try:
-        return load_config(path, command_line), None
+        return config_from_command_line(path, command_line), None
     except DynaMixerError as error:
         return None, str(error)
 

@@ -39,7 +39,7 @@ from dynamixer_jax.train.evaluation import (
     open_configured_source,
 )
 from dynamixer_jax.train.optimizer import optimizer_from_plan
-from dynamixer_jax.train.plan import RunPlan, Steps
+from dynamixer_jax.train.plan import RunPlan, StepCounts
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.profiling import StepProfiler
 from dynamixer_jax.train.reporting import MetricsLog, Progress
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 class _Run:
     """What the loop works with, built once before it starts."""
 
-    steps: Steps
+    steps: StepCounts
     train_step: Any
     eval_step: Any
     train_data: Any
@@ -174,7 +174,9 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
         checkpoints.close()
 
 
-def _log_start(plan: RunPlan, num_classes: int, train_data: Any, steps: Steps, mesh: Any) -> None:
+def _log_start(
+    plan: RunPlan, num_classes: int, train_data: Any, steps: StepCounts, mesh: Any
+) -> None:
     log.info(
         "%s on %s: %d classes, %d training examples, %d steps of %d (%d per epoch), %s",
         plan.model.name,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dynamixer_jax.train.plan import OptimPlan, Steps
+from dynamixer_jax.train.plan import OptimPlan, StepCounts
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -83,7 +83,7 @@ def make_optimizer(
 
 
 def optimizer_from_plan(
-    optim: OptimPlan, steps: Steps
+    optim: OptimPlan, steps: StepCounts
 ) -> tuple[Schedule, optax.GradientTransformation]:
     """The schedule and the optimizer a run's plan asks for."""
     schedule = learning_rate_schedule(

@@ -151,7 +151,7 @@ class InitPlan:
 
 
 @dataclasses.dataclass(frozen=True)
-class Steps:
+class StepCounts:
     """The schedule and cadence in steps, once the steps per epoch are known."""
 
     steps_per_epoch: int
@@ -175,7 +175,7 @@ class RunPlan:
     seed: int
     config_json: str = dataclasses.field(repr=False, default="{}")  # written to WORKDIR
 
-    def steps(self, steps_per_epoch: int) -> Steps:
+    def steps(self, steps_per_epoch: int) -> StepCounts:
         """Steps of the run from epochs (or ``num_train_steps``), warmup, cooldown and eval period.
 
         With ``num_train_steps`` the run has that many steps and the cosine ends
@@ -191,4 +191,4 @@ class RunPlan:
         cosine = max(total - cooldown, 1)
         warmup = min(round(schedule.warmup_epochs * steps_per_epoch), cosine)
         every = self.cadence.eval_every_steps or steps_per_epoch
-        return Steps(steps_per_epoch, total, warmup, cosine, every)
+        return StepCounts(steps_per_epoch, total, warmup, cosine, every)

@@ -34,7 +34,8 @@ def _heavy_modules_after(imports: str) -> list[str]:
     [
         "dynamixer_jax, dynamixer_jax.model.nnx_bridge, dynamixer_jax.convert",
         "dynamixer_jax.train.steps, dynamixer_jax.train.optimizer, dynamixer_jax.train.state, "
-        "dynamixer_jax.train.checkpoints, dynamixer_jax.loading, dynamixer_jax.data.recipe",
+        "dynamixer_jax.train.checkpoints, dynamixer_jax.loading, dynamixer_jax.data.recipe, "
+        "dynamixer_jax.train.cadence",
     ],
 )
 def test_model_step_optimizer_and_checkpoints_import_no_heavy_framework(imports):

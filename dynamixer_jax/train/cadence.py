@@ -1,19 +1,16 @@
-"""When a run logs, evaluates and checkpoints: clu's periodic actions, asked after every step.
+"""When a run logs, evaluates and checkpoints, from the step number alone.
 
-Each action is a ``clu.periodic_actions.PeriodicCallback`` deciding from the step number alone
-(``every_steps`` and ``on_steps``, never the clock), so a run resumed from the checkpoint of step
-``k`` logs, evaluates and saves at exactly the steps the uninterrupted run did. The actions only
-say what is due; the loop then does it in a fixed order (fetch and check the step's metrics,
-log, evaluate, save with the evaluation's score), because all three need the checked metrics
-first and the checkpoint needs the evaluation's result. clu imports TensorFlow, so this module
-is imported when a run starts.
+A pure function of the step (never the clock), so a run resumed from the checkpoint of step
+``k`` logs, evaluates and saves at exactly the steps the uninterrupted run did. It only says
+what is due; the loop then does it in a fixed order (fetch and check the step's metrics, log,
+evaluate, save with the evaluation's score), because all three need the checked metrics first
+and the checkpoint needs the evaluation's result. Arithmetic, as big_vision's ``itstime``: no
+clu (which would bring TensorFlow) for a modulo.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-from clu import periodic_actions
 
 from dynamixer_jax.train.plan import CadencePlan, StepCounts
 
@@ -30,21 +27,16 @@ class Due:
         return self.log or self.evaluate or self.save
 
 
-def _action(every_steps: int, on_steps: list[int]) -> periodic_actions.PeriodicCallback:
-    return periodic_actions.PeriodicCallback(
-        every_steps=every_steps, on_steps=on_steps, callback_fn=lambda step, t: None
-    )
-
-
+@dataclasses.dataclass(frozen=True)
 class Cadence:
-    """Call once after every step, with its number (the first call may be any step)."""
+    """Call after a step with its number: what is due then."""
 
-    def __init__(self, cadence: CadencePlan, steps: StepCounts):
-        end = [steps.total_steps]  # the last step always logs and evaluates
-        self._log = _action(cadence.log_every_steps, end)
-        self._evaluate = _action(steps.eval_every_steps, end)
-        self._save = _action(cadence.checkpoint_every_steps, [])
+    cadence: CadencePlan
+    steps: StepCounts
 
     def __call__(self, step: int) -> Due:
-        log, evaluate, save = (action(step) for action in (self._log, self._evaluate, self._save))
-        return Due(log=log, evaluate=evaluate, save=save or evaluate)  # a checkpoint per eval
+        last = step == self.steps.total_steps  # the last step always logs and evaluates
+        log = last or step % self.cadence.log_every_steps == 0
+        evaluate = last or step % self.steps.eval_every_steps == 0
+        save = evaluate or step % self.cadence.checkpoint_every_steps == 0  # one per evaluation
+        return Due(log=log, evaluate=evaluate, save=save)

@@ -30,6 +30,7 @@ import numpy as np
 
 from dynamixer_jax.errors import DataError, TrainingDiverged
 from dynamixer_jax.train import memory, parallel, start, workdir_lock
+from dynamixer_jax.train.cadence import Cadence
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import (
@@ -194,8 +195,6 @@ def _loop(
     run: _Run, plan: RunPlan, state: TrainState, preemption: PreemptionWatch
 ) -> dict[str, Any]:
     """The training loop proper, from ``state``'s step to the end (or a preemption)."""
-    from dynamixer_jax.train.cadence import Cadence  # noqa: PLC0415 (clu imports TensorFlow)
-
     step, total = int(jax.device_get(state.step)), run.steps.total_steps
     cadence = Cadence(plan.cadence, run.steps)
     progress = Progress(step, total, plan.data.batch_size)

@@ -33,10 +33,10 @@ from dynamixer_jax.train.plan import (
     SchedulePlan,
 )
 
-# Fields whose "unset" used to be spelled -1; it is None now.
 log = logging.getLogger(__name__)
 
-_UNSET_WAS_MINUS_ONE = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
+# Counts that are either unset (None, their default) or positive.
+_POSITIVE_WHEN_SET = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
 
 
 class ConfigReader:
@@ -57,10 +57,9 @@ class ConfigReader:
                     "configs/default.py, which lists every field"
                 ) from None
         self.read.add(name)
-        if name in _UNSET_WAS_MINUS_ONE and node is not None and node <= 0:
-            was = "; -1 no longer means unset" if node == -1 else ""
+        if name in _POSITIVE_WHEN_SET and node is not None and node <= 0:
             raise ConfigError(
-                f"{name} {node}: must be positive{was}; leave "
+                f"{name} {node}: must be positive; leave "
                 f"--config.{name} out (unset, None, is the default)"
             )
         return tuple(node) if isinstance(node, list) else node

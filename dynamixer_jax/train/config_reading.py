@@ -19,7 +19,7 @@ import jax
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.loading import saved_run_config
-from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.network import DynaMixer, nearest_size, size_multiple
 from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, VARIANTS, list_models
 from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.parallel import STATE_SHARDINGS
@@ -99,20 +99,14 @@ def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
 
 def _check_image_size(name: str, image_size: Any, overrides: dict[str, Any]) -> None:
     """ConfigError unless every side of ``image_size`` is a positive multiple of what the model
-    needs: its patch size, times 2 for every stride-2 transition between stages."""
+    needs (``network.size_multiple``), said as the config's fix."""
     patch = overrides.get("patch_size") or DynaMixer.__dataclass_fields__["patch_size"].default
     transitions = overrides.get("transitions") or VARIANTS[name]["transitions"]
-    halvings = sum(bool(transition) for transition in tuple(transitions)[:-1])
-    multiple = patch * 2**halvings
+    multiple, why = size_multiple(patch, transitions)
     sides = image_size if isinstance(image_size, (tuple, list)) else (image_size,)
-    why = f"patch size {patch}" + (
-        f" x {2**halvings} for {halvings} stride-2 transition{'s' * (halvings > 1)}"
-        if halvings
-        else ""
-    )
     for side in sides:
         if isinstance(side, bool) or not isinstance(side, int) or side <= 0 or side % multiple:
-            good = multiple * max(1, round(side / multiple)) if isinstance(side, int) else multiple
+            good = nearest_size(side, multiple) if isinstance(side, int) else multiple
             positive = "a positive" if isinstance(side, int) and side > 0 else "positive: a"
             raise ConfigError(
                 f"image_size {image_size} must be {positive} multiple of {multiple} for {name} "

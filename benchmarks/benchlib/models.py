@@ -1,17 +1,15 @@
 """Which model a benchmark builds: aliases, the tiny smoke-run architecture, compute dtypes, and
-the PyTorch twin of the authors' model (``tests/torch_reference.py``)."""
+the PyTorch twin of the authors' model (``dynamixer_torch``)."""
 
 from __future__ import annotations
 
 import inspect
-import os
-import sys
 from types import ModuleType
 from typing import Any
 
 import jax.numpy as jnp
 
-from benchlib import REPO, UserError
+from benchlib import UserError
 from dynamixer_jax.model.variants import VARIANTS, create_model
 
 ALIASES = {"S": "dynamixer_s", "M": "dynamixer_m", "L": "dynamixer_l", "tiny": "tiny"}
@@ -68,10 +66,7 @@ def build_model(name: str, image_size: int, dtype: str, remat: str, train: bool)
 
 
 def torch_reference() -> ModuleType:
-    """The test suite's PyTorch twin module (needs torch; raises ImportError without it)."""
-    tests = os.path.join(REPO, "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import torch_reference as module
+    """The PyTorch twin module (needs torch; raises ImportError without it)."""
+    import dynamixer_torch
 
-    return module
+    return dynamixer_torch

@@ -25,6 +25,7 @@ medians, recipe by recipe.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -33,10 +34,9 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from augment_ops import make_jpegs
+from PIL import Image
 
 from dynamixer_jax.data import augment
 from dynamixer_jax.data.pipeline import TrainAugment, TrainData
@@ -56,6 +56,26 @@ RECIPES = {
     "colour jitter 0.4 instead of RandAugment": TrainAugment(rand_augment="", random_erase_prob=0),
 }
 PLAIN = "plain map of train_preprocess (float)"
+
+
+def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """Photo-like 500x375 images (smooth colour fields plus noise) as quality-90 JPEG bytes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:375, 0:500] / 500.0
+    jpegs = []
+    for _ in range(count):
+        phases = rng.uniform(0, 2 * np.pi, (3, 2))
+        freqs = rng.uniform(2, 12, (3, 2))
+        channels = [
+            np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
+            for c in range(3)
+        ]
+        image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
+        buffer = io.BytesIO()
+        pixels = np.clip(image, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    return jpegs
 
 
 def write_folder(root: str, unique: int, total: int) -> None:

@@ -74,7 +74,8 @@ BARRIER_DIR, BARRIER_COUNT, BARRIER_DEADLINE = (
 )
 TIMING_LOCK = "STEP_TIMING_LOCK"
 # The vector extensions worth naming beside a CPU figure (x86 flags, Arm features).
-VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme", "i8mm", "bf16")
+VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme2")
+VECTOR_NAMES = ("sme", "i8mm", "bf16")  # Arm; only whole ("smep" is an x86 security flag)
 
 
 def cpu_description() -> dict:
@@ -91,7 +92,7 @@ def cpu_description() -> dict:
                     flags = value.split()
     except OSError:
         pass
-    vector = sorted(f for f in flags if f.startswith(VECTOR_PREFIXES))
+    vector = sorted(f for f in flags if f.startswith(VECTOR_PREFIXES) or f in VECTOR_NAMES)
     return {"name": name, "cores": os.cpu_count(), "vector_extensions": vector}
 
 
@@ -189,6 +190,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
 
     kind, remat = name.split(":")
     device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
+    jax.config.update("jax_default_device", device)  # --device cpu --in-process on a GPU machine
     net = create(
         model,
         image_size=args.image_size,
@@ -200,9 +202,9 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     )
     rng = np.random.default_rng(0)
     shape = (batch, args.image_size, args.image_size, 3)
-    images = [jax.device_put(rng.standard_normal(shape, np.float32), device) for _ in range(2)]
-    labels = jax.device_put(rng.integers(0, NUM_CLASSES, batch).astype(np.int32), device)
-    state = {"params": jax.device_put(init_variables(net, 0)["params"], device)}
+    images = [jax.device_put(rng.standard_normal(shape, np.float32)) for _ in range(2)]
+    labels = jax.device_put(rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
+    state = {"params": init_variables(net, 0)["params"]}
     if mode == "train":
         fn, tx = make_adamw_step(net)
         state["opt"] = tx.init(state["params"])
@@ -335,9 +337,10 @@ def run_peak(args) -> dict:
     from benchlib.timing import measure_peak_jax
 
     device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
+    jax.config.update("jax_default_device", device)
     size = args.peak_size or (2048 if device.platform == "cpu" else 8192)
     barrier = compiled_and_ready()
-    with device_turn(), jax.default_device(device):
+    with device_turn():
         peak = measure_peak_jax(args.dtype, size, 20)
     return {**peak, **barrier, "device": device.device_kind, "platform": device.platform}
 
@@ -505,7 +508,7 @@ def row_line(row: dict) -> str:
     sys_share = median_of(runs, "sys_share")
     return (
         f"{head} {row['img_s']:>8.1f} {fmt(row.get('vs_torch'), '.2f', 7)} "
-        f"{fmt(row.get('mfu') and 100 * row['mfu'], '.1f', 5)}% "
+        f"{fmt(row.get('mfu'), '.1%', 6)} "
         f"{fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
         f"{fmt(median_of(runs, 'temp_mb_per_image'), '.0f', 7)} "
         f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)} "

@@ -11,10 +11,10 @@ in these figures). The last line times a plain ``map`` of ``train_preprocess`` (
 recipe in TensorFlow, float32 out, normalised and erased on the host) over the same files.
 
 Two figures per recipe: wall time (images/s, and that over the cores), and the process's CPU
-time (user + system, all threads) per image, whose inverse is images/s per busy core. On a
-machine shared with other work the CPU figure is the steadier one. Each step's share is its
-difference to the step before in CPU time. Rounds alternate between the recipes; the median
-round counts.
+time (user + system, all threads) per image, whose inverse is images/s per busy core (printed with
+the CPU and its vector extensions). On a machine shared with other work the CPU figure is the
+steadier one. Each step's share is its difference to the step before in CPU time. Rounds
+alternate between the recipes; the median round counts.
 
 ``--before DIR``: a checkout of an earlier commit (``git worktree add /tmp/before 8e8c9b2``).
 Each round first runs this same measurement in a subprocess that imports that checkout (its
@@ -184,11 +184,15 @@ def main():
     def median(values, which):
         return statistics.median(value[which] for value in values)
 
+    from benchlib import cpu_description  # not in --worker: it puts this checkout on sys.path
+
+    cpu = cpu_description()
     full_cpu = median(times[FULL], 1)
     print(
         f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
         "alternating rounds; uint8 out: normalisation and random erasing run in the train "
-        "step, on device, and are not in these figures"
+        "step, on device, and are not in these figures\n"
+        f"CPU: {cpu['name']}; vector extensions: {' '.join(cpu['vector_extensions']) or 'none found'}"
     )
     header = (
         f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "

@@ -52,7 +52,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -61,7 +60,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from benchlib import UserError, short_error, write_json
+from benchlib import UserError, cpu_description, short_error, write_json
 from benchlib.models import DROP_PATH_RATE, DTYPES, NUM_CLASSES, architecture, create, model_name
 
 XLA_OPTIONS = {"jax-cublas": "--xla_gpu_enable_triton_gemm=false"}
@@ -73,27 +72,6 @@ BARRIER_DIR, BARRIER_COUNT, BARRIER_DEADLINE = (
     "STEP_BARRIER_DEADLINE",
 )
 TIMING_LOCK = "STEP_TIMING_LOCK"
-# The vector extensions worth naming beside a CPU figure (x86 flags, Arm features).
-VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme2")
-VECTOR_NAMES = ("sme", "i8mm", "bf16")  # Arm; only whole ("smep" is an x86 security flag)
-
-
-def cpu_description() -> dict:
-    """The CPU's model name, core count and vector extensions (from /proc/cpuinfo on Linux)."""
-    name, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "cpu model") and value.strip():
-                    name = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = value.split()
-    except OSError:
-        pass
-    vector = sorted(f for f in flags if f.startswith(VECTOR_PREFIXES) or f in VECTOR_NAMES)
-    return {"name": name, "cores": os.cpu_count(), "vector_extensions": vector}
 
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 from typing import Any
 
@@ -39,3 +40,26 @@ def write_json(path: str, content: Any) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(content, f, indent=1, default=str)
     os.replace(path + ".tmp", path)
+
+
+# The vector extensions worth naming beside a CPU figure (x86 flags, Arm features).
+VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme2")
+VECTOR_NAMES = ("sme", "i8mm", "bf16")  # Arm; only whole ("smep" is an x86 security flag)
+
+
+def cpu_description() -> dict:
+    """The CPU's model name, core count and vector extensions (from /proc/cpuinfo on Linux)."""
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and value.strip():
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    vector = sorted(f for f in flags if f.startswith(VECTOR_PREFIXES) or f in VECTOR_NAMES)
+    return {"name": name, "cores": os.cpu_count(), "vector_extensions": vector}

@@ -9,7 +9,7 @@ Checks, each recorded (and any failure recorded as an error, the rest still runn
     CPU, both float32 at ``highest`` matmul precision (so TF32 cannot hide a bug): max abs
     and relative error (max abs / max |logit|). Also the default-precision (TF32 on recent
     NVIDIA GPUs) error against the same CPU logits;
-  * ``jax_vs_torch``: JAX logits vs the PyTorch twin (``tests/torch_reference.py``) on the
+  * ``jax_vs_torch``: JAX logits vs the PyTorch twin (``dynamixer_torch``) on the
     same device, float32, TF32 off on both sides;
   * ``bf16_vs_fp32``: top-1 agreement of the bfloat16 model with the float32 one on 64 smooth
     random images, and their logit error relative to the logits' spread.
@@ -20,7 +20,6 @@ mistakes in biases or norms would show, and argmaxes are not ties.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -33,9 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib.models import NUM_CLASSES, architecture, create, torch_reference
-from benchlib.records import short_error, write_json
-from benchlib.torch_side import torch_device
+from benchlib import short_error, write_json
+from benchlib.models import NUM_CLASSES, architecture, create
 from dynamixer_jax.convert import torch_to_flax
 
 
@@ -48,7 +46,8 @@ def twin_and_params(name: str, image_size: int):
     """(torch twin with randomised weights, the same weights as Flax params in numpy)."""
     import torch
 
-    twin_module = torch_reference()
+    import dynamixer_torch as twin_module
+
     torch.manual_seed(0)
     twin = twin_module.randomize_(
         twin_module.TorchDynaMixer(
@@ -68,25 +67,10 @@ def smooth_images(batch: int, size: int, seed: int) -> np.ndarray:
     return np.asarray(resized)
 
 
-@contextlib.contextmanager
-def matmul_precision(precision: str):
-    """``jax.default_matmul_precision`` where this jax has it, else the config option."""
-    if hasattr(jax, "default_matmul_precision"):
-        with jax.default_matmul_precision(precision):
-            yield
-        return
-    previous = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", precision)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_default_matmul_precision", previous)
-
-
 def logits_on(model, params, images: np.ndarray, device, precision: str) -> np.ndarray:
     """Float32 numpy logits of ``model`` computed on ``device`` at a matmul precision."""
     params, images = jax.device_put((params, images), device)
-    with matmul_precision(precision):
+    with jax.default_matmul_precision(precision):
         apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
         return np.asarray(apply(params, images), np.float32)
 
@@ -126,7 +110,7 @@ def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict[str, 
     """The torch twin's float32 logits (TF32 off) on its device vs JAX's."""
     import torch
 
-    device = torch_device(torch)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = twin.to(device).eval()

@@ -7,12 +7,14 @@
 #   log.txt           everything printed (kept even if a section times out)
 #   environment.txt   nvidia-smi and jax's environment report
 #   correctness.json  device vs CPU logits (S, M, L), JAX vs the PyTorch twin, bf16 vs fp32 top-1
-#   train_step.json   the training-step race (benchmarks/train_step.py --concurrent): S, M, L in
+#   throughput.json   the training-step race (benchmarks/throughput.py --concurrent): S, M, L in
 #                     JAX (S with each remat, scan_layers, cuBLAS-only) and PyTorch (eager,
 #                     torch.compile of the model and of each layer), bf16, batch 128, MFU
-#   throughput.json   with SWEEP=1: JAX and PyTorch records (benchmarks/throughput.py)
-#   step.xplane.pb.gz with PROFILE=1: a jax.profiler trace of one S bf16 training step
-#                     (gunzip it; benchmarks/profile_step.py --summarize reads it where TensorFlow is)
+#   sweep.json        with SWEEP=1: inference and training at a larger batch, JAX and PyTorch
+#                     (benchmarks/throughput.py), and memory.json: XLA's memory analysis of the
+#                     step and the largest batch that fits (benchmarks/memory.py, compile only)
+#   trace/            with PROFILE=1: a jax.profiler trace of S bf16 training steps
+#                     (throughput.py --trace; *.xplane.pb gzipped; open it in TensorBoard/XProf)
 # Needs python3 with jax, flax, optax, numpy (torch for the twin and the baseline; no
 # TensorFlow). The package is not installed: PYTHONPATH=. is set here.
 #
@@ -20,13 +22,12 @@
 # one slow compile cannot eat the rest. Environment knobs:
 #   CHECK_QUICK=1        tiny models at 56x56, batch 2 (a CPU smoke run of this script)
 #   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
-#   RACE_SETTINGS="..."  the race's settings (train_step.py's names); RACE_BATCH=128
-#   SWEEP=1              also benchmarks/throughput.py's sweep (inference, memory, more batches)
+#   RACE_SETTINGS="..."  the race's settings (throughput.py's names); RACE_BATCH=128
+#   SWEEP=1              also the sweep and the memory analysis above
 #   CHECK_MODELS="S M L" models of that sweep (default S; M and L need CHECK_TIME_SCALE=3)
-#   PROFILE=1            also trace one S bf16 training step
+#   PROFILE=1            also trace S bf16 training steps
 #   PYTHON=python3       the interpreter
-#   JAX_EXTRA / TORCH_EXTRA   extra arguments for the two throughput runs; they come last, so
-#                        they override, e.g. JAX_EXTRA="--remat minimal none"
+#   SWEEP_EXTRA          extra arguments for the sweep; they come last, so they override
 set -u
 OUTDIR="${1:-${OUT:-./accelerator_out}}"
 mkdir -p "$OUTDIR"
@@ -42,33 +43,27 @@ stamp() { echo "=== $(date -u +%H:%M:%S) $* ==="; }
 START=$(date +%s)
 
 # Sections: timeout (s) of the process, and the budget after which it starts nothing new.
-# The JAX sweep uses init_variables weights (--no-twin-weights): importing CUDA torch into the
-# JAX process could clash over CUDA libraries, and the values do not change the speed. The
+# Every throughput setting runs in its own process (JAX and CUDA torch never share one); the
 # correctness section does run both frameworks in one process (JAX first), on the same weights.
 if [ "${CHECK_QUICK:-0}" = "1" ]; then
   QUICK=(--quick)
-  JAX_SWEEP=(--quick --dtypes fp32 bf16 --remat minimal full --max-batch tiny
-             --max-batch-dtypes fp32 --memory-limit-gb 0.012)
-  TORCH_SWEEP=(--quick --dtypes fp32 bf16)
+  SIZE=(--image-size 56)
   T_CORR=$(secs 120); B_CORR=$(secs 90)
   RACE_DTYPE=bf16; RACE_BATCH=(2); RACE_STEPS=1
   RACE=(peak jax:minimal@tiny jax:none@tiny torch@tiny torch-compile-layers@tiny)
   T_RACE=$(secs 240); B_RACE=$(secs 180); B_RACE_ALL=$(secs 220)
-  T_JAX=$(secs 240); B_JAX=$(secs 200)
-  T_TORCH=$(secs 120); B_TORCH=$(secs 90)
-  PROFILE_ARGS=(--quick); T_PROF=$(secs 120)
+  SWEEP_ARGS=(--batches 4 --settings jax:minimal@tiny torch@tiny)
+  MEMORY_ARGS=(--models tiny --dtypes bf16 --remat minimal --batches 2 4 --fit-gb 0.05)
+  T_SWEEP=$(secs 240); T_MEMORY=$(secs 240)
+  PROFILE_ARGS=(--settings jax:minimal@tiny --batches 2 --steps 1); T_PROF=$(secs 120)
 else
   QUICK=()
+  SIZE=()
   # Measured on an H200 (2026-11-26): XLA compiles the S training step in ~80 s there, so run
   # one after the other 7 minutes hold only S. The race below compiles all settings at once.
-  # SWEEP=1 adds benchmarks/throughput.py's sweep (CHECK_MODELS="S M L" with
-  # CHECK_TIME_SCALE=3 covers M and L). PROFILE=1 adds a trace of the S bf16 step (~90 s).
+  # SWEEP=1 adds inference and a larger batch (CHECK_MODELS="S M L" with CHECK_TIME_SCALE=3
+  # covers M and L) and the memory analysis. PROFILE=1 adds a trace of the S bf16 step (~90 s).
   MODELS=(${CHECK_MODELS:-S})
-  JAX_SWEEP=(--models "${MODELS[@]}" --dtypes bf16 --batches S:128,256 M:64,128 L:64,128
-             --remat minimal --rounds 3 --round-seconds 0.3 --warmup 2 --no-twin-weights)
-  TORCH_SWEEP=(--models "${MODELS[@]}" --dtypes bf16 fp32 --batches S:128,256 M:64,128 L:64,128
-               --torch-compile-for S:bf16:128 --compile-reserve-s 50
-               --rounds 3 --round-seconds 0.3 --warmup 3)
   T_CORR=$(secs 150); B_CORR=$(secs 130)
   # The race: every setting compiles side by side (16 cores), then each is timed alone.
   RACE_DTYPE=bf16; RACE_BATCH=(${RACE_BATCH:-128}); RACE_STEPS=10
@@ -76,9 +71,12 @@ else
         torch torch-compile torch-compile-layers
         jax:minimal@M torch@M jax:minimal@L torch@L})
   T_RACE=$(secs 400); B_RACE=$(secs 260); B_RACE_ALL=$(secs 380)
-  T_JAX=$(secs 200); B_JAX=$(secs 170)
-  T_TORCH=$(secs 90); B_TORCH=$(secs 75)
-  PROFILE_ARGS=(--model dynamixer_s --batch 128 --dtype bf16 --steps 1); T_PROF=$(secs 120)
+  SWEEP_SETTINGS=(peak torch-compile@S)
+  for m in "${MODELS[@]}"; do SWEEP_SETTINGS+=("jax:minimal@$m" "torch@$m"); done
+  SWEEP_ARGS=(--batches 256 --steps 5 --settings "${SWEEP_SETTINGS[@]}")
+  MEMORY_ARGS=(--models "${MODELS[@]}" --dtypes bf16 --remat minimal --batches 64 128)
+  T_SWEEP=$(secs 300); T_MEMORY=$(secs 200)
+  PROFILE_ARGS=(--settings jax:minimal --batches 128 --steps 1); T_PROF=$(secs 120)
 fi
 
 stamp "environment"
@@ -92,7 +90,7 @@ torch.cuda.is_available() and torch.cuda.get_device_name(0))" 2>&1 || true
 cat "$OUTDIR/environment.txt"
 
 # The device lock: whoever holds it has the GPU to itself. The correctness check takes it at once
-# and keeps it to its end; the step race (train_step.py --concurrent) compiles every setting side by
+# and keeps it to its end; the step race (throughput.py --concurrent) compiles every setting side by
 # side meanwhile and then times one setting at a time under the same lock.
 LOCK="$(mktemp /tmp/dynamixer_device_lock.XXXXXX)"
 : > "$LOCK"
@@ -109,43 +107,41 @@ CORR_PID=$!
 sleep 2
 
 stamp "training-step race, ${RACE_DTYPE} (timeout ${T_RACE}s): ${RACE[*]}"
-STEP_TIMING_LOCK="$LOCK" timeout -k 10 "$T_RACE" "$PY" benchmarks/train_step.py --concurrent \
-  --dtype "$RACE_DTYPE" --batches "${RACE_BATCH[@]}" --rounds 1 --inner-rounds 3 \
+STEP_TIMING_LOCK="$LOCK" timeout -k 10 "$T_RACE" "$PY" benchmarks/throughput.py --concurrent \
+  --dtype "$RACE_DTYPE" --batches "${RACE_BATCH[@]}" --rounds 1 --inner-rounds 3 "${SIZE[@]}" \
   --steps "$RACE_STEPS" --warmup 2 --barrier-s "$B_RACE" --setting-timeout-s "$B_RACE_ALL" \
-  --settings "${RACE[@]}" --json "$OUTDIR/train_step.json"
+  --settings "${RACE[@]}" --json "$OUTDIR/throughput.json"
 echo "training-step race exit code $?"
 wait "$CORR_PID"
 cat "$OUTDIR/correctness.log"
 
 if [ "${SWEEP:-0}" = "1" ] || [ "${CHECK_QUICK:-0}" = "1" ]; then
-  stamp "JAX throughput (timeout ${T_JAX}s)"
-  XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-.9}" \
-  timeout -k 10 "$T_JAX" "$PY" benchmarks/throughput.py --frameworks jax "${JAX_SWEEP[@]}" \
-    --budget-s "$B_JAX" --json "$OUTDIR/throughput.json" ${JAX_EXTRA:-}
-  echo "JAX throughput exit code $?"
-
-  # PyTorch in its own process, JAX kept off the GPU there (it would preallocate memory).
-  stamp "PyTorch throughput (timeout ${T_TORCH}s)"
-  JAX_PLATFORMS=cpu timeout -k 10 "$T_TORCH" "$PY" benchmarks/throughput.py --frameworks torch \
-    "${TORCH_SWEEP[@]}" --budget-s "$B_TORCH" --append --json "$OUTDIR/throughput.json" \
-    ${TORCH_EXTRA:-}
-  echo "PyTorch throughput exit code $?"
+  stamp "sweep: inference and training, bf16 (timeout ${T_SWEEP}s)"
+  timeout -k 10 "$T_SWEEP" "$PY" benchmarks/throughput.py --concurrent --modes infer train \
+    --dtype bf16 --rounds 1 --inner-rounds 3 --warmup 2 "${SIZE[@]}" "${SWEEP_ARGS[@]}" \
+    --json "$OUTDIR/sweep.json" ${SWEEP_EXTRA:-}
+  echo "sweep exit code $?"
+  stamp "memory analysis of the bf16 step, compile only (timeout ${T_MEMORY}s)"
+  timeout -k 10 "$T_MEMORY" "$PY" benchmarks/memory.py "${SIZE[@]}" "${MEMORY_ARGS[@]}" \
+    --json "$OUTDIR/memory.json"
+  echo "memory analysis exit code $?"
 fi
 
 if [ "${PROFILE:-0}" = "1" ] || [ "${CHECK_QUICK:-0}" = "1" ]; then
-  stamp "profile of the S bf16 training step (timeout ${T_PROF}s)"
+  stamp "trace of the S bf16 training step (timeout ${T_PROF}s)"
   XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-.9}" \
-  timeout -k 10 "$T_PROF" "$PY" benchmarks/profile_step.py "${PROFILE_ARGS[@]}" --out "$OUTDIR"
-  echo "profile exit code $?"
+  timeout -k 10 "$T_PROF" "$PY" benchmarks/throughput.py --in-process --rounds 1 --dtype bf16 \
+    "${SIZE[@]}" "${PROFILE_ARGS[@]}" --trace "$OUTDIR/trace" --json "$OUTDIR/trace/step.json"
+  echo "trace exit code $?"
   # Traces outgrow what a sandbox hands back (16 MB a file); compressed they are ~10x smaller.
-  [ -f "$OUTDIR/step.xplane.pb" ] && gzip -f "$OUTDIR/step.xplane.pb"
+  find "$OUTDIR/trace" -name '*.xplane.pb' -exec gzip -f {} \;
 fi
 
 stamp "summary"
-[ -f "$OUTDIR/train_step.json" ] && JAX_PLATFORMS=cpu timeout -k 5 60 "$PY" \
-  benchmarks/train_step.py --summarize "$OUTDIR/train_step.json"
-[ -f "$OUTDIR/throughput.json" ] && JAX_PLATFORMS=cpu timeout -k 5 60 "$PY" \
-  benchmarks/throughput.py --summarize "$OUTDIR/throughput.json"
+for f in throughput sweep; do
+  [ -f "$OUTDIR/$f.json" ] && JAX_PLATFORMS=cpu timeout -k 5 60 "$PY" \
+    benchmarks/throughput.py --summarize "$OUTDIR/$f.json"
+done
 JAX_PLATFORMS=cpu timeout -k 5 30 "$PY" - "$OUTDIR/correctness.json" <<'PYEOF'
 import json, sys
 try:

@@ -11,10 +11,10 @@ in these figures). The last line times a plain ``map`` of ``train_preprocess`` (
 recipe in TensorFlow, float32 out, normalised and erased on the host) over the same files.
 
 Two figures per recipe: wall time (images/s, and that over the cores), and the process's CPU
-time (user + system, all threads) per image, whose inverse is images/s per busy core. On a
-machine shared with other work the CPU figure is the steadier one. Each step's share is its
-difference to the step before in CPU time. Rounds alternate between the recipes; the median
-round counts.
+time (user + system, all threads) per image, whose inverse is images/s per busy core (printed with
+the CPU and its vector extensions). On a machine shared with other work the CPU figure is the
+steadier one. Each step's share is its difference to the step before in CPU time. Rounds
+alternate between the recipes; the median round counts.
 
 ``--before DIR``: a checkout of an earlier commit (``git worktree add /tmp/before 8e8c9b2``).
 Each round first runs this same measurement in a subprocess that imports that checkout (its
@@ -25,6 +25,7 @@ medians, recipe by recipe.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -33,10 +34,9 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from augment_ops import make_jpegs
+from PIL import Image
 
 from dynamixer_jax.data import augment
 from dynamixer_jax.data.pipeline import TrainAugment, TrainData
@@ -56,6 +56,26 @@ RECIPES = {
     "colour jitter 0.4 instead of RandAugment": TrainAugment(rand_augment="", random_erase_prob=0),
 }
 PLAIN = "plain map of train_preprocess (float)"
+
+
+def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """Photo-like 500x375 images (smooth colour fields plus noise) as quality-90 JPEG bytes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:375, 0:500] / 500.0
+    jpegs = []
+    for _ in range(count):
+        phases = rng.uniform(0, 2 * np.pi, (3, 2))
+        freqs = rng.uniform(2, 12, (3, 2))
+        channels = [
+            np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
+            for c in range(3)
+        ]
+        image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
+        buffer = io.BytesIO()
+        pixels = np.clip(image, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    return jpegs
 
 
 def write_folder(root: str, unique: int, total: int) -> None:
@@ -164,11 +184,15 @@ def main():
     def median(values, which):
         return statistics.median(value[which] for value in values)
 
+    from benchlib import cpu_description  # not in --worker: it puts this checkout on sys.path
+
+    cpu = cpu_description()
     full_cpu = median(times[FULL], 1)
     print(
         f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
         "alternating rounds; uint8 out: normalisation and random erasing run in the train "
-        "step, on device, and are not in these figures"
+        "step, on device, and are not in these figures\n"
+        f"CPU: {cpu['name']}; vector extensions: {' '.join(cpu['vector_extensions']) or 'none found'}"
     )
     header = (
         f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "

@@ -6,7 +6,8 @@ compiler, for one mixer layer and for the DynaMixer op alone, forward + backward
     python benchmarks/mixing_traffic.py --step [--batch 8] [--platform tpu]
 
 ``--step`` compiles the library's whole training step instead (``make_train_step``: DynaMixer-S,
-bf16, the given remat, AdamW, EMA, Mixup/CutMix; as ``benchmarks/compile_step.py``) on a
+bf16, the given remat, AdamW, EMA, Mixup/CutMix; ``benchlib.published_step.library_train_step``,
+as ``benchmarks/memory.py --step library``) on a
 one-device mesh: about 15 minutes for a TPU on 2 CPU cores. Run it with ``PYTHONPATH`` pointing at
 another checkout to measure that checkout's model the same way.
 
@@ -31,6 +32,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
+from benchlib.xla_stats import costs
 from dynamixer_jax.model.layers import DynaMixerOp, MixerLayer
 from dynamixer_jax.model.remat import remat_layer
 
@@ -108,53 +110,27 @@ def compile_unit(unit: str, stage: tuple, platform: str, args):
 def compile_train_step(platform: str, args):
     """The compiled training step of DynaMixer-S (bf16) for ``args.batch`` images on one device."""
     import numpy as np
-    import optax
 
+    from benchlib.published_step import library_train_step
     from dynamixer_jax import create_model
-    from dynamixer_jax.train.mixup import MixupConfig
-    from dynamixer_jax.train.optimizer import make_optimizer
-    from dynamixer_jax.train.state import create_train_state
-    from dynamixer_jax.train.steps import make_train_step
 
     extra = mixing_fields(platform, args)
     model = create_model(
         "dynamixer_s", drop_path_rate=0.1, remat=args.remat, dtype=DTYPES[args.dtype], **extra
     )
-    size = model.image_size
     device = tpu_device() if platform == "tpu" else jax.devices("cpu")[0]
     mesh = jax.sharding.Mesh(np.array([device]), ("data",))
-    schedule = optax.cosine_decay_schedule(1e-3, 1000)
-    tx = make_optimizer(schedule, weight_decay=0.05)
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-    state = jax.eval_shape(
-        lambda p: create_train_state(p, tx, seed=1, use_ema=True), params["params"]
-    )
-    step = make_train_step(
-        model,
-        tx,
-        schedule,
-        mesh,
-        num_classes=model.num_classes,
-        mixup=MixupConfig(label_smoothing=0.1),
-        ema_decay=0.9999,
-    )
-    batch_spec = {
-        "image": jax.ShapeDtypeStruct((args.batch, size, size, 3), jnp.uint8),
-        "label": jax.ShapeDtypeStruct((args.batch,), jnp.int32),
-        "mask": jax.ShapeDtypeStruct((args.batch,), jnp.bool_),
-    }
-    return step.lower(state, batch_spec).compile()
+    step, step_args = library_train_step(model, mesh, args.batch)
+    return step.lower(*step_args).compile()
 
 
 def figures(compiled, batch: int) -> dict:
     """FLOPs, bytes accessed and temp bytes per image (MB for bytes, MFLOP for FLOPs)."""
-    costs = compiled.cost_analysis()
-    if isinstance(costs, (list, tuple)):
-        costs = costs[0]
+    cost = costs(compiled)
     memory = compiled.memory_analysis()
     return {
-        "mflop_per_image": round(costs["flops"] / batch / 1e6, 1),
-        "accessed_mb_per_image": round(costs["bytes accessed"] / batch / 1e6, 2),
+        "mflop_per_image": round(cost["flops"] / batch / 1e6, 1),
+        "accessed_mb_per_image": round(cost["bytes_accessed"] / batch / 1e6, 2),
         "temp_mb_per_image": round(memory.temp_size_in_bytes / batch / 1e6, 2),
     }
 

@@ -39,7 +39,7 @@ has not been compiled for v3/v4 yet. Memory per device:
   to need ``--config.grad_accum_steps=2`` (check with ``--variants dynamixer_l``).
 
 Figures: ``bash benchmarks/accelerator_check.sh`` (H100, batch 128, bf16),
-``python benchmarks/memory_fit.py`` (the CPU bound) and ``python benchmarks/tpu_compile.py``
+``python benchmarks/memory.py`` (the CPU bound) and ``python benchmarks/tpu_compile.py``
 (TPU, libtpu 0.0.42.1's compiler; batches 2 and 8 compiled, larger ones extrapolated).
 
 ImageNet must be prepared once: ``tfds build imagenet2012`` with the two ILSVRC2012 tar files in

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from torch_reference import TorchDynaMixer, randomize_
 
 import dynamixer_jax
 from dynamixer_jax import create_model
@@ -19,6 +18,7 @@ from dynamixer_jax.convert import architecture_from_state_dict, flax_to_torch, t
 from dynamixer_jax.convert.__main__ import main as convert_main
 from dynamixer_jax.convert.flax_io import load_flax
 from dynamixer_jax.errors import ConversionError
+from dynamixer_torch import TorchDynaMixer, randomize_
 
 ARCH = dict(
     layers=(1, 2, 1, 1),

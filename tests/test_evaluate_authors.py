@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
-from torch_reference import TorchDynaMixer, randomize_
 
 from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.data.sources import open_source
@@ -13,6 +12,7 @@ from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import make_eval_data
 from dynamixer_jax.train.reporting import read_metrics
+from dynamixer_torch import TorchDynaMixer, randomize_
 
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
 ARCH = dict(

@@ -14,7 +14,8 @@ import pytest
 import tomllib
 from conftest import REPO
 
-HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "ml_collections", "clu")
+# dynamixer_torch: the PyTorch twin of the tests and benchmarks, never imported by the package.
+HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "dynamixer_torch", "ml_collections", "clu")
 
 
 def _heavy_modules_after(imports: str) -> list[str]:

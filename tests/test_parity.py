@@ -1,4 +1,4 @@
-"""Numerical parity with our PyTorch reference (tests/torch_reference.py), weights carried by the converter.
+"""Numerical parity with our PyTorch reference (dynamixer_torch/), weights carried by the converter.
 
 All in float32 on the CPU. Tolerances:
 - outputs: 1e-5 absolute for one operation/block/layer, 1e-4 absolute for
@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import record_parity
-from torch_reference import (
+
+from dynamixer_jax import VARIANTS, DynaMixerBlock, DynaMixerOp, MixerLayer, create_model
+from dynamixer_jax.convert import flax_to_torch, params_from_torch, torch_to_flax
+from dynamixer_torch import (
     TorchDynaMixer,
     TorchDynaMixerBlock,
     TorchDynaMixerOp,
     TorchMixerLayer,
     randomize_,
 )
-
-from dynamixer_jax import VARIANTS, DynaMixerBlock, DynaMixerOp, MixerLayer, create_model
-from dynamixer_jax.convert import flax_to_torch, params_from_torch, torch_to_flax
 
 
 def module_params(torch_module, flax_module, *example_inputs):

@@ -174,9 +174,9 @@ def test_damaged_files_are_one_line(tmp_path, capsys, variables):
 def test_pytorch_loads_it_strictly(tmp_path, capsys):
     torch = pytest.importorskip("torch")  # optional dependency, as for the .pth tests
     from safetensors.torch import load_file
-    from torch_reference import TorchDynaMixer, randomize_
 
     from dynamixer_jax.convert.torch_io import save_torch
+    from dynamixer_torch import TorchDynaMixer, randomize_
 
     twin = randomize_(TorchDynaMixer(**MICRO_ARCH, num_classes=7, image_size=16), seed=0).eval()
     pth = tmp_path / "authors.pth"

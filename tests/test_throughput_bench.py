@@ -1,4 +1,6 @@
-"""benchmarks/throughput.py runs end to end on a tiny model and writes the fields it promises.
+"""The benchmarks run end to end on a tiny model and write the fields they promise:
+benchmarks/throughput.py (JAX against the PyTorch twin), benchmarks/memory.py (compile only) and
+benchmarks/accelerator_check.py (correctness; the CPU is its device here).
 
 Not a timing test: only that numbers are there, positive and finite. With DYNAMIXER_NO_TORCH=1
 (or without torch) the PyTorch baseline is left out.
@@ -7,6 +9,7 @@ Not a timing test: only that numbers are there, positive and finite. With DYNAMI
 import json
 import math
 import os
+import subprocess
 import sys
 import types
 
@@ -14,11 +17,12 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import accelerator_check
+import memory
 import throughput
 
-from benchlib.models import build_model
-from benchlib.records import summary_lines
-from benchlib.xla_stats import bytes_fields, predicted_bytes, required_bytes, xla_flops
+from benchlib.models import create
+from benchlib.xla_stats import bytes_fields, costs, required_bytes
 from dynamixer_jax.model import flops
 
 
@@ -38,86 +42,46 @@ def torch_available() -> bool:
 
 def test_quick_run_writes_every_field(tmp_path, capsys):
     path = tmp_path / "throughput.json"
-    result = throughput.run(
-        [
-            "--quick",
-            "--dtypes",
-            "fp32",
-            "--peak-size",
-            "128",
-            "--remat",
-            "minimal",
-            "full",
-            "--json",
-            str(path),
-        ]
+    settings = ["peak", "jax:minimal", "jax:full"] + (["torch"] if torch_available() else [])
+    report = throughput.run(
+        ["--quick", "--in-process", "--modes", "train", "infer", "--json", str(path)]
+        + ["--settings", *settings]
     )
-    assert json.loads(path.read_text()) == json.loads(json.dumps(result, default=str))
-    run = result["runs"][0]
-    for key in (
-        "jax_device_platform",
-        "jax_device_kind",
-        "jax",
-        "flax",
-        "optax",
-        "numpy",
-        "python",
-        "create_model_accepts_remat",
-    ):
-        assert key in run
-    assert positive(run["peak_flops"]["fp32"]["flops_per_s"])
-
-    records = {(r["framework"], r["mode"], r["remat"]): r for r in result["records"]}
-    model = build_model("tiny", 56, "fp32", "minimal", train=True)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report, default=str))
+    assert report["cpu"]["cores"] >= 1 and isinstance(report["cpu"]["vector_extensions"], list)
+    rows = {(r["setting"], r["mode"]): r for r in report["results"]}
+    assert positive(rows["peak", "train"]["peak_tflops"])
+    model = create("tiny", image_size=56)
     for mode, per_image in (
         ("train", flops.training_flops(model)),
         ("infer", flops.forward_flops(model)),
     ):
-        r = records[("jax", mode, "minimal")]
-        assert r["status"] == "ok", r
-        assert (r["model"], r["dtype"], r["batch"], r["image_size"]) == ("tiny", "fp32", 2, 56)
-        for key in (
-            "img_s",
-            "step_ms",
-            "compile_s",
-            "tflops_per_s",
-            "mfu",
-            "activation_bytes_per_image",
-            "xla_flops_per_image",
-        ):
-            assert positive(r[key]), (mode, key, r[key])
-        assert r["flops_per_image"] == per_image
-        assert positive(r["memory"]["temp_bytes"]) and positive(r["memory"]["argument_bytes"])
-        assert all(positive(v) for v in r["rounds_img_s"])
-    remat = records[("jax", "train", "full")]
-    assert remat["status"] == ("skipped" if not run["create_model_accepts_remat"] else "ok")
-
-    if torch_available():
-        for mode in ("train", "infer"):
-            r = records[("torch", mode, "minimal")]
-            assert r["status"] == "ok", r
-            assert positive(r["img_s"]) and positive(r["step_ms"])
-        assert "JAX / torch" in capsys.readouterr().out
-    else:
-        assert not any(r["framework"].startswith("torch") for r in result["records"])
-
-    summary = "\n".join(summary_lines(result["records"]))
-    assert "img/s" in summary and "tiny" in summary
+        for setting in ("jax:minimal", "jax:full"):
+            row = rows[setting, mode]
+            (run,) = row["runs"]
+            assert (row["batch"], row["model"]) == (2, "tiny"), row
+            assert positive(row["img_s"]) and positive(row["mfu"]), row
+            for key in ("step_ms", "compile_s", "temp_mb_per_image", "xla_gflops_per_image"):
+                assert positive(run[key]), (setting, mode, key, run[key])
+            assert run["flops_per_image"] == per_image and run["platform"] == "cpu"
+            assert positive(run["memory"]["argument_bytes"])
+        if torch_available():
+            row = rows["torch", mode]
+            assert positive(row["img_s"]) and row["vs_torch"] == 1.0, row
+            assert positive(rows["jax:minimal", mode]["vs_torch"])
+    out = capsys.readouterr().out
+    assert "img/s" in out and "vector extensions:" in out
+    throughput.run(["--summarize", str(path)])
+    assert "vector extensions:" in capsys.readouterr().out
 
 
 def test_user_errors_are_one_line(capsys):
-    assert throughput.main(["--models", "XL", "--quick"]) == 2
-    assert throughput.main(["--batches", "S:x"]) == 2
+    assert throughput.main(["--model", "XL", "--quick"]) == 2
+    assert throughput.main(["--settings", "jax"]) == 2
+    assert throughput.main(["--settings", "jax-cublas:none", "--in-process"]) == 2
+    assert memory.main(["--models", "XL"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
-
-
-def test_batches_per_model():
-    models = ["dynamixer_s", "dynamixer_m"]
-    assert throughput.parse_batches(["S:64,128", "32"], models) == {
-        "dynamixer_s": [64, 128],
-        "dynamixer_m": [32],
-    }
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
 
 
 def test_memory_fields_tolerate_missing_analysis():
@@ -125,45 +89,56 @@ def test_memory_fields_tolerate_missing_analysis():
         def memory_analysis(self):
             return None
 
-    class Raises:
-        def memory_analysis(self):
+        def cost_analysis(self):
             raise NotImplementedError
 
     partial = types.SimpleNamespace(temp_size_in_bytes=10, argument_size_in_bytes=5)
-    for compiled in (NoAnalysis(), Raises()):
+    for compiled in (NoAnalysis(), types.SimpleNamespace(memory_analysis=lambda: 1 / 0)):
         fields = bytes_fields(compiled)
         assert set(fields.values()) == {None}
         assert required_bytes(fields) is None
+    assert costs(NoAnalysis()) == {"flops": None, "bytes_accessed": None}
     fields = bytes_fields(types.SimpleNamespace(memory_analysis=lambda: [partial]))
     assert fields["temp_bytes"] == 10 and fields["output_bytes"] is None
     assert required_bytes(fields) == 15
 
 
 @pytest.mark.parametrize(
-    "costs, expected", [({"flops": 6.0}, 6.0), ([{"flops": 4.0}], 4.0), (None, None), ([], None)]
+    "found, expected", [({"flops": 6.0}, 6.0), ([{"flops": 4.0}], 4.0), (None, None), ([], None)]
 )
-def test_xla_flops_dict_or_list(costs, expected):
-    assert xla_flops(types.SimpleNamespace(cost_analysis=lambda: costs)) == expected
+def test_xla_flops_dict_or_list(found, expected):
+    assert costs(types.SimpleNamespace(cost_analysis=lambda: found))["flops"] == expected
 
 
-def test_memory_of_a_larger_batch_is_extrapolated():
-    base = {"model": "m", "dtype": "bf16", "mode": "train", "remat": "none", "batch": 256}
-    memory = {"argument_bytes": 100, "temp_bytes": 640, "output_bytes": 100, "alias_bytes": 100}
-    records = [
-        dict(base, framework="jax", batch=64, memory=memory),
-        dict(base, framework="jax", batch=32, memory=dict(memory, temp_bytes=1)),
-    ]
-    assert predicted_bytes(records, base) == 100 + 640 * 4
-    assert predicted_bytes(records, dict(base, dtype="fp32")) is None
+def test_compile_only_memory_fits_a_line_and_the_largest_batch(tmp_path):
+    path = tmp_path / "memory.json"
+    args = ["--models", "tiny", "--dtypes", "fp32", "--remat", "none", "--image-size", "56"]
+    assert memory.main([*args, "--batches", "2", "4", "--fit-gb", "1", "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    low, high = row["points"]
+    assert high["hbm_bytes"] > low["hbm_bytes"] > 0 and positive(low["compile_s"])
+    assert positive(row["per_image_mb"]) and positive(row["fixed_gb"])
+    expected = int((0.95e9 - row["fixed_gb"] * 1e9) // (row["per_image_mb"] * 1e6))
+    assert abs(row["largest_batch"]["1GB"] - expected) <= 1
+
+
+def test_accelerator_correctness_check_runs_on_the_cpu(tmp_path):
+    if not torch_available():
+        pytest.skip("the correctness check compares with the PyTorch twin")
+    path = tmp_path / "correctness.json"
+    assert accelerator_check.main(["--quick", "--json", str(path)]) == 0
+    checks = {c["check"]: c for c in json.loads(path.read_text())["checks"]}
+    assert all(c["status"] == "ok" for c in checks.values()), checks
+    assert checks["device_vs_cpu"]["highest"]["max_rel"] < 1e-5
+    assert checks["device_vs_cpu"]["jax_vs_torch"]["max_rel"] < 1e-4
+    assert checks["bf16_vs_fp32"]["top1_agreement"] > 0.5
 
 
 def test_benchmark_imports_no_tensorflow():
-    """What the benchmark and the accelerator check import must exist on a machine without
+    """What the benchmarks and the accelerator check import must exist on a machine without
     TensorFlow, ml_collections or clu (the GPU box has none of them)."""
-    import subprocess
-
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check, train_step; "
+        "import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check, memory; "
         "from dynamixer_jax.convert import torch_to_flax; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))"
@@ -176,16 +151,14 @@ def test_benchmark_imports_no_tensorflow():
 
 
 def test_concurrent_settings_compile_first_and_take_turns_on_the_device(tmp_path):
-    """train_step.py --concurrent: every setting is timed only after all have compiled, and no
+    """throughput.py --concurrent: every setting is timed only after all have compiled, and no
     two timed windows overlap (what makes side-by-side compiling safe for the timings)."""
-    import subprocess
-
     out = tmp_path / "race.json"
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     subprocess.run(
         [
             sys.executable,
-            "benchmarks/train_step.py",
+            "benchmarks/throughput.py",
             "--concurrent",
             "--model=tiny",
             "--image-size=56",

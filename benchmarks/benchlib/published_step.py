@@ -1,8 +1,11 @@
-"""The training step a published ImageNet run compiles, with abstract arguments, on any mesh.
+"""The library's training step (``make_train_step``) with abstract arguments, on any mesh: nothing
+is allocated, so it compiles for any device and batch.
 
-Built from ``configs/imagenet.py`` exactly as ``dynamixer_jax.train.loop`` builds it (the plan's
-model, optimizer, Mixup/CutMix, on-device augmentation and EMA; bf16 compute; the config's
-``remat``), for a batch of ``batch`` uint8 images on ``mesh``; nothing is allocated.
+``abstract_train_step`` builds it for a given model and optimizer; ``library_train_step`` with the
+fixed recipe the compile-only benchmarks use (AdamW with the weight-decay mask, label smoothing,
+EMA; ``benchmarks/memory.py --step library``, ``benchmarks/mixing_traffic.py --step``);
+``published_train_step`` exactly as ``dynamixer_jax.train.loop`` builds it from
+``configs/imagenet.py`` (the TPU compile lab).
 """
 
 from __future__ import annotations
@@ -11,16 +14,53 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh
 
-from configs import imagenet
-from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.optimizer import optimizer_from_plan
+from dynamixer_jax.train.mixup import MixupConfig
+from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_train_step
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_CLASSES = 1000
+
+
+def abstract_train_step(
+    model, tx, schedule, mesh: Mesh, batch: int, *, seed: int = 1, ema_decay: float, **step_kwargs
+) -> tuple[Any, tuple[Any, dict[str, jax.ShapeDtypeStruct]]]:
+    """``(jitted step, (abstract state, abstract batch))``: ``make_train_step`` of ``model`` over
+    ``mesh`` for ``batch`` uint8 images (``step_kwargs``: its ``mixup``, ``augment``, ...)."""
+    size = model.image_size
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    state = jax.eval_shape(
+        lambda p: create_train_state(p, tx, seed=seed, use_ema=ema_decay > 0), params["params"]
+    )
+    step = make_train_step(
+        model,
+        tx,
+        schedule,
+        mesh,
+        num_classes=model.num_classes,
+        ema_decay=ema_decay,
+        **step_kwargs,
+    )
+    batch_spec = {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    }
+    return step, (state, batch_spec)
+
+
+def library_train_step(model, mesh: Mesh, batch: int):
+    """The compile-only benchmarks' step: cosine schedule, AdamW (decay 0.05, masked), Mixup/
+    CutMix at their defaults with label smoothing 0.1, EMA 0.9999, no random erasing."""
+    schedule = optax.cosine_decay_schedule(1e-3, 1000)
+    tx = make_optimizer(schedule, weight_decay=0.05)
+    return abstract_train_step(
+        model, tx, schedule, mesh, batch, mixup=MixupConfig(label_smoothing=0.1), ema_decay=0.9999
+    )
 
 
 def published_train_step(
@@ -39,7 +79,12 @@ def published_train_step(
     at a global ``batch`` over ``mesh``'s devices. ``num_classes`` (default ImageNet's 1000) and
     ``model_overrides`` (architecture fields) make a smaller model with the same recipe.
     ``mixing``: the token-mixing layout; a TPU resolves the model's ``"auto"`` to ``"vector"``,
-    but this runs on a CPU host, where ``"auto"`` would mean ``"dot"``, so it is explicit."""
+    but this runs on a CPU host, where ``"auto"`` would mean ``"dot"``, so it is explicit.
+    Imports the config reading (ml_collections) here: the other two steps need none of it."""
+    from configs import imagenet
+    from dynamixer_jax.train.config_reading import make_plan
+    from dynamixer_jax.train.optimizer import optimizer_from_plan
+
     config = imagenet.get_config(variant)
     config.batch_size = batch
     config.remat = remat
@@ -54,28 +99,16 @@ def published_train_step(
     model = plan.model.build(plan.model.classes(num_classes or IMAGENET_CLASSES))
     steps = plan.steps(IMAGENET_TRAIN_IMAGES // plan.data.batch_size)
     schedule, tx = optimizer_from_plan(plan.optim, steps)
-    size = plan.model.image_size
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))[
-        "params"
-    ]
-    state = jax.eval_shape(
-        lambda p: create_train_state(p, tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0),
-        params,
-    )
-    step = make_train_step(
+    step, args = abstract_train_step(
         model,
         tx,
         schedule,
         mesh,
-        num_classes=model.num_classes,
+        batch,
+        seed=plan.seed,
+        ema_decay=plan.optim.ema_decay,
         mixup=plan.mixup,
         augment=plan.data.augment.on_device(),
-        ema_decay=plan.optim.ema_decay,
         grad_accum_steps=plan.optim.grad_accum_steps,
     )
-    batch_spec = {
-        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
-        "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
-        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
-    }
-    return step, (state, batch_spec), model
+    return step, args, model

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from benchlib.xla_stats import bytes_fields, required_bytes
+from benchlib.xla_stats import bytes_fields, costs, required_bytes
 
 GIB = 2**30
 
@@ -125,20 +125,6 @@ def on_chip(fn: Callable, mesh: Mesh) -> Callable:
     return jax.jit(fn, in_shardings=whole, out_shardings=whole)
 
 
-def _costs(compiled) -> dict[str, float | None]:
-    try:
-        costs = compiled.cost_analysis()
-    except Exception:  # not implemented on some backends / versions
-        costs = None
-    if isinstance(costs, (list, tuple)):
-        costs = costs[0] if costs else None
-    costs = costs or {}
-    return {
-        "flops": float(costs["flops"]) if "flops" in costs else None,
-        "bytes_accessed": float(costs["bytes accessed"]) if "bytes accessed" in costs else None,
-    }
-
-
 def compile_stats(step_fn, args: tuple) -> dict[str, Any]:
     """Lower and compile ``step_fn(*args)`` (a jitted function whose shardings name the target
     devices, e.g. from :func:`on_chip` or ``make_train_step`` on :func:`chip_mesh`).
@@ -156,7 +142,7 @@ def compile_stats(step_fn, args: tuple) -> dict[str, Any]:
     return {
         "memory": memory,
         "hbm_bytes": required_bytes(memory),
-        **_costs(compiled),
+        **costs(compiled),
         "lower_s": round(lowered_at - start, 2),
         "compile_s": round(done - lowered_at, 2),
     }

@@ -1,9 +1,6 @@
-"""What XLA and the device report about a compiled step: memory analysis, FLOP count, device
-memory statistics, and the memory a larger batch will need, extrapolated from a smaller one."""
+"""What XLA reports about a compiled step: its memory analysis and its cost analysis."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -17,14 +14,20 @@ MEMORY_FIELDS = {
 }
 
 
+def _analysis(compiled, method: str):
+    """``compiled.<method>()`` (one per device in older jax: the first), or None."""
+    try:
+        found = getattr(compiled, method)()
+    except Exception:  # not implemented on some backends / versions
+        return None
+    if isinstance(found, (list, tuple)):
+        return found[0] if found else None
+    return found
+
+
 def bytes_fields(compiled) -> dict[str, int | None]:
     """XLA's memory analysis of a compiled function, each field None where unavailable."""
-    try:
-        analysis = compiled.memory_analysis()
-    except Exception:  # not implemented on some backends / versions
-        analysis = None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
+    analysis = _analysis(compiled, "memory_analysis")
     out = {}
     for key, attr in MEMORY_FIELDS.items():
         value = getattr(analysis, attr, None) if analysis is not None else None
@@ -45,40 +48,11 @@ def required_bytes(memory: dict[str, int | None]) -> int | None:
     )
 
 
-def xla_flops(compiled) -> float | None:
-    """``cost_analysis()['flops']`` (a dict in recent jax, a list of dicts in older), or None."""
-    try:
-        costs = compiled.cost_analysis()
-        if isinstance(costs, (list, tuple)):
-            costs = costs[0] if costs else None
-        return float(costs["flops"]) if costs and "flops" in costs else None
-    except Exception:
-        return None
-
-
-def device_memory_stats(device) -> dict[str, Any]:
-    """``device.memory_stats()`` or {} where the backend has none."""
-    try:
-        return dict(device.memory_stats() or {})
-    except Exception:
-        return {}
-
-
-def predicted_bytes(records: list[dict[str, Any]], base: dict[str, Any]) -> int | None:
-    """Device bytes ``base`` needs, extrapolated linearly in the batch from the largest smaller
-    batch of the same JAX configuration (arguments fixed, the rest per image); None if none."""
-    same = [
-        r
-        for r in records
-        if r.get("framework") == "jax"
-        and r.get("memory")
-        and all(r.get(k) == base[k] for k in ("model", "dtype", "mode", "remat"))
-        and isinstance(r.get("batch"), int)
-        and r["batch"] < base["batch"]
-        and required_bytes(r["memory"])
-    ]
-    if not same:
-        return None
-    ref = max(same, key=lambda r: r["batch"])
-    need, fixed = required_bytes(ref["memory"]), ref["memory"]["argument_bytes"] or 0
-    return int(fixed + (need - fixed) * base["batch"] / ref["batch"])
+def costs(compiled) -> dict[str, float | None]:
+    """``flops`` and ``bytes_accessed`` of ``cost_analysis()`` (a dict in recent jax, a list of
+    dicts in older), each None where unavailable."""
+    found = _analysis(compiled, "cost_analysis") or {}
+    return {
+        "flops": float(found["flops"]) if "flops" in found else None,
+        "bytes_accessed": float(found["bytes accessed"]) if "bytes accessed" in found else None,
+    }

@@ -8,7 +8,7 @@
 
 ``to_nnx(create_model('dynamixer_s'), variables)`` wraps any Linen DynaMixer and its weights.
 The NNX step compiles to the same program as a Linen ``jax.jit`` step of the same model
-(``benchmarks/nnx_step.py`` times both).
+(``docs/studies.md`` has both timed).
 """
 
 from __future__ import annotations

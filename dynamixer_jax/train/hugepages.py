@@ -6,7 +6,7 @@ page again (about 600,000 4-KiB page faults per DynaMixer-S step at batch 8,
 40% of a core in the kernel). With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (glibc 2.35+) those blocks are backed by 2-MiB transparent huge pages: the
 faults drop 50-200x and the step got 1.6x (batch 8) and 1.26x (batch 16)
-faster on a 2-core CPU (``python benchmarks/train_step.py`` measures it).
+faster on a 2-core CPU (``python benchmarks/throughput.py`` measures it).
 
 glibc reads tunables once, at process start, so this re-executes the current
 command with the variable set. It changes nothing on accelerators, on other

@@ -1,10 +1,12 @@
-"""Our own PyTorch DynaMixer, for numerical parity tests: written from the model's description,
-independently of our JAX code.
+"""Our own PyTorch DynaMixer (the "twin"), for the parity tests and the PyTorch baseline of the
+benchmarks: written from the model's description, independently of our JAX code.
 
 Module and parameter names give exactly the authors' state_dict keys, so ``flax_to_torch``
 output loads here with ``strict=True``. Layout is channels-last (B, H, W, C) after the patch
 embedding, as in the authors' model.
-Test-only: not part of the package.
+Not part of the installed package (``dynamixer_jax`` never imports it or torch): a top-level
+package of the repository, importable from its root (pytest's ``pythonpath``, the benchmarks'
+``benchlib``); needs torch.
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ evaluated beside the raw weights, eval at 224, bfloat16, ``remat="minimal"``. Ta
 S 82.7%, M 83.7%, L 84.3%.
 
 Hardware, per variant: all three are meant for 8 GPUs of 40 GB or more (the authors' setup).
-They do **not** fit a TPU v3-8 or v4-8 as published with the default ``remat="minimal"``
-(compiler estimates of ``python benchmarks/tpu_compile.py``, README "On a TPU"): a v3-8 is 8
+On a TPU ``mixing="auto"`` runs the ``"vector"`` layout; with it S's published batch fits a
+**TPU v5e-8** (256 per chip: 13.4 GiB of 14.9, 52 MB per image; compiler estimates of ``python
+benchmarks/tpu_compile.py --variants dynamixer_s --generations v5e --batches 8 16``, libtpu
+0.0.42.1, fitted through batches 8 and 16; README "On a TPU"). The figures below for v3/v4 are
+the older ``"dot"`` layout (what GPUs and CPUs run) and overstate a TPU's need: a v3-8 is 8
 TensorCores of 16 GiB, a v4-8 is 4 chips of 32 GiB with two TensorCores each, so both hold an
-eighth of the batch in 16 GiB. The TPU figures below are the ``"dot"`` mixing layout; on a TPU
-``mixing="auto"`` now runs ``"vector"``, which for S on a v5e chip needs 61 MB per image
-instead of 108 (15.5 GiB at 256, 0.6 over its 14.9; ``--config.grad_accum_steps=2`` fits) and
-has not been compiled for v3/v4 yet. Memory per device:
+eighth of the batch in 16 GiB. Memory per device:
 
 * ``dynamixer_s``: batch 2048, 256 per device. On an H100 the bf16 step took 56 MB per image
   with ``remat="minimal"`` (about 14 GB at 256), so 40 GB GPUs fit; there ``--config.remat=none``

@@ -111,9 +111,17 @@ def shard_params(
     return jax.device_put(params, shardings)
 
 
+# What explicit_mesh and automatic_axes need, in jax.sharding, jax.sharding and jax.
+_EXPLICIT_APIS = ("auto_axes", "get_abstract_mesh", "typeof")
+
+
 def explicit_mesh(tree: Any = ()) -> Any:
     """The (abstract) mesh with explicit axes that the arrays of ``tree`` are typed on, or the
-    context mesh (``jax.set_mesh``) where that has explicit axes; None where there is none."""
+    context mesh (``jax.set_mesh``) where that has explicit axes; None where there is none, as
+    under a JAX without ``jax.sharding.auto_axes`` (0.7 moved it there from
+    ``jax.experimental.shard``; pyproject allows 0.4.35), where nothing is changed."""
+    if not all(map(hasattr, (jax.sharding, jax.sharding, jax), _EXPLICIT_APIS)):
+        return None
     context = jax.sharding.get_abstract_mesh()
     if getattr(context, "explicit_axes", ()):
         return context

@@ -4,22 +4,24 @@ prints one JSON line of what it measured."""
 import json
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from conftest import MICRO_ARCH
 
 from dynamixer_jax import create_model, init_variables
+from dynamixer_jax.data.device_augment import DeviceAugment
 from dynamixer_jax.model.init import abstract_variables
-from dynamixer_jax.sharding import param_shardings, shard_params
+from dynamixer_jax.sharding import automatic_axes, param_shardings, shard_params
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
-from dynamixer_jax.train.steps import make_train_step
+from dynamixer_jax.train.steps import make_eval_step, make_train_step
 
 
 def split(leaf) -> bool:
@@ -39,29 +41,48 @@ images = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype(np.float32)
 variables = init_variables(model, 0)
 want = np.asarray(jax.jit(model.apply)(variables, images))
 
-# Inference: weights over the "model" axis of a 2 x 4 mesh, batch over "data".
-mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
-sharded = shard_params(variables, mesh, "model", min_size=64)
-batch = jax.device_put(images, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-out["inference_split"] = fraction_split(sharded)
-out["inference_error"] = float(np.abs(jax.jit(model.apply)(sharded, batch) - want).max())
+# Inference: weights over the "model" axis of a 2 x 4 mesh, batch over "data"; the mesh's axes
+# automatic (jax.sharding.Mesh) or explicit (jax.make_mesh's default in recent JAX).
+meshes = {
+    "auto": Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model")),
+    "explicit": jax.make_mesh((2, 4), ("data", "model")),
+}
+assert all("Explicit" in str(kind) for kind in meshes["explicit"].axis_types)
+for name, mesh in meshes.items():
+    sharded = shard_params(variables, mesh, "model", min_size=64)
+    batch = jax.device_put(images, NamedSharding(mesh, PartitionSpec("data")))
+    logits = jax.jit(model.apply)(sharded, batch)
+    # init_variables placed sharded: the same numbers.
+    shardings = param_shardings(abstract_variables(model)["params"], mesh, "model", min_size=64)
+    placed = init_variables(model, 0, out_sharding=shardings)
+    out[name] = {
+        "inference_split": fraction_split(sharded),
+        "inference_error": float(np.abs(np.asarray(logits) - want).max()),
+        "logits_type": str(jax.typeof(logits)),
+        "init_split": fraction_split(placed),
+        "init_equal": all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree_util.tree_leaves(placed), jax.tree_util.tree_leaves(variables))
+        ),
+    }
 
-# init_variables placed sharded: the same numbers.
-shardings = param_shardings(abstract_variables(model)["params"], mesh, "model", min_size=64)
-placed = init_variables(model, 0, out_sharding=shardings)
-out["init_split"] = fraction_split(placed)
-out["init_equal"] = all(
-    np.array_equal(a, b)
-    for a, b in zip(jax.tree_util.tree_leaves(placed), jax.tree_util.tree_leaves(variables))
-)
 
-# An explicit-axes mesh is refused in one line.
-explicit = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
-try:
-    shard_params(variables, explicit, "model")
-    out["explicit_error"] = ""
-except ValueError as error:
-    out["explicit_error"] = str(error)
+# A DynaMixer backbone inside a module of one's own, on explicit axes: that module's apply is
+# wrapped in automatic_axes, as the README says.
+class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5)(model.backbone(name="backbone")(x)[-1])
+
+
+dense = Dense()
+composed = jax.jit(dense.init)(jax.random.key(0), images)
+want_dense = np.asarray(jax.jit(dense.apply)(composed, images))
+composed = shard_params(composed, meshes["explicit"], "model", min_size=64)
+batch = jax.device_put(images, NamedSharding(meshes["explicit"], PartitionSpec("data")))
+got_dense = jax.jit(automatic_axes(dense.apply, PartitionSpec("data")))(composed, batch)
+out["composed_error"] = float(np.abs(np.asarray(got_dense) - want_dense).max())
+out["composed_type"] = str(jax.typeof(got_dense))
 
 # Training on the 8-device data mesh: the same losses whichever way the state is laid out.
 data_mesh = parallel.make_mesh()
@@ -76,26 +97,33 @@ batches = [
     }
     for _ in range(2)
 ]
-for mode in parallel.STATE_SHARDINGS:
+# Random erasing is on: it is the part of the step that explicit axes would refuse (a vmap over
+# the batch with replicated keys) if the step did not run on automatic axes.
+augment = DeviceAugment(erase_prob=0.5, erase_count=2)
+runs = [(mode, data_mesh, mode) for mode in parallel.STATE_SHARDINGS]
+# FSDP on the explicit 2 x 4 mesh: batch, parameters and optimiser state over its "data" axis.
+runs.append(("explicit_fsdp", meshes["explicit"], "fsdp"))
+for name, mesh, mode in runs:
     create = lambda params: create_train_state(params, tx, seed=1, use_ema=True)  # noqa: E731
     abstract = jax.eval_shape(create, variables["params"])
-    layout = parallel.state_shardings(abstract, data_mesh, mode, min_size=64)
+    layout = parallel.state_shardings(abstract, mesh, mode, min_size=64)
     state = jax.jit(create, out_shardings=layout)(variables["params"])
     step = make_train_step(
         model,
         tx,
         schedule,
-        data_mesh,
+        mesh,
         num_classes=10,
         mixup=MixupConfig(0.0, 0.0),
+        augment=augment,
         ema_decay=0.9,
         state_sharding=layout,
     )
     losses = []
     for batch in batches:
-        state, metrics = step(state, parallel.global_batch(batch, data_mesh))
+        state, metrics = step(state, parallel.global_batch(batch, mesh))
         losses.append(float(metrics["train_loss"]))
-    out[mode] = {
+    out[name] = {
         "losses": losses,
         "params_split": fraction_split(state.params),
         "opt_split": fraction_split(state.opt_state),
@@ -105,4 +133,8 @@ for mode in parallel.STATE_SHARDINGS:
             for leaf in jax.tree_util.tree_leaves(state.params)
         ],
     }
+    if mode == "fsdp":  # evaluation of the trained weights, gathered as the loop gathers them
+        params = jax.device_put(state.params, parallel.replicated(mesh))
+        sums = make_eval_step(model, mesh)({"raw": params}, parallel.global_batch(batches[0], mesh))
+        out[name]["eval_loss"] = float(sums["raw"]["loss"])
 print(json.dumps(out))

@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynamixer_jax import sharding
 from dynamixer_jax.errors import InputError
 from dynamixer_jax.model.features import (
     FeatureInfo,
@@ -395,6 +396,16 @@ class DynaMixer(nn.Module):
 
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         return self.forward_head(self.forward_features(images, train=train))
+
+    @nn.nowrap
+    def apply(self, variables, *args, **kwargs):
+        """Flax's ``apply``. With weights or images on a mesh with explicit axes
+        (``jax.make_mesh``'s default) the network runs as on automatic axes and its outputs come
+        back split over the mesh as the images' batch dimension is
+        (``dynamixer_jax.sharding.automatic_axes``)."""
+        images = args[0] if args else kwargs.get("images")
+        out = sharding.batch_spec(images)
+        return sharding.automatic_axes(super().apply, out)(variables, *args, **kwargs)
 
 
 class DynaMixerBackbone(DynaMixer):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from dynamixer_jax import sharding
 from dynamixer_jax.data.device_augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -162,10 +163,12 @@ def make_train_step(
         }
         return new_state, metrics
 
+    layout = state_sharding or replicated(mesh)
     return jax.jit(
-        train_step,
-        in_shardings=(state_sharding or replicated(mesh), batch_sharded(mesh)),
-        out_shardings=(state_sharding or replicated(mesh), replicated(mesh)),
+        # On a mesh with explicit axes the step runs as on automatic ones (sharding.py).
+        sharding.automatic_axes(train_step, (layout, replicated(mesh))),
+        in_shardings=(layout, batch_sharded(mesh)),
+        out_shardings=(layout, replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
 
@@ -211,7 +214,7 @@ def make_eval_step(
         }
 
     return jax.jit(
-        eval_step,
+        sharding.automatic_axes(eval_step, replicated(mesh)),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
     )

@@ -176,10 +176,20 @@ def test_command_line_round_trip(tmp_path, torch_model, flax_model, flax_name):
         assert torch.equal(restored[key], value), key
 
 
-def test_command_line_errors_are_one_line(tmp_path, torch_model):
+def run_in_process(capfd, *args):
+    """The command's ``main`` called here (``python -m dynamixer_jax.convert`` exits with what it
+    returns): its exit code and what it printed, as ``run_cli`` gives them."""
+    capfd.readouterr()
+    code = convert_main(list(map(str, args)))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_command_line_errors_are_one_line(tmp_path, torch_model, capfd):
+    # In-process: the round trip above runs the command as a process of its own.
     source = tmp_path / "in.pth"
     torch.save(torch_model.state_dict(), source)
-    result = run_cli("--model", "dynamixer_s", source, tmp_path / "out")
+    result = run_in_process(capfd, "--model", "dynamixer_s", source, tmp_path / "out")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
@@ -188,12 +198,12 @@ def test_command_line_errors_are_one_line(tmp_path, torch_model):
     # Every key of S is missing from the tiny model's file: the line names five of each kind and
     # counts the rest (it used to list them all, 25 KB).
     assert len(lines[0]) < 1500 and re.search(r"and \d+ more", lines[0]), lines[0]
-    result = run_cli(source, tmp_path / "out.weird")
+    result = run_in_process(capfd, source, tmp_path / "out.weird")
     assert result.returncode == 2 and result.stderr.startswith(
         f"error: cannot tell which format to write from the suffix of {tmp_path / 'out.weird'}"
     )
     assert not (tmp_path / "out.weird").exists()
-    result = run_cli(tmp_path / "nowhere", tmp_path / "x.pth")
+    result = run_in_process(capfd, tmp_path / "nowhere", tmp_path / "x.pth")
     assert (
         result.returncode == 2
         and result.stderr.strip()

@@ -2,10 +2,14 @@
 ``error: ...``, exit 2, before TensorFlow is imported; and the workdir lock, end to end through
 ``main.py`` as separate processes.
 
-Each bad-input case runs ``main.py`` in a subprocess (about a second each: the config is read
-and checked before the input pipeline, and so TensorFlow, is imported). The lock test starts a
-real run, kills it, and starts another to show that a killed run's lock does not block (and
-that TensorFlow's C++ start-up lines stay off the screen).
+The bad-input cases run ``main.py``'s own entry (``cli.parse_flags``, then the function
+``app.run`` calls) one after another in one fresh process of their own (:func:`bad_inputs`):
+each its stderr, its exit code (what ``cli.exit_at_once`` was asked to end the process with)
+and whether TensorFlow had been imported by then (the config is read and checked before the
+input pipeline, and so TensorFlow, is imported). Three cases also run as processes of their
+own, to see the real process end: exit 2 with its one line. The lock test starts a real run,
+kills it, and starts another to show that a killed run's lock does not block (and that
+TensorFlow's C++ start-up lines stay off the screen).
 """
 
 import json
@@ -15,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 from conftest import MICRO_ARCH, REPO
@@ -49,6 +54,46 @@ def _environment(**extra) -> dict:
     return env
 
 
+# main.py's entry run in-process for each of a list of command lines, in one fresh interpreter:
+# its flags defined once, reset before each case; ``cli.exit_at_once`` (which would end the
+# process with os._exit) raises instead, so that the next case can run; file descriptor 2 is a
+# file of each case's own, so that what the case printed, by Python or by C++, is all there.
+# Prints one JSON list: per case its exit code, its stderr and whether TensorFlow was imported.
+CASES_IN_ONE_PROCESS = (
+    "import json, os, runpy, sys, tempfile\n"
+    "from absl import flags\n"
+    "from dynamixer_jax.train import cli\n"
+    f"path = {str(REPO / 'main.py')!r}\n"
+    "main = runpy.run_path(path, run_name='main_for_tests')\n"
+    "class Ended(BaseException):\n"
+    "    pass\n"
+    "def exit_at_once(code):\n"
+    "    sys.stdout.flush(); sys.stderr.flush()\n"
+    "    raise Ended(code)\n"
+    "cli.exit_at_once = exit_at_once\n"
+    "results = []\n"
+    "for args in json.loads(sys.argv[1]):\n"
+    "    flags.FLAGS.unparse_flags()\n"
+    "    sys.stdout.flush(); sys.stderr.flush()\n"
+    "    saved = os.dup(2)\n"
+    "    with tempfile.TemporaryFile() as err:\n"
+    "        os.dup2(err.fileno(), 2)\n"
+    "        try:\n"
+    "            code = main['_main_ending_on_error'](cli.parse_flags([path, *args]))\n"
+    "        except Ended as ended:\n"
+    "            code = ended.args[0]\n"
+    "        finally:\n"
+    "            sys.stderr.flush()\n"
+    "            os.dup2(saved, 2)\n"
+    "            os.close(saved)\n"
+    "        err.seek(0)\n"
+    "        stderr = err.read().decode()\n"
+    "    tensorflow = 'tensorflow' in sys.modules\n"
+    "    results.append({'code': code, 'stderr': stderr, 'tensorflow_imported': tensorflow})\n"
+    "print(json.dumps(results))\n"
+)
+
+
 def _main(*args, timeout=120, **env):
     return subprocess.run(
         [sys.executable, "-c", TRACE_TENSORFLOW, *args],
@@ -68,36 +113,97 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--config.batch_sise=32"], ["batch_sise", "did you mean batch_size?"]),
-        (["--config.mixup.cutmix_alpa=0"], ["did you mean mixup.cutmix_alpha?"]),
-        (["--config.batch_size=abc"], ["--config.batch_size=abc", "an integer"]),
-        (["--config.model_overrides.layers=(2 2)"], ["layers", "tuple"]),
-        (["--config.half_precision", "true"], ["--config.half_precision=true"]),
-        (["--config=configs/nope.py"], ["no config file configs/nope.py", "quickstart.py"]),
-        (["--config=configs/imagenet.py:xyz"], ["no such variant", "dynamixer_s"]),
-        (["--config=configs/quickstart.py:xyz"], ["takes no ':ARGUMENT'"]),
-        (["--config.image_size=0"], ["image_size 0 must be positive", "multiple of 8"]),
-        (["--config.image_size=-8"], ["image_size -8 must be positive"]),
-        (["--config.image_size=30"], ["multiple of 8", "--config.image_size=32"]),
-        (["--config.batch_size=0"], ["batch_size 0: must be positive"]),
-        (["--config.num_train_steps=-5"], ["num_train_steps -5: must be positive"]),
-        (["--config.learning_rate=-1"], ["learning_rate must be positive"]),
-        (["--config.drop_path_rate=1.5"], ["drop_path_rate must be in [0, 1)"]),
-        (["--config.crop_fraction=0"], ["crop_fraction must be in (0, 1]"]),
-        (["--mode=fit"], ["--mode", "--helpfull"]),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_before_tensorflow(args, expected, tmp_path):
-    workdir = tmp_path / "w"
+BAD_INPUTS = [
+    (["--config.batch_sise=32"], ["batch_sise", "did you mean batch_size?"]),
+    (["--config.mixup.cutmix_alpa=0"], ["did you mean mixup.cutmix_alpha?"]),
+    (["--config.batch_size=abc"], ["--config.batch_size=abc", "an integer"]),
+    (["--config.model_overrides.layers=(2 2)"], ["layers", "tuple"]),
+    (["--config.half_precision", "true"], ["--config.half_precision=true"]),
+    (["--config=configs/nope.py"], ["no config file configs/nope.py", "quickstart.py"]),
+    (["--config=configs/imagenet.py:xyz"], ["no such variant", "dynamixer_s"]),
+    (["--config=configs/quickstart.py:xyz"], ["takes no ':ARGUMENT'"]),
+    (["--config.image_size=0"], ["image_size 0 must be positive", "multiple of 8"]),
+    (["--config.image_size=-8"], ["image_size -8 must be positive"]),
+    (["--config.image_size=30"], ["multiple of 8", "--config.image_size=32"]),
+    (["--config.batch_size=0"], ["batch_size 0: must be positive"]),
+    (["--config.num_train_steps=-5"], ["num_train_steps -5: must be positive"]),
+    (["--config.learning_rate=-1"], ["learning_rate must be positive"]),
+    (["--config.drop_path_rate=1.5"], ["drop_path_rate must be in [0, 1)"]),
+    (["--config.crop_fraction=0"], ["crop_fraction must be in (0, 1]"]),
+    (["--mode=fit"], ["--mode", "--helpfull"]),
+]
+MISSING_OR_EXTRA = [
+    ([QUICKSTART], "--workdir is required for training"),
+    ([QUICKSTART, "--workdir=/tmp/x", "extra"], "unexpected arguments: extra"),
+    ([QUICKSTART, "--mode=evaluate"], "--mode=evaluate needs --weights=PATH"),
+]
+
+
+def _bad_input_command(args, workdir) -> list[str]:
     config = [] if any(arg.startswith("--config=") for arg in args) else [QUICKSTART]
-    result = _main(*config, f"--workdir={workdir}", "--config.num_train_steps=20", *args)
+    return [*config, f"--workdir={workdir}", "--config.num_train_steps=20", *args]
+
+
+@pytest.fixture(scope="module")
+def in_one_process(tmp_path_factory):
+    """Every in-process case of this module, run once (:data:`CASES_IN_ONE_PROCESS`): a dict
+    from the case (a tuple: its test's name, then its arguments) to its result (returncode,
+    stderr, tensorflow_imported), and the folder of the cases' files."""
+    root = tmp_path_factory.mktemp("in_one_process")
+    (root / "text.msgpack").write_text("hello")
+    cases = {}
+    for index, (args, _) in enumerate(BAD_INPUTS):
+        cases[("bad", *args)] = _bad_input_command(args, root / f"bad_{index}" / "w")
+    for args, _ in MISSING_OR_EXTRA:
+        cases[("usage", *args)] = args
+    cases[("weights",)] = [QUICKSTART, "--mode=evaluate", f"--weights={root / 'text.msgpack'}"]
+    result = subprocess.run(
+        [sys.executable, "-c", CASES_IN_ONE_PROCESS, json.dumps(list(cases.values()))],
+        env=_environment(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(outputs) == len(cases)
+    results = {
+        case: types.SimpleNamespace(
+            returncode=output["code"],
+            stderr=output["stderr"],
+            tensorflow_imported=output["tensorflow_imported"],
+        )
+        for case, output in zip(cases, outputs)
+    }
+    return results, root
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_before_tensorflow(args, expected, in_one_process):
+    results, root = in_one_process
+    workdir = root / f"bad_{BAD_INPUTS.index((args, expected))}" / "w"
+    result = results[("bad", *args)]
     line = _one_error_line(result)
     assert all(part in line for part in expected), line
-    assert "tensorflow imported: False" in result.stdout, result.stdout
+    assert result.tensorflow_imported is False
     assert not workdir.exists()  # a config error leaves nothing behind
+
+
+@pytest.mark.parametrize("args, expected", [BAD_INPUTS[-1], BAD_INPUTS[0]])
+def test_bad_input_ends_a_process_of_its_own_with_exit_2_and_one_line(
+    args, expected, in_one_process, tmp_path
+):
+    # As above, with the process really ending (os._exit): a flag absl rejects (in
+    # cli.parse_flags) and a config error (in main), each main.py as __main__ in a process of
+    # its own. Its line is the one the in-process case printed.
+    workdir = tmp_path / "w"
+    result = _main(*_bad_input_command(args, workdir))
+    line = _one_error_line(result)
+    assert all(part in line for part in expected), line
+    assert line == _one_error_line(in_one_process[0][("bad", *args)])
+    assert "tensorflow imported: False" in result.stdout, result.stdout
+    assert not workdir.exists()
 
 
 def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
@@ -108,25 +214,17 @@ def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
     assert "tensorflow imported: False" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        ([QUICKSTART], "--workdir is required for training"),
-        ([QUICKSTART, "--workdir=/tmp/x", "extra"], "unexpected arguments: extra"),
-        ([QUICKSTART, "--mode=evaluate"], "--mode=evaluate needs --weights=PATH"),
-    ],
-)
-def test_missing_or_extra_arguments_are_one_line(args, expected):
-    line = _one_error_line(_main(*args))
+@pytest.mark.parametrize("args, expected", MISSING_OR_EXTRA)
+def test_missing_or_extra_arguments_are_one_line(args, expected, in_one_process):
+    line = _one_error_line(in_one_process[0][("usage", *args)])
     assert expected in line, line
 
 
-def test_unreadable_weights_to_evaluate_are_one_line_before_tensorflow(tmp_path):
-    (tmp_path / "text.msgpack").write_text("hello")
-    result = _main(QUICKSTART, "--mode=evaluate", f"--weights={tmp_path / 'text.msgpack'}")
+def test_unreadable_weights_to_evaluate_are_one_line_before_tensorflow(in_one_process):
+    result = in_one_process[0][("weights",)]
     line = _one_error_line(result)
     assert "is not a readable .msgpack checkpoint" in line
-    assert "tensorflow imported: False" in result.stdout
+    assert result.tensorflow_imported is False
 
 
 def test_helpfull_still_lists_the_flags():

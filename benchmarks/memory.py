@@ -35,7 +35,7 @@ from benchlib.models import DROP_PATH_RATE, DTYPES, create, model_name
 from benchlib.published_step import library_train_step
 from benchlib.tpu_compile import compile_stats
 from benchlib.tpu_fit import Affine
-from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train import parallel
 
 USABLE = 0.95  # of each device size

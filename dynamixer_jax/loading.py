@@ -27,10 +27,10 @@ from dynamixer_jax.convert.flax_io import load_flax
 from dynamixer_jax.convert.safetensors_io import is_safetensors_file, load_safetensors
 from dynamixer_jax.convert.torch_io import is_torch_file, unwrap_state_dict
 from dynamixer_jax.errors import CheckpointError, ConversionError
-from dynamixer_jax.model.init import abstract_variables, timm_trunc_normal
+from dynamixer_jax.model.initializers import timm_trunc_normal
 from dynamixer_jax.model.network import DynaMixer, as_hw
 from dynamixer_jax.model.resolution import resample_params
-from dynamixer_jax.model.variants import create_model, list_models
+from dynamixer_jax.model.variants import abstract_variables, create_model, list_models
 
 WHERE = (
     "give a training workdir, its checkpoints/ directory or one step in it, a .msgpack "

@@ -15,10 +15,10 @@ from conftest import MICRO_ARCH
 
 from dynamixer_jax import create_model, init_variables
 from dynamixer_jax.data.device_augment import DeviceAugment
-from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.data.mixup import MixupConfig
+from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.sharding import automatic_axes, param_shardings, shard_params
 from dynamixer_jax.train import parallel
-from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step

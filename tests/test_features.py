@@ -14,8 +14,8 @@ import pytest
 from conftest import MICRO_ARCH, TINY_ARCH, TINY_IMAGE_SIZE, tiny_model
 
 from dynamixer_jax import create_model, init_variables
-from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixerBackbone
+from dynamixer_jax.model.variants import abstract_variables
 
 
 @pytest.fixture(scope="module")

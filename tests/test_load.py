@@ -17,8 +17,7 @@ import dynamixer_jax
 from dynamixer_jax.convert import flax_to_torch
 from dynamixer_jax.convert.flax_io import save_flax
 from dynamixer_jax.errors import DynaMixerError
-from dynamixer_jax.model.init import init_variables
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import create_model, init_variables
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.state import create_train_state
 

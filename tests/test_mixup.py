@@ -1,4 +1,4 @@
-"""Mixup/CutMix on device (dynamixer_jax.train.mixup): targets, pixels, rates, dtypes and sharding.
+"""Mixup/CutMix on device (dynamixer_jax.data.mixup): targets, pixels, rates, dtypes and sharding.
 
 Everything runs through ``jax.jit`` (the config and class count static), as in the train step.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from dynamixer_jax.train.mixup import MixupConfig, mix_batch, smooth_labels
+from dynamixer_jax.data.mixup import MixupConfig, mix_batch, smooth_labels
 
 NUM_CLASSES = 10
 SMOOTHING = 0.1
@@ -239,7 +239,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from dynamixer_jax.train.mixup import MixupConfig, mix_batch
+    from dynamixer_jax.data.mixup import MixupConfig, mix_batch
 
     assert jax.device_count() == 8, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("batch",))

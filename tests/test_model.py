@@ -20,7 +20,7 @@ from dynamixer_jax import (
     list_models,
     stage_grids,
 )
-from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.variants import abstract_variables
 
 
 def jitted(model):

@@ -1,5 +1,5 @@
 """The model from Flax NNX: the same logits as Linen, the same update as a Linen step under
-``nnx.jit``, and fine-tuning from our checkpoint (``dynamixer_jax.model.nnx_bridge``)."""
+``nnx.jit``, and fine-tuning from our checkpoint (``dynamixer_jax.nnx_bridge``)."""
 
 import functools
 
@@ -12,7 +12,7 @@ from flax import nnx
 
 from dynamixer_jax import create_model, init_variables, trees
 from dynamixer_jax.convert.flax_io import save_flax
-from dynamixer_jax.model.nnx_bridge import load_nnx, make_nnx_train_step, to_nnx
+from dynamixer_jax.nnx_bridge import load_nnx, make_nnx_train_step, to_nnx
 
 IMAGES = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
 LABELS = jnp.array([0, 1, 2, 3])

@@ -33,7 +33,7 @@ def _heavy_modules_after(imports: str) -> list[str]:
 @pytest.mark.parametrize(
     "imports",
     [
-        "dynamixer_jax, dynamixer_jax.model.nnx_bridge, dynamixer_jax.convert",
+        "dynamixer_jax, dynamixer_jax.nnx_bridge, dynamixer_jax.convert",
         "dynamixer_jax.train.steps, dynamixer_jax.train.optimizer, dynamixer_jax.train.state, "
         "dynamixer_jax.train.checkpoints, dynamixer_jax.loading, dynamixer_jax.data.recipe, "
         "dynamixer_jax.train.cadence",
@@ -105,7 +105,7 @@ def test_load_nnx_and_its_step_need_only_the_core_and_convert_extras():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     allowed = _installed_with(project["dependencies"] + project["optional-dependencies"]["convert"])
     code = (
-        "import sys; import dynamixer_jax.model.nnx_bridge as b, dynamixer_jax.train.checkpoints; "
+        "import sys; import dynamixer_jax.nnx_bridge as b, dynamixer_jax.train.checkpoints; "
         "b.make_nnx_train_step(); print(sorted(m.__file__ for n, m in list(sys.modules.items()) "
         "if n.startswith('dynamixer_jax') and getattr(m, '__file__', None)))"
     )

@@ -23,8 +23,7 @@ import test_train_runs as runs
 from conftest import MICRO_ARCH, REPO
 from test_train_runs import STEPS, by_step, checkpoint_steps, run
 
-from dynamixer_jax.model.init import init_variables
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import create_model, init_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.state import create_train_state

@@ -12,9 +12,9 @@ import pytest
 from conftest import tiny_model
 
 from dynamixer_jax import trees
-from dynamixer_jax.model.init import abstract_variables, init_variables
 from dynamixer_jax.model.layers import DynaMixerOp
 from dynamixer_jax.model.resolution import transfer_params
+from dynamixer_jax.model.variants import abstract_variables, init_variables
 
 LENGTH, CHANNELS, SEGMENTS = 8, 32, 4
 

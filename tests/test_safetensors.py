@@ -21,8 +21,7 @@ from dynamixer_jax.convert.__main__ import main as convert
 from dynamixer_jax.convert.flax_io import load_flax, save_flax
 from dynamixer_jax.convert.safetensors_io import load_safetensors, save_safetensors
 from dynamixer_jax.errors import ConversionError, DynaMixerError
-from dynamixer_jax.model.init import init_variables
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import create_model, init_variables
 
 
 def random_variables(model, seed: int = 3):

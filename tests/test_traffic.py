@@ -11,8 +11,7 @@ import pytest
 
 from dynamixer_jax import create_model
 from dynamixer_jax.model import traffic
-from dynamixer_jax.model.init import abstract_variables
-from dynamixer_jax.model.variants import PUBLISHED
+from dynamixer_jax.model.variants import PUBLISHED, abstract_variables
 
 
 def _one_layer(dtype=jnp.bfloat16):

@@ -15,9 +15,8 @@ from dynamixer_jax import resample_params, trees
 from dynamixer_jax.convert.__main__ import main as convert_main
 from dynamixer_jax.convert.flax_io import load_flax
 from dynamixer_jax.errors import DynaMixerError
-from dynamixer_jax.model.init import init_variables
 from dynamixer_jax.model.resolution import is_generate
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import create_model, init_variables
 from dynamixer_jax.train import load_config
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
@@ -114,7 +113,7 @@ def test_load_at_a_size_that_cannot_build_names_one_that_does(workdir):
 def test_load_nnx_at_another_size(workdir, trained):
     from flax import nnx
 
-    from dynamixer_jax.model.nnx_bridge import load_nnx
+    from dynamixer_jax.nnx_bridge import load_nnx
 
     model = load_nnx(workdir, image_size=NEW_SIZE, num_classes=4)
     assert nnx.jit(lambda model, images: model(images))(model, _images(NEW_SIZE)).shape == (2, 4)

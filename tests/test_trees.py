@@ -10,8 +10,7 @@ from conftest import MICRO_ARCH
 
 from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError, ConversionError
-from dynamixer_jax.model.init import abstract_variables, init_variables
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import abstract_variables, create_model, init_variables
 from dynamixer_jax.train.weights import GRID_DEPENDENT, grid_patterns, merge_params
 
 

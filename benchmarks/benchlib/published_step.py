@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from dynamixer_jax.train.mixup import MixupConfig
+from dynamixer_jax.data.mixup import MixupConfig
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_train_step

@@ -29,8 +29,8 @@ from dynamixer_jax.convert.mapping import (
 )
 from dynamixer_jax.convert.torch_io import to_numpy, unwrap_state_dict
 from dynamixer_jax.errors import ConversionError
-from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import abstract_variables
 
 __all__ = [
     "ConversionError",

@@ -46,10 +46,9 @@ from dynamixer_jax.convert.torch_io import (
 )
 from dynamixer_jax.errors import ConversionError, DynaMixerError
 from dynamixer_jax.loading import is_our_checkpoint, load
-from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer, as_hw
 from dynamixer_jax.model.resolution import transfer_params
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import abstract_variables, create_model
 
 
 def main(argv=None) -> int:

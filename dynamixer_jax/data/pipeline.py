@@ -17,7 +17,7 @@ number of batches (the jitted eval step runs on all of them together).
 An image that cannot be decoded (a corrupt or truncated file) does not stop the run: it comes
 out as a zero image with ``mask`` False, at its place in the batch, and is counted and named in
 the log (``damaged.py``, on the host, per batch). Grey, CMYK and PNG-named-JPEG files decode
-to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.train.mixup``.
+to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.data.mixup``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from dynamixer_jax.model.init import timm_trunc_normal
+from dynamixer_jax.model.initializers import timm_trunc_normal
 
 Dtype = Any
 

@@ -42,7 +42,7 @@ from dynamixer_jax.model.features import (
     take_indices,
     to_format,
 )
-from dynamixer_jax.model.init import torch_conv_bias_init, torch_conv_kernel_init
+from dynamixer_jax.model.initializers import torch_conv_bias_init, torch_conv_kernel_init
 from dynamixer_jax.model.layers import MIXINGS, Dtype, dense, layer_norm
 from dynamixer_jax.model.remat import REMAT_POLICIES
 from dynamixer_jax.model.stage import Stage, drop_path_rates

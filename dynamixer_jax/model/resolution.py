@@ -28,8 +28,8 @@ import numpy as np
 
 from dynamixer_jax import trees
 from dynamixer_jax.convert.architecture import architecture_from_params
-from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import abstract_variables
 
 
 def _resample(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

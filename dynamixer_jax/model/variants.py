@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from dynamixer_jax.model.initializers import LINEAR_STD, initializer_kind
 from dynamixer_jax.model.network import PER_STAGE_FIELDS, DynaMixer, ImageSize
 
 # Every field that shapes the network (what ``model_overrides`` may set).
@@ -114,3 +118,63 @@ def create_model(
         **({"parent": None} if features_only else {"name": name}),
     )
     return model.backbone(out_indices, name=name) if features_only else model
+
+
+# timm's absolute truncation bounds, in units of the standard deviation.
+_TRUNC_BOUND = 2.0 / LINEAR_STD
+
+
+def abstract_variables(model: DynaMixer, batch_size: int = 1) -> dict[str, Any]:
+    """Shapes and dtypes of ``model.init``'s output, without computing anything."""
+    images = jax.ShapeDtypeStruct(model.input_shape(batch_size), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
+
+
+def _plan(params) -> tuple[list, int, int]:
+    """Per-leaf (path, shape, dtype, kind, scale, offset) and the number of normal and uniform draws."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    plan, counts = [], {"normal": 0, "uniform": 0}
+    for path, leaf in flat.items():
+        siblings = {k[-1]: v for k, v in flat.items() if k[:-1] == path[:-1]}
+        kind, scale = initializer_kind(path, leaf.shape, siblings)
+        offset = counts.get(kind, 0)
+        if kind in counts:
+            counts[kind] += int(np.prod(leaf.shape))
+        plan.append((path, tuple(leaf.shape), leaf.dtype, kind, scale, offset))
+    return plan, counts["normal"], counts["uniform"]
+
+
+def init_variables(model: DynaMixer, rng: Any, out_sharding: Any | None = None) -> dict[str, Any]:
+    """Freshly initialised ``{'params': ...}`` for ``model``, as the authors initialise, in about a second.
+
+    ``rng`` is a JAX PRNG key (or an int seed). ``out_sharding`` (e.g. a
+    replicated ``NamedSharding``) says where the parameters are placed; by
+    default the default device. The random numbers are drawn on the default
+    device by one compiled call and cut into leaves on the host, where slicing
+    costs nothing to compile.
+    """
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    abstract = abstract_variables(model)
+    plan, n_normal, n_uniform = _plan(abstract["params"])
+
+    @jax.jit
+    def draw(key):
+        normal_key, uniform_key = jax.random.split(key)
+        normals = jax.random.truncated_normal(
+            normal_key, -_TRUNC_BOUND, _TRUNC_BOUND, (n_normal,), jnp.float32
+        )
+        uniforms = jax.random.uniform(uniform_key, (n_uniform,), jnp.float32, -1.0, 1.0)
+        return normals, uniforms
+
+    pools = dict(zip(("normal", "uniform"), map(np.asarray, draw(rng))))
+    leaves = {}
+    for path, shape, dtype, kind, scale, offset in plan:
+        if kind in pools:
+            size = int(np.prod(shape))
+            value = pools[kind][offset : offset + size].reshape(shape) * np.float32(scale)
+        else:
+            value = np.full(shape, scale, np.float32)
+        leaves[path] = value.astype(dtype)
+    params = flax.traverse_util.unflatten_dict(leaves)
+    return {"params": jax.device_put(params, out_sharding)}

@@ -16,12 +16,12 @@ from typing import Any
 
 import jax
 
+from dynamixer_jax.data.mixup import MixupConfig
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.loading import saved_run_config
 from dynamixer_jax.model.network import DynaMixer, nearest_size, size_multiple
 from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, VARIANTS, list_models
-from dynamixer_jax.train.mixup import MixupConfig
 from dynamixer_jax.train.parallel import STATE_SHARDINGS
 from dynamixer_jax.train.plan import (
     CadencePlan,

@@ -18,7 +18,7 @@ import numpy as np
 
 from dynamixer_jax import trees
 from dynamixer_jax.errors import ConfigError
-from dynamixer_jax.model.init import abstract_variables
+from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train import memory, parallel
 from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan

@@ -14,11 +14,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from dynamixer_jax.data.mixup import MixupConfig
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import create_model
-from dynamixer_jax.train.mixup import MixupConfig
 
 
 @dataclasses.dataclass(frozen=True)

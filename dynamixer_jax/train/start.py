@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from dynamixer_jax.model.init import abstract_variables, init_variables
+from dynamixer_jax.model.variants import abstract_variables, init_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.plan import InitPlan, RunPlan

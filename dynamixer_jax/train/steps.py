@@ -6,7 +6,7 @@ all-reduce. Nothing in a step returns to the host; metrics come back as small re
 
 Images arrive as uint8 (the tf.data pipeline's output); both steps normalise them on device.
 Training step, in order: normalisation and random erasing per image
-(``dynamixer_jax.data.device_augment``) -> Mixup/CutMix and label smoothing (``dynamixer_jax.train.mixup``) ->
+(``dynamixer_jax.data.device_augment``) -> Mixup/CutMix and label smoothing (``dynamixer_jax.data.mixup``) ->
 forward with stochastic depth -> soft-target cross-entropy averaged over the real examples
 (``mask``) -> gradients, optionally accumulated over micro-batches with ``lax.scan`` -> AdamW
 (``optimizer.py``) -> EMA of the parameters. A step whose loss is not finite changes nothing in
@@ -32,7 +32,7 @@ from dynamixer_jax.data.device_augment import (
     augment_batch,
     normalize,
 )
-from dynamixer_jax.train.mixup import MixupConfig, mix_batch
+from dynamixer_jax.data.mixup import MixupConfig, mix_batch
 from dynamixer_jax.train.parallel import batch_sharded, replicated
 from dynamixer_jax.train.state import TrainState
 

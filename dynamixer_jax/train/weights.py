@@ -22,9 +22,9 @@ from dynamixer_jax import trees
 from dynamixer_jax.convert.architecture import architecture_from_params
 from dynamixer_jax.errors import ConversionError
 from dynamixer_jax.loading import read_param_sets, read_params
-from dynamixer_jax.model.init import abstract_variables
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.resolution import transfer_params
+from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train.parallel import replicated
 
 log = logging.getLogger(__name__)

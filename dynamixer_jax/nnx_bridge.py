@@ -1,6 +1,6 @@
 """Using DynaMixer from Flax NNX, through ``flax.nnx.bridge``.
 
-    from dynamixer_jax.model.nnx_bridge import load_nnx, make_nnx_train_step
+    from dynamixer_jax.nnx_bridge import load_nnx, make_nnx_train_step
     model = load_nnx(WORKDIR, num_classes=37)            # our checkpoint, a new 37-class head
     optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
     train_step = make_nnx_train_step()
@@ -23,8 +23,8 @@ import optax
 from flax import nnx
 
 from dynamixer_jax.loading import load
-from dynamixer_jax.model.init import init_variables
 from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import init_variables
 
 
 def to_nnx(

@@ -9,7 +9,7 @@ deviations: effectively a plain normal), every bias from zeros, LayerNorm from o
 
 Why a fast path: ``jax.jit(model.init)`` draws every parameter with its own random-number call,
 and XLA compiles each of those ~300 calls separately; on a 2-core CPU that is ~30 s for
-DynaMixer-S. ``init_variables`` draws them in two calls (one truncated normal for all Linear
+DynaMixer-S. ``variants.init_variables`` draws them in two calls (one truncated normal for all Linear
 weights, one uniform for all convolutions), cuts them into leaves and scales them, so compiling
 takes about a second. ``initializer_kind`` mirrors the modules' initialisers leaf by leaf;
 ``tests/test_fast_init.py`` checks that both agree.
@@ -18,15 +18,10 @@ takes about a second. ``initializer_kind`` mirrors the modules' initialisers lea
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-if TYPE_CHECKING:
-    from dynamixer_jax.model.network import DynaMixer
 
 LINEAR_STD = 0.02
 
@@ -57,16 +52,6 @@ def torch_conv_bias_init(fan_in: int):
     return init
 
 
-# timm's absolute truncation bounds, in units of the standard deviation.
-_TRUNC_BOUND = 2.0 / LINEAR_STD
-
-
-def abstract_variables(model: DynaMixer, batch_size: int = 1) -> dict[str, Any]:
-    """Shapes and dtypes of ``model.init``'s output, without computing anything."""
-    images = jax.ShapeDtypeStruct(model.input_shape(batch_size), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
-
-
 def initializer_kind(
     path: tuple[str, ...], shape: tuple[int, ...], siblings: dict[str, Any]
 ) -> tuple[str, float]:
@@ -88,53 +73,3 @@ def initializer_kind(
         kh, kw, fan_in_channels, _ = conv_kernel_shape
         return ("uniform", 1.0 / math.sqrt(kh * kw * fan_in_channels))
     raise ValueError(f"no initialisation rule for parameter {'/'.join(path)} of shape {shape}")
-
-
-def _plan(params) -> tuple[list, int, int]:
-    """Per-leaf (path, shape, dtype, kind, scale, offset) and the number of normal and uniform draws."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-    plan, counts = [], {"normal": 0, "uniform": 0}
-    for path, leaf in flat.items():
-        siblings = {k[-1]: v for k, v in flat.items() if k[:-1] == path[:-1]}
-        kind, scale = initializer_kind(path, leaf.shape, siblings)
-        offset = counts.get(kind, 0)
-        if kind in counts:
-            counts[kind] += int(np.prod(leaf.shape))
-        plan.append((path, tuple(leaf.shape), leaf.dtype, kind, scale, offset))
-    return plan, counts["normal"], counts["uniform"]
-
-
-def init_variables(model: DynaMixer, rng: Any, out_sharding: Any | None = None) -> dict[str, Any]:
-    """Freshly initialised ``{'params': ...}`` for ``model``, as the authors initialise, in about a second.
-
-    ``rng`` is a JAX PRNG key (or an int seed). ``out_sharding`` (e.g. a
-    replicated ``NamedSharding``) says where the parameters are placed; by
-    default the default device. The random numbers are drawn on the default
-    device by one compiled call and cut into leaves on the host, where slicing
-    costs nothing to compile.
-    """
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
-    abstract = abstract_variables(model)
-    plan, n_normal, n_uniform = _plan(abstract["params"])
-
-    @jax.jit
-    def draw(key):
-        normal_key, uniform_key = jax.random.split(key)
-        normals = jax.random.truncated_normal(
-            normal_key, -_TRUNC_BOUND, _TRUNC_BOUND, (n_normal,), jnp.float32
-        )
-        uniforms = jax.random.uniform(uniform_key, (n_uniform,), jnp.float32, -1.0, 1.0)
-        return normals, uniforms
-
-    pools = dict(zip(("normal", "uniform"), map(np.asarray, draw(rng))))
-    leaves = {}
-    for path, shape, dtype, kind, scale, offset in plan:
-        if kind in pools:
-            size = int(np.prod(shape))
-            value = pools[kind][offset : offset + size].reshape(shape) * np.float32(scale)
-        else:
-            value = np.full(shape, scale, np.float32)
-        leaves[path] = value.astype(dtype)
-    params = flax.traverse_util.unflatten_dict(leaves)
-    return {"params": jax.device_put(params, out_sharding)}

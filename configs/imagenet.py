@@ -29,10 +29,10 @@ eighth of the batch in 16 GiB. Memory per device:
   core; a v4-16's 128 per core is over the 118) at the same global batch. ``--config.remat=full`` (16 MB per image on the H100) has
   not been compiled for a TPU. A v3 core has the same 16 GiB and has not been compiled either.
 * ``dynamixer_m``: batch 1024, 128 per device; 99 MB per image on the H100 (13 GB per device),
-  XLA:CPU's upper bound 210 (27 GB): fits 40 GB GPUs. Not compiled for a TPU yet; S needed 2.4x
-  the H100's memory per image there, which would put M near 30 GB per device: expect to need
-  ``--config.grad_accum_steps=4`` on a v3-8 / v4-8 and check with
-  ``python benchmarks/tpu_compile.py --variants dynamixer_m``.
+  XLA:CPU's upper bound 210 (27 GB): fits 40 GB GPUs. Fits a **TPU v5e-8** with the ``"vector"``
+  layout: 72 MB per image, 10.2 GiB of 14.9 at 128 per chip (compiler estimate, fitted through
+  8 and 16: ``python benchmarks/tpu_compile.py --variants dynamixer_m --generations v5e
+  --batches 8 16``). Not compiled for v3/v4.
 * ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875; 142 MB
   per image on the H100 (9 GB per device), XLA:CPU's upper bound 294 (19 GB): fits 40 GB GPUs.
   Not compiled for a TPU yet; at S's TPU/H100 ratio about 22 GB per device, over 16: expect

@@ -10,8 +10,8 @@ evaluated beside the raw weights, eval at 224, bfloat16, ``remat="minimal"``. Ta
 S 82.7%, M 83.7%, L 84.3%.
 
 Hardware, per variant: all three are meant for 8 GPUs of 40 GB or more (the authors' setup).
-On a TPU ``mixing="auto"`` runs the ``"vector"`` layout; with it S's published batch fits a
-**TPU v5e-8** (256 per chip: 13.4 GiB of 14.9, 52 MB per image; compiler estimates of ``python
+On a TPU ``mixing="auto"`` runs the ``"vector"`` layout; with it all three published batches fit
+a **TPU v5e-8** (S: 256 per chip: 13.4 GiB of 14.9, 52 MB per image; compiler estimates of ``python
 benchmarks/tpu_compile.py --variants dynamixer_s --generations v5e --batches 8 16``, libtpu
 0.0.42.1, fitted through batches 8 and 16; README "On a TPU"). The figures below for v3/v4 are
 the older ``"dot"`` layout (what GPUs and CPUs run) and overstate a TPU's need: a v3-8 is 8
@@ -35,8 +35,9 @@ eighth of the batch in 16 GiB. Memory per device:
   --batches 8 16``). Not compiled for v3/v4.
 * ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875; 142 MB
   per image on the H100 (9 GB per device), XLA:CPU's upper bound 294 (19 GB): fits 40 GB GPUs.
-  Not compiled for a TPU yet; at S's TPU/H100 ratio about 22 GB per device, over 16: expect
-  to need ``--config.grad_accum_steps=2`` (check with ``--variants dynamixer_l``).
+  Fits a **TPU v5e-8** with the ``"vector"`` layout: 103 MB per image, 8.4 GiB of 14.9 at 64 per
+  chip (compiler estimate, fitted through 8 and 16: ``python benchmarks/tpu_compile.py
+  --variants dynamixer_l --generations v5e --batches 8 16``). Not compiled for v3/v4.
 
 Figures: ``bash benchmarks/accelerator_check.sh`` (H100, batch 128, bf16),
 ``python benchmarks/memory.py`` (the CPU bound) and ``python benchmarks/tpu_compile.py``

@@ -13,8 +13,9 @@ Hardware, per variant: all three are meant for 8 GPUs of 40 GB or more (the auth
 On a TPU ``mixing="auto"`` runs the ``"vector"`` layout; with it all three published batches fit
 a **TPU v5e-8** (S: 256 per chip: 13.4 GiB of 14.9, 52 MB per image; compiler estimates of ``python
 benchmarks/tpu_compile.py --variants dynamixer_s --generations v5e --batches 8 16``, libtpu
-0.0.42.1, fitted through batches 8 and 16; README "On a TPU"). The figures below for v3/v4 are
-the older ``"dot"`` layout (what GPUs and CPUs run) and overstate a TPU's need: a v3-8 is 8
+0.0.42.1, fitted through batches 8 and 16; README "On a TPU"). S's also fits a **TPU v4-8**
+(256 per TensorCore: 12.8 GiB of 16, 49 MB per image, ``--generations v4``). The figures below
+for v3/v4 are the older ``"dot"`` layout (what GPUs and CPUs run) and overstate a TPU's need: a v3-8 is 8
 TensorCores of 16 GiB, a v4-8 is 4 chips of 32 GiB with two TensorCores each, so both hold an
 eighth of the batch in 16 GiB. Memory per device:
 

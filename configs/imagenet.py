@@ -33,7 +33,7 @@ eighth of the batch in 16 GiB. Memory per device:
   XLA:CPU's upper bound 210 (27 GB): fits 40 GB GPUs. Fits a **TPU v5e-8** with the ``"vector"``
   layout: 72 MB per image, 10.2 GiB of 14.9 at 128 per chip (compiler estimate, fitted through
   8 and 16: ``python benchmarks/tpu_compile.py --variants dynamixer_m --generations v5e
-  --batches 8 16``). Not compiled for v3/v4.
+  --batches 8 16``); and a **TPU v4-8**: 81 MB per image, 11.1 GiB of 16 at 128 per TensorCore.
 * ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875; 142 MB
   per image on the H100 (9 GB per device), XLA:CPU's upper bound 294 (19 GB): fits 40 GB GPUs.
   Fits a **TPU v5e-8** with the ``"vector"`` layout: 103 MB per image, 8.4 GiB of 14.9 at 64 per

@@ -190,17 +190,17 @@ def test_an_infinite_learning_rate_is_one_line(value):
 
 
 def test_every_start_keeps_its_config_and_a_changed_resume_warns(tmp_path, caplog):
-    from dynamixer_jax.train import start
+    from dynamixer_jax.train import run_record
 
     def config(learning_rate, layers=(1, 1)):
         return json.dumps({"learning_rate": learning_rate, "model_overrides": {"layers": layers}})
 
     (tmp_path / "config.json").write_text(config(0.1))  # a workdir from before the history
-    with caplog.at_level(logging.WARNING, logger=start.__name__):
-        start.write_config(config(0.1), str(tmp_path), 0)
-        start.write_config(config(0.1), str(tmp_path), 40)  # a plain resume: nothing new
+    with caplog.at_level(logging.WARNING, logger=run_record.__name__):
+        run_record.write_config(config(0.1), str(tmp_path), 0)
+        run_record.write_config(config(0.1), str(tmp_path), 40)  # a plain resume: nothing new
         assert not caplog.records
-        start.write_config(config(0.2, [1, 2]), str(tmp_path), 80)
+        run_record.write_config(config(0.2, [1, 2]), str(tmp_path), 80)
     (record,) = caplog.records
     assert "resuming at step 80 with config fields changed" in record.getMessage()
     assert "learning_rate 0.1 -> 0.2" in record.getMessage()
@@ -213,14 +213,14 @@ def test_every_start_keeps_its_config_and_a_changed_resume_warns(tmp_path, caplo
 
 
 def test_load_reads_the_architecture_from_the_latest_config(tmp_path):
-    from dynamixer_jax.train import start
+    from dynamixer_jax.train import run_record
 
     model, state = _micro_state()
     with Checkpoints(str(tmp_path / "checkpoints"), asynchronous=False) as checkpoints:
         checkpoints.save(4, state, {"seed": 0})
     _config_json(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    start.write_config(json.dumps({**saved, "learning_rate": 5.0}), str(tmp_path), 4)
+    run_record.write_config(json.dumps({**saved, "learning_rate": 5.0}), str(tmp_path), 4)
     loaded, _ = dynamixer_jax.load(tmp_path)
     assert loaded.embed_dims == model.embed_dims and loaded.patch_size == 4
 

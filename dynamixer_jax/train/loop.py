@@ -3,8 +3,9 @@
 1. Read the config into a plan (``plan.py``), create the workdir and lock it for this run
    (``workdir_lock.py``), open the dataset and build the model: every user error surfaces
    here, as one line, before anything is compiled.
-2. Restore the latest checkpoint in ``WORKDIR/checkpoints`` if there is one, else initialise
-   (from ``init_from`` when fine-tuning).
+2. Restore the latest checkpoint in ``WORKDIR/checkpoints`` if there is one (warning if the
+   data settings changed), else initialise (from ``init_from`` when fine-tuning); record this
+   start's config in the workdir (``run_record.py``).
 3. Loop: global batch -> compiled train step. Each step's metrics are fetched one step late, so
    the host never waits for the step it just queued; a non-finite loss or parameter stops the
    run there, before anything is saved, and sets aside the checkpoint whose parameters gave it. Logging, evaluation (raw and EMA parameters) and checkpoints
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -29,7 +31,8 @@ import jax
 import numpy as np
 
 from dynamixer_jax.errors import DataError, TrainingDiverged
-from dynamixer_jax.train import memory, parallel, start, workdir_lock
+from dynamixer_jax.model.variants import abstract_variables, init_variables
+from dynamixer_jax.train import memory, parallel, run_record, workdir_lock
 from dynamixer_jax.train.cadence import Cadence
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
@@ -40,12 +43,13 @@ from dynamixer_jax.train.evaluation import (
     open_configured_source,
 )
 from dynamixer_jax.train.optimizer import optimizer_from_plan
-from dynamixer_jax.train.plan import RunPlan, StepCounts
+from dynamixer_jax.train.plan import InitPlan, RunPlan, StepCounts
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.profiling import StepProfiler
 from dynamixer_jax.train.reporting import MetricsLog, Progress
-from dynamixer_jax.train.state import TrainState
+from dynamixer_jax.train.state import TrainState, create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step
+from dynamixer_jax.train.weights import grid_patterns, load_params, merge_params, resample_to
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +133,16 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
     steps = plan.steps(train_data.steps_per_epoch)
     schedule, tx = optimizer_from_plan(plan.optim, steps)
     _log_start(plan, num_classes, train_data, steps, mesh)
-    meta = start.data_meta(plan, train_data.steps_per_epoch)
+    meta = data_meta(plan, train_data.steps_per_epoch)
     checkpoints = Checkpoints(
         os.path.join(workdir, "checkpoints"),
         keep=plan.cadence.keep_checkpoints,
         asynchronous=plan.cadence.async_checkpointing,
     )
     try:
-        state = start.initial_state(checkpoints, model, tx, plan, meta, mesh)
+        state = initial_state(checkpoints, model, tx, plan, meta, mesh)
         first_step = int(jax.device_get(state.step))
-        start.write_config(plan.config_json, workdir, first_step)
+        run_record.write_config(plan.config_json, workdir, first_step)
         train_step = make_train_step(
             model,
             tx,
@@ -149,7 +153,7 @@ def _train(plan: RunPlan, workdir: str, preemption: PreemptionWatch) -> dict[str
             augment=plan.data.augment.on_device(),
             ema_decay=plan.optim.ema_decay,
             grad_accum_steps=plan.optim.grad_accum_steps,
-            state_sharding=start.state_layout(model, tx, plan, mesh),
+            state_sharding=state_layout(model, tx, plan, mesh),
         )
         eval_step = make_eval_step(model, mesh, mean=plan.data.mean, std=plan.data.std)
         metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0, start_step=first_step)
@@ -189,6 +193,112 @@ def _log_start(
         steps.steps_per_epoch,
         parallel.describe(mesh),
     )
+
+
+def data_meta(plan: RunPlan, steps_per_epoch: int) -> dict:
+    """What the data position of a checkpoint means (checked when resuming)."""
+    return {
+        "seed": plan.seed,
+        "global_batch_size": plan.data.batch_size,
+        "dataset": plan.data.dataset,
+        "train_split": plan.data.train_split,
+        "steps_per_epoch": int(steps_per_epoch),
+    }
+
+
+def initial_state(
+    checkpoints: Checkpoints, model: Any, tx: Any, plan: RunPlan, meta: dict, mesh: Any
+) -> TrainState:
+    """The state to train from, laid out over ``mesh`` as ``plan.optim.state_sharding`` says
+    (:func:`state_layout`): the newest readable checkpoint's if there is one, else fresh (or
+    fine-tuned, with ``plan.init_from``) parameters and optimizer state. Unreadable checkpoints
+    are skipped with a warning each and left in place."""
+    create, abstract, layout = _creation(model, tx, plan, mesh)
+    if checkpoints.all_steps():
+        found = checkpoints.restore_newest(
+            lambda step: restore_state(checkpoints, step, abstract, meta, mesh, layout)
+        )
+        if found is not None:
+            return found[1]
+    if checkpoints.skipped:
+        log.warning(
+            "no checkpoint in %s can be read: training starts from scratch (the unreadable "
+            "ones are left in place)",
+            checkpoints.directory,
+        )
+    params = initial_params(model, plan.seed, plan.init_from, mesh)
+    return jax.jit(create, out_shardings=layout)(params)
+
+
+def state_layout(model: Any, tx: Any, plan: RunPlan, mesh: Any) -> Any:
+    """The shardings of the training state of ``model`` (``plan.optim.state_sharding``)."""
+    return _creation(model, tx, plan, mesh)[2]
+
+
+def _creation(model: Any, tx: Any, plan: RunPlan, mesh: Any) -> tuple[Any, Any, Any]:
+    """``(create, abstract state, its shardings)``: ``create(params)`` makes a fresh state."""
+    create = functools.partial(
+        create_train_state, tx=tx, seed=plan.seed, use_ema=plan.optim.ema_decay > 0
+    )
+    abstract = jax.eval_shape(create, abstract_variables(model)["params"])
+    return create, abstract, parallel.state_shardings(abstract, mesh, plan.optim.state_sharding)
+
+
+def initial_params(model: Any, seed: int, init_from: InitPlan | None, mesh: Any) -> Any:
+    """Fresh parameters (the authors' init), merged with ``init_from`` when fine-tuning."""
+    params = init_variables(model, jax.random.key(seed))["params"]
+    if init_from is not None:
+        loaded = load_params(init_from.path, mesh, ema=init_from.ema)
+        if init_from.resample_generate:
+            loaded = resample_to(loaded, model, init_from.path)
+        params, report = merge_params(
+            jax.device_get(params),
+            loaded,
+            reset_head=init_from.reset_head,
+            reinit=grid_patterns(loaded, model),
+        )
+        fresh = report["reinitialised"]
+        log.info(
+            "fine-tuning from %s: %d tensors loaded, %d freshly initialised (%s), %d unused",
+            init_from.path,
+            len(report["taken"]),
+            len(fresh),
+            ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""),
+            len(report["unused"]),
+        )
+    return jax.device_put(params, parallel.replicated(mesh))
+
+
+def restore_state(
+    checkpoints: Checkpoints,
+    step: int,
+    abstract: Any,
+    meta: dict,
+    mesh: Any,
+    layout: Any = None,
+) -> Any:
+    """The state of checkpoint ``step``, laid out as ``layout`` says (default replicated);
+    warns if the data settings changed."""
+    layout = layout or jax.tree_util.tree_map(lambda _: parallel.replicated(mesh), abstract)
+    abstract = jax.tree_util.tree_map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract,
+        layout,
+    )
+    state, saved_meta = checkpoints.restore(step, abstract)
+    changed = {
+        key: (saved_meta.get(key), value)
+        for key, value in meta.items()
+        if saved_meta.get(key) not in (None, value)
+    }
+    if changed:
+        log.warning(
+            "resuming with different data settings %s: batches from here on differ "
+            "from the interrupted run's",
+            changed,
+        )
+    log.info("resumed from checkpoint %s/%d", checkpoints.directory, step)
+    return state
 
 
 def _loop(

@@ -17,11 +17,12 @@ import jax
 import numpy as np
 
 from dynamixer_jax import trees
+from dynamixer_jax.data.build import make_eval_data, open_configured_source
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train import memory, parallel
 from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan
+from dynamixer_jax.train.plan import ModelPlan
 from dynamixer_jax.train.steps import make_eval_step
 from dynamixer_jax.train.weights import load_param_sets, resample_to
 
@@ -68,47 +69,6 @@ def _first_eval_step(eval_step: Any, params_by_name: dict, batch: Any) -> Any:
             batch_size=int(image[0]),
             image_size=int(image[1]) if image[1] == image[2] else tuple(image[1:3]),
         ) from None
-
-
-def make_train_data(plan: RunPlan, source: Any) -> Any:
-    """The configured training split of ``source`` (an opened data source) as ``TrainData``."""
-    from dynamixer_jax.data.pipeline import TrainData  # noqa: PLC0415 (TensorFlow)
-
-    data = plan.data
-    return TrainData(
-        source,
-        global_batch_size=data.batch_size,
-        image_size=data.image_size,
-        seed=plan.seed,
-        split=data.train_split,
-        augment=data.augment,
-        shuffle_buffer_size=data.shuffle_buffer_size,
-        threads=data.threads,
-        prefetch_batches=data.prefetch_batches,
-    )
-
-
-def make_eval_data(data: DataPlan, source):
-    """The planned eval split of ``source`` (an opened data source) as ``EvalData``."""
-    from dynamixer_jax.data.pipeline import EvalData  # noqa: PLC0415 (TensorFlow)
-
-    return EvalData(
-        source,
-        global_batch_size=data.eval_batch_size,
-        image_size=data.image_size,
-        crop_fraction=data.crop_fraction,
-        split=data.eval_split,
-        threads=data.threads,
-    )
-
-
-def open_configured_source(data: DataPlan):
-    """The planned dataset (TFDS name or folder), opened (raises DataError with advice)."""
-    from dynamixer_jax.data.sources import open_source  # noqa: PLC0415 (TensorFlow)
-
-    return open_source(
-        data.dataset, data.data_dir, image_key=data.image_key, label_key=data.label_key
-    )
 
 
 def _check_fit(params: Any, abstract: Any, source: str, model: ModelPlan, num_classes: int) -> None:

@@ -30,18 +30,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from dynamixer_jax.data.build import make_eval_data, make_train_data, open_configured_source
 from dynamixer_jax.errors import DataError, TrainingDiverged
 from dynamixer_jax.model.variants import abstract_variables, init_variables
 from dynamixer_jax.train import memory, parallel, run_record, workdir_lock
 from dynamixer_jax.train.cadence import Cadence
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.evaluation import (
-    evaluate_params,
-    make_eval_data,
-    make_train_data,
-    open_configured_source,
-)
+from dynamixer_jax.train.evaluation import evaluate_params
 from dynamixer_jax.train.optimizer import optimizer_from_plan
 from dynamixer_jax.train.plan import InitPlan, RunPlan, StepCounts
 from dynamixer_jax.train.preemption import PreemptionWatch

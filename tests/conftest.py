@@ -3,10 +3,13 @@ this machine's 2 threads, and a summary of measured parity figures."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -125,12 +128,39 @@ def record_parity(name: str, value: float) -> None:
             f.write(json.dumps([name, float(value)]) + "\n")
 
 
+_SHARED_DIR = "DYNAMIXER_TEST_SHARED_DIR"
+
+
 def pytest_configure(config):
-    """The folder where pytest-xdist workers leave their parity figures (made by the controller,
-    inherited by the workers it starts)."""
-    if not hasattr(config, "workerinput") and _PARITY_DIR not in os.environ:
-        os.environ[_PARITY_DIR] = tempfile.mkdtemp(prefix="dynamixer_parity_figures_")
-        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(_PARITY_DIR), ignore_errors=True))
+    """Folders the controller makes and the pytest-xdist workers it starts inherit: where the
+    workers leave their parity figures, and where they share what is made once per run."""
+    if hasattr(config, "workerinput"):
+        return
+    for variable, prefix in ((_PARITY_DIR, "parity_figures"), (_SHARED_DIR, "shared")):
+        if variable not in os.environ:
+            os.environ[variable] = tempfile.mkdtemp(prefix=f"dynamixer_{prefix}_")
+            config.add_cleanup(
+                lambda variable=variable: shutil.rmtree(
+                    os.environ.pop(variable), ignore_errors=True
+                )
+            )
+
+
+def shared_once(name: str, make: Callable[[Path], None]) -> Path:
+    """The folder ``name``, filled by ``make(folder)`` once per test run for every pytest worker:
+    the first to ask makes it while the others wait, and a ``make`` that fails leaves it to be
+    made again. Whoever uses it only reads it."""
+    root = Path(os.environ[_SHARED_DIR])
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock, contextlib.ExitStack() as unlock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        unlock.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -145,24 +175,29 @@ def _torch_threads():
 
 
 @pytest.fixture(scope="session")
-def digits_data_dir(tmp_path_factory):
+def digits_data_dir():
     """A TFDS data dir holding the built-in sklearn_digits dataset, prepared once per run."""
     from dynamixer_jax.data.sources import open_source
 
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    open_source("sklearn_digits", data_dir)  # prepares it on first use
-    return data_dir
+    # open_source prepares it on first use
+    return str(shared_once("tfds", lambda folder: open_source("sklearn_digits", str(folder))))
 
 
 @pytest.fixture(scope="session")
-def compilation_cache(tmp_path_factory):
+def compilation_cache():
     """Environment for subprocesses that share one JAX persistent compilation cache (as a user
-    would set one up): later runs of the same model skip compiling its steps."""
-    return {
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-    }
+    would set one up), one per test run: later runs of the same model skip compiling its steps."""
+    from main_runs import compilation_cache
+
+    return compilation_cache()
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(digits_data_dir):
+    """The end-to-end tests' reference run (``main_runs.uninterrupted_run``), read-only."""
+    from main_runs import uninterrupted_run
+
+    return uninterrupted_run(digits_data_dir)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -18,33 +18,14 @@ import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import pytest
-import test_train_runs as runs
 from conftest import MICRO_ARCH, REPO
-from test_train_runs import STEPS, by_step, checkpoint_steps, run
+from main_runs import STEPS, by_step, checkpoint_steps, command, environment, run
 
 from dynamixer_jax.model.variants import create_model, init_variables
 from dynamixer_jax.train import parallel
 from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.weights import load_param_sets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(compilation_cache):
-    runs.COMPILATION_CACHE.update(compilation_cache)
-    yield
-    runs.COMPILATION_CACHE.clear()
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, digits_data_dir):
-    """The reference: STEPS steps in one go (checkpoints 10, 20 and 30)."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    code, stderr = run(workdir, digits_data_dir)
-    assert code == 0, stderr
-    assert checkpoint_steps(workdir) == [10, 20, 30]
-    return workdir
 
 
 def _copy(reference, tmp_path) -> Path:
@@ -200,8 +181,8 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(
     shutil.rmtree(workdir / "checkpoints" / "30")  # the run resumes at 20 and saves 30
     before = _files(workdir)
     result = subprocess.run(
-        [*_WITH_FILE_SIZE_LIMIT, *runs._command(workdir, digits_data_dir)],
-        env=runs._environment(1),
+        [*_WITH_FILE_SIZE_LIMIT, *command(workdir, digits_data_dir)],
+        env=environment(1),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -234,8 +215,8 @@ SAVE_EVERY = 5  # more saves than the reference's (which does not change the num
 
 def _start(workdir, data_dir) -> subprocess.Popen:
     return subprocess.Popen(
-        runs._command(workdir, data_dir, f"--config.checkpoint_every_steps={SAVE_EVERY}"),
-        env=runs._environment(1),
+        command(workdir, data_dir, f"--config.checkpoint_every_steps={SAVE_EVERY}"),
+        env=environment(1),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

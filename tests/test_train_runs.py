@@ -12,141 +12,22 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO
-
-STEPS = 30
-SHORT_RUN = [
-    f"--config.num_train_steps={STEPS}",
-    "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=10",
-    "--config.eval_every_steps=1000",
-]
-# Quantities that are a pure function of the state, the batch and the step.
-EXACT_FIELDS = (
-    "train_loss",
-    "learning_rate",
-    "grad_norm",
-    "eval_top1",
-    "eval_loss",
-    "ema_eval_top1",
-    "ema_eval_loss",
+from main_runs import (
+    STEPS,
+    by_step,
+    checkpoint_steps,
+    command,
+    environment,
+    logged_steps,
+    run,
+    run_until,
 )
-
-
-# JAX's persistent compilation cache, shared by the test session's runs (conftest.py): later
-# runs skip compiling the train and eval steps, ~12 s each here.
-COMPILATION_CACHE = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(compilation_cache):
-    COMPILATION_CACHE.update(compilation_cache)
-    yield
-    COMPILATION_CACHE.clear()
-
-
-def _environment(devices: int) -> dict:
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        **COMPILATION_CACHE,
-    )
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-def _command(workdir, data_dir, *extra):
-    return [
-        sys.executable,
-        str(REPO / "main.py"),
-        f"--config={REPO / 'configs/quickstart.py'}",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        *SHORT_RUN,
-        *extra,
-    ]
-
-
-def run(workdir, data_dir, *extra, devices: int = 1, timeout: float = 400):
-    """One ``main.py`` run to completion: (return code, stderr)."""
-    result = subprocess.run(
-        _command(workdir, data_dir, *extra),
-        env=_environment(devices),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return result.returncode, result.stderr
-
-
-def run_until(workdir, data_dir, step: int, sig: int, *extra, timeout: float = 400):
-    """Start a run, send ``sig`` once metrics.jsonl shows ``step``; (return code, stderr)."""
-    process = subprocess.Popen(
-        _command(workdir, data_dir, *extra),
-        env=_environment(1),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while logged_steps(workdir)[-1:] < [step]:
-            assert process.poll() is None, f"run ended before step {step}: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "run too slow"
-            time.sleep(0.05)
-        process.send_signal(sig)
-        _, stderr = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return process.returncode, stderr
-
-
-def records(workdir) -> list[dict]:
-    path = Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def logged_steps(workdir) -> list[int]:
-    try:
-        return [record["step"] for record in records(workdir) if "train_loss" in record]
-    except json.JSONDecodeError:  # a line being written
-        return []
-
-
-def by_step(workdir, fields=EXACT_FIELDS) -> dict[int, dict]:
-    merged: dict[int, dict] = {}
-    for record in records(workdir):
-        merged.setdefault(record["step"], {}).update(
-            {key: value for key, value in record.items() if key in fields}
-        )
-    return merged
-
-
-def checkpoint_steps(workdir) -> list[int]:
-    return sorted(int(name) for name in os.listdir(Path(workdir) / "checkpoints") if name.isdigit())
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, digits_data_dir):
-    """The reference: STEPS steps in one go on one device."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    code, stderr = run(workdir, digits_data_dir)
-    assert code == 0, stderr
-    return workdir
 
 
 def test_reference_run_logs_every_step_and_evaluates(uninterrupted):
@@ -208,10 +89,10 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_zero(
 def test_ctrl_c_while_the_step_compiles_stops_cleanly(digits_data_dir, tmp_path):
     """Ctrl-C after the start line (data opening, state creation, compiling): one line, exit 0,
     no traceback; a second run starts normally."""
-    env = _environment(1)
+    env = environment(1)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile for real: the signal lands during it
     process = subprocess.Popen(
-        _command(tmp_path, digits_data_dir),
+        command(tmp_path, digits_data_dir),
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -377,7 +258,7 @@ def test_two_processes_train_like_one(digits_folder, digits_data_dir, tmp_path):
     shared = tmp_path / "two"
     processes = [
         subprocess.Popen(
-            _command(
+            command(
                 shared,
                 digits_data_dir,
                 *steps,
@@ -385,7 +266,7 @@ def test_two_processes_train_like_one(digits_folder, digits_data_dir, tmp_path):
                 "--num_processes=2",
                 f"--process_id={index}",
             ),
-            env=_environment(2),
+            env=environment(2),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

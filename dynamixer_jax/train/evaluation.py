@@ -20,8 +20,7 @@ from dynamixer_jax import trees
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train import memory, parallel
-from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan
+from dynamixer_jax.train.plan import DataPlan, ModelPlan, RunPlan, make_plan
 from dynamixer_jax.train.steps import make_eval_step
 from dynamixer_jax.train.weights import load_param_sets, resample_to
 

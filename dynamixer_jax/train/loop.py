@@ -32,7 +32,6 @@ from dynamixer_jax.errors import DataError, TrainingDiverged
 from dynamixer_jax.train import memory, parallel, start, workdir_lock
 from dynamixer_jax.train.cadence import Cadence
 from dynamixer_jax.train.checkpoints import Checkpoints
-from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import (
     evaluate_params,
     make_eval_data,
@@ -40,7 +39,7 @@ from dynamixer_jax.train.evaluation import (
     open_configured_source,
 )
 from dynamixer_jax.train.optimizer import optimizer_from_plan
-from dynamixer_jax.train.plan import RunPlan, StepCounts
+from dynamixer_jax.train.plan import RunPlan, StepCounts, make_plan
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.profiling import StepProfiler
 from dynamixer_jax.train.reporting import MetricsLog, Progress

@@ -25,8 +25,8 @@ from dynamixer_jax.data.mixup import MixupConfig
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.loading import saved_run_config
-from dynamixer_jax.model.network import DynaMixer, nearest_size, size_multiple
-from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, VARIANTS, create_model, list_models
+from dynamixer_jax.model.network import DynaMixer
+from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, create_model, list_models
 from dynamixer_jax.train.parallel import STATE_SHARDINGS
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class ModelPlan:
         return self.num_classes
 
     def build(self, num_classes: int, *, train: bool = True) -> DynaMixer:
-        """The DynaMixer (no dropout nor stochastic depth unless ``train``)."""
+        """The DynaMixer (no dropout nor stochastic depth unless ``train``); ConfigError if the
+        network's own checks reject it (an unknown model, an image size its grid cannot take)."""
         try:
             return create_model(
                 self.name,
@@ -83,10 +84,9 @@ class ModelPlan:
                 dtype=jnp.bfloat16 if self.half_precision else None,
                 **dict(self.overrides),
             )
-        except ValueError as error:
-            raise ConfigError(
-                f"model {self.name} at image_size {self.image_size}: {error}"
-            ) from None
+        except ValueError as error:  # its hint given as the command line's override
+            message = str(error).replace(" image_size=", " --config.image_size=")
+            raise ConfigError(f"model {self.name}: {message}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,33 +267,10 @@ def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def _check_image_size(name: str, image_size: Any, overrides: dict[str, Any]) -> None:
-    """ConfigError unless every side of ``image_size`` is a positive multiple of what the model
-    needs (``network.size_multiple``), said as the config's fix."""
-    patch = overrides.get("patch_size") or DynaMixer.__dataclass_fields__["patch_size"].default
-    transitions = overrides.get("transitions") or VARIANTS[name]["transitions"]
-    multiple, why = size_multiple(patch, transitions)
-    sides = image_size if isinstance(image_size, (tuple, list)) else (image_size,)
-    for side in sides:
-        if isinstance(side, bool) or not isinstance(side, int) or side <= 0 or side % multiple:
-            good = nearest_size(side, multiple) if isinstance(side, int) else multiple
-            positive = "a positive" if isinstance(side, int) and side > 0 else "positive: a"
-            raise ConfigError(
-                f"image_size {image_size} must be {positive} multiple of {multiple} for {name} "
-                f"({why}); use e.g. --config.image_size={good}"
-            )
-
-
 def _model(read: ConfigReader) -> ModelPlan:
-    name = read("model")
-    if name not in list_models():
-        raise ConfigError(
-            f"unknown model {name!r}: set --config.model to one of {', '.join(list_models())}"
-        )
     overrides = _model_overrides(read("model_overrides"))
-    _check_image_size(name, read("image_size"), dict(overrides))
     model = ModelPlan(
-        name=name,
+        name=read("model"),
         overrides=overrides,
         image_size=read("image_size"),
         num_classes=read("num_classes"),
@@ -304,7 +281,7 @@ def _model(read: ConfigReader) -> ModelPlan:
         scan_layers=bool(read("scan_layers")),
         mixing=read("mixing"),
     )
-    model.build(model.num_classes or 1)  # a model that cannot be built fails here
+    model.build(model.num_classes or 1)  # the network's checks: model name, image size, ...
     return model
 
 
@@ -335,13 +312,13 @@ def _check_data(data: DataPlan) -> None:
 
 
 def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
+    if data.batch_size <= 0:  # eval_batch_size: checked as it is read
+        raise ConfigError(
+            f"batch_size {data.batch_size}: must be positive (the global batch, a multiple of "
+            f"the {devices} device(s)), e.g. --config.batch_size={devices * 8}"
+        )
     for name in ("batch_size", "eval_batch_size"):
         size = getattr(data, name)
-        if size <= 0:
-            raise ConfigError(
-                f"{name} {size}: must be positive (the global batch, a multiple of the "
-                f"{devices} device(s)), e.g. --config.{name}={devices * 8}"
-            )
         if size % devices:
             where = f"{devices} devices" + (f" in {processes} processes" if processes > 1 else "")
             multiple = devices * max(1, round(size / devices))

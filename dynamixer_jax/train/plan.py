@@ -209,9 +209,48 @@ class RunPlan:
 _POSITIVE_WHEN_SET = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
 
 
+def _fraction(value: Any) -> bool:
+    return 0 <= value < 1
+
+
+def _finite(value: Any) -> bool:
+    return 0 <= value < math.inf  # NaN fails too
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+# What each number must be, checked as it is read: field -> (test, "must be ...").
+_RANGES = {
+    "learning_rate": (lambda value: 0 < value < math.inf, "positive and finite"),
+    "ema_decay": (_fraction, "in [0, 1) (0 turns the EMA off)"),
+    "crop_fraction": (lambda value: 0 < value <= 1, "in (0, 1]"),
+    "shuffle_buffer_size": (lambda value: value >= 1, ">= 1"),
+    "prefetch_batches": (lambda value: value >= 0, ">= 0"),
+    "data_threads": (lambda value: value is None or value >= 1, ">= 1 (None: all cores)"),
+    **dict.fromkeys(
+        ("drop_path_rate", "drop_rate", "adam_b1", "adam_b2"), (_fraction, "in [0, 1)")
+    ),
+    **dict.fromkeys(
+        ("warmup_epochs", "cooldown_epochs", "weight_decay", "grad_clip_norm", "adam_eps")
+        + ("warmup_learning_rate", "min_learning_rate"),
+        (_finite, "a finite number >= 0"),
+    ),
+    **dict.fromkeys(
+        ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"),
+        (_positive, "a positive number"),
+    ),
+}
+# Plan fields read from a config field of another name.
+_RENAMED = dict(name="model", threads="data_threads", b1="adam_b1", b2="adam_b2", eps="adam_eps")
+_MIXUP_FIELDS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "prob")
+
+
 class ConfigReader:
-    """Reads a config strictly (every default is in configs/default.py, none here) and
-    remembers which fields it read, so that the rest can be reported as unknown."""
+    """Reads a config strictly (every default is in configs/default.py, none here), checks each
+    value as it is read and remembers which fields it read, so that the rest can be reported
+    as unknown."""
 
     def __init__(self, config: Any):
         self.config, self.read = config, set()
@@ -232,7 +271,22 @@ class ConfigReader:
                 f"{name} {node}: must be positive; leave "
                 f"--config.{name} out (unset, None, is the default)"
             )
+        test, must = _RANGES.get(name, (None, ""))
+        if test is not None and not test(node):
+            raise ConfigError(f"{name} must be {must}, not {node}")
         return tuple(node) if isinstance(node, list) else node
+
+    def plan(self, cls: type, **given: Any) -> Any:
+        """A ``cls`` (one of the plan's parts) of the config's fields of the same names (or
+        :data:`_RENAMED`), but for those ``given``."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name in given:
+                values[field.name] = given[field.name]
+            else:
+                value = self(_RENAMED.get(field.name, field.name))
+                values[field.name] = bool(value) if field.type == "bool" else value
+        return cls(**values)
 
     def unknown(self) -> list[str]:
         """Fields of the config that nothing read (misspelt or from another version)."""
@@ -245,11 +299,6 @@ class ConfigReader:
             else:
                 names.append(name)
         return sorted(names)
-
-
-def augment_recipe(config: Any) -> TrainAugment:
-    """Per-image training augmentation from ``config.augment``, ``mean`` and ``std``."""
-    return TrainAugment.from_fields(config.augment, mean=tuple(config.mean), std=tuple(config.std))
 
 
 def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
@@ -267,48 +316,14 @@ def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def _model(read: ConfigReader) -> ModelPlan:
-    overrides = _model_overrides(read("model_overrides"))
-    model = ModelPlan(
-        name=read("model"),
-        overrides=overrides,
-        image_size=read("image_size"),
-        num_classes=read("num_classes"),
-        drop_path_rate=read("drop_path_rate"),
-        drop_rate=read("drop_rate"),
-        half_precision=bool(read("half_precision")),
-        remat=read("remat"),
-        scan_layers=bool(read("scan_layers")),
-        mixing=read("mixing"),
-    )
-    model.build(model.num_classes or 1)  # the network's checks: model name, image size, ...
-    return model
-
-
 def _mixup(read: ConfigReader) -> MixupConfig:
     try:
         return MixupConfig(
-            mixup_alpha=read("mixup.mixup_alpha"),
-            cutmix_alpha=read("mixup.cutmix_alpha"),
-            switch_prob=read("mixup.switch_prob"),
-            prob=read("mixup.prob"),
+            **{name: read(f"mixup.{name}") for name in _MIXUP_FIELDS},
             label_smoothing=read("label_smoothing"),
         )
     except ValueError as error:
         raise ConfigError(f"mixup: {error}") from None
-
-
-def _check_data(data: DataPlan) -> None:
-    if not 0 < data.crop_fraction <= 1:
-        raise ConfigError(f"crop_fraction must be in (0, 1], not {data.crop_fraction}")
-    for name, value, least in [
-        ("shuffle_buffer_size", data.shuffle_buffer_size, 1),
-        ("prefetch_batches", data.prefetch_batches, 0),
-        ("data_threads", 1 if data.threads is None else data.threads, 1),
-    ]:
-        if value < least:
-            unset = " (None: all cores)" if name == "data_threads" else ""
-            raise ConfigError(f"{name} must be >= {least}{unset}, not {value}")
 
 
 def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
@@ -332,51 +347,6 @@ def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processe
             f"grad_accum_steps {grad_accum_steps} must divide the per-device batch "
             f"({data.batch_size} / {devices} devices = {per_device})"
         )
-
-
-def _check_numbers(
-    optim: OptimPlan, schedule: SchedulePlan, cadence: CadencePlan, model: ModelPlan
-) -> None:
-    if not 0.0 <= optim.ema_decay < 1.0:
-        raise ConfigError(
-            f"ema_decay must be in [0, 1) (0 turns the EMA off), not {optim.ema_decay}"
-        )
-    if not 0 < optim.learning_rate < math.inf:
-        raise ConfigError(f"learning_rate must be positive and finite, not {optim.learning_rate}")
-    if schedule.num_train_steps is None and not schedule.num_epochs > 0:
-        raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
-    for name, value in [
-        ("warmup_epochs", schedule.warmup_epochs),
-        ("cooldown_epochs", schedule.cooldown_epochs),
-        ("num_epochs", schedule.num_epochs),
-        ("weight_decay", optim.weight_decay),
-        ("grad_clip_norm", optim.grad_clip_norm),
-        ("warmup_learning_rate", optim.warmup_learning_rate),
-        ("min_learning_rate", optim.min_learning_rate),
-        ("adam_eps", optim.eps),
-    ]:
-        if not 0 <= value < math.inf:  # NaN too
-            raise ConfigError(f"{name} must be a finite number >= 0, not {value}")
-    for name, value in [
-        ("drop_path_rate", model.drop_path_rate),
-        ("drop_rate", model.drop_rate),
-        ("adam_b1", optim.b1),
-        ("adam_b2", optim.b2),
-    ]:
-        if not 0 <= value < 1:
-            raise ConfigError(f"{name} must be in [0, 1), not {value}")
-    for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        if getattr(cadence, name) <= 0:
-            raise ConfigError(f"{name} must be a positive number, not {getattr(cadence, name)}")
-
-
-def _state_sharding(value: Any) -> str:
-    if value not in STATE_SHARDINGS:
-        raise ConfigError(
-            f"state_sharding {value!r}: use one of {', '.join(STATE_SHARDINGS)}, e.g. "
-            "--config.state_sharding=fsdp"
-        )
-    return value
 
 
 def _init_from(read: ConfigReader) -> InitPlan | None:
@@ -437,63 +407,38 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
     processes = jax.process_count() if processes is None else processes
     config = with_init_from_architecture(config)
     read = ConfigReader(config)
-    model = _model(read)
-    batch_size = read("batch_size")
-    eval_batch_size = read("eval_batch_size")
-    read.read.add("augment")  # augment_recipe checks its fields
-    data = DataPlan(
+    model = read.plan(ModelPlan, overrides=_model_overrides(read("model_overrides")))
+    model.build(model.num_classes or 1)  # the network's checks: model name, image size, ...
+    batch_size, eval_batch_size = read("batch_size"), read("eval_batch_size")
+    read.read.add("augment")  # TrainAugment checks its fields
+    augment = TrainAugment.from_fields(
+        config.augment, mean=tuple(config.mean), std=tuple(config.std)
+    )
+    data = read.plan(
+        DataPlan,
         dataset=str(read("dataset")),
-        data_dir=read("data_dir"),
-        train_split=read("train_split"),
-        eval_split=read("eval_split"),
-        image_key=read("image_key"),
-        label_key=read("label_key"),
-        batch_size=batch_size,
         eval_batch_size=batch_size if eval_batch_size is None else eval_batch_size,
         image_size=model.image_size,
-        crop_fraction=read("crop_fraction"),
-        mean=tuple(read("mean")),
-        std=tuple(read("std")),
-        augment=augment_recipe(config),
-        shuffle_buffer_size=read("shuffle_buffer_size"),
-        threads=read("data_threads"),
-        prefetch_batches=read("prefetch_batches"),
+        augment=augment,
     )
-    optim = OptimPlan(
-        learning_rate=read("learning_rate"),
-        warmup_learning_rate=read("warmup_learning_rate"),
-        min_learning_rate=read("min_learning_rate"),
-        weight_decay=read("weight_decay"),
-        b1=read("adam_b1"),
-        b2=read("adam_b2"),
-        eps=read("adam_eps"),
-        grad_clip_norm=read("grad_clip_norm"),
-        grad_accum_steps=read("grad_accum_steps"),
-        ema_decay=read("ema_decay"),
-        state_sharding=_state_sharding(read("state_sharding")),
-    )
-    schedule = SchedulePlan(
-        num_epochs=read("num_epochs"),
-        warmup_epochs=read("warmup_epochs"),
-        cooldown_epochs=read("cooldown_epochs"),
-        num_train_steps=read("num_train_steps"),
-    )
-    cadence = CadencePlan(
-        log_every_steps=read("log_every_steps"),
-        eval_every_steps=read("eval_every_steps"),
-        checkpoint_every_steps=read("checkpoint_every_steps"),
-        keep_checkpoints=read("keep_checkpoints"),
-        async_checkpointing=bool(read("async_checkpointing")),
-        profile_first_step=read("profile_first_step"),
-        profile_num_steps=read("profile_num_steps"),
-    )
+    optim = read.plan(OptimPlan)
+    if optim.state_sharding not in STATE_SHARDINGS:
+        raise ConfigError(
+            f"state_sharding {optim.state_sharding!r}: use one of {', '.join(STATE_SHARDINGS)}, "
+            "e.g. --config.state_sharding=fsdp"
+        )
+    schedule = read.plan(SchedulePlan)
+    if schedule.num_train_steps is None and not schedule.num_epochs > 0:
+        raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
+    if not _finite(schedule.num_epochs):  # wrong even where num_train_steps sets the length
+        raise ConfigError(f"num_epochs must be a finite number >= 0, not {schedule.num_epochs}")
     plan = RunPlan(
         model=model,
         data=data,
         optim=optim,
         mixup=_mixup(read),
         schedule=schedule,
-        cadence=cadence,
+        cadence=read.plan(CadencePlan),
         init_from=_init_from(read),
         seed=read("seed"),
         config_json=config.to_json_best_effort(indent=2),
@@ -503,7 +448,5 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
             f"unknown config field(s) {', '.join(read.unknown())}; "
             "configs/default.py lists every field"
         )
-    _check_numbers(optim, schedule, cadence, model)
-    _check_data(data)
     _check_batches(data, optim.grad_accum_steps, devices, processes)
     return plan

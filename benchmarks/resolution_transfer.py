@@ -32,7 +32,7 @@ from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.loading import read_params
 from dynamixer_jax.model.variants import init_variables
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
-from dynamixer_jax.train.config_reading import make_plan
+from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.weights import GRID_DEPENDENT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

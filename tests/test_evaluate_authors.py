@@ -10,7 +10,7 @@ from dynamixer_jax.data.build import make_eval_data
 from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.data.sources import open_source
 from dynamixer_jax.train import evaluate, load_config, train_and_evaluate
-from dynamixer_jax.train.config_reading import make_plan
+from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_torch import TorchDynaMixer, randomize_
 

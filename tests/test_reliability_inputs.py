@@ -178,7 +178,7 @@ def test_validation_classes_the_training_split_lacks_are_one_line(tmp_path):
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_an_infinite_learning_rate_is_one_line(value):
     from dynamixer_jax.errors import ConfigError
-    from dynamixer_jax.train.config_reading import make_plan
+    from dynamixer_jax.train.plan import make_plan
 
     with pytest.raises(ConfigError, match="learning_rate must be positive and finite"):
         make_plan(_quickstart(learning_rate=value))

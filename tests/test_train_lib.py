@@ -27,8 +27,8 @@ from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
 from dynamixer_jax.model.variants import PUBLISHED, abstract_variables, create_model, init_variables
 from dynamixer_jax.train import load_config, parallel, train_and_evaluate
 from dynamixer_jax.train.checkpoints import Checkpoints, UnreadableCheckpoint
-from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
+from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.reporting import read_metrics
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_eval_step, make_train_step

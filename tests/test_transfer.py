@@ -19,9 +19,9 @@ from dynamixer_jax.model.resolution import is_generate
 from dynamixer_jax.model.variants import create_model, init_variables
 from dynamixer_jax.train import load_config
 from dynamixer_jax.train.checkpoints import Checkpoints
-from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.loop import initial_params
 from dynamixer_jax.train.parallel import make_mesh
+from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.state import create_train_state
 
 # MICRO_ARCH: patch 4 and one stride-2 transition, so sides are multiples of 8.

@@ -82,8 +82,8 @@ def published_train_step(
     but this runs on a CPU host, where ``"auto"`` would mean ``"dot"``, so it is explicit.
     Imports the config reading (ml_collections) here: the other two steps need none of it."""
     from configs import imagenet
-    from dynamixer_jax.train.config_reading import make_plan
     from dynamixer_jax.train.optimizer import optimizer_from_plan
+    from dynamixer_jax.train.plan import make_plan
 
     config = imagenet.get_config(variant)
     config.batch_size = batch

@@ -173,8 +173,6 @@ class EvalData:
         process_count: int | None = None,
         threads: int | None = None,
     ):
-        if not 0 < crop_fraction <= 1:
-            raise DataError(f"crop_fraction must be in (0, 1], not {crop_fraction}")
         self.source = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
         self.process_index, self.process_count = _process_info(process_index, process_count)
         self.local_batch_size = _local_batch_size(global_batch_size, self.process_count)

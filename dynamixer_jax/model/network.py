@@ -96,10 +96,11 @@ def stage_grids(
     """
     height, width = as_hw(image_size)
     multiple, why = size_multiple(patch_size, transitions)
-    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+    if min(height, width) <= 0 or height % multiple or width % multiple:
+        positive = "a positive" if min(height, width) > 0 else "positive: a"
         raise ValueError(
-            f"image size {height}x{width} does not fit: each side must be a positive multiple "
-            f"of {multiple} ({why}); use e.g. image_size={nearest_size(image_size, multiple)}."
+            f"image_size {image_size} must be {positive} multiple of {multiple} ({why}); "
+            f"use e.g. image_size={nearest_size(image_size, multiple)}."
         )
     grid = (height // patch_size, width // patch_size)
     grids = [grid]

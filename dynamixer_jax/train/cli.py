@@ -2,13 +2,16 @@
 
 ``--config=FILE`` is an ordinary absl flag (``--helpfull`` lists it); the ``--config.FIELD``
 overrides are taken out of the command line before absl parses it (:func:`split_overrides`)
-and applied by :func:`load_config` (``config_files.apply_text_overrides``) inside
-:func:`run_reporting_errors`, so that a misspelt field or a wrong value is one line,
+and applied by :func:`config_from_command_line`, each text read as its field's type the way
+ml_collections' ``config_flags`` reads it (:func:`value_from_text`), so that a misspelt field
+(with the closest name) or a wrong value (with the field's type and an example) is one line,
 ``error: ...``, exit 2, like every other user error, and costs no TensorFlow import.
+(``config_flags``' own errors, raised inside absl's parsing, have neither hint.)
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import logging
 import os
@@ -19,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from dynamixer_jax.errors import ConfigError, DynaMixerError, TrainingDiverged
+from dynamixer_jax.train.config_files import check_field, read_config_file
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -80,19 +84,105 @@ def split_overrides(argv: Sequence[str]) -> CommandLine:
 
 def config_from_command_line(path: str, command_line: CommandLine) -> Any:
     """The config of ``--config=path`` with the command line's overrides (ConfigError if not)."""
-    from dynamixer_jax.train import config_files  # noqa: PLC0415
-
-    config = config_files.read_config_file(path)
+    config = read_config_file(path)
     for name, text in command_line.separate:
-        if config_files.field_type(config, name) is bool:
+        if _field_type(config, name) is bool:
             raise ConfigError(
                 f"--config.{name} {text}: a bool field takes its value after '=', "
                 f"--config.{name}={text} (alone, --config.{name} means true)"
             )
     for name in command_line.bare:
-        if config_files.field_type(config, name) not in (bool, None):
+        if _field_type(config, name) not in (bool, None):
             raise ConfigError(f"--config.{name} needs a value: --config.{name}=VALUE")
-    return config_files.apply_text_overrides(config, command_line.overrides)
+    values = {name: value_from_text(config, name, texts) for name, texts in command_line.overrides}
+    for name, value in values.items():
+        try:
+            config.update_from_flattened_dict({name: value})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"--config.{name}: {' '.join(str(error).split())}") from None
+    return config
+
+
+def _field_type(config: Any, name: str) -> type | None:
+    """The type of field ``name`` (dotted) of ``config``; None if it has no such field."""
+    from ml_collections.config_flags import config_path  # noqa: PLC0415
+
+    try:
+        check_field(config, name)
+    except ConfigError:
+        return None
+    return config_path.get_type(name, config)
+
+
+_KINDS = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: 'a tuple such as "(1, 2)"',
+}
+
+
+def value_from_text(config: Any, name: str, texts: Sequence[str]) -> Any:
+    """The value of field ``name`` of ``config`` given on the command line as ``texts``, each
+    time it was given (a tuple field given several times collects them; any other field takes
+    the last), parsed as ``config_flags`` parses ``--config.FIELD=VALUE``: absl's parsers for
+    int, float, bool and str, its tuple parser, Python literals for anything else. ``"None"``
+    unsets a field whose default is None."""
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_dict  # noqa: PLC0415
+    from ml_collections.config_flags import config_path, tuple_parser  # noqa: PLC0415
+
+    flag, text = f"--config.{name}", texts[-1]
+    check_field(config, name, flag)
+    field_type = config_path.get_type(name, config)
+    *parents, leaf = name.split(".")
+    holder = config_path.get_value(".".join(parents), config) if parents else config
+    # A placeholder (a FieldReference in the ConfigDict) is the one way to tell that None is
+    # allowed, whatever value a config file gave the field since.
+    if text == "None" and (
+        isinstance(holder._fields.get(leaf), config_dict.FieldReference) or holder[leaf] is None
+    ):
+        return None
+    parsers = {
+        bool: flags.BooleanParser(),
+        int: flags.IntegerParser(),
+        float: flags.FloatParser(),
+        str: flags.ArgumentParser(),
+        tuple: tuple_parser.TupleParser(),
+    }
+    current = holder[leaf]
+    example = "" if current is None or hasattr(current, "items") else f", e.g. {flag}="
+    if example:
+        example += _as_text(current)
+    try:
+        if field_type is tuple and len(texts) > 1:
+            return tuple(_literal(text) for text in texts)
+        if field_type in parsers:
+            return parsers[field_type].parse(text)
+        if isinstance(field_type, type) and issubclass(field_type, config_dict.ConfigDict):
+            value = ast.literal_eval(text)
+            if not isinstance(value, dict):
+                raise ValueError("not a dict")
+            return config_dict.ConfigDict(value)
+        return _literal(text)
+    except (ValueError, SyntaxError) as error:
+        kind = _KINDS.get(field_type, "a dict such as \"{'layers': (2, 2)}\"")
+        reason = "" if field_type in _KINDS else f" ({' '.join(str(error).split())})"
+        raise ConfigError(f"{flag}={text}: {name} takes {kind}{reason}{example}") from None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f'"{tuple(value)}"' if isinstance(value, (tuple, list)) else str(value)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text.capitalize() if text in ("true", "false") else text)
+    except (SyntaxError, ValueError):
+        return text
 
 
 def parse_flags(argv: Sequence[str]) -> CommandLine:
@@ -143,7 +233,7 @@ def _joining(argv: Sequence[str]) -> dict:
 
 
 def config_or_problem(path: str, command_line: CommandLine) -> tuple[Any, str | None]:
-    """:func:`load_config`, or None and its error's line."""
+    """:func:`config_from_command_line`, or None and its error's line."""
     try:
         return config_from_command_line(path, command_line), None
     except DynaMixerError as error:
@@ -202,27 +292,23 @@ def start_together(
     except Exception as error:  # could not join: JAX's reason, on one line
         watchdog.cancel()
         failure = problem or "cannot join the other processes: " + " ".join(str(error).split())
-        print(f"error: {failure}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    if failure is None:
+    else:
+        if failure is None:
+            watchdog.cancel()
+            parallel.log_place()
+            return 0
+        line[0] = failure
+        parallel.leave_together()
         watchdog.cancel()
-        parallel.log_place()
-        return 0
-    line[0] = failure
-    parallel.leave_together()
-    watchdog.cancel()
     print(f"error: {failure}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 
 def setup_logging(level: int = logging.INFO) -> None:
     """Our progress lines on stderr as ``HH:MM:SS message``; other libraries' chatter at WARNING."""
-    try:
-        from absl import logging as absl_logging  # noqa: PLC0415 (absl may be absent)
+    from absl import logging as absl_logging  # noqa: PLC0415 (optax, a core dependency, needs absl)
 
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:  # pragma: no cover
-        pass
+    absl_logging.set_verbosity(absl_logging.WARNING)
     logger = logging.getLogger("dynamixer_jax")
     logger.setLevel(level)
     if not any(getattr(handler, "_dynamixer", False) for handler in logger.handlers):

@@ -21,8 +21,7 @@ from dynamixer_jax.data.build import make_eval_data, open_configured_source
 from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train import memory, parallel
-from dynamixer_jax.train.config_reading import make_plan
-from dynamixer_jax.train.plan import ModelPlan
+from dynamixer_jax.train.plan import ModelPlan, make_plan
 from dynamixer_jax.train.steps import make_eval_step
 from dynamixer_jax.train.weights import load_param_sets, resample_to
 

@@ -36,10 +36,9 @@ from dynamixer_jax.model.variants import abstract_variables, init_variables
 from dynamixer_jax.train import memory, parallel, run_record, workdir_lock
 from dynamixer_jax.train.cadence import Cadence
 from dynamixer_jax.train.checkpoints import Checkpoints
-from dynamixer_jax.train.config_reading import make_plan
 from dynamixer_jax.train.evaluation import evaluate_params
 from dynamixer_jax.train.optimizer import optimizer_from_plan
-from dynamixer_jax.train.plan import InitPlan, RunPlan, StepCounts
+from dynamixer_jax.train.plan import InitPlan, RunPlan, StepCounts, make_plan
 from dynamixer_jax.train.preemption import PreemptionWatch
 from dynamixer_jax.train.profiling import StepProfiler
 from dynamixer_jax.train.reporting import MetricsLog, Progress

@@ -1,24 +1,35 @@
-"""The run plan: what a training run will do, as frozen, typed values.
+"""The run plan: what a training run will do, as frozen, typed values, and how a config makes it.
 
 A :class:`RunPlan` of typed parts (model, data, optimisation, schedule, cadence, fine-tuning) is
-what the library takes instead of a config; ``config_reading.make_plan`` builds it from a
-``ConfigDict`` and checks it. What only the opened dataset knows (its number of classes, steps
-per epoch) is combined with the plan by :meth:`RunPlan.steps` and :meth:`ModelPlan.classes`.
+what the library takes instead of a config. :func:`make_plan` reads a ``ConfigDict``
+(``configs/default.py`` lists every field) into one and checks everything a user can get wrong
+before any data is opened or anything compiled: each problem raises :class:`ConfigError` with
+one line naming the field and what to do. Fields are read strictly (:class:`ConfigReader`): a
+field that is unset is ``None`` (``config_dict.placeholder``), every default is in
+``configs/default.py`` and nowhere else, and a field nothing reads is reported as unknown.
+What only the opened dataset knows (its number of classes, steps per epoch) is combined with
+the plan by :meth:`RunPlan.steps` and :meth:`ModelPlan.classes`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from dynamixer_jax.data.mixup import MixupConfig
 from dynamixer_jax.data.recipe import TrainAugment
 from dynamixer_jax.errors import ConfigError
+from dynamixer_jax.loading import saved_run_config
 from dynamixer_jax.model.network import DynaMixer
-from dynamixer_jax.model.variants import create_model
+from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, create_model, list_models
+from dynamixer_jax.train.parallel import STATE_SHARDINGS
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +69,8 @@ class ModelPlan:
         return self.num_classes
 
     def build(self, num_classes: int, *, train: bool = True) -> DynaMixer:
-        """The DynaMixer (no dropout nor stochastic depth unless ``train``)."""
+        """The DynaMixer (no dropout nor stochastic depth unless ``train``); ConfigError if the
+        network's own checks reject it (an unknown model, an image size its grid cannot take)."""
         try:
             return create_model(
                 self.name,
@@ -72,10 +84,9 @@ class ModelPlan:
                 dtype=jnp.bfloat16 if self.half_precision else None,
                 **dict(self.overrides),
             )
-        except ValueError as error:
-            raise ConfigError(
-                f"model {self.name} at image_size {self.image_size}: {error}"
-            ) from None
+        except ValueError as error:  # its hint given as the command line's override
+            message = str(error).replace(" image_size=", " --config.image_size=")
+            raise ConfigError(f"model {self.name}: {message}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,3 +203,250 @@ class RunPlan:
         warmup = min(round(schedule.warmup_epochs * steps_per_epoch), cosine)
         every = self.cadence.eval_every_steps or steps_per_epoch
         return StepCounts(steps_per_epoch, total, warmup, cosine, every)
+
+
+# Counts that are either unset (None, their default) or positive.
+_POSITIVE_WHEN_SET = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
+
+
+def _fraction(value: Any) -> bool:
+    return 0 <= value < 1
+
+
+def _finite(value: Any) -> bool:
+    return 0 <= value < math.inf  # NaN fails too
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+# What each number must be, checked as it is read: field -> (test, "must be ...").
+_RANGES = {
+    "learning_rate": (lambda value: 0 < value < math.inf, "positive and finite"),
+    "ema_decay": (_fraction, "in [0, 1) (0 turns the EMA off)"),
+    "crop_fraction": (lambda value: 0 < value <= 1, "in (0, 1]"),
+    "shuffle_buffer_size": (lambda value: value >= 1, ">= 1"),
+    "prefetch_batches": (lambda value: value >= 0, ">= 0"),
+    "data_threads": (lambda value: value is None or value >= 1, ">= 1 (None: all cores)"),
+    **dict.fromkeys(
+        ("drop_path_rate", "drop_rate", "adam_b1", "adam_b2"), (_fraction, "in [0, 1)")
+    ),
+    **dict.fromkeys(
+        ("warmup_epochs", "cooldown_epochs", "weight_decay", "grad_clip_norm", "adam_eps")
+        + ("warmup_learning_rate", "min_learning_rate"),
+        (_finite, "a finite number >= 0"),
+    ),
+    **dict.fromkeys(
+        ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"),
+        (_positive, "a positive number"),
+    ),
+}
+# Plan fields read from a config field of another name.
+_RENAMED = dict(name="model", threads="data_threads", b1="adam_b1", b2="adam_b2", eps="adam_eps")
+_MIXUP_FIELDS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "prob")
+
+
+class ConfigReader:
+    """Reads a config strictly (every default is in configs/default.py, none here), checks each
+    value as it is read and remembers which fields it read, so that the rest can be reported
+    as unknown."""
+
+    def __init__(self, config: Any):
+        self.config, self.read = config, set()
+
+    def __call__(self, name: str) -> Any:
+        node = self.config
+        for part in name.split("."):
+            try:
+                node = node[part]
+            except (KeyError, TypeError):
+                raise ConfigError(
+                    f"the config has no field {name}; start it from "
+                    "configs/default.py, which lists every field"
+                ) from None
+        self.read.add(name)
+        if name in _POSITIVE_WHEN_SET and node is not None and node <= 0:
+            raise ConfigError(
+                f"{name} {node}: must be positive; leave "
+                f"--config.{name} out (unset, None, is the default)"
+            )
+        test, must = _RANGES.get(name, (None, ""))
+        if test is not None and not test(node):
+            raise ConfigError(f"{name} must be {must}, not {node}")
+        return tuple(node) if isinstance(node, list) else node
+
+    def plan(self, cls: type, **given: Any) -> Any:
+        """A ``cls`` (one of the plan's parts) of the config's fields of the same names (or
+        :data:`_RENAMED`), but for those ``given``."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name in given:
+                values[field.name] = given[field.name]
+            else:
+                value = self(_RENAMED.get(field.name, field.name))
+                values[field.name] = bool(value) if field.type == "bool" else value
+        return cls(**values)
+
+    def unknown(self) -> list[str]:
+        """Fields of the config that nothing read (misspelt or from another version)."""
+        names = []
+        for name, value in self.config.items():
+            if name in self.read:
+                continue
+            if hasattr(value, "items"):
+                names += [f"{name}.{key}" for key in value if f"{name}.{key}" not in self.read]
+            else:
+                names.append(name)
+        return sorted(names)
+
+
+def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
+    overrides = dict(value.items()) if value is not None else {}
+    unknown = set(overrides) - set(ARCHITECTURE_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"model_overrides has unknown field(s) {sorted(unknown)}; "
+            f"known: {', '.join(ARCHITECTURE_FIELDS)}"
+        )
+    return tuple(
+        (key, tuple(item) if isinstance(item, (list, tuple)) else item)
+        for key, item in overrides.items()
+        if item is not None
+    )
+
+
+def _mixup(read: ConfigReader) -> MixupConfig:
+    try:
+        return MixupConfig(
+            **{name: read(f"mixup.{name}") for name in _MIXUP_FIELDS},
+            label_smoothing=read("label_smoothing"),
+        )
+    except ValueError as error:
+        raise ConfigError(f"mixup: {error}") from None
+
+
+def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
+    if data.batch_size <= 0:  # eval_batch_size: checked as it is read
+        raise ConfigError(
+            f"batch_size {data.batch_size}: must be positive (the global batch, a multiple of "
+            f"the {devices} device(s)), e.g. --config.batch_size={devices * 8}"
+        )
+    for name in ("batch_size", "eval_batch_size"):
+        size = getattr(data, name)
+        if size % devices:
+            where = f"{devices} devices" + (f" in {processes} processes" if processes > 1 else "")
+            multiple = devices * max(1, round(size / devices))
+            raise ConfigError(
+                f"{name} {size} is not divisible by the {where}; use a multiple "
+                f"of {devices}, e.g. --config.{name}={multiple}"
+            )
+    per_device = data.batch_size // devices
+    if grad_accum_steps < 1 or per_device % grad_accum_steps:
+        raise ConfigError(
+            f"grad_accum_steps {grad_accum_steps} must divide the per-device batch "
+            f"({data.batch_size} / {devices} devices = {per_device})"
+        )
+
+
+def _init_from(read: ConfigReader) -> InitPlan | None:
+    path = read("init_from")
+    ema, reset_head = bool(read("init_from_ema")), bool(read("reset_head"))
+    required = bool(read("init_from_required"))
+    if path is None and required:
+        raise ConfigError(
+            "this config fine-tunes: give the starting weights with "
+            "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"
+        )
+    resample = bool(read("resample_generate"))
+    return None if path is None else InitPlan(str(path), ema, reset_head, resample)
+
+
+def with_init_from_architecture(config: Any) -> Any:
+    """``config`` with ``model`` and ``model_overrides`` taken from the ``config.json`` of the
+    training workdir ``init_from`` names, if it is one of ours (weights of another architecture
+    could not be loaded anyway); else ``config`` itself. ConfigError if the config asks for
+    other overrides than the workdir was trained with."""
+    read = ConfigReader(config)
+    path = read("init_from")
+    saved = saved_run_config(str(path)) if path is not None else {}
+    if saved.get("model") not in list_models():
+        return config
+    trained = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in (saved.get("model_overrides") or {}).items()
+        if value is not None
+    }
+    asked = dict(_model_overrides(read("model_overrides")))
+    differ = {key: value for key, value in asked.items() if trained.get(key) != value}
+    if differ:
+        raise ConfigError(
+            f"init_from {path} was trained as {saved['model']} with model_overrides "
+            f"{trained or 'none'}, not {differ}; drop --config.model_overrides (the workdir's "
+            "architecture is used)"
+        )
+    if config.model != saved["model"] or trained != asked:
+        log.info(
+            "fine-tuning the architecture of %s: %s with model_overrides %s",
+            path,
+            saved["model"],
+            trained or "none",
+        )
+    config = config.copy_and_resolve_references()
+    config.model = saved["model"]
+    for key in config.model_overrides:
+        config.model_overrides[key] = trained.get(key)
+    return config
+
+
+def make_plan(config: Any, *, devices: int | None = None, processes: int | None = None) -> RunPlan:
+    """The checked, typed plan of ``config`` for ``devices`` devices in ``processes`` processes
+    (default: JAX's); raises ConfigError with one line. Fine-tuning from one of our workdirs
+    takes its architecture (:func:`with_init_from_architecture`)."""
+    devices = jax.device_count() if devices is None else devices
+    processes = jax.process_count() if processes is None else processes
+    config = with_init_from_architecture(config)
+    read = ConfigReader(config)
+    model = read.plan(ModelPlan, overrides=_model_overrides(read("model_overrides")))
+    model.build(model.num_classes or 1)  # the network's checks: model name, image size, ...
+    batch_size, eval_batch_size = read("batch_size"), read("eval_batch_size")
+    read.read.add("augment")  # TrainAugment checks its fields
+    augment = TrainAugment.from_fields(
+        config.augment, mean=tuple(config.mean), std=tuple(config.std)
+    )
+    data = read.plan(
+        DataPlan,
+        dataset=str(read("dataset")),
+        eval_batch_size=batch_size if eval_batch_size is None else eval_batch_size,
+        image_size=model.image_size,
+        augment=augment,
+    )
+    optim = read.plan(OptimPlan)
+    if optim.state_sharding not in STATE_SHARDINGS:
+        raise ConfigError(
+            f"state_sharding {optim.state_sharding!r}: use one of {', '.join(STATE_SHARDINGS)}, "
+            "e.g. --config.state_sharding=fsdp"
+        )
+    schedule = read.plan(SchedulePlan)
+    if schedule.num_train_steps is None and not schedule.num_epochs > 0:
+        raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
+    if not _finite(schedule.num_epochs):  # wrong even where num_train_steps sets the length
+        raise ConfigError(f"num_epochs must be a finite number >= 0, not {schedule.num_epochs}")
+    plan = RunPlan(
+        model=model,
+        data=data,
+        optim=optim,
+        mixup=_mixup(read),
+        schedule=schedule,
+        cadence=read.plan(CadencePlan),
+        init_from=_init_from(read),
+        seed=read("seed"),
+        config_json=config.to_json_best_effort(indent=2),
+    )
+    if read.unknown():
+        raise ConfigError(
+            f"unknown config field(s) {', '.join(read.unknown())}; "
+            "configs/default.py lists every field"
+        )
+    _check_batches(data, optim.grad_accum_steps, devices, processes)
+    return plan

@@ -41,7 +41,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from dynamixer_jax import trees
 from dynamixer_jax.errors import CheckpointError
-from dynamixer_jax.train import orbax_quiet
+from dynamixer_jax import orbax_quiet
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ manager (``train/checkpoints.py``) is a reader that also saves.
 
 Damaged checkpoints (truncated or deleted files, broken JSON) never block a workdir: those whose
 JSON files do not parse (:func:`json_damage`) are hidden from Orbax when the reader is made,
-those whose arrays do not read (:func:`array_damage`, checked before every restore) are hidden
-when the restore is asked for (:meth:`CheckpointReader.restore_newest` then goes on to the next
-older one); each gets one warning and stays where it is. What Orbax itself would print is kept
-off the screen (``orbax_quiet.py``).
+those that fail to restore are hidden when they do (:meth:`CheckpointReader.restore_newest`
+goes on to the next older one); each gets one warning and stays where it is. The full read of
+the arrays that names the damage (:func:`array_damage`) runs only after a restore failed, never
+before one. What Orbax itself would print is kept off the screen (``orbax_quiet.py``).
 """
 
 from __future__ import annotations
@@ -77,9 +77,8 @@ def array_damage(step_dir: str, *, batch: int = 64) -> str | None:
     """Why the arrays of checkpoint directory ``step_dir`` cannot be read, or None.
 
     Reads and decodes every array of the state's OCDBT store with TensorStore, waited on
-    synchronously (``batch`` arrays at a time), before Orbax restores: a restore that fails
-    half-way leaves TensorStore reads in flight that print tracebacks once Orbax's event loop is
-    closed. Costs about one more read of the checkpoint.
+    synchronously (``batch`` arrays at a time): about one more read of the checkpoint, run only
+    once a restore has failed, to name the damage (Orbax's own error names its machinery).
 
     The store is opened by a spec, never a ``file://`` URL, so that any path a filesystem takes
     works (``#``, ``?``, ``%``, spaces...). Only the data can be judged damaged: if TensorStore
@@ -254,17 +253,14 @@ class CheckpointReader:
         self.close()
 
     def _unreadable(self, step: int, error: BaseException) -> UnreadableCheckpoint:
-        return UnreadableCheckpoint(self._path(step), first_line(error, within=self._path(step)))
-
-    def _check_arrays(self, step: int) -> None:
-        reason = array_damage(self._path(step))
-        if reason is not None:
-            raise UnreadableCheckpoint(self._path(step), reason)
+        """Checkpoint ``step`` failed to read with ``error``: the damage :func:`array_damage`
+        finds in its arrays, else ``error``'s first line."""
+        path = self._path(step)
+        return UnreadableCheckpoint(path, array_damage(path) or first_line(error, within=path))
 
     def saved_state_metadata(self, step: int) -> Any:
         """Shapes and dtypes of checkpoint ``step``'s state (:class:`UnreadableCheckpoint` if
-        its arrays cannot be read, see :func:`array_damage`)."""
-        self._check_arrays(step)
+        they cannot be read)."""
         try:
             saved = self.manager.item_metadata(step)["state"]
         except Exception as error:
@@ -275,7 +271,7 @@ class CheckpointReader:
         """Only the top-level parts ``names`` of checkpoint ``step``'s state (e.g. ``params``
         and ``ema_params``), read in one go and placed with ``sharding``; the rest (the
         optimizer state) is not read."""
-        saved = self.saved_state_metadata(step)  # checks the arrays
+        saved = self.saved_state_metadata(step)
         try:
             abstract = {
                 name: jax.tree_util.tree_map(

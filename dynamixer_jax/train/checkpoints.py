@@ -37,6 +37,8 @@ from orbax.checkpoint import checkpoint_managers
 from dynamixer_jax import trees
 from dynamixer_jax.checkpoint_reading import (
     CheckpointReader,
+    UnreadableCheckpoint,
+    array_damage,
     first_line,
     json_damage,
 )
@@ -230,14 +232,23 @@ class Checkpoints(CheckpointReader):
             super().close()
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
-        trees.check(
-            abstract_state,
-            self.saved_state_metadata(step),
-            error=CheckpointError,
-            what=f"checkpoint {self._path(step)} was written for a different model or "
-            "training configuration",
-            advice="run with the configuration it was written with, or use a new --workdir",
-        )
+        """CheckpointError if checkpoint ``step`` was written for another model, unless its
+        arrays are damaged (then it is :class:`UnreadableCheckpoint`, skipped as any other)."""
+        saved = self.saved_state_metadata(step)
+        try:
+            trees.check(
+                abstract_state,
+                saved,
+                error=CheckpointError,
+                what=f"checkpoint {self._path(step)} was written for a different model or "
+                "training configuration",
+                advice="run with the configuration it was written with, or use a new --workdir",
+            )
+        except CheckpointError:
+            reason = array_damage(self._path(step))
+            if reason is not None:
+                raise UnreadableCheckpoint(self._path(step), reason) from None
+            raise
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Checkpoint ``step`` as ``(state, meta)``, placed as ``abstract_state``'s shardings say.
@@ -247,7 +258,7 @@ class Checkpoints(CheckpointReader):
         :class:`UnreadableCheckpoint` if its files cannot be read, :class:`CheckpointError` if
         it was written for another model.
         """
-        self._check_fits(step, abstract_state)  # reads the metadata, checks the arrays
+        self._check_fits(step, abstract_state)  # reads the metadata only
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )

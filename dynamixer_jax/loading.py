@@ -101,7 +101,7 @@ def _params_from_workdir(
 ) -> dict[str, Any]:
     """The parameter sets ``names`` of the checkpoint at ``path``: a step's, or a workdir's
     newest readable one (each unreadable one skipped with a warning)."""
-    from dynamixer_jax.train.checkpoints import find_checkpoint  # noqa: PLC0415 (Orbax: slow, workdirs only)
+    from dynamixer_jax.checkpoint_reading import find_checkpoint  # noqa: PLC0415 (Orbax: slow, workdirs only)
 
     checkpoints, step = find_checkpoint(path)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -14,9 +14,10 @@ import pytest
 from conftest import MICRO_ARCH
 
 import dynamixer_jax
+from dynamixer_jax import checkpoint_reading as checkpoints_module
+from dynamixer_jax.checkpoint_reading import array_damage
 from dynamixer_jax.model.variants import create_model, init_variables
-from dynamixer_jax.train import checkpoints as checkpoints_module
-from dynamixer_jax.train.checkpoints import Checkpoints, array_damage
+from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.state import create_train_state
 
 # ---- workdir paths: any name a filesystem accepts

@@ -21,12 +21,13 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import MICRO_ARCH, REPO
 
+from dynamixer_jax.checkpoint_reading import UnreadableCheckpoint
 from dynamixer_jax.data.device_augment import normalize
 from dynamixer_jax.data.mixup import MixupConfig
 from dynamixer_jax.errors import CheckpointError, ConfigError, DynaMixerError
 from dynamixer_jax.model.variants import PUBLISHED, abstract_variables, create_model, init_variables
 from dynamixer_jax.train import load_config, parallel, train_and_evaluate
-from dynamixer_jax.train.checkpoints import Checkpoints, UnreadableCheckpoint
+from dynamixer_jax.train.checkpoints import Checkpoints
 from dynamixer_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
 from dynamixer_jax.train.plan import make_plan
 from dynamixer_jax.train.reporting import read_metrics

@@ -1,7 +1,8 @@
 """Keeps Orbax's and TensorStore's internals off the user's screen.
 
 Every checkpoint failure (a damaged checkpoint, a failed save) is reported by
-``checkpoints.py`` as one line. What Orbax would print around it is dropped here:
+``checkpoint_reading.py`` or ``train/checkpoints.py`` as one line. What Orbax would print
+around it is dropped here:
 
 * its own log records (it logs through absl, i.e. Python's ``absl`` logger), below CRITICAL;
 * asyncio's "exception was never retrieved" records for Orbax's abandoned tasks;

@@ -24,10 +24,9 @@ The forward and backward values are the same with every choice, up to float roun
 With ``"full"`` on the CPU, each layer runs as one unit under a gradient (``call_layer``):
 XLA:CPU's memory scheduler orders the whole step depth-first and otherwise leaves each layer's
 parameter-gradient reductions until the backward pass has reached the first layer (every layer's
-MLP cotangent stays alive) or runs a layer's recomputation during the forward pass.
-DynaMixer-S, float32, batch 32, the library's training step (``benchmarks/memory.py --step library``):
-``"full"`` 134 -> 38 MB per image (``"minimal"`` would go 144 -> 118, ``"none"`` 231 -> 290).
-The unit is a conditional, which costs about 30% more compile time on the CPU, so the default
+MLP cotangent stays alive) or runs a layer's recomputation during the forward pass; the unit
+cuts ``"full"``'s memory by more than two thirds (figures: docs/studies.md, "Figures behind
+code decisions"). The unit is a conditional, which costs about 30% more compile time on the CPU, so the default
 ``"minimal"`` does without it; and a GPU conditional reads its predicate back to the host, a
 round trip per layer per step, so accelerators do without it too.
 """

@@ -141,8 +141,8 @@ def make_train_step(
             ema_params = state.ema_params
         # The state is kept when the loss is not finite. Guarding on the gradient norm too would
         # make every parameter's update wait for every gradient, and XLA then schedules the
-        # backward pass with twice the activation memory (DynaMixer-S, batch 32: 313 instead of
-        # 144 MB per image on the CPU). A finite loss with a non-finite gradient still reports
+        # backward pass with about twice the activation memory (docs/studies.md, "Figures behind
+        # code decisions"). A finite loss with a non-finite gradient still reports
         # finite=False, and the loop stops before that state is evaluated or saved.
         # ``finite`` also vouches for the new parameters, so a checkpoint of this step (saved
         # only after its metrics are fetched) never holds an inf or NaN; the loop sets aside a

@@ -8,7 +8,9 @@ bytes): normalisation and random erasing run on device in the train step
 Batch ``k`` is a pure function of ``(seed, k)``: the example order of an epoch comes from the
 source (see ``sources.py``) and each example's augmentation is seeded by its global position
 in the stream, so ``TrainData.batches(start_step=k)`` gives exactly what an uninterrupted run
-sees from step k, without decoding the k steps before. Epochs drop their last partial batch.
+sees from step k, without decoding the k steps before. Epochs drop their last partial batch. Each epoch's
+pipeline is built from functions traced once, and in the background while the epoch before it
+is read, so an epoch boundary costs the training loop nothing.
 
 :class:`EvalData` yields the whole eval split exactly once: the last batches are padded, and
 ``mask`` is False on padding, so nothing is dropped or repeated. Every process yields the same
@@ -22,6 +24,7 @@ to RGB. Mixup/CutMix and label smoothing run on device, in ``dynamixer_jax.data.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Iterator
 
@@ -68,6 +71,17 @@ def _options(threads: int | None) -> tf.data.Options:
     return options
 
 
+def _traced_once(decode, augment, size: int):
+    """``decode`` (bytes, seed -> uint8 image) and ``augment`` (image, seed -> image) as graph
+    functions with fixed signatures, so every pipeline built from them reuses one trace."""
+    seed = tf.TensorSpec([2], tf.int64)
+    image = tf.TensorSpec([size, size, 3], tf.uint8)
+    return (
+        tf.function(decode, input_signature=(tf.TensorSpec([], tf.string), seed), autograph=False),
+        tf.function(augment, input_signature=(image, seed), autograph=False),
+    )
+
+
 class TrainData:
     """This process's stream of training batches (see the module docstring)."""
 
@@ -106,6 +120,13 @@ class TrainData:
                 f"({self.process_count} process(es)); lower batch_size"
             )
         self.skipped = damaged.SkipCounter(f"{self.source.name}/{split}")
+        # Traced once, not once per epoch's pipeline: RandAugment's graph takes ~2 s of Python
+        # to trace, which stalled training at every epoch boundary.
+        self._decode, self._augment = _traced_once(
+            lambda data, seed: train_decode(data, seed, image_size, augment),
+            lambda image, seed: train_augment(image, seed, augment),
+            image_size,
+        )
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based), with
@@ -130,7 +151,7 @@ class TrainData:
             + np.arange(b, dtype=np.int64)[None, :]
         ).reshape(-1)
         records = tf.data.Dataset.zip(records, tf.data.Dataset.from_tensor_slices(positions))
-        seed, size, recipe = self.seed, self.image_size, self.augment
+        seed, size = self.seed, self.image_size
         records = records.map(
             lambda r, position: {
                 **r,
@@ -140,8 +161,8 @@ class TrainData:
         )
         batches = damaged.decode_in_order(
             records,
-            lambda data, r: train_decode(data, r["seed"], size, recipe),
-            lambda image, r: train_augment(image, r["seed"], recipe),
+            lambda data, r: self._decode(data, r["seed"]),
+            lambda image, r: self._augment(image, r["seed"]),
             size,
             b,
         )
@@ -151,10 +172,16 @@ class TrainData:
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start_step, start_step + 1, ...`` forever (numpy, this process's share)."""
         epoch, step_in_epoch = divmod(start_step, self.steps_per_epoch)
-        while True:
-            for batch in self.epoch_batches(epoch, step_in_epoch):
-                yield self.skipped.check(batch)
-            epoch, step_in_epoch = epoch + 1, 0
+        # Each epoch's pipeline is built (and starts decoding) in the background while the
+        # epoch before it is consumed: starting a tf.data iterator takes ~1 s of the runtime's
+        # own work, which would otherwise stall training at every epoch boundary.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="next-epoch") as ahead:
+            upcoming = ahead.submit(self.epoch_batches, epoch, step_in_epoch)
+            while True:
+                current, upcoming = upcoming.result(), ahead.submit(self.epoch_batches, epoch + 1)
+                for batch in current:
+                    yield self.skipped.check(batch)
+                epoch += 1
 
 
 class EvalData:
@@ -178,6 +205,12 @@ class EvalData:
         self.local_batch_size = _local_batch_size(global_batch_size, self.process_count)
         self.image_size, self.crop_fraction, self.split = image_size, crop_fraction, split
         self.threads = threads
+        # Traced once for all the evaluations of a run (as TrainData's functions).
+        self._preprocess = tf.function(
+            lambda data: eval_preprocess(data, image_size, crop_fraction),
+            input_signature=(tf.TensorSpec([], tf.string),),
+            autograph=False,
+        )
         self.num_classes = self.source.num_classes
         self.num_examples = self.source.num_examples(split)
         largest_share = -(-self.num_examples // self.process_count)
@@ -195,10 +228,10 @@ class EvalData:
         records = records.concatenate(tf.data.Dataset.from_tensors(pad).repeat(total - count))
         if ids is not None:
             ids = np.concatenate([ids, np.full(total - count, b"", dtype=ids.dtype)])
-        size, crop, b = self.image_size, self.crop_fraction, self.local_batch_size
+        size, b = self.image_size, self.local_batch_size
         batches = damaged.decode_in_order(
             records,
-            lambda data, r: eval_preprocess(data, size, crop),
+            lambda data, r: self._preprocess(data),
             lambda image, r: image,
             size,
             b,

@@ -184,6 +184,19 @@ def shared_once(name: str, make: Callable[[Path], None]) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _shared_compilation_cache():
+    """The test processes use the run's persistent compilation cache as the ``main.py`` runs do:
+    the many in-process trainings of one model (and the runs beside them) compile each step
+    once per test run instead of once per test. Only compilations of a second or more are
+    stored, so the cache holds the steps, not every small jitted function."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(shared_once("jax_cache", lambda path: None)))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     try:
         import torch

@@ -283,6 +283,8 @@ def test_sigkill_at_five_random_steps_then_restart_logs_exactly_the_uninterrupte
     code, stderr = run(workdir, digits_data_dir, f"--config.checkpoint_every_steps={SAVE_EVERY}")
     assert code == 0, stderr
     _assert_clean(stderr)
+    assert "resumed from checkpoint" in stderr
+    # float equality: every step, whichever run logged it, has the never-killed run's numbers
     assert by_step(workdir) == reference
 
 

@@ -54,17 +54,7 @@ def test_reference_run_logs_every_step_and_evaluates(uninterrupted):
     )
 
 
-def test_sigkill_then_restart_logs_exactly_the_uninterrupted_losses(
-    uninterrupted, digits_data_dir, tmp_path
-):
-    code, _ = run_until(tmp_path, digits_data_dir, 15, signal.SIGKILL)
-    assert code == -signal.SIGKILL
-    assert checkpoint_steps(tmp_path) == [10]  # the asynchronous save of step 10 had finished
-    code, stderr = run(tmp_path, digits_data_dir)
-    assert code == 0, stderr
-    assert "resumed from checkpoint" in stderr
-    # float equality: from the restored step on, the same numbers as the run never killed
-    assert by_step(tmp_path) == by_step(uninterrupted)
+# SIGKILL and restart: tests/test_reliability_checkpoints.py kills one run five times.
 
 
 @pytest.mark.parametrize(

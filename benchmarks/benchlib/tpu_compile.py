@@ -125,19 +125,23 @@ def on_chip(fn: Callable, mesh: Mesh) -> Callable:
     return jax.jit(fn, in_shardings=whole, out_shardings=whole)
 
 
-def compile_stats(step_fn, args: tuple) -> dict[str, Any]:
+def compile_stats(step_fn, args: tuple, hlo_path: str | None = None) -> dict[str, Any]:
     """Lower and compile ``step_fn(*args)`` (a jitted function whose shardings name the target
     devices, e.g. from :func:`on_chip` or ``make_train_step`` on :func:`chip_mesh`).
 
     Returns, per device: ``memory`` (XLA's memory analysis, bytes), ``hbm_bytes`` (arguments +
     outputs - donated aliases + temporaries + code: what the step holds in HBM at its peak),
     ``flops`` and ``bytes_accessed`` (XLA's cost analysis), and ``lower_s``/``compile_s``.
+    ``hlo_path``: also write the optimised HLO module there (to see which ops move the bytes).
     """
     start = time.perf_counter()
     lowered = step_fn.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
     memory = bytes_fields(compiled)
     return {
         "memory": memory,

@@ -8,8 +8,8 @@
 #   environment.txt   nvidia-smi and jax's environment report
 #   correctness.json  device vs CPU logits (S, M, L), JAX vs the PyTorch twin, bf16 vs fp32 top-1
 #   throughput.json   the training-step race (benchmarks/throughput.py --concurrent): S, M, L in
-#                     JAX (S with each remat, scan_layers, cuBLAS-only) and PyTorch (eager,
-#                     torch.compile of the model and of each layer), bf16, batch 128, MFU
+#                     JAX (S with each remat and scan_layers) and PyTorch (eager, and S under
+#                     torch.compile), bf16, batch 128, MFU
 #   sweep.json        with SWEEP=1: inference and training at a larger batch, JAX and PyTorch
 #                     (benchmarks/throughput.py), and memory.json: XLA's memory analysis of the
 #                     step and the largest batch that fits (benchmarks/memory.py, compile only)
@@ -22,7 +22,8 @@
 # one slow compile cannot eat the rest. Environment knobs:
 #   CHECK_QUICK=1        tiny models at 56x56, batch 2 (a CPU smoke run of this script)
 #   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
-#   RACE_SETTINGS="..."  the race's settings (throughput.py's names); RACE_BATCH=128
+#   RACE_SETTINGS="..."  the race's settings (throughput.py's names; e.g. add
+#                        torch-compile:max-autotune, a long compile); RACE_BATCH=128
 #   SWEEP=1              also the sweep and the memory analysis above
 #   CHECK_MODELS="S M L" models of that sweep (default S; M and L need CHECK_TIME_SCALE=3)
 #   PROFILE=1            also trace S bf16 training steps
@@ -50,7 +51,7 @@ if [ "${CHECK_QUICK:-0}" = "1" ]; then
   SIZE=(--image-size 56)
   T_CORR=$(secs 120); B_CORR=$(secs 90)
   RACE_DTYPE=bf16; RACE_BATCH=(2); RACE_STEPS=1
-  RACE=(peak jax:minimal@tiny jax:none@tiny torch@tiny torch-compile-layers@tiny)
+  RACE=(peak jax:minimal@tiny jax:none@tiny torch@tiny torch-compile@tiny)
   T_RACE=$(secs 240); B_RACE=$(secs 180); B_RACE_ALL=$(secs 220)
   SWEEP_ARGS=(--batches 4 --settings jax:minimal@tiny torch@tiny)
   MEMORY_ARGS=(--models tiny --dtypes bf16 --remat minimal --batches 2 4 --fit-gb 0.05)
@@ -67,8 +68,7 @@ else
   T_CORR=$(secs 150); B_CORR=$(secs 130)
   # The race: every setting compiles side by side (16 cores), then each is timed alone.
   RACE_DTYPE=bf16; RACE_BATCH=(${RACE_BATCH:-128}); RACE_STEPS=10
-  RACE=(${RACE_SETTINGS:-peak jax:minimal jax:none jax:full jax-scan:minimal jax-cublas:minimal
-        torch torch-compile torch-compile-layers
+  RACE=(${RACE_SETTINGS:-peak jax:minimal jax:none jax:full jax-scan:minimal torch torch-compile
         jax:minimal@M torch@M jax:minimal@L torch@L})
   T_RACE=$(secs 400); B_RACE=$(secs 260); B_RACE_ALL=$(secs 380)
   SWEEP_SETTINGS=(peak torch-compile@S)

@@ -32,8 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import short_error, write_json
-from benchlib.models import NUM_CLASSES, architecture, create
+from benchlib import NUM_CLASSES, architecture, create, short_error, write_json
 from dynamixer_jax.convert import torch_to_flax
 
 

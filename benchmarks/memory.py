@@ -33,12 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import UserError, write_json
-from benchlib.adamw import make_adamw_step
-from benchlib.models import DROP_PATH_RATE, DTYPES, create, model_name
-from benchlib.published_step import library_train_step
-from benchlib.tpu_compile import chip_devices, compile_stats, quiet_libtpu
+from benchlib import DROP_PATH_RATE, DTYPES, UserError, create, model_name, write_json
+from benchlib.steps import library_train_step, make_adamw_step
+from benchlib.tpu_compile import chip_devices, quiet_libtpu
 from benchlib.tpu_fit import Affine
+from benchlib.xla_stats import compile_stats
 from dynamixer_jax.model.layers import DynaMixerOp, MixerLayer
 from dynamixer_jax.model.remat import remat_layer
 from dynamixer_jax.model.variants import abstract_variables

@@ -38,8 +38,18 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from benchlib import UserError, cpu_description, short_error, write_json
-from benchlib.models import DROP_PATH_RATE, DTYPES, NUM_CLASSES, architecture, create, model_name
+from benchlib import (
+    DROP_PATH_RATE,
+    DTYPES,
+    NUM_CLASSES,
+    UserError,
+    architecture,
+    cpu_description,
+    create,
+    model_name,
+    short_error,
+    write_json,
+)
 
 TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BARRIER_DIR, BARRIER_COUNT = "STEP_BARRIER_DIR", "STEP_BARRIER_COUNT"
@@ -139,7 +149,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     import jax
     import numpy as np
 
-    from benchlib.adamw import make_adamw_step
+    from benchlib.steps import make_adamw_step
     from benchlib.xla_stats import bytes_fields, costs
     from dynamixer_jax import init_variables
 
@@ -214,7 +224,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     import torch.nn.functional as F
 
     import dynamixer_torch
-    from benchlib.adamw import LEARNING_RATE, WEIGHT_DECAY
+    from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")

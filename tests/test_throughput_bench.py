@@ -21,7 +21,7 @@ import accelerator_check
 import memory
 import throughput
 
-from benchlib.models import create
+from benchlib import create
 from benchlib.xla_stats import bytes_fields, costs, required_bytes
 from dynamixer_jax.model import flops
 

@@ -2,7 +2,7 @@
 compiler alone (no TPU needed; compiler estimates, nothing runs).
 
     python benchmarks/tpu_compile.py [--generations v3 v4 v5e v5p v6e]
-        [--variants dynamixer_s dynamixer_m dynamixer_l] [--batches 2 8] [--remat minimal]
+        [--variants dynamixer_s dynamixer_m dynamixer_l] [--batches 8 16] [--remat minimal]
         [--mixing vector|dot] [--verify v5e:dynamixer_s[:BATCH] ...] [--cached-only]
     python benchmarks/tpu_compile.py --cached-only --libtpu-version 0.0.42.1   # no libtpu needed
 
@@ -236,7 +236,7 @@ def main():
     parser.add_argument(
         "--variants", nargs="+", default=["dynamixer_s", "dynamixer_m", "dynamixer_l"]
     )
-    parser.add_argument("--batches", nargs=2, type=int, default=[2, 8])
+    parser.add_argument("--batches", nargs=2, type=int, default=[8, 16])
     parser.add_argument(
         "--verify", nargs="*", default=[], metavar="GEN:VARIANT[:BATCH]", help="compile there too"
     )

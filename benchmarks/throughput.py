@@ -38,18 +38,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from benchlib import (
-    DROP_PATH_RATE,
-    DTYPES,
-    NUM_CLASSES,
-    UserError,
-    architecture,
-    cpu_description,
-    create,
-    model_name,
-    short_error,
-    write_json,
-)
+from benchlib import DTYPES, UserError, cpu_description, create, model_name, short_error, write_json
 
 TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BARRIER_DIR, BARRIER_COUNT = "STEP_BARRIER_DIR", "STEP_BARRIER_COUNT"
@@ -72,26 +61,21 @@ def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
     return name, model_name(model) if model else default_model
 
 
-def compiled_and_ready() -> dict:
-    """Tell the other ``--concurrent`` settings that this one has compiled, and wait until all
-    have (or the barrier's deadline has passed). Does nothing outside ``--concurrent``."""
-    folder = os.environ.get(BARRIER_DIR)
-    if not folder:
-        return {}
-    ready_at = time.time()
-    with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
-        pass
-    count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
-    while len(os.listdir(folder)) < count and time.time() < deadline:
-        time.sleep(0.2)
-    # True: some setting was still compiling (or starting) when this one was timed.
-    return {"barrier_ran_out": len(os.listdir(folder)) < count, "ready_at": ready_at}
-
-
 @contextlib.contextmanager
-def device_turn():
-    """Hold the device alone while timing (a file lock shared by ``--concurrent`` settings)."""
-    path = os.environ.get(TIMING_LOCK)
+def device_turn(barrier: dict):
+    """Once this setting has compiled: under ``--concurrent``, tell the others and wait until all
+    have compiled (or the barrier's deadline has passed; ``barrier`` records when and whether),
+    then hold the device alone (a file lock shared by the settings) while timing."""
+    folder, path = os.environ.get(BARRIER_DIR), os.environ.get(TIMING_LOCK)
+    if folder:
+        barrier["ready_at"] = time.time()
+        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
+            pass
+        count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
+        while len(os.listdir(folder)) < count and time.time() < deadline:
+            time.sleep(0.2)
+        # True: some setting was still compiling (or starting) when this one was timed.
+        barrier["barrier_ran_out"] = len(os.listdir(folder)) < count
     with open(path or os.devnull, "a") as lock:
         if path:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -127,12 +111,14 @@ def timed_rounds(step, batch: int, args) -> dict:
     }
 
 
-def flops_per_image(model: str, mode: str, image_size: int) -> float:
-    """Matmul and convolution FLOPs per image of a step (training: 3 x forward)."""
+def result(timing: dict, barrier: dict, compile_s, model: str, mode: str, args) -> dict:
+    """What every timed setting records; ``flops_per_image``: the matmul and convolution FLOPs
+    per image of a step (training: 3 x forward)."""
     from dynamixer_jax.model import flops
 
-    forward = flops.forward_flops(create(model, image_size=image_size))
-    return 3.0 * forward if mode == "train" else float(forward)
+    forward = flops.forward_flops(create(model, image_size=args.image_size))
+    per_image = 3.0 * forward if mode == "train" else float(forward)
+    return {**timing, **barrier, "compile_s": compile_s, "flops_per_image": per_image}
 
 
 def jax_device(args):
@@ -149,6 +135,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     import jax
     import numpy as np
 
+    from benchlib import DROP_PATH_RATE, NUM_CLASSES
     from benchlib.steps import make_adamw_step
     from benchlib.xla_stats import bytes_fields, costs
     from dynamixer_jax import init_variables
@@ -179,8 +166,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     start = time.perf_counter()
     compiled = fn.lower(*example).compile()
     compile_s = time.perf_counter() - start
-    memory, cost = bytes_fields(compiled), costs(compiled)
-    barrier = compiled_and_ready()
+    memory, cost, barrier = bytes_fields(compiled), costs(compiled), {}
 
     def one_step(i):
         if mode == "train":
@@ -191,7 +177,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
             out = compiled(state["params"], images[i % 2])
         return lambda: jax.block_until_ready(out)
 
-    with device_turn():
+    with device_turn(barrier):
         timing = timed_rounds(one_step, batch, args)
         stats = device.memory_stats() or {}
     if args.trace:
@@ -202,17 +188,13 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
                     wait = one_step(i)
             wait()
     temp = memory["temp_bytes"]
-    return {
-        **timing,
-        **barrier,
-        "compile_s": compile_s,
+    return result(timing, barrier, compile_s, model, mode, args) | {
         "memory": memory,
         "temp_mb_per_image": temp / batch / 1e6 if temp is not None else None,
         "xla_gflops_per_image": cost["flops"] / batch / 1e9 if cost["flops"] else None,
         "peak_gb": stats.get("peak_bytes_in_use", 0) / 1e9 or None,
         "device": device.device_kind,
         "platform": device.platform,
-        "flops_per_image": flops_per_image(model, mode, args.image_size),
     }
 
 
@@ -224,6 +206,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     import torch.nn.functional as F
 
     import dynamixer_torch
+    from benchlib import DROP_PATH_RATE, NUM_CLASSES, architecture
     from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
@@ -264,26 +247,21 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
                 runner(images[i % 2])
         return sync
 
-    compile_s = None
+    compile_s, barrier = None, {}
     if compiled:  # compiling happens in the first step; off the device turn
         start = time.perf_counter()
         one_step(0)()
         compile_s = time.perf_counter() - start
-    barrier = compiled_and_ready()
-    with device_turn():
+    with device_turn(barrier):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         timing = timed_rounds(one_step, batch, args)
         peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    return {
-        **timing,
-        **barrier,
-        "compile_s": compile_s,
+    return result(timing, barrier, compile_s, model, mode, args) | {
         "peak_gb": peak,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "platform": device.type,
         "torch": torch.__version__,
-        "flops_per_image": flops_per_image(model, mode, args.image_size),
     }
 
 
@@ -296,8 +274,8 @@ def run_peak(args) -> dict:
     device = jax_device(args)
     size = args.peak_size or (2048 if device.platform == "cpu" else 8192)
     key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
-    barrier, times = compiled_and_ready(), []
-    with device_turn():
+    barrier, times = {}, []
+    with device_turn(barrier):
         a = jax.random.normal(key, (size, size), dtype)
         b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
         matmul = jax.jit(jnp.matmul)

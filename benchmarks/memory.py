@@ -1,5 +1,4 @@
-"""Compile only, nothing runs: what a training step needs in memory and how large a batch fits,
-or what one mixer layer or DynaMixer op moves (FLOPs, bytes accessed and temp bytes per image).
+"""What a training step needs in memory, or what a mixer layer moves: compile only, nothing runs.
 
     python benchmarks/memory.py [--models S M L] [--dtypes fp32 bf16] [--remat none minimal full]
         [--batches 8 16] [--fit-gb 16 32 80] [--step adamw|library] [--scan-layers] [--json FILE]
@@ -11,12 +10,13 @@ or what one mixer layer or DynaMixer op moves (FLOPs, bytes accessed and temp by
 ``--unit step`` (the default) compiles a training step: ``--step adamw`` the plain AdamW step
 ``throughput.py`` times, ``--step library`` the library's own (``make_train_step``: device-side
 augmentation, Mixup/CutMix, label smoothing, the loss guard, masked AdamW, EMA) on one device.
-With two or more batches it fits needed bytes (arguments + outputs - donated aliases +
+With two or more batches it fits the needed bytes (arguments + outputs - donated aliases +
 temporaries + generated code) as ``fixed + per_image * batch`` through the smallest and largest
 and prints the largest batch that fits each ``--fit-gb`` (95% of it usable). ``--unit layer``
 and ``op``: one ``MixerLayer`` (wrapped for ``remat`` as the model wraps it) or one
 ``DynaMixerOp`` at DynaMixer-S's stage-1 (grid 32x32, C=192, S=8) and stage-3 (16x16, C=384,
 S=16) sizes, forward and backward (the vjp of a cotangent passed in, so nothing folds away).
+Every compile prints XLA's FLOPs, bytes accessed and temp bytes per image.
 
 ``--platform``: JAX's default device, ``cpu``, or ``tpu``: one v5e chip through libtpu
 (``jax[tpu]``; no TPU needed) with the ``"vector"`` mixing a TPU runs. XLA:CPU fuses less than

@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     rows = []
     for platform in args.platform:
         device = chip_devices("v5e")[0] if platform == "tpu" else jax.devices(platform)[0]
-        print(f"{device.platform} ({device.device_kind}), the {args.step} step", flush=True)
+        step = f", the {args.step} step" if "step" in args.unit else ""
+        print(f"{device.platform} ({device.device_kind}){step}", flush=True)
         for unit in args.unit:
             names = models if unit == "step" else args.stages
             for name in names:

@@ -1,20 +1,14 @@
 """Correctness of DynaMixer on an accelerator, before trusting its throughput figures.
 
-Run by ``benchmarks/accelerator_check.sh``; by hand:
-
     python benchmarks/accelerator_check.py --json OUT/correctness.json [--quick] [--budget-s 60]
 
-Checks, each recorded (and any failure recorded as an error, the rest still running):
-  * ``device_vs_cpu``: logits of S, M, L (same weights) on the default device vs on the host
-    CPU, both float32 at ``highest`` matmul precision (so TF32 cannot hide a bug): max abs
-    and relative error (max abs / max |logit|). Also the default-precision (TF32 on recent
-    NVIDIA GPUs) error against the same CPU logits;
-  * ``jax_vs_torch``: JAX logits vs the PyTorch twin (``dynamixer_torch``) on the
-    same device, float32, TF32 off on both sides;
-  * ``bf16_vs_fp32``: top-1 agreement of the bfloat16 model with the float32 one on 64 smooth
-    random images, and their logit error relative to the logits' spread.
-The weights are the twin's ``randomize_``-d ones (every parameter random, logits O(1)), so
-mistakes in biases or norms would show, and argmaxes are not ties.
+Run by ``accelerator_check.sh``. Each check is recorded (a failure as an error; the rest still
+run): ``device_vs_cpu``, float32 logits of S, M, L on the default device against the host CPU at
+``highest`` matmul precision (so TF32 cannot hide a bug), and at the default precision; with
+``jax_vs_torch``, the PyTorch twin's float32 logits (TF32 off) on its device against JAX's;
+``bf16_vs_fp32``, top-1 agreement and logit error of bfloat16 against float32 on 64 smooth random
+images. The weights are the twin's ``randomize_``-d ones (every parameter random, logits O(1)),
+so mistakes in biases or norms show and argmaxes are not ties.
 """
 
 from __future__ import annotations
@@ -25,20 +19,16 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import short_error, write_json
-from benchlib.models import NUM_CLASSES, architecture, create
+from benchlib import NUM_CLASSES, architecture, create, short_error, write_json
 from dynamixer_jax.convert import torch_to_flax
 
 
 def flax_model(name: str, image_size: int, dtype=None):
-    """The Flax model for ``name`` ('tiny' is a small custom architecture)."""
     return create(name, num_classes=NUM_CLASSES, image_size=image_size, dtype=dtype)
 
 
@@ -46,25 +36,23 @@ def twin_and_params(name: str, image_size: int):
     """(torch twin with randomised weights, the same weights as Flax params in numpy)."""
     import torch
 
-    import dynamixer_torch as twin_module
+    import dynamixer_torch
 
     torch.manual_seed(0)
-    twin = twin_module.randomize_(
-        twin_module.TorchDynaMixer(
-            **architecture(name), num_classes=NUM_CLASSES, image_size=image_size
-        ),
-        seed=0,
-    ).eval()
-    params = torch_to_flax(twin.state_dict(), flax_model(name, image_size))["params"]
-    return twin, params
+    twin = dynamixer_torch.TorchDynaMixer(
+        **architecture(name), num_classes=NUM_CLASSES, image_size=image_size
+    )
+    twin = dynamixer_torch.randomize_(twin, seed=0).eval()
+    return twin, torch_to_flax(twin.state_dict(), flax_model(name, image_size))["params"]
 
 
 def smooth_images(batch: int, size: int, seed: int) -> np.ndarray:
     """Images that look like blurry photos: 8x8 normal noise upsampled (cubic) to size x size."""
     coarse = np.random.default_rng(seed).standard_normal((batch, 8, 8, 3)).astype(np.float32)
     cpu = jax.devices("cpu")[0]
-    resized = jax.image.resize(jax.device_put(coarse, cpu), (batch, size, size, 3), "cubic")
-    return np.asarray(resized)
+    return np.asarray(
+        jax.image.resize(jax.device_put(coarse, cpu), (batch, size, size, 3), "cubic")
+    )
 
 
 def logits_on(model, params, images: np.ndarray, device, precision: str) -> np.ndarray:
@@ -81,33 +69,28 @@ def errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     return {"max_abs": diff, "max_rel": diff / max(float(np.max(np.abs(want))), 1e-30)}
 
 
-def device_vs_cpu(name: str, image_size: int, batch: int) -> dict[str, Any]:
-    """Default device vs CPU logits (highest precision), and the default-precision error."""
+def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
     twin, params = twin_and_params(name, image_size)
     model = flax_model(name, image_size)
     images = smooth_images(batch, image_size, seed=1)
     device, cpu = jax.devices()[0], jax.devices("cpu")[0]
     on_cpu = logits_on(model, params, images, cpu, "highest")
     on_device = logits_on(model, params, images, device, "highest")
-    on_device_default = logits_on(model, params, images, device, "default")
-    out = {
+    default = logits_on(model, params, images, device, "default")
+    return {
         "model": name,
         "batch": batch,
         "device": str(device),
         "cpu": str(cpu),
         "logit_std": float(on_cpu.std()),
         "highest": errors(on_device, on_cpu),
-        "default_precision": errors(on_device_default, on_cpu),
-        "top1_agreement_default_vs_cpu": float(
-            np.mean(on_device_default.argmax(-1) == on_cpu.argmax(-1))
-        ),
+        "default_precision": errors(default, on_cpu),
+        "top1_agreement_default_vs_cpu": float(np.mean(default.argmax(-1) == on_cpu.argmax(-1))),
+        "jax_vs_torch": jax_vs_torch(twin, images, on_device),
     }
-    out["jax_vs_torch"] = jax_vs_torch(twin, images, on_device)
-    return out
 
 
-def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict[str, Any]:
-    """The torch twin's float32 logits (TF32 off) on its device vs JAX's."""
+def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,8 +104,7 @@ def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict[str, 
     return {"torch_device": str(device), **errors(jax_logits, logits)}
 
 
-def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict[str, Any]:
-    """Top-1 agreement and relative logit error of bfloat16 vs float32, on the default device."""
+def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
     _, params = twin_and_params(name, image_size)
     images = smooth_images(batch, image_size, seed=2)
     device = jax.devices()[0]
@@ -144,20 +126,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=None, help="output (default $OUT/correctness.json)")
     parser.add_argument("--quick", action="store_true", help="tiny model at 56x56 (CPU smoke)")
-    parser.add_argument(
-        "--budget-s",
-        type=float,
-        default=float("inf"),
-        help="start no new check after this many seconds",
-    )
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no check after")
     args = parser.parse_args(argv)
-    path = args.json or (
-        os.path.join(os.environ["OUT"], "correctness.json") if os.environ.get("OUT") else None
-    )
+    out = os.environ.get("OUT")
+    path = args.json or (os.path.join(out, "correctness.json") if out else None)
     deadline = time.monotonic() + args.budget_s
-    size = 56 if args.quick else 224
-    device = jax.devices()[0]
-    result: dict[str, Any] = {
+    size, device = 56 if args.quick else 224, jax.devices()[0]
+    result = {
         "jax": jax.__version__,
         "device": str(device),
         "device_kind": device.device_kind,
@@ -165,42 +140,26 @@ def main(argv=None) -> int:
         "image_size": size,
         "checks": [],
     }
-    checks: list = (
-        [
-            ("device_vs_cpu", lambda: device_vs_cpu("tiny", size, 2)),
-            ("bf16_vs_fp32", lambda: bf16_vs_fp32("tiny", size, 64)),
-        ]
-        if args.quick
-        else [
-            ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_s", size, 8)),
-            ("bf16_vs_fp32", lambda: bf16_vs_fp32("dynamixer_s", size, 64)),
-            ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_m", size, 2)),
-            ("device_vs_cpu", lambda: device_vs_cpu("dynamixer_l", size, 2)),
-        ]
-    )
-    for kind, check in checks:
-        run_check(result, kind, check, deadline)
+    if args.quick:
+        checks = [(device_vs_cpu, "tiny", 2), (bf16_vs_fp32, "tiny", 64)]
+    else:
+        checks = [(device_vs_cpu, "dynamixer_s", 8), (bf16_vs_fp32, "dynamixer_s", 64)]
+        checks += [(device_vs_cpu, "dynamixer_m", 2), (device_vs_cpu, "dynamixer_l", 2)]
+    for check, name, batch in checks:
+        start = time.monotonic()
+        entry = {"check": check.__name__, "status": "skipped", "error": "time budget"}
+        if start <= deadline:
+            try:
+                entry = {"check": check.__name__, "status": "ok", **check(name, size, batch)}
+            except Exception as exc:  # recorded; the other checks still run
+                traceback.print_exc()
+                entry = {"check": check.__name__, "status": "error", "error": short_error(exc)}
+        entry["seconds"] = time.monotonic() - start
+        result["checks"].append(entry)
+        print(f"[correctness] {json.dumps(entry)}", flush=True)
         if path:
             write_json(path, result)
     return 0
-
-
-def run_check(
-    result: dict[str, Any], kind: str, check: Callable[[], dict[str, Any]], deadline: float
-) -> None:
-    """Run one check into ``result['checks']``, printing it; errors and skips are recorded."""
-    start = time.monotonic()
-    if start > deadline:
-        entry = {"check": kind, "status": "skipped", "error": "time budget"}
-    else:
-        try:
-            entry = {"check": kind, "status": "ok", **check()}
-        except Exception as exc:
-            traceback.print_exc()
-            entry = {"check": kind, "status": "error", "error": short_error(exc)}
-    entry["seconds"] = time.monotonic() - start
-    result["checks"].append(entry)
-    print(f"[correctness] {json.dumps(entry)}", flush=True)
 
 
 if __name__ == "__main__":

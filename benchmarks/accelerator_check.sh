@@ -3,31 +3,21 @@
 #
 #   bash benchmarks/accelerator_check.sh [OUTDIR]      # from the repository root
 #
-# OUTDIR defaults to $OUT, else ./accelerator_out. Writes there:
-#   log.txt           everything printed (kept even if a section times out)
-#   environment.txt   nvidia-smi and jax's environment report
-#   correctness.json  device vs CPU logits (S, M, L), JAX vs the PyTorch twin, bf16 vs fp32 top-1
-#   throughput.json   the training-step race (benchmarks/throughput.py --concurrent): S, M, L in
-#                     JAX (S with each remat, scan_layers, cuBLAS-only) and PyTorch (eager,
-#                     torch.compile of the model and of each layer), bf16, batch 128, MFU
-#   sweep.json        with SWEEP=1: inference and training at a larger batch, JAX and PyTorch
-#                     (benchmarks/throughput.py), and memory.json: XLA's memory analysis of the
-#                     step and the largest batch that fits (benchmarks/memory.py, compile only)
-#   trace/            with PROFILE=1: a jax.profiler trace of S bf16 training steps
-#                     (throughput.py --trace; *.xplane.pb gzipped; open it in TensorBoard/XProf)
-# Needs python3 with jax, flax, optax, numpy (torch for the twin and the baseline; no
-# TensorFlow). The package is not installed: PYTHONPATH=. is set here.
+# Writes to OUTDIR ($OUT, else ./accelerator_out): log.txt (everything printed), environment.txt,
+# correctness.json (benchmarks/accelerator_check.py), throughput.json (the training-step race:
+# benchmarks/throughput.py --concurrent, bf16, batch 128: S with each remat and scan_layers, M, L,
+# PyTorch eager and torch.compile, MFU); with SWEEP=1 sweep.json (inference and training at a
+# larger batch) and memory.json (benchmarks/memory.py, compile only); with PROFILE=1 trace/ (a
+# jax.profiler trace of S bf16 steps, *.xplane.pb gzipped, for TensorBoard or XProf).
+# Needs python3 with jax, flax, optax, numpy and torch (no TensorFlow); sets PYTHONPATH=.
 #
-# Each section runs under `timeout` and also stops starting new work at its own budget, so
-# one slow compile cannot eat the rest. Environment knobs:
+# Each section runs under `timeout` and starts no new work after its own budget. Knobs:
 #   CHECK_QUICK=1        tiny models at 56x56, batch 2 (a CPU smoke run of this script)
 #   CHECK_TIME_SCALE=1.5 multiply every budget and timeout (e.g. on a slower machine)
-#   RACE_SETTINGS="..."  the race's settings (throughput.py's names); RACE_BATCH=128
-#   SWEEP=1              also the sweep and the memory analysis above
-#   CHECK_MODELS="S M L" models of that sweep (default S; M and L need CHECK_TIME_SCALE=3)
-#   PROFILE=1            also trace S bf16 training steps
-#   PYTHON=python3       the interpreter
-#   SWEEP_EXTRA          extra arguments for the sweep; they come last, so they override
+#   RACE_SETTINGS="..."  the race's settings (throughput.py's names; e.g. add
+#                        torch-compile:max-autotune, a long compile); RACE_BATCH=128
+#   SWEEP=1, CHECK_MODELS="S M L" (default S; M and L need CHECK_TIME_SCALE=3), SWEEP_EXTRA
+#                        (more sweep arguments, last, so they override); PROFILE=1; PYTHON=python3
 set -u
 OUTDIR="${1:-${OUT:-./accelerator_out}}"
 mkdir -p "$OUTDIR"
@@ -50,7 +40,7 @@ if [ "${CHECK_QUICK:-0}" = "1" ]; then
   SIZE=(--image-size 56)
   T_CORR=$(secs 120); B_CORR=$(secs 90)
   RACE_DTYPE=bf16; RACE_BATCH=(2); RACE_STEPS=1
-  RACE=(peak jax:minimal@tiny jax:none@tiny torch@tiny torch-compile-layers@tiny)
+  RACE=(peak jax:minimal@tiny jax:none@tiny torch@tiny torch-compile@tiny)
   T_RACE=$(secs 240); B_RACE=$(secs 180); B_RACE_ALL=$(secs 220)
   SWEEP_ARGS=(--batches 4 --settings jax:minimal@tiny torch@tiny)
   MEMORY_ARGS=(--models tiny --dtypes bf16 --remat minimal --batches 2 4 --fit-gb 0.05)
@@ -59,16 +49,12 @@ if [ "${CHECK_QUICK:-0}" = "1" ]; then
 else
   QUICK=()
   SIZE=()
-  # Measured on an H200 (2026-11-26): XLA compiles the S training step in ~80 s there, so run
-  # one after the other 7 minutes hold only S. The race below compiles all settings at once.
-  # SWEEP=1 adds inference and a larger batch (CHECK_MODELS="S M L" with CHECK_TIME_SCALE=3
-  # covers M and L) and the memory analysis. PROFILE=1 adds a trace of the S bf16 step (~90 s).
+  # XLA compiles the S step in ~80 s on an H200 (2026-11-26): 7 minutes one after the other hold
+  # only S, so the race compiles all settings at once (16 cores) and then times each alone.
   MODELS=(${CHECK_MODELS:-S})
   T_CORR=$(secs 150); B_CORR=$(secs 130)
-  # The race: every setting compiles side by side (16 cores), then each is timed alone.
   RACE_DTYPE=bf16; RACE_BATCH=(${RACE_BATCH:-128}); RACE_STEPS=10
-  RACE=(${RACE_SETTINGS:-peak jax:minimal jax:none jax:full jax-scan:minimal jax-cublas:minimal
-        torch torch-compile torch-compile-layers
+  RACE=(${RACE_SETTINGS:-peak jax:minimal jax:none jax:full jax-scan:minimal torch torch-compile
         jax:minimal@M torch@M jax:minimal@L torch@L})
   T_RACE=$(secs 400); B_RACE=$(secs 260); B_RACE_ALL=$(secs 380)
   SWEEP_SETTINGS=(peak torch-compile@S)

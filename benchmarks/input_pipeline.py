@@ -2,24 +2,14 @@
 
     PYTHONPATH=. python benchmarks/input_pipeline.py [--images 1024] [--rounds 3] [--before DIR]
 
-Writes an ImageNet-style folder of generated 500x375 quality-90 JPEGs to a temporary directory
-and reads it with ``TrainData`` (the pipeline training uses), at 224, global batch 32, for a
-ladder of recipes that adds one augmentation at a time: decode + random resized crop (the
-baseline), + flip, + RandAugment (the host's whole share of the authors' recipe: the pipeline ships
-uint8, and normalisation and random erasing run in the train step on device, so they are not
-in these figures). The last line times a plain ``map`` of ``train_preprocess`` (the whole
-recipe in TensorFlow, float32 out, normalised and erased on the host) over the same files.
-
-Two figures per recipe: wall time (images/s, and that over the cores), and the process's CPU
-time (user + system, all threads) per image, whose inverse is images/s per busy core (printed with
-the CPU and its vector extensions). On a machine shared with other work the CPU figure is the
-steadier one. Each step's share is its difference to the step before in CPU time. Rounds
-alternate between the recipes; the median round counts.
-
-``--before DIR``: a checkout of an earlier commit (``git worktree add /tmp/before 8e8c9b2``).
-Each round first runs this same measurement in a subprocess that imports that checkout (its
-pipeline, float32 out, normalising and erasing on the host), and "before" columns show its
-medians, recipe by recipe.
+Reads a folder of generated 500x375 quality-90 JPEGs with ``TrainData`` (what training uses) at
+224, batch 32, for a ladder of recipes that adds one augmentation at a time (crop, + flip, +
+RandAugment: the host's whole share, since normalisation and random erasing run on device), then
+a plain ``map`` of ``train_preprocess`` (the whole recipe in TensorFlow, float32 out). Per recipe:
+wall-clock images/s, and CPU time per image (the steadier figure on a shared machine); a step's
+share is its CPU time over the step before. Rounds alternate between recipes; medians count.
+``--before DIR``: each round first times a checkout of an earlier commit (``git worktree add
+/tmp/before COMMIT``) the same way, in a subprocess importing it, and adds its columns.
 """
 
 from __future__ import annotations
@@ -56,6 +46,9 @@ RECIPES = {
     "colour jitter 0.4 instead of RandAugment": TrainAugment(rand_augment="", random_erase_prob=0),
 }
 PLAIN = "plain map of train_preprocess (float)"
+ONE_PROCESS = dict(
+    global_batch_size=BATCH, image_size=224, seed=0, process_index=0, process_count=1
+)
 
 
 def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -64,16 +57,14 @@ def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
     y, x = np.mgrid[0:375, 0:500] / 500.0
     jpegs = []
     for _ in range(count):
-        phases = rng.uniform(0, 2 * np.pi, (3, 2))
-        freqs = rng.uniform(2, 12, (3, 2))
+        phases, freqs = rng.uniform(0, 2 * np.pi, (3, 2)), rng.uniform(2, 12, (3, 2))
         channels = [
             np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
             for c in range(3)
         ]
         image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
         buffer = io.BytesIO()
-        pixels = np.clip(image, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
         jpegs.append(buffer.getvalue())
     return jpegs
 
@@ -82,17 +73,14 @@ def write_folder(root: str, unique: int, total: int) -> None:
     """ROOT/train/<class>/<n>.JPEG: ``unique`` generated JPEGs, hard-linked up to ``total``."""
     jpegs = make_jpegs(unique)
     for index in range(total):
-        directory = os.path.join(root, "train", f"class_{index % 4}")
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"{index:05d}.JPEG")
+        path = os.path.join(root, "train", f"class_{index % 4}", f"{index:05d}.JPEG")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         if index < unique:
             with open(path, "wb") as file:
                 file.write(jpegs[index])
         else:
-            source = os.path.join(
-                root, "train", f"class_{index % unique % 4}", f"{index % unique:05d}.JPEG"
-            )
-            os.link(source, path)
+            n = index % unique
+            os.link(os.path.join(root, "train", f"class_{n % 4}", f"{n:05d}.JPEG"), path)
 
 
 def seconds_per_image(batches, images: int) -> tuple[float, float]:
@@ -105,23 +93,11 @@ def seconds_per_image(batches, images: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
-def pipeline_batches(root: str, recipe: TrainAugment):
-    return TrainData(
-        root,
-        global_batch_size=BATCH,
-        image_size=224,
-        seed=0,
-        augment=recipe,
-        process_index=0,
-        process_count=1,
-    ).batches()
-
-
 def plain_map_batches(root: str):
     """The full recipe as one plain ``map`` (no protection against undecodable files)."""
-    files = tf.io.gfile.glob(os.path.join(root, "train", "*", "*.JPEG"))
+    files = sorted(tf.io.gfile.glob(os.path.join(root, "train", "*", "*.JPEG")))
     dataset = (
-        tf.data.Dataset.from_tensor_slices(sorted(files))
+        tf.data.Dataset.from_tensor_slices(files)
         .enumerate()
         .map(
             lambda i, path: augment.train_preprocess(
@@ -137,10 +113,10 @@ def plain_map_batches(root: str):
 
 def one_round(root: str, images: int) -> dict[str, tuple[float, float]]:
     """{recipe: (wall, CPU) seconds per image} of every recipe once, in order."""
-    times = {
-        name: seconds_per_image(pipeline_batches(root, recipe), images)
-        for name, recipe in RECIPES.items()
-    }
+    times = {}
+    for name, recipe in RECIPES.items():
+        data = TrainData(root, augment=recipe, **ONE_PROCESS)
+        times[name] = seconds_per_image(data.batches(), images)
     times[PLAIN] = seconds_per_image(plain_map_batches(root), images)
     return times
 
@@ -167,10 +143,8 @@ def main():
     if args.worker:
         print(json.dumps(one_round(args.worker, args.images)))
         return
-    cores = os.cpu_count() or 1
-    names = [*RECIPES, PLAIN]
-    times = {name: [] for name in names}
-    before = {name: [] for name in names}
+    cores, names = os.cpu_count() or 1, [*RECIPES, PLAIN]
+    times, before = {name: [] for name in names}, {name: [] for name in names}
     with tempfile.TemporaryDirectory() as root:
         write_folder(root, unique=128, total=args.images + 4 * BATCH)
         for round_index in range(args.rounds):
@@ -187,7 +161,6 @@ def main():
     from benchlib import cpu_description  # not in --worker: it puts this checkout on sys.path
 
     cpu = cpu_description()
-    full_cpu = median(times[FULL], 1)
     print(
         f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
         "alternating rounds; uint8 out: normalisation and random erasing run in the train "
@@ -201,13 +174,12 @@ def main():
     if args.before:
         header += f" {'before: /core':>13s} {'per CPU core':>12s} {'speed-up':>8s}"
     print(header)
-    previous = 0.0
+    previous, full_cpu = 0.0, median(times[FULL], 1)
     for name in names:
         wall, cpu = median(times[name], 0), median(times[name], 1)
         share = ""
         if name in LADDER:
-            share = f"{(cpu - previous) / full_cpu:6.0%}"
-            previous = cpu
+            share, previous = f"{(cpu - previous) / full_cpu:6.0%}", cpu
         line = (
             f"{name:44s} {1 / wall:6.0f} {1 / wall / cores:6.0f} {cpu * 1e3:10.2f} "
             f"{1 / cpu:18.0f} {share:>6s}"

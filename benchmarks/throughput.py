@@ -1,47 +1,25 @@
-"""Training-step and inference throughput of DynaMixer against our PyTorch twin of the authors'
-model, on whatever device JAX and PyTorch find (CPU, GPU, TPU), the baseline measured in the same
-run.
+"""Training-step and inference images/s of DynaMixer against our PyTorch twin of the authors'
+model, on whatever device JAX and PyTorch find, the baseline measured in the same run.
 
     python benchmarks/throughput.py --quick                  # tiny model at 56x56, batch 2
     python benchmarks/throughput.py [--model S] [--batches 8 16] [--dtype fp32|bf16]
         [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
     python benchmarks/throughput.py --dtype bf16 --batches 128 --concurrent --steps 10 \\
-        --settings peak jax:minimal torch torch-compile jax:minimal@M torch@M    # one GPU
+        --settings peak jax:minimal torch torch-compile torch-compile:max-autotune torch@M
     python benchmarks/throughput.py --summarize out.json     # the table of a JSON file again
 
-A setting is ``NAME[@MODEL]`` (MODEL: S, M, L, a variant name, or ``tiny``; default ``--model``):
-``jax:<remat>`` (``none``, ``minimal``, ``full``); ``jax-scan:<remat>`` (``scan_layers=True``);
-``jax-cublas:<remat>`` (XLA:GPU's Triton matmul fusions off: every matmul through cuBLAS);
-``jax-default-scheduler:<remat>`` (XLA:CPU's own concurrency-optimised scheduler, which defeats
-rematerialisation; see ``dynamixer_jax/xla_cpu.py``); ``torch`` (the twin, ``dynamixer_torch``,
-eager); ``torch-compile`` (the whole model under ``torch.compile``); ``torch-compile-layers`` (each
-mixer layer compiled on its own: far shorter compiles); ``peak`` (the median FLOP/s of a large
-matmul in the compute dtype, for model FLOP utilisation).
+A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--model``):
+``jax:<remat>`` (none, minimal, full), ``jax-scan:<remat>`` (``scan_layers=True``), ``torch``
+(the twin, eager), ``torch-compile[:MODE]`` (the whole model under ``torch.compile``, e.g.
+``max-autotune``), ``peak`` (a large matmul's FLOP/s in the compute dtype, for MFU). ``XLA_FLAGS``
+and ``DYNAMIXER_KEEP_XLA_FLAGS=1`` (XLA:CPU's own scheduler) reach every setting's process.
 
-``train`` is forward in train mode (stochastic depth 0.1), integer-label cross-entropy, backward
-and AdamW (``benchlib/adamw.py``; PyTorch: ``torch.optim.AdamW``, fused on CUDA), parameters and
-optimizer state donated; ``infer`` is ``apply(train=False)`` (PyTorch: ``no_grad``, eval mode).
-``bf16`` computes in bfloat16 with float32 parameters (PyTorch: ``torch.autocast``). PyTorch runs
-on CUDA where it sees a GPU (float32 matmuls may use TF32 there, as XLA's default does), else on
-the CPU; ``--device cpu`` keeps both frameworks on the CPU.
-
-Every setting runs in a fresh interpreter started with glibc's huge-page malloc (see
-``dynamixer_jax/train/hugepages.py``), so that no framework warms the allocator or the caches for
-the other; ``--rounds`` processes per setting, one after the other; ``--in-process`` runs them all
-in this process instead. ``--concurrent`` (for an accelerator, where compiling dominates a short
-lease) starts every setting's process at once: they compile side by side, wait until all have
-compiled (or ``--barrier-s`` has passed), then take turns on the device, one timed at a time under
-a file lock (``$STEP_TIMING_LOCK`` if set, so that other work can hold the device too); compile
-times are then inflated by the contention (read them as upper bounds).
-
-Reported per (batch, mode, setting): median images/s over the timed rounds, its ratio to PyTorch
-eager of the same model, MFU (analytic FLOPs per image, ``dynamixer_jax.model.flops``, a training
-step counting 3 x forward, x images/s over the ``peak`` setting's FLOP/s), compile seconds, XLA's
-temp bytes per image (activations, mostly), the device's peak memory, the kernel's share of the
-CPU time and page faults per step. Beside any CPU figure: the CPU and its vector extensions.
-``--trace DIR`` also writes a ``jax.profiler`` trace of each JAX setting's steps (after timing).
-Records go to ``--json`` (default ``$OUT/throughput.json``) after every batch. No timed
-assertions anywhere; read the figures on an otherwise idle machine.
+Each setting runs ``--rounds`` times in a fresh interpreter with glibc's huge-page malloc, one
+after the other (``--in-process``: all in this one). ``--concurrent`` starts them all at once:
+they compile side by side, wait for each other (at most ``--barrier-s``), then are timed one at
+a time under a file lock (``$STEP_TIMING_LOCK`` if set), so compile times are upper bounds. The
+step, the table's columns and the figures: README, "Benchmarks on any device". The JSON
+(``--json``, default ``$OUT/throughput.json``) is written after every batch. No timed assertions.
 """
 
 from __future__ import annotations
@@ -60,62 +38,48 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from benchlib import UserError, cpu_description, short_error, write_json
-from benchlib.models import DROP_PATH_RATE, DTYPES, NUM_CLASSES, architecture, create, model_name
+from benchlib import DTYPES, UserError, cpu_description, create, model_name, short_error, write_json
 
-XLA_OPTIONS = {"jax-cublas": "--xla_gpu_enable_triton_gemm=false"}
-JAX_KINDS = ("jax", "jax-scan", "jax-default-scheduler", *XLA_OPTIONS)
-TORCH_COMPILE = {"torch": None, "torch-compile": "model", "torch-compile-layers": "layers"}
-BARRIER_DIR, BARRIER_COUNT, BARRIER_DEADLINE = (
-    "STEP_BARRIER_DIR",
-    "STEP_BARRIER_COUNT",
-    "STEP_BARRIER_DEADLINE",
-)
-TIMING_LOCK = "STEP_TIMING_LOCK"
+TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+BARRIER_DIR, BARRIER_COUNT = "STEP_BARRIER_DIR", "STEP_BARRIER_COUNT"
+BARRIER_DEADLINE, TIMING_LOCK = "STEP_BARRIER_DEADLINE", "STEP_TIMING_LOCK"
 
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
     """(name, model) of ``NAME[@MODEL]``; a name it does not know is a UserError."""
     name, _, model = setting.partition("@")
-    kind, _, remat = name.partition(":")
-    known = name == "peak" or name in TORCH_COMPILE or (kind in JAX_KINDS and remat)
+    kind, _, option = name.partition(":")
+    known = name in ("peak", "torch", "torch-compile") or (
+        (kind in ("jax", "jax-scan") and option)
+        or (kind == "torch-compile" and option in TORCH_MODES)
+    )
     if not known:
         raise UserError(
-            f"unknown setting {setting!r}; use e.g. jax:minimal, jax-scan:none, torch, "
-            "torch-compile, peak (with @S, @M, @L or @tiny for another model)"
+            f"unknown setting {setting!r}; use e.g. jax:minimal, jax-scan:none, torch, torch-compile, "
+            f"torch-compile:MODE ({', '.join(TORCH_MODES)}), peak; @S, @M, @L or @tiny for a model"
         )
     return name, model_name(model) if model else default_model
 
 
-def compiled_and_ready() -> dict:
-    """Tell the other ``--concurrent`` settings that this one has compiled, and wait until all
-    have (or the barrier's deadline has passed). Does nothing outside ``--concurrent``."""
-    folder = os.environ.get(BARRIER_DIR)
-    if not folder:
-        return {}
-    ready_at = time.time()
-    with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
-        pass
-    count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
-    while len(os.listdir(folder)) < count and time.time() < deadline:
-        time.sleep(0.2)
-    # True: some setting was still compiling (or starting) when this one was timed.
-    return {"barrier_ran_out": len(os.listdir(folder)) < count, "ready_at": ready_at}
-
-
 @contextlib.contextmanager
-def device_turn():
-    """Hold the device alone while timing (a file lock shared by ``--concurrent`` settings)."""
-    path = os.environ.get(TIMING_LOCK)
-    if not path:
-        yield
-        return
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def device_turn(barrier: dict):
+    """Once this setting has compiled: under ``--concurrent``, tell the others and wait until all
+    have compiled (or the barrier's deadline has passed; ``barrier`` records when and whether),
+    then hold the device alone (a file lock shared by the settings) while timing."""
+    folder, path = os.environ.get(BARRIER_DIR), os.environ.get(TIMING_LOCK)
+    if folder:
+        barrier["ready_at"] = time.time()
+        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
+            pass
+        count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
+        while len(os.listdir(folder)) < count and time.time() < deadline:
+            time.sleep(0.2)
+        # True: some setting was still compiling (or starting) when this one was timed.
+        barrier["barrier_ran_out"] = len(os.listdir(folder)) < count
+    with open(path or os.devnull, "a") as lock:
+        if path:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def timed_rounds(step, batch: int, args) -> dict:
@@ -127,8 +91,7 @@ def timed_rounds(step, batch: int, args) -> dict:
         wait = step(1 + i)
     wait()
     rates = []
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    timed_from = time.time()
+    before, timed_from = resource.getrusage(resource.RUSAGE_SELF), time.time()
     for r in range(args.inner_rounds):
         start = time.perf_counter()
         for i in range(args.steps):
@@ -148,12 +111,23 @@ def timed_rounds(step, batch: int, args) -> dict:
     }
 
 
-def flops_per_image(model: str, mode: str, image_size: int) -> float:
-    """Matmul and convolution FLOPs per image of a step (training: 3 x forward)."""
+def result(timing: dict, barrier: dict, compile_s, model: str, mode: str, args) -> dict:
+    """What every timed setting records; ``flops_per_image``: the matmul and convolution FLOPs
+    per image of a step (training: 3 x forward)."""
     from dynamixer_jax.model import flops
 
-    forward = flops.forward_flops(create(model, image_size=image_size))
-    return 3.0 * forward if mode == "train" else float(forward)
+    forward = flops.forward_flops(create(model, image_size=args.image_size))
+    per_image = 3.0 * forward if mode == "train" else float(forward)
+    return {**timing, **barrier, "compile_s": compile_s, "flops_per_image": per_image}
+
+
+def jax_device(args):
+    """JAX's device for this run (``--device cpu``: the host, even on a GPU machine)."""
+    import jax
+
+    device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
+    jax.config.update("jax_default_device", device)
+    return device
 
 
 def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
@@ -161,14 +135,13 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     import jax
     import numpy as np
 
-    from benchlib.adamw import make_adamw_step
-    from benchlib.timing import compile_timed
+    from benchlib import DROP_PATH_RATE, NUM_CLASSES
+    from benchlib.steps import make_adamw_step
     from benchlib.xla_stats import bytes_fields, costs
     from dynamixer_jax import init_variables
 
     kind, remat = name.split(":")
-    device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
-    jax.config.update("jax_default_device", device)  # --device cpu --in-process on a GPU machine
+    device = jax_device(args)
     net = create(
         model,
         image_size=args.image_size,
@@ -190,9 +163,10 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     else:
         fn = jax.jit(lambda params, x: net.apply({"params": params}, x, train=False))
         example = (state["params"], images[0])
-    compiled, compile_s = compile_timed(fn, *example)
-    memory, cost = bytes_fields(compiled), costs(compiled)
-    barrier = compiled_and_ready()
+    start = time.perf_counter()
+    compiled = fn.lower(*example).compile()
+    compile_s = time.perf_counter() - start
+    memory, cost, barrier = bytes_fields(compiled), costs(compiled), {}
 
     def one_step(i):
         if mode == "train":
@@ -203,7 +177,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
             out = compiled(state["params"], images[i % 2])
         return lambda: jax.block_until_ready(out)
 
-    with device_turn():
+    with device_turn(barrier):
         timing = timed_rounds(one_step, batch, args)
         stats = device.memory_stats() or {}
     if args.trace:
@@ -214,17 +188,13 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
                     wait = one_step(i)
             wait()
     temp = memory["temp_bytes"]
-    return {
-        **timing,
-        **barrier,
-        "compile_s": compile_s,
+    return result(timing, barrier, compile_s, model, mode, args) | {
         "memory": memory,
         "temp_mb_per_image": temp / batch / 1e6 if temp is not None else None,
         "xla_gflops_per_image": cost["flops"] / batch / 1e9 if cost["flops"] else None,
         "peak_gb": stats.get("peak_bytes_in_use", 0) / 1e9 or None,
         "device": device.device_kind,
         "platform": device.platform,
-        "flops_per_image": flops_per_image(model, mode, args.image_size),
     }
 
 
@@ -236,7 +206,8 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     import torch.nn.functional as F
 
     import dynamixer_torch
-    from benchlib.adamw import LEARNING_RATE, WEIGHT_DECAY
+    from benchlib import DROP_PATH_RATE, NUM_CLASSES, architecture
+    from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
@@ -251,17 +222,8 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
         drop_path_rate=DROP_PATH_RATE,
     )
     net = net.train(mode == "train").to(device)
-    runner, compile_mode = net, TORCH_COMPILE[name]
-    if compile_mode == "model":
-        runner = torch.compile(net)
-    elif compile_mode == "layers":
-        # Each layer's own drop-path rate is a constant to Dynamo: a recompile per rate.
-        for limit in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, limit):
-                setattr(torch._dynamo.config, limit, 64)
-        for layer in net.modules():
-            if isinstance(layer, dynamixer_torch.TorchMixerLayer):
-                layer.compile()
+    compiled = name.startswith("torch-compile")
+    runner = torch.compile(net, mode=name.partition(":")[2] or None) if compiled else net
     fused = {"fused": True} if cuda else {}
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, **fused
@@ -285,42 +247,50 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
                 runner(images[i % 2])
         return sync
 
-    compile_s = None
-    if compile_mode:  # compiling happens in the first step; off the device turn
+    compile_s, barrier = None, {}
+    if compiled:  # compiling happens in the first step; off the device turn
         start = time.perf_counter()
         one_step(0)()
         compile_s = time.perf_counter() - start
-    barrier = compiled_and_ready()
-    with device_turn():
+    with device_turn(barrier):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         timing = timed_rounds(one_step, batch, args)
         peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    return {
-        **timing,
-        **barrier,
-        "compile_s": compile_s,
+    return result(timing, barrier, compile_s, model, mode, args) | {
         "peak_gb": peak,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "platform": device.type,
         "torch": torch.__version__,
-        "flops_per_image": flops_per_image(model, mode, args.image_size),
     }
 
 
 def run_peak(args) -> dict:
-    """Median FLOP/s of one large matmul in the compute dtype on JAX's device."""
+    """Median FLOP/s of 20 size^3 matmuls in the compute dtype on JAX's device (default
+    precision), after one untimed call."""
     import jax
+    import jax.numpy as jnp
 
-    from benchlib.timing import measure_peak_jax
-
-    device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
-    jax.config.update("jax_default_device", device)
+    device = jax_device(args)
     size = args.peak_size or (2048 if device.platform == "cpu" else 8192)
-    barrier = compiled_and_ready()
-    with device_turn():
-        peak = measure_peak_jax(args.dtype, size, 20)
-    return {**peak, **barrier, "device": device.device_kind, "platform": device.platform}
+    key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
+    barrier, times = {}, []
+    with device_turn(barrier):
+        a = jax.random.normal(key, (size, size), dtype)
+        b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
+        matmul = jax.jit(jnp.matmul)
+        jax.block_until_ready(matmul(a, b))
+        for _ in range(20):
+            start = time.perf_counter()
+            jax.block_until_ready(matmul(a, b))
+            times.append(time.perf_counter() - start)
+    return {
+        "flops_per_s": 2 * size**3 / statistics.median(times),
+        "matmul_size": size,
+        **barrier,
+        "device": device.device_kind,
+        "platform": device.platform,
+    }
 
 
 def run_setting(setting: str, batch: int, mode: str, args) -> dict:
@@ -328,28 +298,12 @@ def run_setting(setting: str, batch: int, mode: str, args) -> dict:
     name, model = parse_setting(setting, args.model)
     if name == "peak":
         return run_peak(args)
-    if name in TORCH_COMPILE:
+    if name.startswith("torch"):
         return run_torch(name, model, batch, mode, args)
     return run_jax(name, model, batch, mode, args)
 
 
-def setting_env(setting: str, concurrent: bool, device: str | None) -> dict:
-    """The environment of one setting's process."""
-    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
-    name = setting.partition("@")[0]
-    kind = name.split(":")[0]
-    if kind == "jax-default-scheduler":
-        env["DYNAMIXER_KEEP_XLA_FLAGS"] = "1"
-    if kind in XLA_OPTIONS:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {XLA_OPTIONS[kind]}".strip()
-    if name in TORCH_COMPILE or device == "cpu":
-        env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
-    elif concurrent:  # several JAX processes share the device: take memory as it is needed
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    return env
-
-
-def start_setting(setting: str, batch: int, mode: str, args) -> subprocess.Popen:
+def start_setting(setting: str, batch: int, mode: str, args, env=None) -> subprocess.Popen:
     """Start ``run_setting`` in a fresh interpreter; its JSON is the last line of its stdout."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = (
@@ -358,9 +312,15 @@ def start_setting(setting: str, batch: int, mode: str, args) -> subprocess.Popen
         f"args = argparse.Namespace(**{vars(args)!r}); "
         f"print(json.dumps(run_setting({setting!r}, {batch}, {mode!r}, args)))"
     )
+    env = dict(os.environ, **(env or {}), GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+    env["DYNAMIXER_NO_REEXEC"] = "1"
+    if setting.startswith("torch") or args.device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
+    elif args.concurrent:  # several JAX processes share the device: take memory as it is needed
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     return subprocess.Popen(
         [sys.executable, "-c", code],
-        env=setting_env(setting, args.concurrent, args.device),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -394,40 +354,29 @@ def measure_round(args, batch: int, mode: str) -> dict[str, dict]:
                 out[setting] = {"error": short_error(exc)}
         return out
     if not args.concurrent:
-        return {
-            s: finish(s, start_setting(s, batch, mode, args), args.setting_timeout_s)
-            for s in args.settings
-        }
+        timeout = args.setting_timeout_s
+        return {s: finish(s, start_setting(s, batch, mode, args), timeout) for s in args.settings}
     with tempfile.TemporaryDirectory(prefix="step_barrier_") as scratch:
         folder = os.path.join(scratch, "ready")
         os.mkdir(folder)
-        shared_lock = os.environ.get(TIMING_LOCK)  # e.g. also held by a correctness check
         barrier = {
             BARRIER_DIR: folder,
             BARRIER_COUNT: str(len(args.settings)),
             BARRIER_DEADLINE: str(time.time() + args.barrier_s),
-            TIMING_LOCK: shared_lock or os.path.join(scratch, "device.lock"),
+            # shared with other work that holds the device (e.g. accelerator_check.sh's check)
+            TIMING_LOCK: os.environ.get(TIMING_LOCK) or os.path.join(scratch, "device.lock"),
         }
-        saved = dict(os.environ)
-        os.environ.update(barrier)
-        try:
-            processes = {s: start_setting(s, batch, mode, args) for s in args.settings}
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        processes = {s: start_setting(s, batch, mode, args, barrier) for s in args.settings}
         results: dict[str, dict] = {}
         deadline = time.monotonic() + (args.setting_timeout_s or 1e9)
         while len(results) < len(processes):
             for setting, process in processes.items():
-                if setting not in results and process.poll() is not None:
-                    results[setting] = finish(setting, process, None)
-                    # a failed setting must not hold the others at the barrier
+                done = process.poll() is not None
+                if setting not in results and (done or time.monotonic() > deadline):
+                    results[setting] = finish(setting, process, None if done else 0.1)
+                    # a finished or failed setting must not hold the others at the barrier
                     with open(os.path.join(folder, f"ready-gone-{process.pid}"), "w"):
                         pass
-            if time.monotonic() > deadline:
-                for setting, process in processes.items():
-                    if setting not in results:
-                        results[setting] = finish(setting, process, 0.1)
             time.sleep(0.2)
         return {s: results[s] for s in args.settings}
 
@@ -441,23 +390,19 @@ def report_rows(batch: int, mode: str, runs: dict[str, list[dict]], args) -> lis
     """One row per setting: median images/s, its ratio to PyTorch eager of the same model, and
     model FLOP utilisation where a ``peak`` setting ran."""
     peak = median_of(runs.get("peak", []), "flops_per_s")
-    eager = {}
-    for setting, results in runs.items():
-        name, model = parse_setting(setting, args.model)
-        if name == "torch" and median_of(results, "img_s"):
-            eager[model] = median_of(results, "img_s")
+    named = {setting: parse_setting(setting, args.model) for setting in runs}
+    eager = {m: median_of(runs[s], "img_s") for s, (n, m) in named.items() if n == "torch"}
     rows = []
     for setting, results in runs.items():
-        name, model = parse_setting(setting, args.model)
+        name, model = named[setting]
         row = {"batch": batch, "mode": mode, "setting": setting, "model": model, "runs": results}
-        rate = median_of(results, "img_s")
+        rate, flops = median_of(results, "img_s"), median_of(results, "flops_per_image")
         if name == "peak":
             row["peak_tflops"] = peak / 1e12 if peak else None
         elif rate:
-            flops = median_of(results, "flops_per_image")
             row.update(
                 img_s=rate,
-                vs_torch=rate / eager[model] if model in eager else None,
+                vs_torch=rate / eager[model] if eager.get(model) else None,
                 mfu=rate * flops / peak if peak and flops else None,
             )
         rows.append(row)
@@ -486,57 +431,48 @@ def row_line(row: dict) -> str:
     sys_share = median_of(runs, "sys_share")
     return (
         f"{head} {row['img_s']:>8.1f} {fmt(row.get('vs_torch'), '.2f', 7)} "
-        f"{fmt(row.get('mfu'), '.1%', 6)} "
-        f"{fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
+        f"{fmt(row.get('mfu'), '.1%', 6)} {fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
         f"{fmt(median_of(runs, 'temp_mb_per_image'), '.0f', 7)} "
-        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)} "
-        f"{fmt(sys_share and 100 * sys_share, '.0f', 5)} "
+        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)} {fmt(sys_share and 100 * sys_share, '.0f', 5)} "
         f"{fmt(median_of(runs, 'faults_per_step'), '.0f', 12)}{late}"
     )
 
 
-def table(report: dict) -> list[str]:
-    """The table of a report, with the CPU and its vector extensions where a figure is a CPU's."""
-    rows = report["results"]
-    lines = [HEADER, *map(row_line, rows)]
-    on_cpu = any(r.get("platform") == "cpu" for row in rows for r in row["runs"])
+def cpu_line(report: dict) -> list[str]:
+    """The CPU and its vector extensions, where a figure of the report is a CPU's."""
     cpu = report.get("cpu")
-    if on_cpu and cpu:
-        extensions = " ".join(cpu["vector_extensions"]) or "none found"
-        lines.append(f"CPU: {cpu['name']}, {cpu['cores']} cores; vector extensions: {extensions}")
-    return lines
+    on_cpu = any(r.get("platform") == "cpu" for row in report["results"] for r in row["runs"])
+    if not (on_cpu and cpu):
+        return []
+    extensions = " ".join(cpu["vector_extensions"]) or "none found"
+    return [f"CPU: {cpu['name']}, {cpu['cores']} cores; vector extensions: {extensions}"]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="S, M, L, tiny or a full name (default S)")
-    parser.add_argument("--batches", type=int, nargs="+", default=None, help="default 8 16")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train"])
-    parser.add_argument("--image-size", type=int, default=None, help="default 224")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--model", default=None, help="S, M, L, tiny or a full name (default S)")
+    add("--batches", type=int, nargs="+", default=None, help="default 8 16")
+    add("--dtype", choices=sorted(DTYPES), default="fp32")
+    add("--modes", nargs="+", choices=["train", "infer"], default=["train"])
+    add("--image-size", type=int, default=None, help="default 224")
+    add(
         "--settings", nargs="+", default=None, help="default: torch jax:minimal (--quick: peak too)"
     )
-    parser.add_argument("--device", choices=["cpu"], default=None, help="both on the CPU")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=0, help="untimed steps after the first")
-    parser.add_argument("--inner-rounds", type=int, default=1, help="timed rounds per process")
-    parser.add_argument("--rounds", type=int, default=2, help="processes per setting")
-    parser.add_argument("--in-process", action="store_true", help="every setting in this process")
-    parser.add_argument("--concurrent", action="store_true", help="compile side by side")
-    parser.add_argument(
-        "--barrier-s", type=float, default=300.0, help="--concurrent: the longest wait for all"
-    )
-    parser.add_argument(
-        "--setting-timeout-s", type=float, default=None, help="give up on a process after this"
-    )
-    parser.add_argument("--peak-size", type=int, default=0, help="8192 (2048 on a CPU)")
-    parser.add_argument("--trace", metavar="DIR", help="a jax.profiler trace of each JAX setting")
-    parser.add_argument("--json", help="output file (default $OUT/throughput.json)")
-    parser.add_argument("--summarize", metavar="JSON", help="only print the table of this file")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: tiny model at 56x56, batch 2, 2 steps"
-    )
+    add("--device", choices=["cpu"], default=None, help="both on the CPU")
+    add("--steps", type=int, default=4, help="timed steps per round")
+    add("--warmup", type=int, default=0, help="untimed steps after the first")
+    add("--inner-rounds", type=int, default=1, help="timed rounds per process")
+    add("--rounds", type=int, default=2, help="processes per setting")
+    add("--in-process", action="store_true", help="every setting in this process")
+    add("--concurrent", action="store_true", help="compile side by side")
+    add("--barrier-s", type=float, default=300.0, help="--concurrent: the longest wait for all")
+    add("--setting-timeout-s", type=float, default=None, help="give up on a process after this")
+    add("--peak-size", type=int, default=0, help="8192 (2048 on a CPU)")
+    add("--trace", metavar="DIR", help="a jax.profiler trace of each JAX setting")
+    add("--json", help="output file (default $OUT/throughput.json)")
+    add("--summarize", metavar="JSON", help="only print the table of this file")
+    add("--quick", action="store_true", help="smoke run: tiny model at 56x56, batch 2, 2 steps")
     args = parser.parse_args(argv)
     quick = args.quick
     args.model = model_name(args.model or ("tiny" if quick else "S"))
@@ -549,9 +485,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if quick:
         args.steps, args.rounds, args.peak_size = 2, 1, args.peak_size or 256
     for setting in args.settings:
-        name, _ = parse_setting(setting, args.model)
-        if args.in_process and name.split(":")[0] in ("jax-default-scheduler", *XLA_OPTIONS):
-            raise UserError(f"{setting} sets XLA flags for its own process: not --in-process")
+        parse_setting(setting, args.model)
     if min(args.batches) < 1:
         raise UserError("batch sizes must be positive")
     if args.json is None and os.environ.get("OUT"):
@@ -565,7 +499,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     if args.summarize:
         with open(args.summarize) as f:
             report = json.load(f)
-        print("\n".join(table(report)), flush=True)
+        print("\n".join([HEADER, *map(row_line, report["results"]), *cpu_line(report)]), flush=True)
         return report
     report = {
         "argv": list(argv if argv is not None else sys.argv[1:]),
@@ -587,7 +521,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
                 print(row_line(row), flush=True)
             if args.json:  # after every batch and mode, so a later timeout keeps what was measured
                 write_json(args.json, report)
-    print("\n".join(table(report)[len(report["results"]) + 1 :]), flush=True)
+    print("\n".join(cpu_line(report)), flush=True)
     return report
 
 

@@ -1,8 +1,7 @@
 """Weights moved to another image size (``dynamixer_jax.model.resolution``).
 
-The accuracy that transfer keeps on real data is measured by
-``benchmarks/resolution_transfer.py`` (README table); here: what the mapping must do by
-construction.
+The accuracy that transfer keeps on real data was measured once (README table; the retired
+script's command in docs/studies.md); here: what the mapping must do by construction.
 """
 
 import jax

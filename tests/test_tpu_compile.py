@@ -52,8 +52,9 @@ def test_roofline_takes_the_lower_bound():
 
 def test_tiny_training_step_compiles_for_a_tpu():
     pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
-    from benchlib.published_step import published_train_step
-    from benchlib.tpu_compile import chip_mesh, compile_stats
+    from benchlib.steps import published_train_step
+    from benchlib.tpu_compile import chip_mesh
+    from benchlib.xla_stats import compile_stats
 
     batch = 8
     step, args, model = published_train_step(

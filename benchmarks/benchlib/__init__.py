@@ -1,10 +1,9 @@
-"""Pieces the benchmark scripts share: model building, the AdamW step, timing, XLA's memory and
-FLOP figures, the abstract training step of a run, and the TPU compile lab's core.
+"""What the benchmark scripts share: command-line errors, JSON records, the CPU's description and
+the model a benchmark builds (aliases, a tiny smoke-run architecture, compute dtypes).
 
-``benchmarks/`` is not an installed package: a script run as ``python benchmarks/NAME.py`` has
-``benchmarks/`` on ``sys.path`` and so finds this package; importing it puts the repository root
-there too, so a fresh clone's scripts use this checkout's ``dynamixer_jax`` (and the PyTorch twin,
-``dynamixer_torch``) without installing them. Imports only the standard library here.
+``benchmarks/`` is not an installed package: ``python benchmarks/NAME.py`` has ``benchmarks/`` on
+``sys.path`` and so finds this package, and importing it puts the repository root there too, so
+a fresh clone's scripts use this checkout's ``dynamixer_jax`` and ``dynamixer_torch``.
 """
 
 from __future__ import annotations
@@ -23,6 +22,25 @@ from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
 
 prefer_memory_saving_scheduler()  # as main.py: before any JAX computation of a benchmark
 
+import jax.numpy as jnp
+
+from dynamixer_jax.model.variants import VARIANTS, create_model
+
+ALIASES = {"S": "dynamixer_s", "M": "dynamixer_m", "L": "dynamixer_l", "tiny": "tiny"}
+# A small custom architecture with every kind of part, for smoke runs and tests.
+TINY = dict(
+    VARIANTS["dynamixer_s"],
+    layers=(1, 1, 1, 1),
+    embed_dims=(32, 64, 64, 64),
+    num_segments=(4, 8, 8, 8),
+)
+DTYPES = {"fp32": None, "bf16": jnp.bfloat16}  # compute dtypes; parameters stay float32
+NUM_CLASSES, DROP_PATH_RATE = 1000, 0.1
+# The vector extensions worth naming beside a CPU figure (x86 flags, Arm features); the names
+# only whole ("smep" is an x86 security flag).
+VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme2")
+VECTOR_NAMES = ("sme", "i8mm", "bf16")
+
 
 class UserError(Exception):
     """A mistake on the command line: reported in one line, exit code 2."""
@@ -34,17 +52,13 @@ def short_error(exc: BaseException) -> str:
     return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
-def write_json(path: str, content: Any) -> None:
+def write_json(path: str, content: Any, sort_keys: bool = False) -> None:
     """Write ``content`` to ``path`` atomically (a killed run leaves the previous file whole)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=1, default=str)
+        json.dump(content, f, indent=1, default=str, sort_keys=sort_keys)
+        f.write("\n")
     os.replace(path + ".tmp", path)
-
-
-# The vector extensions worth naming beside a CPU figure (x86 flags, Arm features).
-VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme2")
-VECTOR_NAMES = ("sme", "i8mm", "bf16")  # Arm; only whole ("smep" is an x86 security flag)
 
 
 def cpu_description() -> dict:
@@ -63,3 +77,23 @@ def cpu_description() -> dict:
         pass
     vector = sorted(f for f in flags if f.startswith(VECTOR_PREFIXES) or f in VECTOR_NAMES)
     return {"name": name, "cores": os.cpu_count(), "vector_extensions": vector}
+
+
+def model_name(alias: str) -> str:
+    """Full variant name for an alias (S, M, L, tiny) or a full name."""
+    name = ALIASES.get(alias, alias)
+    if name != "tiny" and name not in VARIANTS:
+        raise UserError(f"unknown model {alias!r}; use S, M, L, tiny or one of {sorted(VARIANTS)}")
+    return name
+
+
+def architecture(name: str) -> dict[str, Any]:
+    """The architecture fields of a model name (a variant or 'tiny')."""
+    return dict(TINY if name == "tiny" else VARIANTS[name])
+
+
+def create(name: str, **kwargs):
+    """``create_model`` for a variant name or 'tiny' (DynaMixer-S's settings, TINY's shape)."""
+    if name == "tiny":
+        return create_model("dynamixer_s", **{**TINY, **kwargs})
+    return create_model(name, **kwargs)

@@ -1,16 +1,8 @@
-"""Compile a step for a TPU this machine does not have, and read what the compiler says about it.
+"""TPU chips this machine does not have, to compile for: libtpu compiles for any generation it
+knows from a topology description alone (``jax.experimental.topologies``; nothing runs).
 
-libtpu can compile for any TPU generation it knows from a topology description alone
-(``jax.experimental.topologies``): no chip is needed, nothing runs. This module is the lab's core,
-importable on its own so that any step or single layer can be measured the same way:
-
-    from benchlib.tpu_compile import chip_mesh, compile_stats, on_chip
-    mesh = chip_mesh("v5e")                      # one chip of that generation
-    stats = compile_stats(on_chip(fn, mesh), args)   # args: ShapeDtypeStructs
-
-``compile_stats`` returns XLA's memory analysis (per device), its cost analysis (FLOPs and bytes
-accessed) and the seconds it took to compile. The per-generation figures of a chip (HBM, bf16
-peak, HBM bandwidth) are in :data:`CHIPS`, each with the Google Cloud TPU page it comes from.
+    mesh = chip_mesh("v5e")                 # one chip's first device
+    stats = xla_stats.compile_stats(step, args)   # step jitted over mesh, args abstract
 """
 
 from __future__ import annotations
@@ -18,29 +10,18 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-from benchlib.xla_stats import bytes_fields, costs, required_bytes
-
-GIB = 2**30
+from jax.sharding import Mesh
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One TPU generation: its topology name in libtpu and its published per-chip figures.
-
-    ``hbm`` (as the page writes it, in ``hbm_bytes``; a "GB" is read as 10^9 bytes, the smaller
-    reading), ``bf16_tflops`` and ``hbm_gb_s`` are per chip as Google Cloud's TPU page of the
-    generation (``source``) states them. On v3 and v4 a chip holds two TensorCores and libtpu's
-    topology description lists each core as a device; the per-device share is the per-chip figure
-    divided by the devices per chip (which :func:`chip_devices` reads from the topology itself).
-    """
+    """One TPU generation: its topology name in libtpu and its per-chip figures as Google Cloud's
+    TPU page of the generation (``source``) states them (``hbm`` as written there; a "GB" is read
+    as 10^9 bytes, the smaller reading). On v3 and v4 a chip holds two TensorCores and libtpu
+    lists each core as a device: the per-device share is the per-chip figure over the devices."""
 
     generation: str
     topology: str  # one chip, in libtpu's naming
@@ -53,7 +34,7 @@ class Chip:
     @property
     def hbm_bytes(self) -> float:
         value, unit = self.hbm.split()
-        return float(value) * {"GiB": GIB, "GB": 1e9}[unit]
+        return float(value) * {"GiB": 2**30, "GB": 1e9}[unit]
 
 
 _DOCS = "https://cloud.google.com/tpu/docs/"
@@ -69,27 +50,20 @@ CHIPS: dict[str, Chip] = {
 }
 
 
-def libtpu_available() -> bool:
-    """Whether libtpu is importable here (the lab needs it; no TPU chip is needed)."""
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def versions() -> dict[str, str]:
-    """jax's and libtpu's versions: part of every cache key (another compiler, another answer)."""
-    try:
-        libtpu = importlib.metadata.version("libtpu")
-    except importlib.metadata.PackageNotFoundError:
-        libtpu = "none"
-    return {"jax": jax.__version__, "libtpu": libtpu}
+def versions(libtpu: str | None = None) -> dict[str, str]:
+    """jax's and libtpu's versions (``libtpu``: read another's cache), part of every cache key."""
+    out = {}
+    for name in ("jax", "libtpu"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "none"
+    return {**out, "libtpu": libtpu} if libtpu else out
 
 
 def quiet_libtpu(generation: str) -> None:
-    """Environment that stops libtpu from looking for a TPU VM's metadata (call before jax
-    first touches the TPU backend; values already set are kept)."""
+    """Environment that stops libtpu from looking for a TPU VM's metadata (call before JAX starts
+    a backend; values already set are kept)."""
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", CHIPS[generation].accelerator_type)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -112,37 +86,3 @@ def chip_mesh(generation: str, axis: str = "data") -> Mesh:
     """A one-device mesh on the first device of one chip: the per-device program of a data-parallel
     step, without collectives (the per-device batch is what sets its memory and cost)."""
     return Mesh(np.array(chip_devices(generation)[:1]), (axis,))
-
-
-def devices_per_chip(generation: str) -> int:
-    """How many devices libtpu's topology lists on one chip of ``generation``."""
-    return len(chip_devices(generation))
-
-
-def on_chip(fn: Callable, mesh: Mesh) -> Callable:
-    """``fn`` jitted with every argument and result placed whole on ``mesh``'s device."""
-    whole = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(fn, in_shardings=whole, out_shardings=whole)
-
-
-def compile_stats(step_fn, args: tuple) -> dict[str, Any]:
-    """Lower and compile ``step_fn(*args)`` (a jitted function whose shardings name the target
-    devices, e.g. from :func:`on_chip` or ``make_train_step`` on :func:`chip_mesh`).
-
-    Returns, per device: ``memory`` (XLA's memory analysis, bytes), ``hbm_bytes`` (arguments +
-    outputs - donated aliases + temporaries + code: what the step holds in HBM at its peak),
-    ``flops`` and ``bytes_accessed`` (XLA's cost analysis), and ``lower_s``/``compile_s``.
-    """
-    start = time.perf_counter()
-    lowered = step_fn.lower(*args)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    done = time.perf_counter()
-    memory = bytes_fields(compiled)
-    return {
-        "memory": memory,
-        "hbm_bytes": required_bytes(memory),
-        **costs(compiled),
-        "lower_s": round(lowered_at - start, 2),
-        "compile_s": round(done - lowered_at, 2),
-    }

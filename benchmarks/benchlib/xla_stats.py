@@ -1,6 +1,9 @@
-"""What XLA reports about a compiled step: its memory analysis and its cost analysis."""
+"""Compile a jitted function and read what XLA says about it: its memory and cost analyses."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import numpy as np
 
@@ -49,10 +52,32 @@ def required_bytes(memory: dict[str, int | None]) -> int | None:
 
 
 def costs(compiled) -> dict[str, float | None]:
-    """``flops`` and ``bytes_accessed`` of ``cost_analysis()`` (a dict in recent jax, a list of
-    dicts in older), each None where unavailable."""
+    """``flops`` and ``bytes_accessed`` of ``cost_analysis()``, each None where unavailable."""
     found = _analysis(compiled, "cost_analysis") or {}
     return {
         "flops": float(found["flops"]) if "flops" in found else None,
         "bytes_accessed": float(found["bytes accessed"]) if "bytes accessed" in found else None,
+    }
+
+
+def compile_stats(fn, args: tuple, hlo_path: str | None = None) -> dict[str, Any]:
+    """Lower and compile the jitted ``fn`` for ``args`` (abstract ones may name absent devices in
+    their shardings, e.g. a TPU chip's from ``benchlib.tpu_compile``). Per device: ``memory``
+    (bytes), ``hbm_bytes`` (:func:`required_bytes`), ``flops``, ``bytes_accessed``, and
+    ``lower_s``/``compile_s``. ``hlo_path``: also write the optimised HLO module there."""
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
+    memory = bytes_fields(compiled)
+    return {
+        "memory": memory,
+        "hbm_bytes": required_bytes(memory),
+        **costs(compiled),
+        "lower_s": round(lowered_at - start, 2),
+        "compile_s": round(done - lowered_at, 2),
     }

@@ -131,28 +131,31 @@ def _assert_close_losses(workdir, reference, steps):
 def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
     uninterrupted, digits_data_dir, tmp_path
 ):
-    # 8 devices from scratch; then its step-20 checkpoint continued on 1 device.
-    eight = tmp_path / "eight"
+    # The 1-device run's step-10 checkpoint, continued on 8 devices: steps 11-30 split 8 ways,
+    # saving 8-device checkpoints at 20 and 30. (A start from scratch on several devices is
+    # test_two_processes_train_like_one's; the same initial weights on 8 devices,
+    # tests/test_sharding.py's.)
+    eight = tmp_path / "one_then_eight"
+    shutil.copytree(uninterrupted, eight)
+    for step in (20, 30):
+        shutil.rmtree(eight / "checkpoints" / str(step))
     code, stderr = run(eight, digits_data_dir, devices=8)
     assert code == 0, stderr
+    assert f"resumed from checkpoint {eight / 'checkpoints'}/10" in stderr
     assert "8 cpu devices" in stderr
-    _assert_close_losses(eight, uninterrupted, range(1, STEPS + 1))
+    assert checkpoint_steps(eight) == [10, 20, 30]
+    _assert_close_losses(eight, uninterrupted, range(11, STEPS + 1))
+
+    # The other way: the 8-device step-20 checkpoint, continued on 1 device.
     crossed = tmp_path / "eight_then_one"
     shutil.copytree(eight, crossed)
     shutil.rmtree(crossed / "checkpoints" / "30")
     code, stderr = run(crossed, digits_data_dir, devices=1)
     assert code == 0, stderr
-    assert "resumed from checkpoint" in stderr and "1 cpu device " in stderr
+    assert f"resumed from checkpoint {crossed / 'checkpoints'}/20" in stderr
+    assert "1 cpu device " in stderr
     _assert_close_losses(crossed, eight, range(21, STEPS + 1))
-
-    # The other way: the 1-device run's step-20 checkpoint, continued on 8 devices.
-    one = tmp_path / "one"
-    shutil.copytree(uninterrupted, one)
-    shutil.rmtree(one / "checkpoints" / "30")
-    code, stderr = run(one, digits_data_dir, devices=8)
-    assert code == 0, stderr
-    assert "resumed from checkpoint" in stderr and "8 cpu devices" in stderr
-    _assert_close_losses(one, uninterrupted, range(21, STEPS + 1))
+    _assert_close_losses(crossed, uninterrupted, range(21, STEPS + 1))
 
 
 def test_divergence_sets_aside_the_checkpoint_that_diverges_and_a_rerun_resumes(

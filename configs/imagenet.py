@@ -24,8 +24,8 @@ the H100 measurements of ``bash benchmarks/accelerator_check.sh`` (batch 128, bf
   image); **TPU v4-8**: 11.1 GiB per core (81 MB per image). **8 GPUs of 40 GB**: 99 MB per
   image on the H100, 13 GB per device.
 * ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875.
-  **TPU v5e-8**: 8.4 GiB per chip (103 MB per image; not compiled for v4 yet). **8 GPUs of
-  40 GB**: 142 MB per image on the H100, 9 GB per device.
+  **TPU v5e-8**: 8.4 GiB per chip (103 MB per image); **TPU v4-8**: 9.1 GiB per core (115 MB
+  per image). **8 GPUs of 40 GB**: 142 MB per image on the H100, 9 GB per device.
 
 ImageNet must be prepared once: ``tfds build imagenet2012`` with the two ILSVRC2012 tar files in
 ``$TFDS_DATA_DIR/downloads/manual`` (the run tells you if it is not).

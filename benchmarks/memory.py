@@ -147,7 +147,9 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--scan-layers", action="store_true")
     parser.add_argument("--step", choices=["adamw", "library"], default="adamw")
-    parser.add_argument("--mixing", choices=["vector", "dot"], help="default: what runs there")
+    parser.add_argument(
+        "--mixing", choices=["vector", "dot", "pallas"], help="default: what runs there"
+    )
     parser.add_argument("--fit-gb", type=float, nargs="+", default=[16, 32, 80])
     parser.add_argument("--dump", metavar="DIR", help="write each optimised HLO module here")
     parser.add_argument("--json", help="also write the results here")

@@ -3,7 +3,7 @@ compiler alone (no TPU needed; compiler estimates, nothing runs).
 
     python benchmarks/tpu_compile.py [--generations v3 v4 v5e v5p v6e]
         [--variants dynamixer_s dynamixer_m dynamixer_l] [--batches 8 16] [--remat minimal]
-        [--mixing vector|dot] [--verify v5e:dynamixer_s[:BATCH] ...] [--cached-only]
+        [--mixing vector|dot|pallas] [--verify v5e:dynamixer_s[:BATCH] ...] [--cached-only]
     python benchmarks/tpu_compile.py --cached-only --libtpu-version 0.0.42.1   # no libtpu needed
 
 For each generation and variant it compiles the step as ``configs/imagenet.py`` builds it for
@@ -245,8 +245,8 @@ def main():
     parser.add_argument(
         "--mixing",
         default="vector",
-        choices=["vector", "dot"],
-        help="the token-mixing layout: vector (what a TPU runs) or dot (the first compiles')",
+        choices=["vector", "dot", "pallas"],
+        help="the token mixing: vector (what a TPU runs), dot (the first compiles'), pallas",
     )
     parser.add_argument("--cached-only", action="store_true")
     parser.add_argument("--libtpu-version", help="read the cache of this libtpu (e.g. 0.0.42.1)")

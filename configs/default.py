@@ -47,6 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     # How the tokens are mixed (dynamixer_jax/model/layers.py, resolve_mixing): "auto" is "vector"
     # on a TPU (a lane-dense layout: 0.58x the bytes of "dot" per S training step, by the TPU
     # compiler; docs/memory_traffic.md) and "dot" elsewhere (the layout measured on GPUs and CPUs).
+    # "pallas" fuses logits, softmax and mixing in one TPU kernel (0.82x "vector"'s bytes by the
+    # TPU compiler; not yet run on a TPU, so "auto" does not choose it).
     config.mixing = "auto"
     # Run each stage's layers as one lax.scan: S compiles ~25% faster and holds ~15% less
     # activation memory on the CPU, same values; not yet timed on a GPU, hence off.

@@ -115,6 +115,8 @@ SLOW_TESTS = {
     "test_training_workdir_round_trip",
     "test_load_at_another_size_and_class_count",
     "test_bfloat16_parameters",
+    "test_fused_mixing_in_bfloat16_is_within_bfloat16_rounding",
+    "test_network_with_pallas_mixing_matches_vector_mixing",
 }
 
 

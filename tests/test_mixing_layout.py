@@ -87,7 +87,7 @@ def test_vector_and_dot_mixing_agree_and_bad_names_are_rejected():
     }
     np.testing.assert_allclose(outs["vector"], outs["dot"], atol=1e-5)
     with pytest.raises(ValueError, match="mixing must be one of"):
-        DynaMixerOp(seq_len=6, num_segments=3, mixing="pallas").apply(
+        DynaMixerOp(seq_len=6, num_segments=3, mixing="triton").apply(
             {"params": params}, x[:, :, 0]
         )
 

@@ -78,3 +78,24 @@ def test_tiny_training_step_compiles_for_a_tpu():
     # XLA counts the matmuls plus element-wise work and the optimizer: more, but not twice.
     matmuls = batch * flops.training_flops(model)
     assert matmuls <= stats["flops"] < 2 * matmuls
+
+
+def test_pallas_mixing_compiles_for_a_tpu_with_mosaic():
+    # mixing="pallas" lowers its kernels with Mosaic (not the interpreter) when the step is
+    # compiled for a TPU: the compiled step calls them as TPU custom calls, forward and backward.
+    pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
+    from benchlib.steps import published_train_step
+    from benchlib.tpu_compile import chip_mesh
+
+    step, args, _ = published_train_step(
+        "dynamixer_s",
+        8,
+        chip_mesh("v5e"),
+        image_size=32,  # token grids of 8: the kernel's (L, L) split is whole (8, 128) tiles
+        num_classes=10,
+        model_overrides=dict(MICRO_ARCH, transitions=(False, False)),
+        mixing="pallas",
+    )
+    text = step.lower(*args).compile().as_text()
+    # Two layers, two directions each, a forward and a backward kernel per direction.
+    assert text.count('custom_call_target="tpu_custom_call"') >= 8

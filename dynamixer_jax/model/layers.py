@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from dynamixer_jax.model.initializers import timm_trunc_normal
+from dynamixer_jax.model.pallas_mixing import fused_mixing, reference_probabilities
 
 Dtype = Any
 
@@ -147,7 +148,7 @@ def linear(
     return y if bias is None else y + bias
 
 
-MIXINGS = ("auto", "vector", "dot")
+MIXINGS = ("auto", "vector", "dot", "pallas")
 _AXIS_LETTERS = "abcefghk"
 
 
@@ -158,9 +159,12 @@ def resolve_mixing(mixing: str) -> str:
     axes, nothing 32 wide is padded to 128 lanes (docs/memory_traffic.md: 0.58x the bytes and
     0.64x the temporary memory of the S training step). ``"dot"``: the tokens on the minor axes
     and a batched matrix product, the layout measured on the H100 and on CPUs (XLA:CPU does not
-    fuse the broadcast form and would materialise an L times larger product). ``"auto"``:
-    ``"vector"`` where the default backend is a TPU, else ``"dot"``. Both give the same values up
-    to float rounding."""
+    fuse the broadcast form and would materialise an L times larger product). ``"pallas"``: the
+    ``"vector"`` layout with logits, softmax and mixing in one Pallas kernel
+    (``model/pallas_mixing.py``), written for TPUs: by the TPU compiler 0.82x the bytes of
+    ``"vector"`` per S training step, not yet run on a TPU; elsewhere Pallas' interpreter runs
+    it (for tests: slow). ``"auto"``: ``"vector"`` where the default backend is a TPU, else
+    ``"dot"``. All give the same values up to float rounding."""
     if mixing not in MIXINGS:
         raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not {mixing!r}.")
     if mixing == "auto":
@@ -234,8 +238,9 @@ class DynaMixerOp(nn.Module):
             raise ValueError(
                 f"channels ({channels}) must be divisible by the number of segments ({segments})."
             )
-        if resolve_mixing(self.mixing) == "vector":
-            return self._mix_sequences_minor(x, compressed, token_axis)
+        mixing = resolve_mixing(self.mixing)
+        if mixing in ("vector", "pallas"):
+            return self._mix_sequences_minor(x, compressed, token_axis, fused=mixing == "pallas")
         return self._mix_tokens_minor(x, compressed, token_axis)
 
     def _mix_tokens_minor(self, x: jax.Array, compressed: jax.Array, token_axis: int) -> jax.Array:
@@ -266,8 +271,14 @@ class DynaMixerOp(nn.Module):
         y = jnp.einsum(f"{x_spec},{mix_spec}->{out_spec}", x_seg, mixing).reshape(shape)
         return linear(y, *self.out(channels), self.dtype)
 
+    def _sow_matrices(self, mixing: jax.Array, others_shape) -> None:
+        """Sow (S, L_in, L_out, N) matrices as (others, S, L_in, L_out)."""
+        segments, length = mixing.shape[:2]
+        sown = mixing.reshape(segments, length, length, *others_shape)
+        self.sow("intermediates", "mixing", jnp.moveaxis(sown, (0, 1, 2), (-3, -2, -1)))
+
     def _mix_sequences_minor(
-        self, x: jax.Array, compressed: jax.Array, token_axis: int
+        self, x: jax.Array, compressed: jax.Array, token_axis: int, fused: bool = False
     ) -> jax.Array:
         """``"vector"``: the sequences being mixed (all positions along the other axes, N of
         them) on the minor axis for the whole mixing: logits and matrices (S, L_in, L_out, N),
@@ -286,31 +297,37 @@ class DynaMixerOp(nn.Module):
         # Sequences (N) minor: (..., L, ..., S*r) -> (L, S*r, N) -> (L, r, S, N), whose first two
         # axes are generate's input index (token major, reduced minor).
         z = _tokens_channels_sequences(compressed, token_axis)
-        z = jnp.swapaxes(z.reshape(length, segments, reduced, sequences), 1, 2)
-        z = z.reshape(length * reduced, segments, sequences)
         kernel, bias = self.generate(length * reduced)
         z, kernel, bias = nn.dtypes.promote_dtype(z, kernel, bias, dtype=self.dtype)
-        # generate's output index is (L_in major, L_out minor): logits (S, L_in, L_out, N). A
-        # product batched over segments, so that remat "minimal" recomputes the logits instead of
-        # keeping them (model/remat.py, remat_policy).
-        kernel = jnp.broadcast_to(kernel, (segments, *kernel.shape))
-        logits = jnp.einsum("skq,ksn->sqn", kernel, z) + bias[:, None]
-        logits = logits.reshape(segments, length, length, sequences)
-        mixing = softmax_saving_probabilities(logits, 1, self.dtype)  # over input tokens
-        if self.is_mutable_collection("intermediates"):
-            sown = mixing.reshape(segments, length, length, *others_shape)
-            sown = jnp.moveaxis(sown, (0, 1, 2), (-3, -2, -1))  # (others, S, L_in, L_out)
-            self.sow("intermediates", "mixing", sown)
-
-        # (..., L, ..., C) -> (L, S, C/S, N); mixed (L_out, S, C/S, N), summed in float32.
-        x_seg = _tokens_channels_sequences(x, token_axis)
-        x_seg = x_seg.reshape(length, segments, channels // segments, sequences).astype(
-            mixing.dtype
+        # (..., L, ..., C) -> (L, S, C/S, N).
+        x_seg = _tokens_channels_sequences(x, token_axis).reshape(
+            length, segments, channels // segments, sequences
         )
-        # Products in the computation dtype, summed in float32 (as a matrix unit accumulates).
-        products = jnp.moveaxis(mixing, 0, 2)[:, :, :, None, :] * x_seg[:, None]
-        y = jnp.sum(products, axis=0, dtype=jnp.float32).astype(mixing.dtype)
-        y = y.reshape(length, channels, sequences)
+        if fused:
+            # Logits, softmax and mixing in one kernel: (S, L*r, N) in, (L_out, S, C/S, N) out.
+            z = jnp.moveaxis(z.reshape(length, segments, reduced, sequences), 1, 0)
+            z = z.reshape(segments, length * reduced, sequences)
+            x_seg = x_seg.astype(z.dtype)
+            y = fused_mixing(z, kernel.T, bias, x_seg).reshape(length, channels, sequences)
+            if self.is_mutable_collection("intermediates"):
+                self._sow_matrices(reference_probabilities(z, kernel.T, bias, length), others_shape)
+        else:
+            z = jnp.swapaxes(z.reshape(length, segments, reduced, sequences), 1, 2)
+            z = z.reshape(length * reduced, segments, sequences)
+            # generate's output index is (L_in major, L_out minor): logits (S, L_in, L_out, N). A
+            # product batched over segments, so that remat "minimal" recomputes the logits
+            # instead of keeping them (model/remat.py, remat_policy).
+            kernel = jnp.broadcast_to(kernel, (segments, *kernel.shape))
+            logits = jnp.einsum("skq,ksn->sqn", kernel, z) + bias[:, None]
+            logits = logits.reshape(segments, length, length, sequences)
+            mixing = softmax_saving_probabilities(logits, 1, self.dtype)  # over input tokens
+            if self.is_mutable_collection("intermediates"):
+                self._sow_matrices(mixing, others_shape)
+            x_seg = x_seg.astype(mixing.dtype)
+            # Products in the computation dtype, summed in float32 (as a matrix unit accumulates).
+            products = jnp.moveaxis(mixing, 0, 2)[:, :, :, None, :] * x_seg[:, None]
+            y = jnp.sum(products, axis=0, dtype=jnp.float32).astype(mixing.dtype)
+            y = y.reshape(length, channels, sequences)
 
         # out, then back into x's layout: (L, C, N) -> (N, L, C) -> (..., L, ..., C).
         kernel, bias = self.out(channels)

@@ -135,7 +135,7 @@ class DynaMixer(nn.Module):
     ``remat`` chooses what each mixer layer keeps for the backward pass
     (``dynamixer_jax.model.remat``); it changes memory and speed, never the result.
     ``mixing`` chooses how the tokens are mixed (``dynamixer_jax.model.layers.resolve_mixing``:
-    ``"auto"``, ``"vector"`` or ``"dot"``); likewise memory traffic only, never the result.
+    ``"auto"``, ``"vector"``, ``"dot"`` or ``"pallas"``); memory traffic only, never the result.
     """
 
     layers: tuple[int, ...]

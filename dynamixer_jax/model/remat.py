@@ -80,7 +80,7 @@ def remat_policy(remat: str, mixing: str):
     more FLOPs. The ``"dot"`` layout keeps exactly what ``dots_saveable`` keeps, as measured on
     the H100 and the CPUs.
     """
-    if remat == "minimal" and resolve_mixing(mixing) == "vector":
+    if remat == "minimal" and resolve_mixing(mixing) in ("vector", "pallas"):
         return _VECTOR_MINIMAL
     return REMAT_POLICIES[remat]
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from dynamixer_jax.model.initializers import timm_trunc_normal
-from dynamixer_jax.model.pallas_mixing import fused_mixing, reference_probabilities
 
 Dtype = Any
 
@@ -305,6 +304,11 @@ class DynaMixerOp(nn.Module):
         )
         if fused:
             # Logits, softmax and mixing in one kernel: (S, L*r, N) in, (L_out, S, C/S, N) out.
+            from dynamixer_jax.model.pallas_mixing import (  # noqa: PLC0415 (Pallas: 0.1 s)
+                fused_mixing,
+                reference_probabilities,
+            )
+
             z = jnp.moveaxis(z.reshape(length, segments, reduced, sequences), 1, 0)
             z = z.reshape(segments, length * reduced, sequences)
             x_seg = x_seg.astype(z.dtype)

@@ -103,13 +103,19 @@ augment = DeviceAugment(erase_prob=0.5, erase_count=2)
 runs = [(mode, data_mesh, mode) for mode in parallel.STATE_SHARDINGS]
 # FSDP on the explicit 2 x 4 mesh: batch, parameters and optimiser state over its "data" axis.
 runs.append(("explicit_fsdp", meshes["explicit"], "fsdp"))
+# The Pallas mixing (interpreted on a CPU), which splits its kernels over the context mesh that
+# the step sets (a shard_map over the 8 devices; a TPU cannot compile it otherwise).
+pallas_model = create_model(
+    "dynamixer_s", num_classes=10, image_size=16, mixing="pallas", **MICRO_ARCH
+)
+runs.append(("pallas", data_mesh, "replicated"))
 for name, mesh, mode in runs:
     create = lambda params: create_train_state(params, tx, seed=1, use_ema=True)  # noqa: E731
     abstract = jax.eval_shape(create, variables["params"])
     layout = parallel.state_shardings(abstract, mesh, mode, min_size=64)
     state = jax.jit(create, out_shardings=layout)(variables["params"])
     step = make_train_step(
-        model,
+        pallas_model if name == "pallas" else model,
         tx,
         schedule,
         mesh,

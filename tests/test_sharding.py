@@ -2,7 +2,7 @@
 (``config.state_sharding``), on 8 simulated CPU devices in a process of their own
 (``tests/sharded_run.py``): on meshes with automatic and with explicit axes (``jax.make_mesh``'s
 default) the model gives the logits of its unsharded weights, and ZeRO-1 and FSDP train with the
-losses of the replicated run."""
+losses of the replicated run, as does the Pallas mixing split over the devices."""
 
 import json
 import os
@@ -43,7 +43,7 @@ def test_sharded_weights_and_training_state_on_8_devices():
     assert zero1["params_split"] == 0 and zero1["opt_split"] > 0.3 and zero1["ema_split"] > 0.3
     for full in (fsdp, out["explicit_fsdp"]):
         assert full["params_split"] > 0.3 and full["opt_split"] > 0.3 and full["ema_split"] > 0.3
-    for sharded in (zero1, fsdp, out["explicit_fsdp"]):
+    for sharded in (zero1, fsdp, out["explicit_fsdp"], out["pallas"]):
         # Only the order of the gradient sums differs (~1e-7 relative); with Adam's eps = 1e-3
         # the update is smooth in the gradient (see test_train_lib's accumulation test).
         np.testing.assert_allclose(sharded["losses"], replicated["losses"], rtol=1e-5)

@@ -80,22 +80,33 @@ def test_tiny_training_step_compiles_for_a_tpu():
     assert matmuls <= stats["flops"] < 2 * matmuls
 
 
-def test_pallas_mixing_compiles_for_a_tpu_with_mosaic():
+def test_pallas_mixing_compiles_for_two_tpu_devices_with_mosaic():
     # mixing="pallas" lowers its kernels with Mosaic (not the interpreter) when the step is
-    # compiled for a TPU: the compiled step calls them as TPU custom calls, forward and backward.
+    # compiled for a TPU, and splits them over the step's mesh (XLA cannot partition a Mosaic
+    # kernel: without the shard_map this compile fails). The two TensorCores of one v4 chip are
+    # two devices, a data-parallel mesh of two.
     pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
+    import numpy as np
     from benchlib.steps import published_train_step
-    from benchlib.tpu_compile import chip_mesh
+    from benchlib.tpu_compile import chip_devices
+    from jax.sharding import Mesh
 
-    step, args, _ = published_train_step(
-        "dynamixer_s",
-        8,
-        chip_mesh("v5e"),
-        image_size=32,  # token grids of 8: the kernel's (L, L) split is whole (8, 128) tiles
-        num_classes=10,
-        model_overrides=dict(MICRO_ARCH, transitions=(False, False)),
-        mixing="pallas",
-    )
-    text = step.lower(*args).compile().as_text()
-    # Two layers, two directions each, a forward and a backward kernel per direction.
-    assert text.count('custom_call_target="tpu_custom_call"') >= 8
+    mesh = Mesh(np.array(chip_devices("v4")[:2]), ("data",))
+    texts = {}
+    for mixing in ("pallas", "vector"):
+        step, args, _ = published_train_step(
+            "dynamixer_s",
+            16,
+            mesh,
+            image_size=32,  # token grids of 8: the kernel's (L, L) split is whole (8, 128) tiles
+            num_classes=10,
+            model_overrides=dict(MICRO_ARCH, transitions=(False, False)),
+            mixing=mixing,
+        )
+        texts[mixing] = step.lower(*args).compile().as_text()
+    kernels = {m: text.count('custom_call_target="tpu_custom_call"') for m, text in texts.items()}
+    # Two layers, two directions: a forward and a backward kernel each, and the forward again
+    # where remat recomputes it. XLA's own mixing has none.
+    assert kernels == {"pallas": 12, "vector": 0}
+    # The data parallelism is the same: no gathering of the activations around the kernels.
+    assert " all-gather(" not in texts["pallas"] and "all-gather-start" not in texts["pallas"]

@@ -305,14 +305,14 @@ class DynaMixerOp(nn.Module):
         if fused:
             # Logits, softmax and mixing in one kernel: (S, L*r, N) in, (L_out, S, C/S, N) out.
             from dynamixer_jax.model.pallas_mixing import (  # noqa: PLC0415 (Pallas: 0.1 s)
-                fused_mixing,
+                mix_on_context_mesh,
                 reference_probabilities,
             )
 
             z = jnp.moveaxis(z.reshape(length, segments, reduced, sequences), 1, 0)
             z = z.reshape(segments, length * reduced, sequences)
             x_seg = x_seg.astype(z.dtype)
-            y = fused_mixing(z, kernel.T, bias, x_seg).reshape(length, channels, sequences)
+            y = mix_on_context_mesh(z, kernel.T, bias, x_seg).reshape(length, channels, sequences)
             if self.is_mutable_collection("intermediates"):
                 self._sow_matrices(reference_probabilities(z, kernel.T, bias, length), others_shape)
         else:

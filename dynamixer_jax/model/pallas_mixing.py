@@ -228,6 +228,31 @@ def _forward_rule(z, wt, bias, x, interpret):
 fused_mixing.defvjp(_forward_rule, _backward)
 
 
+def mix_on_context_mesh(z, wt, bias, x):
+    """``fused_mixing``, split over the sequences across every device of the context mesh
+    (``jax.set_mesh``; the library's train and eval steps set it) where there is one.
+
+    Mosaic kernels are not partitioned by XLA: on several TPU devices the kernel must run in a
+    ``shard_map``. The sequences (the batch and the other grid axis) are independent, so each
+    device mixes its own; generate's gradients are summed over the devices by ``shard_map``'s
+    transpose. Without a context mesh of several devices (or when they do not divide the
+    sequences) the kernel is called as it is: right on one device, and on a CPU or GPU, where the
+    interpreter's plain operations are partitioned like any others.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or x.shape[-1] % mesh.size:
+        return fused_mixing(z, wt, bias, x)
+    axes = tuple(mesh.axis_names)
+    spec = jax.sharding.PartitionSpec
+    return jax.shard_map(
+        fused_mixing,
+        mesh=mesh,
+        in_specs=(spec(None, None, axes), spec(), spec(), spec(None, None, None, axes)),
+        out_specs=spec(None, None, None, axes),
+        check_vma=False,  # pallas_call's outputs carry no varying-axes annotation
+    )(z, wt, bias, x)
+
+
 def reference_probabilities(z, wt, bias, length: int):
     """The matrices ``fused_mixing`` mixes with, (S, L_in, L_out, N) in ``z``'s dtype, in plain
     jax.numpy (for the sown intermediates and the tests)."""

@@ -16,6 +16,7 @@ the state; one whose loss, gradient norm or new parameters are not finite report
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,20 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _tree_select(condition: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(condition, a, b), new, old)
+
+
+def _traced_on_mesh(fn: Callable, model, mesh: Mesh) -> Callable:
+    """``fn`` traced with ``mesh`` as the context mesh when ``model`` mixes with the Pallas
+    kernel, which splits itself over the context mesh's devices (``model/pallas_mixing.py``)."""
+    if getattr(model, "mixing", None) != "pallas":
+        return fn
+
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return run
 
 
 def _split_micro_batches(tree: Any, count: int) -> Any:
@@ -166,7 +181,9 @@ def make_train_step(
     layout = state_sharding or replicated(mesh)
     return jax.jit(
         # On a mesh with explicit axes the step runs as on automatic ones (sharding.py).
-        sharding.automatic_axes(train_step, (layout, replicated(mesh))),
+        _traced_on_mesh(
+            sharding.automatic_axes(train_step, (layout, replicated(mesh))), model, mesh
+        ),
         in_shardings=(layout, batch_sharded(mesh)),
         out_shardings=(layout, replicated(mesh)),
         donate_argnums=(0,) if donate else (),
@@ -214,7 +231,7 @@ def make_eval_step(
         }
 
     return jax.jit(
-        sharding.automatic_axes(eval_step, replicated(mesh)),
+        _traced_on_mesh(sharding.automatic_axes(eval_step, replicated(mesh)), model, mesh),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
     )

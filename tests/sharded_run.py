@@ -6,6 +6,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -16,6 +17,7 @@ from conftest import MICRO_ARCH
 from dynamixer_jax import create_model, init_variables
 from dynamixer_jax.data.device_augment import DeviceAugment
 from dynamixer_jax.data.mixup import MixupConfig
+from dynamixer_jax.model.pallas_mixing import fused_mixing, mix_on_context_mesh
 from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.sharding import automatic_axes, param_shardings, shard_params
 from dynamixer_jax.train import parallel
@@ -103,19 +105,13 @@ augment = DeviceAugment(erase_prob=0.5, erase_count=2)
 runs = [(mode, data_mesh, mode) for mode in parallel.STATE_SHARDINGS]
 # FSDP on the explicit 2 x 4 mesh: batch, parameters and optimiser state over its "data" axis.
 runs.append(("explicit_fsdp", meshes["explicit"], "fsdp"))
-# The Pallas mixing (interpreted on a CPU), which splits its kernels over the context mesh that
-# the step sets (a shard_map over the 8 devices; a TPU cannot compile it otherwise).
-pallas_model = create_model(
-    "dynamixer_s", num_classes=10, image_size=16, mixing="pallas", **MICRO_ARCH
-)
-runs.append(("pallas", data_mesh, "replicated"))
 for name, mesh, mode in runs:
     create = lambda params: create_train_state(params, tx, seed=1, use_ema=True)  # noqa: E731
     abstract = jax.eval_shape(create, variables["params"])
     layout = parallel.state_shardings(abstract, mesh, mode, min_size=64)
     state = jax.jit(create, out_shardings=layout)(variables["params"])
     step = make_train_step(
-        pallas_model if name == "pallas" else model,
+        model,
         tx,
         schedule,
         mesh,
@@ -143,4 +139,44 @@ for name, mesh, mode in runs:
         params = jax.device_put(state.params, parallel.replicated(mesh))
         sums = make_eval_step(model, mesh)({"raw": params}, parallel.global_batch(batches[0], mesh))
         out[name]["eval_loss"] = float(sums["raw"]["loss"])
+# The Pallas mixing kernel (interpreted on a CPU) split over the 8 devices of the context mesh,
+# as the train and eval steps set it: a shard_map (a TPU cannot compile it otherwise), with the
+# unsplit kernel's values and gradients (generate's summed over the devices).
+keys = jax.random.split(jax.random.key(3), 5)
+length, segments, reduced, channels, sequences = 4, 2, 2, 3, 16
+mixing_args = (
+    jax.random.normal(keys[0], (segments, length * reduced, sequences)),
+    0.3 * jax.random.normal(keys[1], (length * length, length * reduced)),
+    0.1 * jax.random.normal(keys[2], (length * length,)),
+    jax.random.normal(keys[3], (length, segments, channels, sequences)),
+)
+cotangent = jax.random.normal(keys[4], mixing_args[3].shape)
+
+
+def mixing_loss(mix):
+    def loss(*args):
+        with jax.sharding.use_abstract_mesh(data_mesh.abstract_mesh):
+            return jnp.sum(mix(*args) * cotangent)
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+
+
+by_sequence = [NamedSharding(data_mesh, PartitionSpec(*[None] * (n - 1), "data")) for n in (3, 4)]
+split_args = (
+    jax.device_put(mixing_args[0], by_sequence[0]),
+    *mixing_args[1:3],
+    jax.device_put(mixing_args[3], by_sequence[1]),
+)
+mixed_split = jax.jit(mixing_loss(mix_on_context_mesh))(*split_args)
+whole = jax.jit(mixing_loss(fused_mixing))(*mixing_args)  # the context mesh unused
+out["pallas_split"] = "shard_map" in str(
+    jax.make_jaxpr(mixing_loss(mix_on_context_mesh))(*split_args)
+)
+out["pallas_error"] = max(
+    float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    for a, b in zip(jax.tree_util.tree_leaves(mixed_split), jax.tree_util.tree_leaves(whole))
+)
+out["pallas_scale"] = max(
+    float(np.abs(np.asarray(b)).max()) for b in jax.tree_util.tree_leaves(whole)
+)
 print(json.dumps(out))

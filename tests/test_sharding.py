@@ -2,7 +2,8 @@
 (``config.state_sharding``), on 8 simulated CPU devices in a process of their own
 (``tests/sharded_run.py``): on meshes with automatic and with explicit axes (``jax.make_mesh``'s
 default) the model gives the logits of its unsharded weights, and ZeRO-1 and FSDP train with the
-losses of the replicated run, as does the Pallas mixing split over the devices."""
+losses of the replicated run; the Pallas mixing kernel split over the devices gives the unsplit
+kernel's values and gradients."""
 
 import json
 import os
@@ -43,10 +44,13 @@ def test_sharded_weights_and_training_state_on_8_devices():
     assert zero1["params_split"] == 0 and zero1["opt_split"] > 0.3 and zero1["ema_split"] > 0.3
     for full in (fsdp, out["explicit_fsdp"]):
         assert full["params_split"] > 0.3 and full["opt_split"] > 0.3 and full["ema_split"] > 0.3
-    for sharded in (zero1, fsdp, out["explicit_fsdp"], out["pallas"]):
+    for sharded in (zero1, fsdp, out["explicit_fsdp"]):
         # Only the order of the gradient sums differs (~1e-7 relative); with Adam's eps = 1e-3
         # the update is smooth in the gradient (see test_train_lib's accumulation test).
         np.testing.assert_allclose(sharded["losses"], replicated["losses"], rtol=1e-5)
         for got, want in zip(sharded["params"], replicated["params"]):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(out["explicit_fsdp"]["eval_loss"], fsdp["eval_loss"], rtol=1e-5)
+    # Each device mixes its own sequences, so only generate's gradients, summed over the 8
+    # devices, add in another order: float32 rounding (~1e-7 relative) of sums of 16 terms.
+    assert out["pallas_split"] and out["pallas_error"] < 1e-6 * out["pallas_scale"]

@@ -87,9 +87,10 @@ def test_pallas_mixing_compiles_for_two_tpu_devices_with_mosaic():
     # two devices, a data-parallel mesh of two.
     pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
     import numpy as np
+    from jax.sharding import Mesh
+
     from benchlib.steps import published_train_step
     from benchlib.tpu_compile import chip_devices
-    from jax.sharding import Mesh
 
     mesh = Mesh(np.array(chip_devices("v4")[:2]), ("data",))
     texts = {}

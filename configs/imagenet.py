@@ -18,14 +18,15 @@ the H100 measurements of ``bash benchmarks/accelerator_check.sh`` (batch 128, bf
 
 * ``dynamixer_s``: batch 2048, 256 per device. **TPU v5e-8**: 13.4 GiB of 14.9 per chip
   (52 MB per image); **TPU v4-8** (8 TensorCores of 16 GiB): 12.8 GiB per core (49 MB per
-  image). **8 GPUs of 40 GB**: 56 MB per image on the H100, about 14 GB at 256
+  image); **TPU v3-8**: 13.1 GiB per core (51 MB per image). **8 GPUs of 40 GB**: 56 MB per image on the H100, about 14 GB at 256
   (``--config.remat=none``, 118 MB per image, is 15% faster where 30 GB per device are free).
 * ``dynamixer_m``: batch 1024, 128 per device. **TPU v5e-8**: 10.2 GiB per chip (72 MB per
-  image); **TPU v4-8**: 11.1 GiB per core (81 MB per image). **8 GPUs of 40 GB**: 99 MB per
+  image); **TPU v4-8**: 11.1 GiB per core (81 MB per image); **TPU v3-8**: 10.2 GiB per core
+  (75 MB per image). **8 GPUs of 40 GB**: 99 MB per
   image on the H100, 13 GB per device.
 * ``dynamixer_l``: batch 512, 64 per device, stochastic depth 0.3, crop fraction 0.875.
   **TPU v5e-8**: 8.4 GiB per chip (103 MB per image); **TPU v4-8**: 9.1 GiB per core (115 MB
-  per image). **8 GPUs of 40 GB**: 142 MB per image on the H100, 9 GB per device.
+  per image); **TPU v3-8**: 8.3 GiB per core (109 MB per image). **8 GPUs of 40 GB**: 142 MB per image on the H100, 9 GB per device.
 
 ImageNet must be prepared once: ``tfds build imagenet2012`` with the two ILSVRC2012 tar files in
 ``$TFDS_DATA_DIR/downloads/manual`` (the run tells you if it is not).

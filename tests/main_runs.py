@@ -20,6 +20,7 @@ from conftest import REPO, shared_once
 STEPS = 30
 SHORT_RUN = [
     f"--config.num_train_steps={STEPS}",
+    "--config.batch_size=32",  # half the quickstart's: a run ~6 s (a fifth) shorter
     "--config.log_every_steps=1",
     "--config.checkpoint_every_steps=10",
     "--config.eval_every_steps=1000",

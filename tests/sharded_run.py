@@ -17,7 +17,7 @@ from conftest import MICRO_ARCH
 from dynamixer_jax import create_model, init_variables
 from dynamixer_jax.data.device_augment import DeviceAugment
 from dynamixer_jax.data.mixup import MixupConfig
-from dynamixer_jax.model.pallas_mixing import fused_mixing, mix_on_context_mesh
+from dynamixer_jax.model.pallas_mixing import mix_on_context_mesh, reference_mixing
 from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.sharding import automatic_axes, param_shardings, shard_params
 from dynamixer_jax.train import parallel
@@ -141,7 +141,9 @@ for name, mesh, mode in runs:
         out[name]["eval_loss"] = float(sums["raw"]["loss"])
 # The Pallas mixing kernel (interpreted on a CPU) split over the 8 devices of the context mesh,
 # as the train and eval steps set it: a shard_map (a TPU cannot compile it otherwise), with the
-# unsplit kernel's values and gradients (generate's summed over the devices).
+# values and gradients (generate's summed over the devices) of the same mixing in jax.numpy,
+# unsplit (tests/test_pallas_mixing.py holds the unsplit kernel to it; compiling the interpreted
+# kernel a second time here would cost this test ~15 s).
 keys = jax.random.split(jax.random.key(3), 5)
 length, segments, reduced, channels, sequences = 4, 2, 2, 3, 16
 mixing_args = (
@@ -168,7 +170,7 @@ split_args = (
     jax.device_put(mixing_args[3], by_sequence[1]),
 )
 mixed_split = jax.jit(mixing_loss(mix_on_context_mesh))(*split_args)
-whole = jax.jit(mixing_loss(fused_mixing))(*mixing_args)  # the context mesh unused
+whole = jax.jit(mixing_loss(reference_mixing))(*mixing_args)
 out["pallas_split"] = "shard_map" in str(
     jax.make_jaxpr(mixing_loss(mix_on_context_mesh))(*split_args)
 )

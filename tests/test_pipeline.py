@@ -85,18 +85,30 @@ def test_train_batches_shapes_dtypes_and_ranges(digits_data_dir):
     assert np.isfinite(image).all()
 
 
-def test_same_seed_same_batches_other_seed_other_batches(digits_data_dir):
-    first = _take(_train(digits_data_dir).batches(), 3)
+RESTART_STEPS = (5, 44, 46)  # mid-epoch, the last step, next epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_batches(digits_data_dir):
+    """The first batches of one uninterrupted full-recipe stream (seed 3), read once for the
+    tests below (each restart then reads only its own two batches)."""
+    data = _train(digits_data_dir)
+    assert data.steps_per_epoch == 44
+    return _take(data.batches(), max(RESTART_STEPS) + 2)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(digits_data_dir, uninterrupted_batches):
+    first = uninterrupted_batches[:3]
     _assert_same_batches(first, _take(_train(digits_data_dir).batches(), 3))
     other = next(_train(digits_data_dir, seed=4).batches())
     assert not np.array_equal(other["id"], first[0]["id"])
 
 
-@pytest.mark.parametrize("start_step", [5, 44, 46])  # mid-epoch, the last step, next epoch
-def test_restart_at_step_k_sees_the_same_batches(digits_data_dir, start_step):
-    data = _train(digits_data_dir)
-    assert data.steps_per_epoch == 44
-    uninterrupted = _take(data.batches(), start_step + 2)[start_step:]
+@pytest.mark.parametrize("start_step", RESTART_STEPS)
+def test_restart_at_step_k_sees_the_same_batches(
+    digits_data_dir, uninterrupted_batches, start_step
+):
+    uninterrupted = uninterrupted_batches[start_step : start_step + 2]
     _assert_same_batches(uninterrupted, _take(_train(digits_data_dir).batches(start_step), 2))
 
 

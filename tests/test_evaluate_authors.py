@@ -16,14 +16,15 @@ from dynamixer_torch import TorchDynaMixer, randomize_
 
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
 ARCH = dict(
-    layers=(2, 2),
+    layers=(1, 1),
     embed_dims=(64, 128),
     transitions=(True, False),
     num_segments=(4, 8),
     reduced_dims=(2, 2),
     mlp_ratios=(3, 3),
     patch_size=4,
-)  # configs/quickstart.py's model
+)  # configs/quickstart.py's model with one layer per stage (half the compile)
+OVERRIDES = {f"model_overrides.{key}": value for key, value in ARCH.items()}
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,8 @@ def _torch_metrics(model, config, data_dir):
 
 def test_evaluate_authors_checkpoint_matches_pytorch(authors_checkpoint, digits_data_dir):
     path, raw, ema = authors_checkpoint
-    config = load_config(
-        QUICKSTART, data_dir=digits_data_dir, eval_batch_size=48
-    )  # 360 = 7.5 batches
+    # 360 = 7.5 batches
+    config = load_config(QUICKSTART, data_dir=digits_data_dir, eval_batch_size=48, **OVERRIDES)
     results = evaluate(config, str(path))
     for prefix, model in (("", raw), ("ema_", ema)):
         want = _torch_metrics(model, config, digits_data_dir)
@@ -91,7 +91,7 @@ def test_finetune_from_authors_checkpoint_at_another_size(
         log_every_steps=1,
         checkpoint_every_steps=3,
         half_precision=False,
-        **{f"model_overrides.{key}": value for key, value in ARCH.items()},
+        **OVERRIDES,
     )
     with caplog.at_level("INFO", logger="dynamixer_jax"):
         result = train_and_evaluate(config, str(tmp_path))

@@ -40,10 +40,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   printf '%s' "$wanted" > "$stamp"
 fi
 # Two workers, each test file on one (--dist loadfile keeps a file's module fixtures and its
-# order). TEST_WORKERS=1 runs it in one process; any other count is passed on to pytest-xdist's -n.
+# order), handed out longest first (tests/conftest.py's LONGEST_MODULES; --no-loadscope-reorder
+# keeps that order). TEST_WORKERS=1 runs it in one process; any other count goes to xdist's -n.
 WORKERS="${TEST_WORKERS:-2}"
 XDIST=()
 if [ "$WORKERS" != 1 ]; then
-  XDIST=(-n "$WORKERS" --dist loadfile)
+  XDIST=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 fi
 exec "$VENV/bin/python" -m pytest "${XDIST[@]}" "${TIER[@]}" "$@"

@@ -57,6 +57,13 @@ def test_train_then_quickstart_notebooks_run(
             "FINETUNE_STEPS": 4,
             "FINETUNE_IMAGE_SIZE": 48,
             "DATA_DIR": digits_data_dir,
+            # the end-to-end runs' quickstart (tests/main_runs.py): what is checked here is that
+            # every cell runs and draws, not what the network learns
+            "OVERRIDES": {
+                "batch_size": 32,
+                "model_overrides.layers": [1, 1],
+                "model_overrides.embed_dims": [32, 64],
+            },
         },
         monkeypatch,
         compilation_cache,

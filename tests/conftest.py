@@ -135,18 +135,18 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-# The modules that take longest (test-seconds of one full run on 2 cores, largest first). They
-# run first, so that the two workers of scripts/test.sh (--dist loadfile --no-loadscope-reorder:
-# the files in this order) end together instead of one finishing a long file alone. xdist's own
-# order (most tests first) put three of the four longest among the last files handed out.
+# The modules that take longest, longest first (measured: docs/studies.md, "Figures behind code
+# decisions"). They run first, so that the two workers of scripts/test.sh (--dist loadfile
+# --no-loadscope-reorder: the files in this order) end together instead of one finishing a long
+# file alone; xdist's own order (most tests first) handed out three of the longest four last.
 LONGEST_MODULES = [
-    "test_train_runs.py",  # ~380 s
-    "test_train_lib.py",  # ~300 s
-    "test_reliability_checkpoints.py",  # ~240 s
-    "test_parity.py",  # ~100 s
-    "test_throughput_bench.py",  # ~90 s
-    "test_pipeline.py",  # ~90 s
-    "test_notebooks.py",  # ~65 s
+    "test_train_runs.py",
+    "test_train_lib.py",
+    "test_reliability_checkpoints.py",
+    "test_parity.py",
+    "test_throughput_bench.py",
+    "test_pipeline.py",
+    "test_notebooks.py",
     "test_features.py",
     "test_sharding.py",
     "test_remat.py",

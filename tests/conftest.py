@@ -59,6 +59,18 @@ MICRO_ARCH = dict(
 )
 
 
+# The quickstart cut down for tests that train it: half its batch, one layer per stage at half
+# the width (73k parameters instead of 509k). What those tests check (resume, signals, devices,
+# notebooks, input stalls) does not depend on the network's size; its steps compile and run in a
+# fraction of the time. ``load_config(QUICKSTART, **SMALL_QUICKSTART)``; tests/main_runs.py
+# passes the same as --config overrides.
+SMALL_QUICKSTART = {
+    "batch_size": 32,
+    "model_overrides.layers": (1, 1),
+    "model_overrides.embed_dims": (32, 64),
+}
+
+
 def tiny_model(**overrides):
     """The TINY_ARCH DynaMixer (10 classes, 56x56 unless overridden); ``overrides`` go to
     ``create_model`` (dtype, remat, drop_path_rate, or an architecture field)."""

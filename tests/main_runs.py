@@ -16,16 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, shared_once
+from conftest import REPO, SMALL_QUICKSTART, shared_once
 
 STEPS = 30
 SHORT_RUN = [
     f"--config.num_train_steps={STEPS}",
-    "--config.batch_size=32",  # half the quickstart's: a run ~6 s (a fifth) shorter
-    # 73k parameters instead of 509k: a run whose steps come from the cache 22.6 -> 17.2 s
-    # (the mean of three each, alternated); what these tests check does not depend on the size
-    "--config.model_overrides.layers=(1,1)",
-    "--config.model_overrides.embed_dims=(32,64)",
+    # the small quickstart: a run ~6 s shorter for the batch, and a run whose steps come from
+    # the cache 22.6 -> 17.2 s for the size (the mean of three each, alternated)
+    *(f"--config.{name}={value}" for name, value in SMALL_QUICKSTART.items()),
     "--config.log_every_steps=1",
     "--config.checkpoint_every_steps=10",
     "--config.eval_every_steps=1000",

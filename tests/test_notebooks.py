@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, SMALL_QUICKSTART
 
 papermill = pytest.importorskip("papermill")  # part of the test extras; see pyproject.toml
 
@@ -57,12 +57,10 @@ def test_train_then_quickstart_notebooks_run(
             "FINETUNE_STEPS": 4,
             "FINETUNE_IMAGE_SIZE": 48,
             "DATA_DIR": digits_data_dir,
-            # the end-to-end runs' quickstart (tests/main_runs.py): what is checked here is that
-            # every cell runs and draws, not what the network learns
+            # what is checked here is that every cell runs and draws, not what the network learns
             "OVERRIDES": {
-                "batch_size": 32,
-                "model_overrides.layers": [1, 1],
-                "model_overrides.embed_dims": [32, 64],
+                name: list(value) if isinstance(value, tuple) else value
+                for name, value in SMALL_QUICKSTART.items()
             },
         },
         monkeypatch,

@@ -139,7 +139,9 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
     shutil.copytree(uninterrupted, eight)
     for step in (20, 30):
         shutil.rmtree(eight / "checkpoints" / str(step))
-    code, stderr = run(eight, digits_data_dir, devices=8)
+    # Steps of its own to compile (8 devices) and 20 to run: without most of XLA's
+    # optimisations (51 -> 46 s alone; the losses still agree to 1.1e-7 relative).
+    code, stderr = run(eight, digits_data_dir, devices=8, optimised=False)
     assert code == 0, stderr
     assert f"resumed from checkpoint {eight / 'checkpoints'}/10" in stderr
     assert "8 cpu devices" in stderr

@@ -168,6 +168,26 @@ def test_eval_covers_the_split_exactly_once(digits_data_dir, process_count):
     assert len(seen) == len(set(seen)) == 360
 
 
+@pytest.mark.parametrize("threads", [None, 3])
+def test_pipelines_run_fixed_parallelism_without_the_autotuner(digits_data_dir, threads):
+    # Destroying an iterator can wait up to a minute for tf.data's autotuner thread (see
+    # pipeline._options): each epoch and each evaluation would stall the training loop.
+    evaluation = EvalData(
+        "sklearn_digits",
+        data_dir=digits_data_dir,
+        split="test",
+        global_batch_size=32,
+        image_size=16,
+        threads=threads,
+    )
+    train = _train(digits_data_dir, threads=threads)
+    for dataset, _, _ in (train.epoch_dataset(1, start_step=2), evaluation.dataset()):
+        options = dataset.options()
+        assert options.autotune.enabled is False and options.deterministic
+        assert options.autotune.initial_parallelism == (threads or os.cpu_count())
+        assert options.threading.private_threadpool_size == threads
+
+
 def test_eval_preprocessing_is_a_centre_crop_of_the_stored_image(digits_data_dir):
     data = EvalData(
         "sklearn_digits",

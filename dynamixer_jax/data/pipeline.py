@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 from collections.abc import Iterator
 
 import jax
@@ -64,8 +65,19 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def _options(threads: int | None) -> tf.data.Options:
+    """Deterministic order; parallel steps as wide as the thread pool, fixed rather than tuned.
+
+    tf.data's autotuner runs a thread per iterator that sleeps between tunings (doubling up to
+    a minute), and destroying the iterator waits for that sleep to end whenever the thread
+    wakes to its cancellation before the cancellation is complete (a race in TensorFlow,
+    ``docs/studies.md``): the end of every epoch and every evaluation could stall the training
+    loop for up to a minute. What it would tune is fixed instead: each ``AUTOTUNE`` map runs as
+    many calls at once as the pool has threads (the tuner's ceiling); prefetch depths are ours.
+    """
     options = tf.data.Options()
     options.deterministic = True
+    options.autotune.enabled = False
+    options.autotune.initial_parallelism = threads or os.cpu_count() or 1
     if threads:
         options.threading.private_threadpool_size = threads
     return options
@@ -131,6 +143,15 @@ class TrainData:
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of steps ``start_step..steps_per_epoch-1`` of ``epoch`` (0-based), with
         ``real`` (True but for padding)."""
+        batches, count, ids = self.epoch_dataset(epoch, start_step)
+        b, size = self.local_batch_size, self.image_size
+        return damaged.fill_gaps(batches.as_numpy_iterator(), count, b, size, ids)
+
+    def epoch_dataset(
+        self, epoch: int, start_step: int = 0
+    ) -> tuple[tf.data.Dataset, int, np.ndarray | None]:
+        """What :meth:`epoch_batches` reads: the tf.data pipeline of batched, numbered examples
+        (a failed one missing), how many examples it holds and their ids (None for TFDS)."""
         b, steps = self.local_batch_size, self.steps_per_epoch
         records, ids = self.source.train_records(
             self.split,
@@ -167,7 +188,7 @@ class TrainData:
             b,
         )
         batches = batches.prefetch(self.prefetch_batches).with_options(_options(self.threads))
-        return damaged.fill_gaps(batches.as_numpy_iterator(), len(positions), b, size, ids)
+        return batches, len(positions), ids
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches ``start_step, start_step + 1, ...`` forever (numpy, this process's share)."""
@@ -219,6 +240,14 @@ class EvalData:
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         """The eval batches once (numpy, this process's share; ``mask`` False on padding)."""
+        batches, total, ids = self.dataset()
+        b, size = self.local_batch_size, self.image_size
+        for batch in damaged.fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):
+            yield self.skipped.check(batch)
+
+    def dataset(self) -> tuple[tf.data.Dataset, int, np.ndarray | None]:
+        """What :meth:`batches` reads: the tf.data pipeline of batched, numbered examples with
+        the padding (a failed one missing), how many it holds and their ids (None for TFDS)."""
         records, count, ids = self.source.eval_records(
             self.split, process_index=self.process_index, process_count=self.process_count
         )
@@ -236,6 +265,4 @@ class EvalData:
             size,
             b,
         )
-        batches = batches.prefetch(2).with_options(_options(self.threads))
-        for batch in damaged.fill_gaps(batches.as_numpy_iterator(), total, b, size, ids):
-            yield self.skipped.check(batch)
+        return batches.prefetch(2).with_options(_options(self.threads)), total, ids

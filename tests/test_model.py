@@ -13,6 +13,7 @@ from conftest import TINY_ARCH, tiny_model
 
 from dynamixer_jax import (
     PUBLISHED,
+    DynaMixer,
     DynaMixerError,
     DynaMixerOp,
     create_model,
@@ -35,6 +36,25 @@ def count(tree):
 @pytest.mark.parametrize("name", ["dynamixer_s", "dynamixer_m", "dynamixer_l"])
 def test_parameter_counts_equal_the_authors(name):
     assert count(abstract_variables(create_model(name))) == PUBLISHED[name]["num_params"]
+
+
+def test_abstract_variables_traces_a_model_once_and_hands_out_trees_of_their_own(monkeypatch):
+    traced = []
+    init = DynaMixer.init
+    monkeypatch.setattr(DynaMixer, "init", lambda *a, **k: traced.append(1) or init(*a, **k))
+    first = abstract_variables(tiny_model(num_classes=11))  # a model no other test asks for
+    first["params"].pop("head")  # a caller changing its tree changes no one else's
+    second = abstract_variables(tiny_model(num_classes=11))  # an equal model
+    assert len(traced) == 1
+    assert second["params"]["head"]["kernel"].shape == (48, 11)
+    assert abstract_variables(tiny_model(num_classes=12))["params"]["head"]["kernel"].shape == (
+        48,
+        12,
+    )
+    assert len(traced) == 2
+    # A model Flax cannot hash (a list for a tuple) is traced every time, to the same tree.
+    unhashable = tiny_model(num_classes=11).clone(layers=[1, 1, 2, 1])
+    assert abstract_variables(unhashable) == second and len(traced) == 3
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -125,7 +126,21 @@ _TRUNC_BOUND = 2.0 / LINEAR_STD
 
 
 def abstract_variables(model: DynaMixer, batch_size: int = 1) -> dict[str, Any]:
-    """Shapes and dtypes of ``model.init``'s output, without computing anything."""
+    """Shapes and dtypes of ``model.init``'s output, without computing anything.
+
+    A run asks for the same model's tree several times (the state's layout, fresh parameters, a
+    restore) and tracing a published variant's ``init`` is slow (docs/studies.md), so the trees
+    of recent models are kept; each call returns a tree of its own, free to change.
+    """
+    try:
+        tree = _traced_variables(model, batch_size)
+    except TypeError:  # a model with an unhashable field (a list): traced every time
+        tree = _traced_variables.__wrapped__(model, batch_size)
+    return jax.tree_util.tree_map(lambda leaf: leaf, tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_variables(model: DynaMixer, batch_size: int) -> dict[str, Any]:
     images = jax.ShapeDtypeStruct(model.input_shape(batch_size), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
 

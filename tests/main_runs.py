@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, SMALL_QUICKSTART, shared_once
+from conftest import REPO, SMALL_QUICKSTART, shared_once, xla_flags
 
 STEPS = 30
 SHORT_RUN = [
@@ -60,7 +60,7 @@ def environment(devices: int, optimised: bool = True) -> dict:
         os.environ,
         JAX_PLATFORMS="cpu",
         TF_CPP_MIN_LOG_LEVEL="2",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_DISABLE_MOST_OPTIMIZATIONS="0" if optimised else "1",
         **compilation_cache(),
     )

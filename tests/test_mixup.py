@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, xla_flags
 
 from dynamixer_jax.data.mixup import MixupConfig, mix_batch, smooth_labels
 
@@ -266,7 +266,7 @@ def test_sharded_batch_matches_unsharded(tmp_path):
     np.savez(tmp_path / "in.npz", images=images, labels=labels)
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=xla_flags(8),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )

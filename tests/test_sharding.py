@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO
+from conftest import REPO, xla_flags
 
 
 def test_sharded_weights_and_training_state_on_8_devices():
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=xla_flags(8),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     result = subprocess.run(

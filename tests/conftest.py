@@ -187,16 +187,17 @@ def pytest_ignore_collect(collection_path, config):
 # file alone; xdist's own order (most tests first) handed out three of the longest four last.
 LONGEST_MODULES = [
     "test_train_runs.py",
-    "test_train_lib.py",
     "test_reliability_checkpoints.py",
+    "test_train_lib.py",
     "test_parity.py",
-    "test_throughput_bench.py",
     "test_pipeline.py",
+    "test_throughput_bench.py",
     "test_notebooks.py",
-    "test_features.py",
-    "test_sharding.py",
     "test_remat.py",
-    "test_evaluate_authors.py",
+    "test_scan_layers.py",
+    "test_sharding.py",
+    "test_features.py",
+    "test_model.py",
 ]
 
 

@@ -133,12 +133,31 @@ def logged_steps(workdir) -> list[int]:
 
 
 def by_step(workdir, fields=EXACT_FIELDS) -> dict[int, dict]:
+    """The records of metrics.jsonl merged per step: ``fields`` of them (None: all)."""
     merged: dict[int, dict] = {}
     for record in records(workdir):
         merged.setdefault(record["step"], {}).update(
-            {key: value for key, value in record.items() if key in fields}
+            {
+                key: value
+                for key, value in record.items()
+                if key != "step" and (fields is None or key in fields)
+            }
         )
     return merged
+
+
+def tensorboard_scalars(workdir) -> dict[int, dict[str, float]]:
+    """The scalars of a run's TensorBoard event files, by step, read with TensorFlow."""
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorflow.core.util import event_pb2  # noqa: PLC0415
+
+    scalars: dict[int, dict[str, float]] = {}
+    for path in sorted(Path(workdir).glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                scalars.setdefault(event.step, {})[value.tag] = float(tf.make_ndarray(value.tensor))
+    return scalars
 
 
 def checkpoint_steps(workdir) -> list[int]:

@@ -1,7 +1,7 @@
-"""What importing the package costs: jax, flax and numpy for the model; no TensorFlow, torch,
-ml_collections or clu for the model, the training step, the optimizer, the checkpoints or
-loading weights. Only the input pipeline (TensorFlow) and the config reading of a run
-(ml_collections, clu) bring those in."""
+"""What importing the package costs: jax, flax and numpy for the model; no TensorFlow, torch or
+ml_collections for the model, the training step, the optimizer, the checkpoints or loading
+weights. Only the input pipeline and the metrics log of a run (TensorFlow) and the config
+reading of a run (ml_collections) bring those in."""
 
 import ast
 import importlib.metadata
@@ -15,7 +15,7 @@ import tomllib
 from conftest import REPO
 
 # dynamixer_torch: the PyTorch twin of the tests and benchmarks, never imported by the package.
-HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "dynamixer_torch", "ml_collections", "clu")
+HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "dynamixer_torch", "ml_collections")
 
 
 def _heavy_modules_after(imports: str) -> list[str]:

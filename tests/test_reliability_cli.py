@@ -30,11 +30,13 @@ from dynamixer_jax.train.workdir_lock import WorkdirLock
 
 QUICKSTART = f"--config={REPO / 'configs' / 'quickstart.py'}"
 # Runs main.py as __main__ (the huge-page re-exec included: it re-runs this same command) and
-# says on stdout, at exit, whether TensorFlow was imported: at a normal exit, and at the
+# says on stdout, at exit, whether TensorFlow (and Keras) was imported: at a normal exit, and at the
 # immediate one (os._exit) that ends a run after its error line.
 TRACE_TENSORFLOW = (
     "import atexit, os, runpy, sys\n"
-    "def report(): print('tensorflow imported:', 'tensorflow' in sys.modules, flush=True)\n"
+    "def report():\n"
+    "    print('tensorflow imported:', 'tensorflow' in sys.modules, flush=True)\n"
+    "    print('keras imported:', sys.modules.get('keras') is not None, flush=True)\n"
     "atexit.register(report)\n"
     "exit_now = os._exit\n"
     "os._exit = lambda code: (report(), exit_now(code))\n"
@@ -365,6 +367,7 @@ def test_a_second_run_on_a_workdir_stops_and_a_killed_runs_lock_does_not_block(
             third.wait()
     log = _read(stderr_path)
     assert "tensorflow imported: True" in stdout  # what the runs that stopped early did not
+    assert "keras imported: False" in stdout  # main.py keeps it out (1.1 s of every start)
     assert not [line for line in log.splitlines() if CXX_LOG_LINE.search(line)], log
     assert re.search(r"^\d\d:\d\d:\d\d dynamixer_s on sklearn_digits: ", log, re.MULTILINE)
 

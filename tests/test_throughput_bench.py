@@ -136,12 +136,12 @@ def test_accelerator_correctness_check_runs_on_the_cpu(tmp_path):
 
 def test_benchmark_imports_no_tensorflow():
     """What the benchmarks and the accelerator check import must exist on a machine without
-    TensorFlow, ml_collections or clu (the GPU box has none of them)."""
+    TensorFlow or ml_collections (the GPU box has none of them)."""
     code = (
         "import sys; sys.path.insert(0, 'benchmarks'); import throughput, accelerator_check, memory; "
         "from dynamixer_jax.convert import torch_to_flax; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'tensorflow', 'tensorflow_datasets', 'ml_collections', 'clu'}))"
+        "{'tensorflow', 'tensorflow_datasets', 'ml_collections'}))"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     out = subprocess.run(

@@ -27,6 +27,7 @@ from main_runs import (
     logged_steps,
     run,
     run_until,
+    tensorboard_scalars,
 )
 
 
@@ -48,7 +49,12 @@ def test_reference_run_logs_every_step_and_evaluates(uninterrupted):
     assert {"eval_top1", "eval_top5", "eval_loss", "ema_eval_top1"} <= set(final)
     assert 0.0 <= final["eval_top1"] <= final["eval_top5"] <= 1.0
     assert checkpoint_steps(uninterrupted) == [10, 20, 30]
-    assert list(Path(uninterrupted).glob("events.out.tfevents.*"))
+    # TensorBoard has every scalar of metrics.jsonl, as float32 (its summaries' precision).
+    logged = by_step(uninterrupted, fields=None)
+    assert tensorboard_scalars(uninterrupted) == {
+        step: {name: float(np.float32(value)) for name, value in values.items()}
+        for step, values in logged.items()
+    }
     assert (
         json.loads((Path(uninterrupted) / "config.json").read_text())["dataset"] == "sklearn_digits"
     )

@@ -8,7 +8,7 @@
   three when the EMA is on). A resumed run first drops the lines after the restored step, so the
   file always tells one consistent history; lines that are no record (damaged bytes, a
   half-written line) are moved to ``metrics.jsonl.unreadable``.
-* TensorBoard event files in ``WORKDIR`` (clu's default writer), the same scalars.
+* TensorBoard event files in ``WORKDIR`` (``tf.summary``'s file writer), the same scalars.
 * The log: ``step 120/3000  loss 1.2345  lr 2.00e-03  812 img/s  input 3%  ETA 0:03:12``
   (``input``: the share of the time spent waiting for batches; one warning when it passes
   :data:`INPUT_BOUND`).
@@ -69,9 +69,11 @@ class MetricsLog:
             return
         os.makedirs(workdir, exist_ok=True)
         self._truncate_after(start_step)
-        from clu import metric_writers  # noqa: PLC0415 (TensorFlow-backed; training only)
+        # tf.summary itself, not clu's writer: clu's imports TensorBoard's hparams plugin, which
+        # needs Keras, and main.py keeps Keras out of its process (1.1 s of every start).
+        import tensorflow as tf  # noqa: PLC0415 (training only)
 
-        self.writer = metric_writers.create_default_writer(workdir, asynchronous=True)
+        self.writer = tf.summary.create_file_writer(workdir)
 
     def _truncate_after(self, step: int) -> None:
         """Keep only the records up to ``step`` (a resumed run replays what came after)."""
@@ -101,11 +103,15 @@ class MetricsLog:
         """One record: ``{"step": step, **scalars}``."""
         if not self.enabled:
             return
-        record = {"step": int(step), **{key: float(value) for key, value in scalars.items()}}
+        values = {key: float(value) for key, value in scalars.items()}
         with open(self.path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+            file.write(json.dumps({"step": int(step), **values}) + "\n")
             file.flush()
-        self.writer.write_scalars(int(step), {k: v for k, v in record.items() if k != "step"})
+        import tensorflow as tf  # noqa: PLC0415 (imported by __init__ already)
+
+        with self.writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -14,7 +14,6 @@ Everything here is a call into ``dynamixer_jax.train`` that a notebook can make 
 """
 
 import os
-import sys
 
 # Before anything imports TensorFlow (the input pipeline): its C++ start-up lines (INFO notices,
 # the CPU-instruction notice) stay quiet, and so does the oneDNN notice, which only
@@ -22,10 +21,6 @@ import sys
 # crops, resizes and RandAugment's integer image operations). Either can be set otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# Keras stays out of this process: `import tensorflow` loads Keras (and, through Keras, scikit-
-# learn) for SavedModel registrations unless it cannot be imported, and nothing main.py runs
-# uses it (tf.data, tf.summary, TFDS do not): every start, and each resume, ~1.1 s sooner.
-sys.modules.setdefault("keras", None)
 
 from absl import app, flags
 
@@ -140,6 +135,7 @@ def _end_without_finalising():
 
 if __name__ == "__main__":
     import atexit
+    import sys
 
     atexit.register(_end_without_finalising)  # the first registered: it runs last
     flags.mark_flags_as_required(["config"])
@@ -147,6 +143,10 @@ if __name__ == "__main__":
     from dynamixer_jax.xla_cpu import prefer_memory_saving_scheduler
 
     prefer_memory_saving_scheduler()  # before any JAX computation; read by XLA:CPU alone
+    # Keras stays out of this process: `import tensorflow` loads Keras (and scikit-learn with
+    # it) for SavedModel registrations unless it cannot be imported, and nothing a run does
+    # needs it (tf.data, tf.summary, TFDS): every start, and each resume, ~1.1 s sooner.
+    sys.modules.setdefault("keras", None)
     from dynamixer_jax.train.cli import parse_flags
 
     app.run(_main_ending_on_error, flags_parser=parse_flags)

@@ -148,8 +148,8 @@ def by_step(workdir, fields=EXACT_FIELDS) -> dict[int, dict]:
 
 def tensorboard_scalars(workdir) -> dict[int, dict[str, float]]:
     """The scalars of a run's TensorBoard event files, by step, read with TensorFlow."""
-    import tensorflow as tf  # noqa: PLC0415
-    from tensorflow.core.util import event_pb2  # noqa: PLC0415
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
 
     scalars: dict[int, dict[str, float]] = {}
     for path in sorted(Path(workdir).glob("events.out.tfevents.*")):

@@ -185,10 +185,13 @@ def pytest_ignore_collect(collection_path, config):
 # decisions"). They run first, so that the two workers of scripts/test.sh (--dist loadfile
 # --no-loadscope-reorder: the files in this order) end together instead of one finishing a long
 # file alone; xdist's own order (most tests first) handed out three of the longest four last.
+# The two modules of main.py runs both start from one reference run (``uninterrupted``), made
+# by whichever asks first while the other waits: they start on one worker after the other,
+# not side by side, so that the second worker trains in-process meanwhile instead of waiting.
 LONGEST_MODULES = [
     "test_train_runs.py",
-    "test_reliability_checkpoints.py",
     "test_train_lib.py",
+    "test_reliability_checkpoints.py",
     "test_parity.py",
     "test_pipeline.py",
     "test_throughput_bench.py",

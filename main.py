@@ -14,6 +14,8 @@ Everything here is a call into ``dynamixer_jax.train`` that a notebook can make 
 """
 
 import os
+import re
+import sys
 
 # Before anything imports TensorFlow (the input pipeline): its C++ start-up lines (INFO notices,
 # the CPU-instruction notice) stay quiet, and so does the oneDNN notice, which only
@@ -53,8 +55,16 @@ flags.DEFINE_integer(
 )
 
 
-def _usage_error() -> str | None:
+def _usage_error(args) -> str | None:
     """What is wrong with the flags (beyond what absl and ``cli.parse_flags`` check), or None."""
+    if len(args) > 1:  # e.g. "--config.half_precision true": bare, a bool flag is true
+        before = sys.argv[sys.argv.index(args[1]) - 1] if args[1] in sys.argv else ""
+        hint = (
+            f"; a value follows '=': {before}={args[1]}"
+            if re.fullmatch(r"--?\w[^=]*", before)
+            else ""
+        )
+        return f"unexpected arguments: {' '.join(args[1:])} (flags start with --{hint})"
     if FLAGS.mode == "train" and not FLAGS.workdir:
         return "--workdir is required for training (where checkpoints and metrics go)"
     if FLAGS.mode == "evaluate" and not (FLAGS.weights or FLAGS.workdir):
@@ -71,7 +81,7 @@ def _usage_error() -> str | None:
 def main(args):
     from dynamixer_jax.train import process  # noqa: PLC0415 (after the huge-page re-exec)
 
-    problem = _usage_error()
+    problem = _usage_error(args)
     if problem is None:
         process.setup_logging()
     # With several processes, all join here, failed or not, and stop together if one failed.
@@ -134,7 +144,6 @@ def _end_without_finalising():
 
 if __name__ == "__main__":
     import atexit
-    import sys
 
     atexit.register(_end_without_finalising)  # the first registered: it runs last
     flags.mark_flags_as_required(["config"])

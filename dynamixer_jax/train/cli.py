@@ -41,28 +41,23 @@ def read_command_line(argv: Sequence[str], flag_values: Any) -> list[str]:
     from ml_collections import config_dict  # noqa: PLC0415
 
     argv = flag_values.read_flags_from_files(argv, force_gnu=False)
-    last, kept = {}, []
-    for index, arg in enumerate(argv):
-        if arg == "--":
-            kept += argv[index:]
-            break
-        match = _OVERRIDE.match(arg)
-        last.update({match[1]: match[2]} if match else {})
-        kept += [] if match and match[2] == "None" else [arg]
+    end = argv.index("--") if "--" in argv else len(argv)  # arguments, not flags, after it
+    texts = {match[1]: match[2] for match in map(_OVERRIDE.match, argv[:end]) if match}
+    unset = [name for name, text in texts.items() if text == "None"]  # the last one given
     try:
-        args = flag_values(kept)
+        args = flag_values([arg for arg in argv[:end] if not _unsets(arg)] + argv[end:])
         if not isinstance(flag_values.config, config_dict.ConfigDict):
             raise TypeError("not a ConfigDict")  # config_flags' stand-in for a missing file
     except Exception as error:
         raise ConfigError(_explained(error, argv)) from None
-    for name in [name for name, text in last.items() if text == "None"]:
+    for name in unset:
         _unset(flag_values.config, name)
-    if len(args) > 1:  # e.g. "--config.half_precision true": bare, a bool flag is true
-        before = argv[argv.index(args[1]) - 1]
-        bare = re.fullmatch(r"--?\w[^=]*", before)
-        hint = f"; a value follows '=': {before}={args[1]}" if bare else ""
-        raise ConfigError(f"unexpected arguments: {' '.join(args[1:])} (flags start with --{hint})")
     return args
+
+
+def _unsets(arg: str) -> bool:
+    match = _OVERRIDE.match(arg)
+    return bool(match) and match[2] == "None"
 
 
 def _unset(config: Any, name: str) -> None:
@@ -108,9 +103,6 @@ def _takes(config: Any, name: str) -> str:
     from ml_collections.config_flags import config_path  # noqa: PLC0415
 
     kind, value = config_path.get_type(name, config), config_path.get_value(name, config)
-    if isinstance(value, bool):
-        value = str(value).lower()
-    elif isinstance(value, tuple):
-        value = f'"{value}"'
+    value = f'"{value}"' if isinstance(value, tuple) else value
     example = "" if value is None or hasattr(value, "items") else f", e.g. --config.{name}={value}"
     return f"{name} takes {_KINDS.get(kind, f'a {kind.__name__}')}{example}"

@@ -34,20 +34,22 @@ def load_config(path: str, **overrides: Any) -> Any:
     return config
 
 
+def field_names(config: Any) -> list[str]:
+    """Every field of ``config`` by its dotted name (``mixup`` and ``mixup.cutmix_alpha``)."""
+    names = []
+    for name, value in config.items():
+        children = field_names(value) if hasattr(value, "items") else []
+        names += [name, *(f"{name}.{child}" for child in children)]
+    return names
+
+
 def check_field(config: Any, name: str, flag: str) -> None:
     """ConfigError unless ``name`` (dotted) is a field of ``config``, naming the closest one."""
-    names, nodes = [], [("", config)]
-    while nodes:
-        prefix, node = nodes.pop()
-        for key, value in node.items():
-            names.append(prefix + key)
-            if hasattr(value, "items"):
-                nodes.append((f"{prefix}{key}.", value))
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if name not in field_names(config):
+        close = difflib.get_close_matches(name, field_names(config), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ConfigError(
-            f"{flag}: the config has no field {name}; {hint}(configs/default.py lists every field)"
+            f"{flag}: the config has no field {name}; {hint}configs/default.py lists every field"
         )
 
 

@@ -28,6 +28,7 @@ from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.loading import saved_run_config
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, create_model, list_models
+from dynamixer_jax.train.config_files import check_field, field_names
 from dynamixer_jax.train.parallel import STATE_SHARDINGS
 
 log = logging.getLogger(__name__)
@@ -231,13 +232,9 @@ class ConfigReader:
 
     def __call__(self, name: str, check: tuple[Any, str | None] = (None, "")) -> Any:
         """Field ``name`` (dotted), which must pass ``check`` (as :func:`_checked` says)."""
+        check_field(self.config, name, "make_plan")  # a config not from default.py
         node = self.config
         for part in name.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                raise ConfigError(
-                    f"the config has no field {name}; start it from "
-                    "configs/default.py, which lists every field"
-                )
             node = node[part]
         self.read.add(name)
         test, must = check
@@ -271,12 +268,12 @@ class ConfigReader:
 
     def unknown(self) -> list[str]:
         """Fields of the config that nothing read (misspelt or from another version)."""
-        names = []
-        for name, value in self.config.items():
-            if name not in self.read:
-                children = [f"{name}.{key}" for key in value] if hasattr(value, "items") else [name]
-                names += [child for child in children if child not in self.read]
-        return sorted(names)
+        read = {f"{name}." for name in self.read}  # a field read whole, or one of its parts
+        return sorted(
+            name
+            for name in field_names(self.config)
+            if not any(f"{name}.".startswith(done) or done.startswith(f"{name}.") for done in read)
+        )
 
 
 def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
@@ -327,16 +324,10 @@ def with_init_from_architecture(config: Any) -> Any:
             "architecture is used)"
         )
     if config.model != saved["model"] or trained != asked:
-        log.info(
-            "fine-tuning the architecture of %s: %s with model_overrides %s",
-            path,
-            saved["model"],
-            trained or "none",
-        )
+        log.info("fine-tuning the architecture of %s: %s %s", path, saved["model"], trained)
     config = config.copy_and_resolve_references()
     config.model = saved["model"]
-    for key in config.model_overrides:
-        config.model_overrides[key] = trained.get(key)
+    config.model_overrides.update({key: trained.get(key) for key in config.model_overrides})
     return config
 
 

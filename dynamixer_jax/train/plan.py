@@ -15,6 +15,7 @@ the plan by :meth:`RunPlan.steps` and :meth:`ModelPlan.classes`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any
@@ -233,9 +234,7 @@ class ConfigReader:
     def __call__(self, name: str, check: tuple[Any, str | None] = (None, "")) -> Any:
         """Field ``name`` (dotted), which must pass ``check`` (as :func:`_checked` says)."""
         check_field(self.config, name, "make_plan")  # a config not from default.py
-        node = self.config
-        for part in name.split("."):
-            node = node[part]
+        node = functools.reduce(lambda holder, part: holder[part], name.split("."), self.config)
         self.read.add(name)
         test, must = check
         if test is not None and not test(node):
@@ -249,17 +248,12 @@ class ConfigReader:
 
     def plan(self, cls: type, **given: Any) -> Any:
         """A ``cls`` (one of the plan's parts) of the config's fields, but for those ``given``."""
-        return cls(
-            **{
-                field.name: given[field.name]
-                if field.name in given
-                else self(
-                    field.metadata.get("config") or field.name,
-                    field.metadata.get("check", (None, "")),
-                )
-                for field in dataclasses.fields(cls)
-            }
-        )
+        values = dict(given)
+        for field in dataclasses.fields(cls):
+            if field.name not in given:
+                name, check = field.metadata.get("config"), field.metadata.get("check")
+                values[field.name] = self(name or field.name, check or (None, ""))
+        return cls(**values)
 
     def overrides(self) -> tuple[tuple[str, Any], ...]:
         """``model_overrides`` as (field, value) pairs, the unset (None) left out."""

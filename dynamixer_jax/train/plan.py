@@ -360,7 +360,7 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
     except ValueError as error:
         raise ConfigError(f"mixup: {error}") from None
     init_from = read.plan(InitPlan)
-    if init_from.path is None and read("init_from_required"):
+    if read("init_from_required") and init_from.path is None:
         raise ConfigError(
             "this config fine-tunes: give the starting weights with "
             "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"

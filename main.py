@@ -14,6 +14,8 @@ Everything here is a call into ``dynamixer_jax.train`` that a notebook can make 
 """
 
 import os
+import re
+import sys
 
 # Before anything imports TensorFlow (the input pipeline): its C++ start-up lines (INFO notices,
 # the CPU-instruction notice) stay quiet, and so does the oneDNN notice, which only
@@ -23,15 +25,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
+CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
     "Config file (see configs/): FILE.py, or FILE.py:ARGUMENT for get_config(ARGUMENT). Any "
-    "field can be set with --config.FIELD=VALUE, e.g. --config.batch_size=256, "
+    "field can be set with --config.FIELD=VALUE after it, e.g. --config.batch_size=256, "
     "--config.mixup.cutmix_alpha=0, --config.model_overrides.layers='(2, 2)', "
     "--config.half_precision (true), --config.num_train_steps=None (unset).",
+    lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and evaluate), or only evaluate.")
@@ -51,10 +55,16 @@ flags.DEFINE_integer(
 )
 
 
-def _usage_error(command_line) -> str | None:
-    """What is wrong with the flags (beyond what absl checks), or None."""
-    if len(command_line.args) > 1:
-        return f"unexpected arguments: {' '.join(command_line.args[1:])} (flags start with --)"
+def _usage_error(args) -> str | None:
+    """What is wrong with the flags (beyond what absl and ``cli.parse_flags`` check), or None."""
+    if len(args) > 1:  # e.g. "--config.half_precision true": bare, a bool flag is true
+        before = sys.argv[sys.argv.index(args[1]) - 1] if args[1] in sys.argv else ""
+        hint = (
+            f"; a value follows '=': {before}={args[1]}"
+            if re.fullmatch(r"--?\w[^=]*", before)
+            else ""
+        )
+        return f"unexpected arguments: {' '.join(args[1:])} (flags start with --{hint})"
     if FLAGS.mode == "train" and not FLAGS.workdir:
         return "--workdir is required for training (where checkpoints and metrics go)"
     if FLAGS.mode == "evaluate" and not (FLAGS.weights or FLAGS.workdir):
@@ -68,22 +78,21 @@ def _usage_error(command_line) -> str | None:
     return None
 
 
-def main(command_line):
-    from dynamixer_jax.train import cli  # noqa: PLC0415 (after the huge-page re-exec)
+def main(args):
+    from dynamixer_jax.train import process  # noqa: PLC0415 (after the huge-page re-exec)
 
-    config, problem = None, _usage_error(command_line)
+    problem = _usage_error(args)
     if problem is None:
-        cli.setup_logging()
-        config, problem = cli.config_or_problem(FLAGS.config, command_line)
+        process.setup_logging()
     # With several processes, all join here, failed or not, and stop together if one failed.
-    code = cli.start_together(
+    code = process.start_together(
         problem,
         FLAGS.coordinator_address,
         FLAGS.num_processes,
         FLAGS.process_id,
         FLAGS.join_timeout,
     )
-    return code or cli.run_reporting_errors(lambda: _run(config))
+    return code or process.run_reporting_errors(lambda: _run(CONFIG.value))
 
 
 def _run(config):
@@ -111,13 +120,13 @@ def _hugepages():
 _FINISHED = []  # set once main has returned 0: the run's work is done and closed
 
 
-def _main_ending_on_error(command_line):
+def _main_ending_on_error(args):
     """``main``, and on an error nothing after its line: the process ends at once."""
-    from dynamixer_jax.train import cli  # noqa: PLC0415
+    from dynamixer_jax.train import process  # noqa: PLC0415
 
-    code = main(command_line)
+    code = main(args)
     if code:
-        cli.exit_at_once(code)
+        process.exit_at_once(code)
     _FINISHED.append(True)
     return code
 
@@ -128,14 +137,13 @@ def _end_without_finalising():
     interpreter's finalisation of TensorFlow and JAX, ~2 s of a CPU for nothing. A run that
     stopped on an exception is finalised as usual."""
     if _FINISHED:
-        from dynamixer_jax.train import cli  # noqa: PLC0415
+        from dynamixer_jax.train import process  # noqa: PLC0415
 
-        cli.exit_at_once(0)
+        process.exit_at_once(0)
 
 
 if __name__ == "__main__":
     import atexit
-    import sys
 
     atexit.register(_end_without_finalising)  # the first registered: it runs last
     flags.mark_flags_as_required(["config"])

@@ -1,7 +1,7 @@
 """Every error a user can cause, in one place, with one base class.
 
 Each message says what is wrong and what to do; the command line prints it as one line
-(``train/cli.py``) instead of a traceback. Importing this module needs nothing but Python.
+(``train/process.py``) instead of a traceback. Importing this module needs nothing but Python.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 The bad-input cases run ``main.py``'s own entry (``cli.parse_flags``, then the function
 ``app.run`` calls) one after another in one fresh process of their own (:func:`bad_inputs`):
-each its stderr, its exit code (what ``cli.exit_at_once`` was asked to end the process with)
+each its stderr, its exit code (what ``process.exit_at_once`` was asked to end the process with)
 and whether TensorFlow had been imported by then (the config is read and checked before the
 input pipeline, and so TensorFlow, is imported). Three cases also run as processes of their
 own, to see the real process end: exit 2 with its one line. The lock test starts a real run,
@@ -22,10 +22,12 @@ import time
 import types
 
 import pytest
+from absl import flags
 from conftest import MICRO_ARCH, REPO
+from ml_collections import config_flags
 
 from dynamixer_jax.errors import CheckpointError, ConfigError
-from dynamixer_jax.train import cli
+from dynamixer_jax.train import cli, process
 from dynamixer_jax.train.workdir_lock import WorkdirLock
 
 QUICKSTART = f"--config={REPO / 'configs' / 'quickstart.py'}"
@@ -57,14 +59,15 @@ def _environment(**extra) -> dict:
 
 
 # main.py's entry run in-process for each of a list of command lines, in one fresh interpreter:
-# its flags defined once, reset before each case; ``cli.exit_at_once`` (which would end the
-# process with os._exit) raises instead, so that the next case can run; file descriptor 2 is a
+# its flags defined once, reset before each case (the config overrides' flags, which config_flags
+# defines as it parses, removed; sys.argv the case's, where config_flags finds the overrides);
+# ``process.exit_at_once`` (which would end the process with os._exit) raises instead, so that the next case can run; file descriptor 2 is a
 # file of each case's own, so that what the case printed, by Python or by C++, is all there.
 # Prints one JSON list: per case its exit code, its stderr and whether TensorFlow was imported.
 CASES_IN_ONE_PROCESS = (
     "import json, os, runpy, sys, tempfile\n"
     "from absl import flags\n"
-    "from dynamixer_jax.train import cli\n"
+    "from dynamixer_jax.train import cli, process\n"
     f"path = {str(REPO / 'main.py')!r}\n"
     "main = runpy.run_path(path, run_name='main_for_tests')\n"
     "class Ended(BaseException):\n"
@@ -72,16 +75,19 @@ CASES_IN_ONE_PROCESS = (
     "def exit_at_once(code):\n"
     "    sys.stdout.flush(); sys.stderr.flush()\n"
     "    raise Ended(code)\n"
-    "cli.exit_at_once = exit_at_once\n"
+    "process.exit_at_once = exit_at_once\n"
     "results = []\n"
     "for args in json.loads(sys.argv[1]):\n"
     "    flags.FLAGS.unparse_flags()\n"
+    "    for name in [name for name in flags.FLAGS if name.startswith('config.')]:\n"
+    "        delattr(flags.FLAGS, name)\n"
+    "    sys.argv = [path, *args]\n"
     "    sys.stdout.flush(); sys.stderr.flush()\n"
     "    saved = os.dup(2)\n"
     "    with tempfile.TemporaryFile() as err:\n"
     "        os.dup2(err.fileno(), 2)\n"
     "        try:\n"
-    "            code = main['_main_ending_on_error'](cli.parse_flags([path, *args]))\n"
+    "            code = main['_main_ending_on_error'](cli.parse_flags(sys.argv))\n"
     "        except Ended as ended:\n"
     "            code = ended.args[0]\n"
     "        finally:\n"
@@ -264,30 +270,49 @@ def test_helpfull_still_lists_the_flags():
         (["--config.num_classes=10"], "num_classes", 10),
         (["--config.init_from=/x/y.pth"], "init_from", "/x/y.pth"),
         (["--config.dataset=None"], "dataset", "None"),  # not unset: a string field's text
+        (["--config.data_dir=None"], "data_dir", None),  # a string placeholder: unset
+        (["--config.num_classes=10", "--config.num_classes=None"], "num_classes", None),
+        (["--config.num_classes=None", "--config.num_classes=10"], "num_classes", 10),
     ],
 )
 def test_overrides_take_the_forms_config_flags_took(args, field, value):
-    command_line = cli.split_overrides(["main.py", *args, "--workdir=w"])
-    assert command_line.args == ["main.py", "--workdir=w"]
-    config = cli.config_from_command_line(str(REPO / "configs" / "quickstart.py"), command_line)
-    node = config
+    flag_values, argv = _main_flags(*args, "--workdir=w")
+    assert cli.read_command_line(argv, flag_values) == ["main.py"]
+    node = flag_values.config
     for part in field.split("."):
         node = node[part]
     assert node == value and type(node) is type(value)
 
 
-def test_bare_flags_that_need_a_value_say_so():
-    with pytest.raises(ConfigError, match="takes no value"):
-        cli.split_overrides(["main.py", "--noconfig.scan_layers=1"])
-    command_line = cli.split_overrides(["main.py", "--config.batch_size", "--workdir=w"])
-    with pytest.raises(ConfigError, match="--config.batch_size needs a value"):
-        cli.config_from_command_line(str(REPO / "configs" / "quickstart.py"), command_line)
+def _main_flags(*args):
+    """Flags of their own as main.py defines ``--config`` (and ``--workdir``), and the command
+    line ``--config=configs/quickstart.py *args`` for :func:`cli.read_command_line`."""
+    argv = ["main.py", QUICKSTART, *args]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+    return flag_values, argv
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--noconfig.scan_layers=1"], "--noconfig.scan_layers=1 does not take an argument"),
+        (["--config.batch_size"], "Missing value for flag --config.batch_size"),
+        (["--config.batch_size", "--workdir=w"], "batch_size takes an integer"),
+        (["--config.batch_size=None"], "batch_size takes an integer, e.g. --config.batch_size=64"),
+    ],
+)
+def test_bare_flags_that_need_a_value_say_so(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        cli.read_command_line(*reversed(_main_flags(*args)))
+    assert "\n" not in str(error.value)
 
 
 def test_arguments_after_double_dash_are_not_overrides():
-    command_line = cli.split_overrides(["main.py", "--", "--config.batch_size=3"])
-    assert command_line.args == ["main.py", "--", "--config.batch_size=3"]
-    assert command_line.overrides == []
+    flag_values, argv = _main_flags("--workdir=w", "--", "--config.batch_size=3")
+    assert cli.read_command_line(argv, flag_values) == ["main.py", "--config.batch_size=3"]
+    assert flag_values.config.batch_size == 64  # the quickstart's
 
 
 # ---- the workdir lock
@@ -384,7 +409,7 @@ def test_a_keyboard_interrupt_outside_training_is_one_line(capsys):
     def interrupted():
         raise KeyboardInterrupt
 
-    assert cli.run_reporting_errors(interrupted) == 130
+    assert process.run_reporting_errors(interrupted) == 130
     assert capsys.readouterr().err == "interrupted: stopped without saving\n"
 
 
@@ -449,7 +474,7 @@ def test_a_rejected_command_line_still_says_where_to_join():
         "--",
         "--process_id=2",
     ]
-    assert cli._joining(argv) == {
+    assert process.joining_flags(argv) == {
         "coordinator_address": "10.0.0.1:1234",
         "num_processes": 4,
         "timeout": 30,

@@ -77,7 +77,7 @@ def initialize_distributed(
     pod slice, a SLURM or MPI job, ``JAX_COORDINATOR_ADDRESS``) and JAX detects the rest. A single
     machine, whatever its number of devices, needs nothing. Must run before any other JAX call;
     a second call does nothing. ``timeout`` bounds JAX's wait for the other processes (past it,
-    JAX aborts the process: ``cli.start_together`` ends it with one line first). ``announce``
+    JAX aborts the process: ``process.start_together`` ends it with one line first). ``announce``
     logs this process's place (:func:`log_place`).
     """
     if not several_processes(coordinator_address) or jax.distributed.is_initialized():

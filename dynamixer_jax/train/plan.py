@@ -4,9 +4,10 @@ A :class:`RunPlan` of typed parts (model, data, optimisation, schedule, cadence,
 what the library takes instead of a config. :func:`make_plan` reads a ``ConfigDict``
 (``configs/default.py`` lists every field) into one and checks everything a user can get wrong
 before any data is opened or anything compiled: each problem raises :class:`ConfigError` with
-one line naming the field and what to do. Fields are read strictly (:class:`ConfigReader`): a
-field that is unset is ``None`` (``config_dict.placeholder``), every default is in
-``configs/default.py`` and nowhere else, and a field nothing reads is reported as unknown.
+one line naming the field and what to do. Each part declares, field by field, what the config
+must hold (:func:`_checked`); fields are read strictly (:class:`ConfigReader`): a field that is
+unset is ``None`` (``config_dict.placeholder``), every default is in ``configs/default.py`` and
+nowhere else, and a field nothing reads is reported as unknown.
 What only the opened dataset knows (its number of classes, steps per epoch) is combined with
 the plan by :meth:`RunPlan.steps` and :meth:`ModelPlan.classes`.
 """
@@ -14,6 +15,7 @@ the plan by :meth:`RunPlan.steps` and :meth:`ModelPlan.classes`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any
@@ -27,25 +29,38 @@ from dynamixer_jax.errors import ConfigError
 from dynamixer_jax.loading import saved_run_config
 from dynamixer_jax.model.network import DynaMixer
 from dynamixer_jax.model.variants import ARCHITECTURE_FIELDS, create_model, list_models
+from dynamixer_jax.train.config_files import check_field, field_names
 from dynamixer_jax.train.parallel import STATE_SHARDINGS
 
 log = logging.getLogger(__name__)
+
+
+def _checked(test: Any, must: str | None, config: str | None = None) -> Any:
+    """A plan field read from the config field ``config`` (default: of its own name), which must
+    pass ``test`` ("must be ``must``"; None: a count that is unset, None, or positive)."""
+    return dataclasses.field(metadata=dict(check=(test, must), config=config))
+
+
+_FRACTION = (lambda value: 0 <= value < 1, "in [0, 1)")
+_FINITE = (lambda value: 0 <= value < math.inf, "a finite number >= 0")  # NaN fails too
+_POSITIVE = (lambda value: value > 0, "a positive number")
+_UNSET_OR_POSITIVE = (lambda value: value is None or value > 0, None)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelPlan:
     """Which DynaMixer, at what size and precision."""
 
-    name: str
+    name: str = _checked(None, "", config="model")
     overrides: tuple[tuple[str, Any], ...]  # architecture fields replacing the variant's
     image_size: int
-    num_classes: int | None  # None: the dataset's
-    drop_path_rate: float
-    drop_rate: float
+    num_classes: int | None = _checked(*_UNSET_OR_POSITIVE)  # None: the dataset's
+    drop_path_rate: float = _checked(*_FRACTION)
+    drop_rate: float = _checked(*_FRACTION)
     half_precision: bool
     remat: str
     scan_layers: bool
-    mixing: str = "auto"
+    mixing: str
 
     def classes(self, dataset_classes: int | None, dataset: str = "the dataset") -> int:
         """The number of classes of the head, given the dataset's (None: it does not say).
@@ -102,29 +117,31 @@ class DataPlan:
     batch_size: int  # global
     eval_batch_size: int  # global
     image_size: int
-    crop_fraction: float
+    crop_fraction: float = _checked(lambda value: 0 < value <= 1, "in (0, 1]")
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: TrainAugment  # the per-image training recipe
-    shuffle_buffer_size: int
-    threads: int | None
-    prefetch_batches: int
+    shuffle_buffer_size: int = _checked(lambda value: value >= 1, ">= 1")
+    threads: int | None = _checked(
+        lambda value: value is None or value >= 1, ">= 1 (None: all cores)", "data_threads"
+    )
+    prefetch_batches: int = _checked(lambda value: value >= 0, ">= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimPlan:
     """AdamW, its learning rates, clipping, accumulation and the EMA."""
 
-    learning_rate: float
-    warmup_learning_rate: float
-    min_learning_rate: float
-    weight_decay: float
-    b1: float
-    b2: float
-    eps: float
-    grad_clip_norm: float
+    learning_rate: float = _checked(lambda value: 0 < value < math.inf, "positive and finite")
+    warmup_learning_rate: float = _checked(*_FINITE)
+    min_learning_rate: float = _checked(*_FINITE)
+    weight_decay: float = _checked(*_FINITE)
+    b1: float = _checked(*_FRACTION, "adam_b1")
+    b2: float = _checked(*_FRACTION, "adam_b2")
+    eps: float = _checked(*_FINITE, "adam_eps")
+    grad_clip_norm: float = _checked(*_FINITE)
     grad_accum_steps: int
-    ema_decay: float  # 0: no EMA
+    ema_decay: float = _checked(_FRACTION[0], "in [0, 1) (0 turns the EMA off)")  # 0: no EMA
     state_sharding: str  # parallel.STATE_SHARDINGS: replicated, zero1 or fsdp
 
 
@@ -132,20 +149,21 @@ class OptimPlan:
 class SchedulePlan:
     """How long the run lasts, in epochs (or steps)."""
 
-    num_epochs: float
-    warmup_epochs: float
-    cooldown_epochs: float
-    num_train_steps: int | None  # None: (num_epochs + cooldown_epochs) epochs
+    num_epochs: float = _checked(*_FINITE)  # wrong even where num_train_steps sets the length
+    warmup_epochs: float = _checked(*_FINITE)
+    cooldown_epochs: float = _checked(*_FINITE)
+    # None: (num_epochs + cooldown_epochs) epochs
+    num_train_steps: int | None = _checked(*_UNSET_OR_POSITIVE)
 
 
 @dataclasses.dataclass(frozen=True)
 class CadencePlan:
     """When to log, evaluate and checkpoint, and which checkpoints to keep."""
 
-    log_every_steps: int
-    eval_every_steps: int | None  # None: once per epoch
-    checkpoint_every_steps: int
-    keep_checkpoints: int
+    log_every_steps: int = _checked(*_POSITIVE)
+    eval_every_steps: int | None = _checked(*_UNSET_OR_POSITIVE)  # None: once per epoch
+    checkpoint_every_steps: int = _checked(*_POSITIVE)
+    keep_checkpoints: int = _checked(*_POSITIVE)
     async_checkpointing: bool
     profile_first_step: int | None  # None: no profiler trace
     profile_num_steps: int
@@ -155,8 +173,8 @@ class CadencePlan:
 class InitPlan:
     """Starting weights for fine-tuning."""
 
-    path: str
-    ema: bool
+    path: str = _checked(None, "", config="init_from")
+    ema: bool = _checked(None, "", config="init_from_ema")
     reset_head: bool
     resample_generate: bool  # at a new image size (else re-initialised)
 
@@ -205,48 +223,6 @@ class RunPlan:
         return StepCounts(steps_per_epoch, total, warmup, cosine, every)
 
 
-# Counts that are either unset (None, their default) or positive.
-_POSITIVE_WHEN_SET = ("num_classes", "eval_batch_size", "num_train_steps", "eval_every_steps")
-
-
-def _fraction(value: Any) -> bool:
-    return 0 <= value < 1
-
-
-def _finite(value: Any) -> bool:
-    return 0 <= value < math.inf  # NaN fails too
-
-
-def _positive(value: Any) -> bool:
-    return value > 0
-
-
-# What each number must be, checked as it is read: field -> (test, "must be ...").
-_RANGES = {
-    "learning_rate": (lambda value: 0 < value < math.inf, "positive and finite"),
-    "ema_decay": (_fraction, "in [0, 1) (0 turns the EMA off)"),
-    "crop_fraction": (lambda value: 0 < value <= 1, "in (0, 1]"),
-    "shuffle_buffer_size": (lambda value: value >= 1, ">= 1"),
-    "prefetch_batches": (lambda value: value >= 0, ">= 0"),
-    "data_threads": (lambda value: value is None or value >= 1, ">= 1 (None: all cores)"),
-    **dict.fromkeys(
-        ("drop_path_rate", "drop_rate", "adam_b1", "adam_b2"), (_fraction, "in [0, 1)")
-    ),
-    **dict.fromkeys(
-        ("warmup_epochs", "cooldown_epochs", "weight_decay", "grad_clip_norm", "adam_eps")
-        + ("warmup_learning_rate", "min_learning_rate"),
-        (_finite, "a finite number >= 0"),
-    ),
-    **dict.fromkeys(
-        ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"),
-        (_positive, "a positive number"),
-    ),
-}
-# Plan fields read from a config field of another name.
-_RENAMED = dict(name="model", threads="data_threads", b1="adam_b1", b2="adam_b2", eps="adam_eps")
-_MIXUP_FIELDS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "prob")
-
-
 class ConfigReader:
     """Reads a config strictly (every default is in configs/default.py, none here), checks each
     value as it is read and remembers which fields it read, so that the rest can be reported
@@ -255,78 +231,48 @@ class ConfigReader:
     def __init__(self, config: Any):
         self.config, self.read = config, set()
 
-    def __call__(self, name: str) -> Any:
-        node = self.config
-        for part in name.split("."):
-            try:
-                node = node[part]
-            except (KeyError, TypeError):
-                raise ConfigError(
-                    f"the config has no field {name}; start it from "
-                    "configs/default.py, which lists every field"
-                ) from None
+    def __call__(self, name: str, check: tuple[Any, str | None] = (None, "")) -> Any:
+        """Field ``name`` (dotted), which must pass ``check`` (as :func:`_checked` says)."""
+        check_field(self.config, name, "make_plan")  # a config not from default.py
+        node = functools.reduce(lambda holder, part: holder[part], name.split("."), self.config)
         self.read.add(name)
-        if name in _POSITIVE_WHEN_SET and node is not None and node <= 0:
+        test, must = check
+        if test is not None and not test(node):
             raise ConfigError(
-                f"{name} {node}: must be positive; leave "
+                f"{name} must be {must}, not {node}"
+                if must is not None
+                else f"{name} {node}: must be positive; leave "
                 f"--config.{name} out (unset, None, is the default)"
             )
-        test, must = _RANGES.get(name, (None, ""))
-        if test is not None and not test(node):
-            raise ConfigError(f"{name} must be {must}, not {node}")
         return tuple(node) if isinstance(node, list) else node
 
     def plan(self, cls: type, **given: Any) -> Any:
-        """A ``cls`` (one of the plan's parts) of the config's fields of the same names (or
-        :data:`_RENAMED`), but for those ``given``."""
-        values = {}
+        """A ``cls`` (one of the plan's parts) of the config's fields, but for those ``given``."""
+        values = dict(given)
         for field in dataclasses.fields(cls):
-            if field.name in given:
-                values[field.name] = given[field.name]
-            else:
-                value = self(_RENAMED.get(field.name, field.name))
-                values[field.name] = bool(value) if field.type == "bool" else value
+            if field.name not in given:
+                name, check = field.metadata.get("config"), field.metadata.get("check")
+                values[field.name] = self(name or field.name, check or (None, ""))
         return cls(**values)
+
+    def overrides(self) -> tuple[tuple[str, Any], ...]:
+        """``model_overrides`` as (field, value) pairs, the unset (None) left out."""
+        values = {name: self(f"model_overrides.{name}") for name in ARCHITECTURE_FIELDS}
+        return tuple((name, value) for name, value in values.items() if value is not None)
 
     def unknown(self) -> list[str]:
         """Fields of the config that nothing read (misspelt or from another version)."""
-        names = []
-        for name, value in self.config.items():
-            if name in self.read:
-                continue
-            if hasattr(value, "items"):
-                names += [f"{name}.{key}" for key in value if f"{name}.{key}" not in self.read]
-            else:
-                names.append(name)
-        return sorted(names)
-
-
-def _model_overrides(value: Any) -> tuple[tuple[str, Any], ...]:
-    overrides = dict(value.items()) if value is not None else {}
-    unknown = set(overrides) - set(ARCHITECTURE_FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"model_overrides has unknown field(s) {sorted(unknown)}; "
-            f"known: {', '.join(ARCHITECTURE_FIELDS)}"
+        read = {f"{name}." for name in self.read}  # a field read whole, or one of its parts
+        return sorted(
+            name
+            for name in field_names(self.config)
+            if not any(f"{name}.".startswith(done) or done.startswith(f"{name}.") for done in read)
         )
-    return tuple(
-        (key, tuple(item) if isinstance(item, (list, tuple)) else item)
-        for key, item in overrides.items()
-        if item is not None
-    )
-
-
-def _mixup(read: ConfigReader) -> MixupConfig:
-    try:
-        return MixupConfig(
-            **{name: read(f"mixup.{name}") for name in _MIXUP_FIELDS},
-            label_smoothing=read("label_smoothing"),
-        )
-    except ValueError as error:
-        raise ConfigError(f"mixup: {error}") from None
 
 
 def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processes: int) -> None:
+    """ConfigError unless both batches split evenly over the devices and the training one over
+    ``grad_accum_steps`` micro-batches."""
     if data.batch_size <= 0:  # eval_batch_size: checked as it is read
         raise ConfigError(
             f"batch_size {data.batch_size}: must be positive (the global batch, a multiple of "
@@ -336,10 +282,9 @@ def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processe
         size = getattr(data, name)
         if size % devices:
             where = f"{devices} devices" + (f" in {processes} processes" if processes > 1 else "")
-            multiple = devices * max(1, round(size / devices))
             raise ConfigError(
-                f"{name} {size} is not divisible by the {where}; use a multiple "
-                f"of {devices}, e.g. --config.{name}={multiple}"
+                f"{name} {size} is not divisible by the {where}; use a multiple of {devices}, "
+                f"e.g. --config.{name}={devices * max(1, round(size / devices))}"
             )
     per_device = data.batch_size // devices
     if grad_accum_steps < 1 or per_device % grad_accum_steps:
@@ -347,19 +292,6 @@ def _check_batches(data: DataPlan, grad_accum_steps: int, devices: int, processe
             f"grad_accum_steps {grad_accum_steps} must divide the per-device batch "
             f"({data.batch_size} / {devices} devices = {per_device})"
         )
-
-
-def _init_from(read: ConfigReader) -> InitPlan | None:
-    path = read("init_from")
-    ema, reset_head = bool(read("init_from_ema")), bool(read("reset_head"))
-    required = bool(read("init_from_required"))
-    if path is None and required:
-        raise ConfigError(
-            "this config fine-tunes: give the starting weights with "
-            "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"
-        )
-    resample = bool(read("resample_generate"))
-    return None if path is None else InitPlan(str(path), ema, reset_head, resample)
 
 
 def with_init_from_architecture(config: Any) -> Any:
@@ -377,7 +309,7 @@ def with_init_from_architecture(config: Any) -> Any:
         for key, value in (saved.get("model_overrides") or {}).items()
         if value is not None
     }
-    asked = dict(_model_overrides(read("model_overrides")))
+    asked = dict(read.overrides())
     differ = {key: value for key, value in asked.items() if trained.get(key) != value}
     if differ:
         raise ConfigError(
@@ -386,16 +318,10 @@ def with_init_from_architecture(config: Any) -> Any:
             "architecture is used)"
         )
     if config.model != saved["model"] or trained != asked:
-        log.info(
-            "fine-tuning the architecture of %s: %s with model_overrides %s",
-            path,
-            saved["model"],
-            trained or "none",
-        )
+        log.info("fine-tuning the architecture of %s: %s %s", path, saved["model"], trained)
     config = config.copy_and_resolve_references()
     config.model = saved["model"]
-    for key in config.model_overrides:
-        config.model_overrides[key] = trained.get(key)
+    config.model_overrides.update({key: trained.get(key) for key in config.model_overrides})
     return config
 
 
@@ -407,17 +333,14 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
     processes = jax.process_count() if processes is None else processes
     config = with_init_from_architecture(config)
     read = ConfigReader(config)
-    model = read.plan(ModelPlan, overrides=_model_overrides(read("model_overrides")))
+    model = read.plan(ModelPlan, overrides=read.overrides())
     model.build(model.num_classes or 1)  # the network's checks: model name, image size, ...
-    batch_size, eval_batch_size = read("batch_size"), read("eval_batch_size")
     read.read.add("augment")  # TrainAugment checks its fields
-    augment = TrainAugment.from_fields(
-        config.augment, mean=tuple(config.mean), std=tuple(config.std)
-    )
+    augment = TrainAugment.from_fields(config.augment, mean=config.mean, std=config.std)
+    eval_batch_size = read("eval_batch_size", _UNSET_OR_POSITIVE)
     data = read.plan(
         DataPlan,
-        dataset=str(read("dataset")),
-        eval_batch_size=batch_size if eval_batch_size is None else eval_batch_size,
+        eval_batch_size=read("batch_size") if eval_batch_size is None else eval_batch_size,
         image_size=model.image_size,
         augment=augment,
     )
@@ -430,16 +353,26 @@ def make_plan(config: Any, *, devices: int | None = None, processes: int | None 
     schedule = read.plan(SchedulePlan)
     if schedule.num_train_steps is None and not schedule.num_epochs > 0:
         raise ConfigError("set num_epochs > 0 or num_train_steps > 0")
-    if not _finite(schedule.num_epochs):  # wrong even where num_train_steps sets the length
-        raise ConfigError(f"num_epochs must be a finite number >= 0, not {schedule.num_epochs}")
+    mixup = {name: read(f"mixup.{name}") for name in ("mixup_alpha", "cutmix_alpha")}
+    mixup.update({name: read(f"mixup.{name}") for name in ("switch_prob", "prob")})
+    try:
+        mixup = MixupConfig(**mixup, label_smoothing=read("label_smoothing"))
+    except ValueError as error:
+        raise ConfigError(f"mixup: {error}") from None
+    init_from = read.plan(InitPlan)
+    if read("init_from_required") and init_from.path is None:
+        raise ConfigError(
+            "this config fine-tunes: give the starting weights with "
+            "--config.init_from=PATH (a workdir, checkpoint, .msgpack or .pth file)"
+        )
     plan = RunPlan(
         model=model,
         data=data,
         optim=optim,
-        mixup=_mixup(read),
+        mixup=mixup,
         schedule=schedule,
         cadence=read.plan(CadencePlan),
-        init_from=_init_from(read),
+        init_from=None if init_from.path is None else init_from,
         seed=read("seed"),
         config_json=config.to_json_best_effort(indent=2),
     )

@@ -19,7 +19,7 @@ after the other (``--in-process``: all in this one). ``--concurrent`` starts the
 they compile side by side, wait for each other (at most ``--barrier-s``), then are timed one at
 a time under a file lock (``$STEP_TIMING_LOCK`` if set), so compile times are upper bounds. The
 step, the table's columns and the figures: README, "Benchmarks on any device". The JSON
-(``--json``, default ``$OUT/throughput.json``) is written after every batch. No timed assertions.
+(``--json``, default ``$OUT/throughput.json``) is written after every batch and mode.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 
-from benchlib import DTYPES, UserError, cpu_description, create, model_name, short_error, write_json
+import benchlib
+from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name
 
 TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BARRIER_DIR, BARRIER_COUNT = "STEP_BARRIER_DIR", "STEP_BARRIER_COUNT"
@@ -84,41 +84,33 @@ def device_turn(barrier: dict):
 
 def timed_rounds(step, batch: int, args) -> dict:
     """One untimed step, ``--warmup`` more, then ``--inner-rounds`` rounds of ``--steps`` steps
-    (``step(i)`` runs step i and returns a function that waits for it); images/s per round, their
-    median, the kernel's share of this process's CPU time and page faults per timed step."""
-    wait = step(0)
-    for i in range(args.warmup):
-        wait = step(1 + i)
+    (``step(i)`` runs step i and returns a function that waits for it): images/s per round and
+    their median."""
+    for i in range(1 + args.warmup):
+        wait = step(i)
     wait()
-    rates = []
-    before, timed_from = resource.getrusage(resource.RUSAGE_SELF), time.time()
+    rates, timed_from, first = [], time.time(), 1 + args.warmup
     for r in range(args.inner_rounds):
         start = time.perf_counter()
         for i in range(args.steps):
-            wait = step(1 + args.warmup + r * args.steps + i)
+            wait = step(first + r * args.steps + i)
         wait()
         rates.append(args.steps * batch / (time.perf_counter() - start))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     img_s = statistics.median(rates)
     return {
         "img_s": img_s,
         "step_ms": 1e3 * batch / img_s,
         "rounds_img_s": rates,
         "timed_window": [timed_from, time.time()],  # wall clock, to check turns never overlap
-        "sys_share": system / max(user + system, 1e-9),
-        "faults_per_step": (after.ru_minflt - before.ru_minflt) / (args.steps * args.inner_rounds),
     }
 
 
-def result(timing: dict, barrier: dict, compile_s, model: str, mode: str, args) -> dict:
-    """What every timed setting records; ``flops_per_image``: the matmul and convolution FLOPs
-    per image of a step (training: 3 x forward)."""
+def flops_per_image(model: str, mode: str, args) -> float:
+    """The matmul and convolution FLOPs per image of a step (training: 3 x forward)."""
     from dynamixer_jax.model import flops
 
     forward = flops.forward_flops(create(model, image_size=args.image_size))
-    per_image = 3.0 * forward if mode == "train" else float(forward)
-    return {**timing, **barrier, "compile_s": compile_s, "flops_per_image": per_image}
+    return 3.0 * forward if mode == "train" else float(forward)
 
 
 def jax_device(args):
@@ -135,7 +127,6 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     import jax
     import numpy as np
 
-    from benchlib import DROP_PATH_RATE, NUM_CLASSES
     from benchlib.steps import make_adamw_step
     from benchlib.xla_stats import bytes_fields, costs
     from dynamixer_jax import init_variables
@@ -146,7 +137,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
         model,
         image_size=args.image_size,
         num_classes=NUM_CLASSES,
-        drop_path_rate=DROP_PATH_RATE if mode == "train" else 0.0,
+        drop_path_rate=benchlib.DROP_PATH_RATE if mode == "train" else 0.0,
         remat=remat,
         scan_layers=kind == "jax-scan",
         dtype=DTYPES[args.dtype],
@@ -180,15 +171,12 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     with device_turn(barrier):
         timing = timed_rounds(one_step, batch, args)
         stats = device.memory_stats() or {}
-    if args.trace:
-        folder = os.path.join(args.trace, f"{name.replace(':', '_')}_{model}_{mode}_b{batch}")
-        with jax.profiler.trace(folder):
-            for i in range(args.steps):
-                with jax.profiler.StepTraceAnnotation(mode, step_num=i):
-                    wait = one_step(i)
-            wait()
     temp = memory["temp_bytes"]
-    return result(timing, barrier, compile_s, model, mode, args) | {
+    return {
+        **timing,
+        **barrier,
+        "compile_s": compile_s,
+        "flops_per_image": flops_per_image(model, mode, args),
         "memory": memory,
         "temp_mb_per_image": temp / batch / 1e6 if temp is not None else None,
         "xla_gflops_per_image": cost["flops"] / batch / 1e9 if cost["flops"] else None,
@@ -206,7 +194,6 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     import torch.nn.functional as F
 
     import dynamixer_torch
-    from benchlib import DROP_PATH_RATE, NUM_CLASSES, architecture
     from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
@@ -216,10 +203,10 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     net = dynamixer_torch.TorchDynaMixer(
-        **architecture(model),
+        **benchlib.architecture(model),
         num_classes=NUM_CLASSES,
         image_size=args.image_size,
-        drop_path_rate=DROP_PATH_RATE,
+        drop_path_rate=benchlib.DROP_PATH_RATE,
     )
     net = net.train(mode == "train").to(device)
     compiled = name.startswith("torch-compile")
@@ -233,7 +220,6 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     shape = (batch, 3, args.image_size, args.image_size)
     images = [torch.from_numpy(rng.standard_normal(shape, np.float32)).to(device) for _ in "ab"]
     labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch)).to(device)
-    sync = torch.cuda.synchronize if cuda else lambda: None
 
     def one_step(i):
         if mode == "train":
@@ -245,7 +231,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
         else:
             with torch.no_grad(), autocast:
                 runner(images[i % 2])
-        return sync
+        return torch.cuda.synchronize if cuda else lambda: None
 
     compile_s, barrier = None, {}
     if compiled:  # compiling happens in the first step; off the device turn
@@ -257,7 +243,11 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
             torch.cuda.reset_peak_memory_stats()
         timing = timed_rounds(one_step, batch, args)
         peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    return result(timing, barrier, compile_s, model, mode, args) | {
+    return {
+        **timing,
+        **barrier,
+        "compile_s": compile_s,
+        "flops_per_image": flops_per_image(model, mode, args),
         "peak_gb": peak,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "platform": device.type,
@@ -267,12 +257,12 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
 
 def run_peak(args) -> dict:
     """Median FLOP/s of 20 size^3 matmuls in the compute dtype on JAX's device (default
-    precision), after one untimed call."""
+    precision), after one untimed call: 8192^3, 2048^3 on a CPU, 256^3 with ``--quick``."""
     import jax
     import jax.numpy as jnp
 
     device = jax_device(args)
-    size = args.peak_size or (2048 if device.platform == "cpu" else 8192)
+    size = 256 if args.quick else 2048 if device.platform == "cpu" else 8192
     key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     barrier, times = {}, []
     with device_turn(barrier):
@@ -303,8 +293,9 @@ def run_setting(setting: str, batch: int, mode: str, args) -> dict:
     return run_jax(name, model, batch, mode, args)
 
 
-def start_setting(setting: str, batch: int, mode: str, args, env=None) -> subprocess.Popen:
-    """Start ``run_setting`` in a fresh interpreter; its JSON is the last line of its stdout."""
+def start_setting(setting: str, batch: int, mode: str, args, env: dict, logs) -> subprocess.Popen:
+    """Start ``run_setting`` in a fresh interpreter with huge-page malloc, its stdout and stderr
+    into the two files ``logs`` (no pipe to fill while others run); its JSON is its last line."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = (
         f"import argparse, json, sys; sys.path.insert(0, {here!r}); "
@@ -312,29 +303,17 @@ def start_setting(setting: str, batch: int, mode: str, args, env=None) -> subpro
         f"args = argparse.Namespace(**{vars(args)!r}); "
         f"print(json.dumps(run_setting({setting!r}, {batch}, {mode!r}, args)))"
     )
-    env = dict(os.environ, **(env or {}), GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
-    env["DYNAMIXER_NO_REEXEC"] = "1"
+    env = dict(os.environ, **env, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
     if setting.startswith("torch") or args.device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
     elif args.concurrent:  # several JAX processes share the device: take memory as it is needed
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=logs[0], stderr=logs[1])
 
 
-def finish(setting: str, process: subprocess.Popen, timeout: float | None) -> dict:
-    """The result of a started setting, or an 'error' entry for a failure or a timeout."""
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        return {"error": "timed out"}
+def finish(setting: str, process: subprocess.Popen, logs) -> dict:
+    """The result of an ended setting, or an 'error' entry: its last line on stderr."""
+    stdout, stderr = (log.seek(0) or log.read() for log in logs)
     if process.returncode:
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         print(f"{setting} failed:\n{stderr[-3000:]}", file=sys.stderr, flush=True)
@@ -342,43 +321,55 @@ def finish(setting: str, process: subprocess.Popen, timeout: float | None) -> di
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def measure_round(args, batch: int, mode: str) -> dict[str, dict]:
-    """Every setting once: in this process, in a process each one after the other, or (with
-    ``--concurrent``) in a process each side by side."""
-    if args.in_process:
-        out = {}
-        for setting in args.settings:
-            try:
-                out[setting] = run_setting(setting, batch, mode, args)
-            except Exception as exc:  # one failing setting must not end the run
-                out[setting] = {"error": short_error(exc)}
-        return out
-    if not args.concurrent:
-        timeout = args.setting_timeout_s
-        return {s: finish(s, start_setting(s, batch, mode, args), timeout) for s in args.settings}
+def run_processes(args, batch: int, mode: str) -> dict[str, dict]:
+    """Every setting in a fresh interpreter: one after the other, or with ``--concurrent`` all
+    at once, held at a barrier until all have compiled (:func:`device_turn`). A setting still
+    running ``--setting-timeout-s`` after its start is killed."""
+    groups = [args.settings] if args.concurrent else [[setting] for setting in args.settings]
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="step_barrier_") as scratch:
-        folder = os.path.join(scratch, "ready")
-        os.mkdir(folder)
-        barrier = {
-            BARRIER_DIR: folder,
-            BARRIER_COUNT: str(len(args.settings)),
-            BARRIER_DEADLINE: str(time.time() + args.barrier_s),
-            # shared with other work that holds the device (e.g. accelerator_check.sh's check)
-            TIMING_LOCK: os.environ.get(TIMING_LOCK) or os.path.join(scratch, "device.lock"),
-        }
-        processes = {s: start_setting(s, batch, mode, args, barrier) for s in args.settings}
-        results: dict[str, dict] = {}
-        deadline = time.monotonic() + (args.setting_timeout_s or 1e9)
-        while len(results) < len(processes):
-            for setting, process in processes.items():
-                done = process.poll() is not None
-                if setting not in results and (done or time.monotonic() > deadline):
-                    results[setting] = finish(setting, process, None if done else 0.1)
-                    # a finished or failed setting must not hold the others at the barrier
+        # shared with other work that holds the device (accelerator_check.py's correctness)
+        env = {TIMING_LOCK: os.environ.get(TIMING_LOCK) or os.path.join(scratch, "device.lock")}
+        for group in groups:
+            env[BARRIER_DIR] = folder = tempfile.mkdtemp(dir=scratch)
+            env[BARRIER_COUNT], env[BARRIER_DEADLINE] = (
+                str(len(group)),
+                str(time.time() + args.barrier_s),
+            )
+            running = {}
+            for setting in group:
+                logs = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+                running[setting] = start_setting(setting, batch, mode, args, env, logs), logs
+            give_up = time.monotonic() + (args.setting_timeout_s or math.inf)
+            while running:
+                time.sleep(0.1)
+                for setting, (process, logs) in list(running.items()):
+                    if process.poll() is None and time.monotonic() < give_up:
+                        continue
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
+                        results[setting] = {"error": "timed out"}
+                    else:
+                        results[setting] = finish(setting, process, logs)
+                    del running[setting]
+                    # an ended setting must not hold the others at the barrier
                     with open(os.path.join(folder, f"ready-gone-{process.pid}"), "w"):
                         pass
-            time.sleep(0.2)
-        return {s: results[s] for s in args.settings}
+    return {setting: results[setting] for setting in args.settings}
+
+
+def measure_round(args, batch: int, mode: str) -> dict[str, dict]:
+    """Every setting once: in a process each (:func:`run_processes`), or in this one."""
+    if not args.in_process:
+        return run_processes(args, batch, mode)
+    out = {}
+    for setting in args.settings:
+        try:
+            out[setting] = run_setting(setting, batch, mode, args)
+        except Exception as exc:  # one failing setting must not end the run
+            out[setting] = {"error": benchlib.short_error(exc)}
+    return out
 
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -415,7 +406,7 @@ def fmt(value, spec: str, width: int) -> str:
 
 HEADER = (
     f"{'batch':>5} {'mode':>5} {'setting':>28} {'img/s':>8} {'/torch':>7} {'MFU':>6} "
-    f"{'compile s':>9} {'MB/img':>7} {'peak GB':>7} {'sys%':>5} {'faults/step':>12}"
+    f"{'compile s':>9} {'MB/img':>7} {'peak GB':>7}"
 )
 
 
@@ -428,27 +419,21 @@ def row_line(row: dict) -> str:
     if "img_s" not in row:
         return f"{head} failed: " + "; ".join(r.get("error", "?") for r in runs)
     late = " (timed while others still compiled)" if median_of(runs, "barrier_ran_out") else ""
-    sys_share = median_of(runs, "sys_share")
     return (
         f"{head} {row['img_s']:>8.1f} {fmt(row.get('vs_torch'), '.2f', 7)} "
         f"{fmt(row.get('mfu'), '.1%', 6)} {fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
         f"{fmt(median_of(runs, 'temp_mb_per_image'), '.0f', 7)} "
-        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)} {fmt(sys_share and 100 * sys_share, '.0f', 5)} "
-        f"{fmt(median_of(runs, 'faults_per_step'), '.0f', 12)}{late}"
+        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)}{late}"
     )
 
 
-def cpu_line(report: dict) -> list[str]:
+def cpu_lines(report: dict) -> list[str]:
     """The CPU and its vector extensions, where a figure of the report is a CPU's."""
-    cpu = report.get("cpu")
     on_cpu = any(r.get("platform") == "cpu" for row in report["results"] for r in row["runs"])
-    if not (on_cpu and cpu):
-        return []
-    extensions = " ".join(cpu["vector_extensions"]) or "none found"
-    return [f"CPU: {cpu['name']}, {cpu['cores']} cores; vector extensions: {extensions}"]
+    return [benchlib.cpu_line(report["cpu"])] if on_cpu else []
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--model", default=None, help="S, M, L, tiny or a full name (default S)")
@@ -456,9 +441,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--dtype", choices=sorted(DTYPES), default="fp32")
     add("--modes", nargs="+", choices=["train", "infer"], default=["train"])
     add("--image-size", type=int, default=None, help="default 224")
-    add(
-        "--settings", nargs="+", default=None, help="default: torch jax:minimal (--quick: peak too)"
-    )
+    add("--settings", nargs="+", help="default: torch jax:minimal (--quick: peak too)")
     add("--device", choices=["cpu"], default=None, help="both on the CPU")
     add("--steps", type=int, default=4, help="timed steps per round")
     add("--warmup", type=int, default=0, help="untimed steps after the first")
@@ -468,8 +451,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--concurrent", action="store_true", help="compile side by side")
     add("--barrier-s", type=float, default=300.0, help="--concurrent: the longest wait for all")
     add("--setting-timeout-s", type=float, default=None, help="give up on a process after this")
-    add("--peak-size", type=int, default=0, help="8192 (2048 on a CPU)")
-    add("--trace", metavar="DIR", help="a jax.profiler trace of each JAX setting")
     add("--json", help="output file (default $OUT/throughput.json)")
     add("--summarize", metavar="JSON", help="only print the table of this file")
     add("--quick", action="store_true", help="smoke run: tiny model at 56x56, batch 2, 2 steps")
@@ -483,7 +464,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if os.environ.get("DYNAMIXER_NO_TORCH") == "1" or not importlib.util.find_spec("torch"):
             args.settings.remove("torch")  # no PyTorch here: JAX alone
     if quick:
-        args.steps, args.rounds, args.peak_size = 2, 1, args.peak_size or 256
+        args.steps, args.rounds = 2, 1
     for setting in args.settings:
         parse_setting(setting, args.model)
     if min(args.batches) < 1:
@@ -493,22 +474,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
+def run(argv=None) -> dict:
     """The whole benchmark; returns the report as written to ``--json``."""
     args = parse_args(argv)
     if args.summarize:
         with open(args.summarize) as f:
             report = json.load(f)
-        print("\n".join([HEADER, *map(row_line, report["results"]), *cpu_line(report)]), flush=True)
+        print("\n".join([HEADER, *map(row_line, report["results"]), *cpu_lines(report)]))
         return report
-    report = {
-        "argv": list(argv if argv is not None else sys.argv[1:]),
-        "model": args.model,
-        "dtype": args.dtype,
-        "image_size": args.image_size,
-        "cpu": cpu_description(),
-        "results": [],
-    }
+    report = {"argv": list(argv if argv is not None else sys.argv[1:]), "model": args.model}
+    report.update(dtype=args.dtype, image_size=args.image_size, cpu=benchlib.cpu_description())
+    report["results"] = []
     print(HEADER, flush=True)
     for batch in args.batches:
         for mode in args.modes:
@@ -520,19 +496,13 @@ def run(argv: Sequence[str] | None = None) -> dict:
                 report["results"].append(row)
                 print(row_line(row), flush=True)
             if args.json:  # after every batch and mode, so a later timeout keeps what was measured
-                write_json(args.json, report)
-    print("\n".join(cpu_line(report)), flush=True)
+                benchlib.write_json(args.json, report)
+    print("\n".join(cpu_lines(report)), flush=True)
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run; a command-line mistake is one line on stderr and exit code 2."""
-    try:
-        run(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv=None) -> int:
+    return benchlib.run_cli(run, argv)
 
 
 if __name__ == "__main__":

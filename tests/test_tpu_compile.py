@@ -1,4 +1,4 @@
-"""The TPU compile lab (benchmarks/tpu_compile.py): its arithmetic everywhere, and one compile of a
+"""The TPU compile lab (benchmarks/memory.py --tpu): its arithmetic everywhere, and one compile of a
 tiny model's real training step for a TPU where libtpu is installed (no TPU chip is needed).
 
 The compile test checks what must hold of any correct compile of the step: the donated state is

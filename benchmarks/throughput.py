@@ -4,7 +4,7 @@ model, on whatever device JAX and PyTorch find, the baseline measured in the sam
     python benchmarks/throughput.py --quick                  # tiny model at 56x56, batch 2
     python benchmarks/throughput.py [--model S] [--batches 8 16] [--dtype fp32|bf16]
         [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
-    python benchmarks/throughput.py --dtype bf16 --batches 128 --concurrent --steps 10 \\
+    python benchmarks/throughput.py --dtype bf16 --batches 128 --steps 10 --budget-s 600 \\
         --settings peak jax:minimal torch torch-compile torch-compile:max-autotune torch@M
     python benchmarks/throughput.py --summarize out.json     # the table of a JSON file again
 
@@ -15,18 +15,15 @@ A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--
 and ``DYNAMIXER_KEEP_XLA_FLAGS=1`` (XLA:CPU's own scheduler) reach every setting's process.
 
 Each setting runs ``--rounds`` times in a fresh interpreter with glibc's huge-page malloc, one
-after the other (``--in-process``: all in this one). ``--concurrent`` starts them all at once:
-they compile side by side, wait for each other (at most ``--barrier-s``), then are timed one at
-a time under a file lock (``$STEP_TIMING_LOCK`` if set), so compile times are upper bounds. The
-step, the table's columns and the figures: README, "Benchmarks on any device". The JSON
-(``--json``, default ``$OUT/throughput.json``) is written after every batch and mode.
+after the other (``--in-process``: all in this one); one still running ``--setting-timeout-s``
+after its start, or when ``--budget-s`` of the whole run have passed, is killed, and none starts
+after that. The step, the table's columns and the figures: README, "Benchmarks on any device".
+The JSON (``--json``, default ``$OUT/throughput.json``) is written after every batch and mode.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import importlib.util
 import json
 import math
@@ -34,15 +31,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import benchlib
 from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name
 
 TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-BARRIER_DIR, BARRIER_COUNT = "STEP_BARRIER_DIR", "STEP_BARRIER_COUNT"
-BARRIER_DEADLINE, TIMING_LOCK = "STEP_BARRIER_DEADLINE", "STEP_TIMING_LOCK"
 
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
@@ -61,27 +55,6 @@ def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
     return name, model_name(model) if model else default_model
 
 
-@contextlib.contextmanager
-def device_turn(barrier: dict):
-    """Once this setting has compiled: under ``--concurrent``, tell the others and wait until all
-    have compiled (or the barrier's deadline has passed; ``barrier`` records when and whether),
-    then hold the device alone (a file lock shared by the settings) while timing."""
-    folder, path = os.environ.get(BARRIER_DIR), os.environ.get(TIMING_LOCK)
-    if folder:
-        barrier["ready_at"] = time.time()
-        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
-            pass
-        count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
-        while len(os.listdir(folder)) < count and time.time() < deadline:
-            time.sleep(0.2)
-        # True: some setting was still compiling (or starting) when this one was timed.
-        barrier["barrier_ran_out"] = len(os.listdir(folder)) < count
-    with open(path or os.devnull, "a") as lock:
-        if path:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
 def timed_rounds(step, batch: int, args) -> dict:
     """One untimed step, ``--warmup`` more, then ``--inner-rounds`` rounds of ``--steps`` steps
     (``step(i)`` runs step i and returns a function that waits for it): images/s per round and
@@ -89,7 +62,7 @@ def timed_rounds(step, batch: int, args) -> dict:
     for i in range(1 + args.warmup):
         wait = step(i)
     wait()
-    rates, timed_from, first = [], time.time(), 1 + args.warmup
+    rates, first = [], 1 + args.warmup
     for r in range(args.inner_rounds):
         start = time.perf_counter()
         for i in range(args.steps):
@@ -101,7 +74,6 @@ def timed_rounds(step, batch: int, args) -> dict:
         "img_s": img_s,
         "step_ms": 1e3 * batch / img_s,
         "rounds_img_s": rates,
-        "timed_window": [timed_from, time.time()],  # wall clock, to check turns never overlap
     }
 
 
@@ -157,7 +129,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     start = time.perf_counter()
     compiled = fn.lower(*example).compile()
     compile_s = time.perf_counter() - start
-    memory, cost, barrier = bytes_fields(compiled), costs(compiled), {}
+    memory, cost = bytes_fields(compiled), costs(compiled)
 
     def one_step(i):
         if mode == "train":
@@ -168,13 +140,11 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
             out = compiled(state["params"], images[i % 2])
         return lambda: jax.block_until_ready(out)
 
-    with device_turn(barrier):
-        timing = timed_rounds(one_step, batch, args)
-        stats = device.memory_stats() or {}
+    timing = timed_rounds(one_step, batch, args)
+    stats = device.memory_stats() or {}
     temp = memory["temp_bytes"]
     return {
         **timing,
-        **barrier,
         "compile_s": compile_s,
         "flops_per_image": flops_per_image(model, mode, args),
         "memory": memory,
@@ -233,19 +203,17 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
                 runner(images[i % 2])
         return torch.cuda.synchronize if cuda else lambda: None
 
-    compile_s, barrier = None, {}
-    if compiled:  # compiling happens in the first step; off the device turn
+    compile_s = None
+    if compiled:  # compiling happens in the first step
         start = time.perf_counter()
         one_step(0)()
         compile_s = time.perf_counter() - start
-    with device_turn(barrier):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        timing = timed_rounds(one_step, batch, args)
-        peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing = timed_rounds(one_step, batch, args)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {
         **timing,
-        **barrier,
         "compile_s": compile_s,
         "flops_per_image": flops_per_image(model, mode, args),
         "peak_gb": peak,
@@ -264,20 +232,17 @@ def run_peak(args) -> dict:
     device = jax_device(args)
     size = 256 if args.quick else 2048 if device.platform == "cpu" else 8192
     key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
-    barrier, times = {}, []
-    with device_turn(barrier):
-        a = jax.random.normal(key, (size, size), dtype)
-        b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
-        matmul = jax.jit(jnp.matmul)
+    a = jax.random.normal(key, (size, size), dtype)
+    b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
+    matmul, times = jax.jit(jnp.matmul), []
+    jax.block_until_ready(matmul(a, b))
+    for _ in range(20):
+        start = time.perf_counter()
         jax.block_until_ready(matmul(a, b))
-        for _ in range(20):
-            start = time.perf_counter()
-            jax.block_until_ready(matmul(a, b))
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     return {
         "flops_per_s": 2 * size**3 / statistics.median(times),
         "matmul_size": size,
-        **barrier,
         "device": device.device_kind,
         "platform": device.platform,
     }
@@ -293,9 +258,9 @@ def run_setting(setting: str, batch: int, mode: str, args) -> dict:
     return run_jax(name, model, batch, mode, args)
 
 
-def start_setting(setting: str, batch: int, mode: str, args, env: dict, logs) -> subprocess.Popen:
-    """Start ``run_setting`` in a fresh interpreter with huge-page malloc, its stdout and stderr
-    into the two files ``logs`` (no pipe to fill while others run); its JSON is its last line."""
+def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: float) -> dict:
+    """``run_setting`` in a fresh interpreter with huge-page malloc (its JSON is its last line),
+    killed after ``timeout_s``; a failure is an 'error' entry: its last line on stderr."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = (
         f"import argparse, json, sys; sys.path.insert(0, {here!r}); "
@@ -303,72 +268,36 @@ def start_setting(setting: str, batch: int, mode: str, args, env: dict, logs) ->
         f"args = argparse.Namespace(**{vars(args)!r}); "
         f"print(json.dumps(run_setting({setting!r}, {batch}, {mode!r}, args)))"
     )
-    env = dict(os.environ, **env, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
     if setting.startswith("torch") or args.device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
-    elif args.concurrent:  # several JAX processes share the device: take memory as it is needed
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=logs[0], stderr=logs[1])
+    command, limit = [sys.executable, "-c", code], timeout_s if math.isfinite(timeout_s) else None
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    if done.returncode:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        print(f"{setting} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return {"error": lines[-1][:300] if lines else f"exit code {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def finish(setting: str, process: subprocess.Popen, logs) -> dict:
-    """The result of an ended setting, or an 'error' entry: its last line on stderr."""
-    stdout, stderr = (log.seek(0) or log.read() for log in logs)
-    if process.returncode:
-        lines = [line for line in stderr.strip().splitlines() if line.strip()]
-        print(f"{setting} failed:\n{stderr[-3000:]}", file=sys.stderr, flush=True)
-        return {"error": lines[-1][:300] if lines else f"exit code {process.returncode}"}
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-def run_processes(args, batch: int, mode: str) -> dict[str, dict]:
-    """Every setting in a fresh interpreter: one after the other, or with ``--concurrent`` all
-    at once, held at a barrier until all have compiled (:func:`device_turn`). A setting still
-    running ``--setting-timeout-s`` after its start is killed."""
-    groups = [args.settings] if args.concurrent else [[setting] for setting in args.settings]
-    results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="step_barrier_") as scratch:
-        # shared with other work that holds the device (accelerator_check.py's correctness)
-        env = {TIMING_LOCK: os.environ.get(TIMING_LOCK) or os.path.join(scratch, "device.lock")}
-        for group in groups:
-            env[BARRIER_DIR] = folder = tempfile.mkdtemp(dir=scratch)
-            env[BARRIER_COUNT], env[BARRIER_DEADLINE] = (
-                str(len(group)),
-                str(time.time() + args.barrier_s),
-            )
-            running = {}
-            for setting in group:
-                logs = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
-                running[setting] = start_setting(setting, batch, mode, args, env, logs), logs
-            give_up = time.monotonic() + (args.setting_timeout_s or math.inf)
-            while running:
-                time.sleep(0.1)
-                for setting, (process, logs) in list(running.items()):
-                    if process.poll() is None and time.monotonic() < give_up:
-                        continue
-                    if process.poll() is None:
-                        process.kill()
-                        process.wait()
-                        results[setting] = {"error": "timed out"}
-                    else:
-                        results[setting] = finish(setting, process, logs)
-                    del running[setting]
-                    # an ended setting must not hold the others at the barrier
-                    with open(os.path.join(folder, f"ready-gone-{process.pid}"), "w"):
-                        pass
-    return {setting: results[setting] for setting in args.settings}
-
-
-def measure_round(args, batch: int, mode: str) -> dict[str, dict]:
-    """Every setting once: in a process each (:func:`run_processes`), or in this one."""
-    if not args.in_process:
-        return run_processes(args, batch, mode)
+def measure_round(args, batch: int, mode: str, deadline: float) -> dict[str, dict]:
+    """Every setting once: one after the other in a fresh process each (none started, and a
+    running one killed, at ``deadline``), or all in this one."""
     out = {}
     for setting in args.settings:
-        try:
-            out[setting] = run_setting(setting, batch, mode, args)
-        except Exception as exc:  # one failing setting must not end the run
-            out[setting] = {"error": benchlib.short_error(exc)}
+        left = min(args.setting_timeout_s or math.inf, deadline - time.monotonic())
+        if left <= 0:
+            out[setting] = {"error": "time budget"}
+        elif not args.in_process:
+            out[setting] = run_in_fresh_process(setting, batch, mode, args, left)
+        else:
+            try:
+                out[setting] = run_setting(setting, batch, mode, args)
+            except Exception as exc:  # one failing setting must not end the run
+                out[setting] = {"error": benchlib.short_error(exc)}
     return out
 
 
@@ -418,12 +347,11 @@ def row_line(row: dict) -> str:
         return f"{head} matmul {fmt(row.get('peak_tflops'), '.2f', 0)} TFLOP/s"
     if "img_s" not in row:
         return f"{head} failed: " + "; ".join(r.get("error", "?") for r in runs)
-    late = " (timed while others still compiled)" if median_of(runs, "barrier_ran_out") else ""
     return (
         f"{head} {row['img_s']:>8.1f} {fmt(row.get('vs_torch'), '.2f', 7)} "
         f"{fmt(row.get('mfu'), '.1%', 6)} {fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
         f"{fmt(median_of(runs, 'temp_mb_per_image'), '.0f', 7)} "
-        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)}{late}"
+        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)}"
     )
 
 
@@ -448,9 +376,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--inner-rounds", type=int, default=1, help="timed rounds per process")
     add("--rounds", type=int, default=2, help="processes per setting")
     add("--in-process", action="store_true", help="every setting in this process")
-    add("--concurrent", action="store_true", help="compile side by side")
-    add("--barrier-s", type=float, default=300.0, help="--concurrent: the longest wait for all")
     add("--setting-timeout-s", type=float, default=None, help="give up on a process after this")
+    add("--budget-s", type=float, default=None, help="start no setting after this, kill one then")
     add("--json", help="output file (default $OUT/throughput.json)")
     add("--summarize", metavar="JSON", help="only print the table of this file")
     add("--quick", action="store_true", help="smoke run: tiny model at 56x56, batch 2, 2 steps")
@@ -486,11 +413,12 @@ def run(argv=None) -> dict:
     report.update(dtype=args.dtype, image_size=args.image_size, cpu=benchlib.cpu_description())
     report["results"] = []
     print(HEADER, flush=True)
+    deadline = time.monotonic() + (args.budget_s or math.inf)
     for batch in args.batches:
         for mode in args.modes:
             runs: dict[str, list[dict]] = {setting: [] for setting in args.settings}
             for _ in range(args.rounds):
-                for setting, result in measure_round(args, batch, mode).items():
+                for setting, result in measure_round(args, batch, mode, deadline).items():
                     runs[setting].append(result)
             for row in report_rows(batch, mode, runs, args):
                 report["results"].append(row)

@@ -189,7 +189,7 @@ def whole_check(args) -> None:
     scale, quick = args.time_scale, ["--quick"] if args.quick else []
     race = args.settings or (QUICK_RACE if args.quick else RACE).split()
     race_args = ["--batches", str(args.batch or (2 if args.quick else 128))]
-    race_args += ["--image-size", "56", "--steps", "1"] if args.quick else ["--steps", "10"]
+    race_args += ["--image-size", "56", "--steps", "3"] if args.quick else ["--steps", "30"]
     race_args += ["--budget-s", str(270 * scale), "--setting-timeout-s", str(200 * scale)]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     started = time.monotonic()
@@ -201,7 +201,7 @@ def whole_check(args) -> None:
         code = "killed at its budget"
     print(f"correctness exit code {code}", flush=True)
     timer = [sys.executable, os.path.join(HERE, "throughput.py"), "--dtype", "bf16"]
-    timer += ["--rounds", "1", "--inner-rounds", "3", "--warmup", "2", *race_args]
+    timer += ["--rounds", "1", "--warmup", "2", *race_args]
     timer += ["--settings", *race, "--json", os.path.join(out, "throughput.json")]
     print(f"training-step race exit code {subprocess.run(timer, env=env).returncode}", flush=True)
     with open(os.path.join(out, "correctness.json")) as f:

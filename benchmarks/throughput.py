@@ -6,7 +6,6 @@ model, on whatever device JAX and PyTorch find, the baseline measured in the sam
         [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
     python benchmarks/throughput.py --dtype bf16 --batches 128 --steps 10 --budget-s 600 \\
         --settings peak jax:minimal torch torch-compile torch-compile:max-autotune torch@M
-    python benchmarks/throughput.py --summarize out.json     # the table of a JSON file again
 
 A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--model``):
 ``jax:<remat>`` (none, minimal, full), ``jax-scan:<remat>`` (``scan_layers=True``), ``torch``
@@ -15,9 +14,8 @@ A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--
 and ``DYNAMIXER_KEEP_XLA_FLAGS=1`` (XLA:CPU's own scheduler) reach every setting's process.
 
 Each setting runs ``--rounds`` times in a fresh interpreter with glibc's huge-page malloc, one
-after the other (``--in-process``: all in this one); one still running ``--setting-timeout-s``
-after its start, or when ``--budget-s`` of the whole run have passed, is killed, and none starts
-after that. The step, the table's columns and the figures: README, "Benchmarks on any device".
+after the other; one still running ``--setting-timeout-s`` after its start, or when
+``--budget-s`` of the whole run have passed, is killed, and none starts after that. The step, the table's columns and the figures: README, "Benchmarks on any device".
 The JSON (``--json``, default ``$OUT/throughput.json``) is written after every batch and mode.
 """
 
@@ -55,26 +53,18 @@ def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
     return name, model_name(model) if model else default_model
 
 
-def timed_rounds(step, batch: int, args) -> dict:
-    """One untimed step, ``--warmup`` more, then ``--inner-rounds`` rounds of ``--steps`` steps
-    (``step(i)`` runs step i and returns a function that waits for it): images/s per round and
-    their median."""
+def timed_steps(step, batch: int, args) -> dict:
+    """One untimed step, ``--warmup`` more, then ``--steps`` timed steps (``step(i)`` runs step i
+    and returns a function that waits for it): images/s and milliseconds per step."""
     for i in range(1 + args.warmup):
         wait = step(i)
     wait()
-    rates, first = [], 1 + args.warmup
-    for r in range(args.inner_rounds):
-        start = time.perf_counter()
-        for i in range(args.steps):
-            wait = step(first + r * args.steps + i)
-        wait()
-        rates.append(args.steps * batch / (time.perf_counter() - start))
-    img_s = statistics.median(rates)
-    return {
-        "img_s": img_s,
-        "step_ms": 1e3 * batch / img_s,
-        "rounds_img_s": rates,
-    }
+    start = time.perf_counter()
+    for i in range(args.steps):
+        wait = step(1 + args.warmup + i)
+    wait()
+    img_s = args.steps * batch / (time.perf_counter() - start)
+    return {"img_s": img_s, "step_ms": 1e3 * batch / img_s}
 
 
 def flops_per_image(model: str, mode: str, args) -> float:
@@ -140,7 +130,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
             out = compiled(state["params"], images[i % 2])
         return lambda: jax.block_until_ready(out)
 
-    timing = timed_rounds(one_step, batch, args)
+    timing = timed_steps(one_step, batch, args)
     stats = device.memory_stats() or {}
     temp = memory["temp_bytes"]
     return {
@@ -210,7 +200,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
         compile_s = time.perf_counter() - start
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timing = timed_rounds(one_step, batch, args)
+    timing = timed_steps(one_step, batch, args)
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {
         **timing,
@@ -283,21 +273,16 @@ def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: f
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_round(args, batch: int, mode: str, deadline: float) -> dict[str, dict]:
-    """Every setting once: one after the other in a fresh process each (none started, and a
-    running one killed, at ``deadline``), or all in this one."""
+def measure_round(args, batch: int, mode: str, deadline: float, measure) -> dict[str, dict]:
+    """Every setting once, one after the other, each given what is left of its timeout and of
+    the run's budget (none started once ``deadline`` has passed)."""
     out = {}
     for setting in args.settings:
         left = min(args.setting_timeout_s or math.inf, deadline - time.monotonic())
-        if left <= 0:
-            out[setting] = {"error": "time budget"}
-        elif not args.in_process:
-            out[setting] = run_in_fresh_process(setting, batch, mode, args, left)
+        if left > 0:
+            out[setting] = measure(setting, batch, mode, args, left)
         else:
-            try:
-                out[setting] = run_setting(setting, batch, mode, args)
-            except Exception as exc:  # one failing setting must not end the run
-                out[setting] = {"error": benchlib.short_error(exc)}
+            out[setting] = {"error": "time budget"}
     return out
 
 
@@ -373,13 +358,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--device", choices=["cpu"], default=None, help="both on the CPU")
     add("--steps", type=int, default=4, help="timed steps per round")
     add("--warmup", type=int, default=0, help="untimed steps after the first")
-    add("--inner-rounds", type=int, default=1, help="timed rounds per process")
     add("--rounds", type=int, default=2, help="processes per setting")
-    add("--in-process", action="store_true", help="every setting in this process")
     add("--setting-timeout-s", type=float, default=None, help="give up on a process after this")
     add("--budget-s", type=float, default=None, help="start no setting after this, kill one then")
     add("--json", help="output file (default $OUT/throughput.json)")
-    add("--summarize", metavar="JSON", help="only print the table of this file")
     add("--quick", action="store_true", help="smoke run: tiny model at 56x56, batch 2, 2 steps")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -401,14 +383,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run(argv=None) -> dict:
-    """The whole benchmark; returns the report as written to ``--json``."""
+def run(argv=None, measure=run_in_fresh_process) -> dict:
+    """The whole benchmark; returns the report as written to ``--json``. ``measure(setting,
+    batch, mode, args, timeout_s)`` measures one setting once (tests: in their own process)."""
     args = parse_args(argv)
-    if args.summarize:
-        with open(args.summarize) as f:
-            report = json.load(f)
-        print("\n".join([HEADER, *map(row_line, report["results"]), *cpu_lines(report)]))
-        return report
     report = {"argv": list(argv if argv is not None else sys.argv[1:]), "model": args.model}
     report.update(dtype=args.dtype, image_size=args.image_size, cpu=benchlib.cpu_description())
     report["results"] = []
@@ -418,7 +396,7 @@ def run(argv=None) -> dict:
         for mode in args.modes:
             runs: dict[str, list[dict]] = {setting: [] for setting in args.settings}
             for _ in range(args.rounds):
-                for setting, result in measure_round(args, batch, mode, deadline).items():
+                for setting, result in measure_round(args, batch, mode, deadline, measure).items():
                     runs[setting].append(result)
             for row in report_rows(batch, mode, runs, args):
                 report["results"].append(row)

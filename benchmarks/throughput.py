@@ -5,12 +5,12 @@ model, on whatever device JAX and PyTorch find, the baseline measured in the sam
     python benchmarks/throughput.py [--model S] [--batches 8 16] [--dtype fp32|bf16]
         [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
     python benchmarks/throughput.py --dtype bf16 --batches 128 --steps 10 --budget-s 600 \\
-        --settings peak jax:minimal torch torch-compile torch-compile:max-autotune torch@M
+        --settings peak jax:minimal torch torch-compile torch@M
 
 A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--model``):
 ``jax:<remat>`` (none, minimal, full), ``jax-scan:<remat>`` (``scan_layers=True``), ``torch``
-(the twin, eager), ``torch-compile[:MODE]`` (the whole model under ``torch.compile``, e.g.
-``max-autotune``), ``peak`` (a large matmul's FLOP/s in the compute dtype, for MFU). ``XLA_FLAGS``
+(the twin, eager), ``torch-compile`` (the whole model under ``torch.compile``, default mode),
+``peak`` (a large matmul's FLOP/s in the compute dtype, for MFU). ``XLA_FLAGS``
 and ``DYNAMIXER_KEEP_XLA_FLAGS=1`` (XLA:CPU's own scheduler) reach every setting's process.
 
 Each setting runs ``--rounds`` times in a fresh interpreter with glibc's huge-page malloc, one
@@ -34,21 +34,16 @@ import time
 import benchlib
 from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name
 
-TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
     """(name, model) of ``NAME[@MODEL]``; a name it does not know is a UserError."""
     name, _, model = setting.partition("@")
     kind, _, option = name.partition(":")
-    known = name in ("peak", "torch", "torch-compile") or (
-        (kind in ("jax", "jax-scan") and option)
-        or (kind == "torch-compile" and option in TORCH_MODES)
-    )
+    known = name in ("peak", "torch", "torch-compile") or (kind in ("jax", "jax-scan") and option)
     if not known:
         raise UserError(
-            f"unknown setting {setting!r}; use e.g. jax:minimal, jax-scan:none, torch, torch-compile, "
-            f"torch-compile:MODE ({', '.join(TORCH_MODES)}), peak; @S, @M, @L or @tiny for a model"
+            f"unknown setting {setting!r}; use e.g. jax:minimal, jax-scan:none, torch, "
+            "torch-compile, peak; @S, @M, @L or @tiny for a model"
         )
     return name, model_name(model) if model else default_model
 
@@ -169,8 +164,8 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
         drop_path_rate=benchlib.DROP_PATH_RATE,
     )
     net = net.train(mode == "train").to(device)
-    compiled = name.startswith("torch-compile")
-    runner = torch.compile(net, mode=name.partition(":")[2] or None) if compiled else net
+    compiled = name == "torch-compile"
+    runner = torch.compile(net) if compiled else net
     fused = {"fused": True} if cuda else {}
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, **fused

@@ -82,7 +82,7 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
 def test_user_errors_are_one_line(capsys):
     assert throughput.main(["--model", "XL", "--quick"]) == 2
     assert throughput.main(["--settings", "jax"]) == 2
-    assert throughput.main(["--settings", "torch-compile:fastest"]) == 2  # no such mode
+    assert throughput.main(["--settings", "torch-compile:max-autotune"]) == 2  # default mode only
     assert memory.main(["--models", "XL"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("error: ") for line in err)

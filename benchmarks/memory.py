@@ -16,8 +16,8 @@ topology description alone (``jax[tpu]``; no TPU needed), the step as ``configs/
 builds it (bf16), and caches each compile as JSON in ``benchmarks/results/tpu-compile/``, so a
 rerun compiles only what is missing (``--libtpu-version``: compile nothing, read that libtpu's
 cache). It extrapolates to the variant's per-device batch on 8 devices: HBM and headroom, the
-largest batch that fits, the gradient accumulation that would, XLA's FLOPs and bytes accessed
-against ``dynamixer_jax.model.traffic``'s minimum, and the roofline; it writes
+largest batch that fits, XLA's FLOPs and bytes accessed against
+``dynamixer_jax.model.traffic``'s minimum; it writes
 ``summary_<remat>[_<mixing>].json`` beside the cache and prints the README's table.
 
 Both fit the needed bytes (arguments + outputs - donated aliases + temporaries + generated code)
@@ -48,7 +48,7 @@ from benchlib import (
 )
 from benchlib.steps import library_train_step, make_adamw_step, published_train_step
 from benchlib.tpu_compile import CHIPS, chip_devices, versions
-from benchlib.tpu_fit import Affine, accumulation_to_fit, roofline_images_per_s
+from benchlib.tpu_fit import Affine
 from benchlib.xla_stats import compile_stats
 from dynamixer_jax.model.variants import PUBLISHED, abstract_variables
 
@@ -161,27 +161,20 @@ def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
     """The README's figures of one generation and variant, extrapolated from the fits to the
     published per-device batch (compiler estimates, per device; rates per chip)."""
     from dynamixer_jax import create_model
-    from dynamixer_jax.model import flops, traffic
+    from dynamixer_jax.model import traffic
 
     chip, per_chip = CHIPS[generation], points[0]["devices_per_chip"]
     capacity = chip.hbm_bytes / per_chip
-    peak, bandwidth = chip.bf16_tflops * 1e12 / per_chip, chip.hbm_gb_s * 1e9 / per_chip
     batch = PUBLISHED[variant]["batch_size"] // DEVICES
     fits = {field: fit(points, field) for field in ("hbm_bytes", "flops", "bytes_accessed")}
     at = {field: line.at(batch) for field, line in fits.items()}
     model = create_model(variant, dtype=jnp.bfloat16)
-    minimum_bytes = traffic.training_bytes_per_image(model, batch)
-
-    def roofline(flops_per_image, bytes_per_image):
-        found = roofline_images_per_s(flops_per_image, bytes_per_image, peak, bandwidth)
-        return {k: v * per_chip if "per_s" in k else v for k, v in found.items()}
-
     return {
         "generation": generation,
         "device_kind": points[0]["device_kind"],
         "variant": variant,
         "remat": points[0]["remat"],
-        "chip": {k: getattr(chip, k) for k in ("hbm", "bf16_tflops", "hbm_gb_s", "source")},
+        "chip": {"hbm": chip.hbm, "source": chip.source},
         "devices_per_chip": per_chip,
         "device_hbm_gib": capacity / GIB,
         "measured_batches": sorted(p["batch"] for p in points),
@@ -192,14 +185,9 @@ def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
         "published_hbm_gib": at["hbm_bytes"] / GIB,
         "published_headroom_gib": (capacity - at["hbm_bytes"]) / GIB,
         "largest_device_batch": fits["hbm_bytes"].largest_batch(capacity),
-        "grad_accum_steps_to_fit": accumulation_to_fit(
-            fits["hbm_bytes"], batch, capacity, traffic.num_parameters(model)
-        ),
         "xla_gflops_per_image": at["flops"] / batch / 1e9,
         "xla_gb_accessed_per_image": at["bytes_accessed"] / batch / 1e9,
-        "minimum_gb_per_image": minimum_bytes / 1e9,
-        "roofline_xla": roofline(at["flops"] / batch, at["bytes_accessed"] / batch),
-        "roofline_analytic": roofline(flops.training_flops(model), minimum_bytes),
+        "minimum_gb_per_image": traffic.training_bytes_per_image(model, batch) / 1e9,
     }
 
 
@@ -207,23 +195,17 @@ def tpu_table(rows: list[dict]) -> str:
     """The README's table: one row per generation and variant."""
     lines = [
         "| TPU | variant | HBM/device | batch/device | HBM there (headroom) | largest batch "
-        "| accumulate | MB/image | GFLOP/image | GB accessed/image (minimum) "
-        "| FLOP/byte (minimum) | roofline img/s/chip (minimum) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| MB/image | GFLOP/image | GB accessed/image (minimum) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        accum = r["grad_accum_steps_to_fit"]
-        accum = f"{accum['steps']} ({accum['estimated_gib']:.1f} GiB)" if accum else "-"
-        xla, low = r["roofline_xla"], r["roofline_analytic"]
         lines.append(
             f"| {r['generation']} | {r['variant'].split('_')[1].upper()} "
             f"| {r['device_hbm_gib']:.1f} GiB | {r['published_device_batch']} "
             f"| {r['published_hbm_gib']:.1f} GiB ({r['published_headroom_gib']:+.1f}) "
-            f"| {r['largest_device_batch']} | {accum} | {r['hbm_mb_per_image']:.0f} "
+            f"| {r['largest_device_batch']} | {r['hbm_mb_per_image']:.0f} "
             f"| {r['xla_gflops_per_image']:.1f} | {r['xla_gb_accessed_per_image']:.2f} "
-            f"({r['minimum_gb_per_image']:.2f}) "
-            f"| {xla['intensity_flops_per_byte']:.0f} ({low['intensity_flops_per_byte']:.0f}) "
-            f"| {xla['bound_images_per_s']:.0f} ({low['bound_images_per_s']:.0f}) |"
+            f"({r['minimum_gb_per_image']:.2f}) |"
         )
     return "\n".join(lines)
 

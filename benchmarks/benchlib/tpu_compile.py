@@ -18,17 +18,15 @@ from jax.sharding import Mesh
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One TPU generation: its topology name in libtpu and its per-chip figures as Google Cloud's
-    TPU page of the generation (``source``) states them (``hbm`` as written there; a "GB" is read
-    as 10^9 bytes, the smaller reading). On v3 and v4 a chip holds two TensorCores and libtpu
+    """One TPU generation: its topology name in libtpu and its HBM per chip as Google Cloud's TPU
+    page of the generation (``source``) states it (``hbm`` as written there; a "GB" is read as
+    10^9 bytes, the smaller reading). On v3 and v4 a chip holds two TensorCores and libtpu
     lists each core as a device: the per-device share is the per-chip figure over the devices."""
 
     generation: str
     topology: str  # one chip, in libtpu's naming
     accelerator_type: str  # TPU_ACCELERATOR_TYPE of a small slice, only to quiet libtpu
     hbm: str
-    bf16_tflops: float
-    hbm_gb_s: float
     source: str
 
     @property
@@ -41,11 +39,11 @@ _DOCS = "https://cloud.google.com/tpu/docs/"
 CHIPS: dict[str, Chip] = {
     chip.generation: chip
     for chip in (
-        Chip("v3", "v3:1x1", "v3-8", "32 GiB", 123, 900, _DOCS + "v3"),
-        Chip("v4", "v4:1x1x1", "v4-8", "32 GiB", 275, 1200, _DOCS + "v4"),
-        Chip("v5e", "v5e:1x1", "v5litepod-1", "16 GB", 197, 819, _DOCS + "v5e"),
-        Chip("v5p", "v5p:1x1x1", "v5p-8", "95 GB", 459, 2765, _DOCS + "v5p"),
-        Chip("v6e", "v6e:1x1", "v6e-1", "32 GB", 918, 1638, _DOCS + "v6e"),
+        Chip("v3", "v3:1x1", "v3-8", "32 GiB", _DOCS + "v3"),
+        Chip("v4", "v4:1x1x1", "v4-8", "32 GiB", _DOCS + "v4"),
+        Chip("v5e", "v5e:1x1", "v5litepod-1", "16 GB", _DOCS + "v5e"),
+        Chip("v5p", "v5p:1x1x1", "v5p-8", "95 GB", _DOCS + "v5p"),
+        Chip("v6e", "v6e:1x1", "v6e-1", "32 GB", _DOCS + "v6e"),
     )
 }
 

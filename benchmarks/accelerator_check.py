@@ -1,22 +1,12 @@
-"""Correctness, then throughput, of DynaMixer on one accelerator, in under 7 minutes.
+"""Correctness, then throughput, of DynaMixer on one accelerator, in about 7 minutes at most.
 
     python benchmarks/accelerator_check.py [--out DIR] [--quick] [--time-scale 1.5]
         [--settings ...] [--batch 128] 2>&1 | tee DIR/log.txt
     python benchmarks/accelerator_check.py --json FILE [--quick]    # the correctness checks only
 
-Writes to ``--out`` (``$OUT``, else ./accelerator_out): correctness.json, then the
-training-step race (``throughput.py``, bf16, batch 128: the matmul peak, PyTorch eager and
-torch.compile, S with each remat and scan_layers, M, L; one setting after the other, each in a
-fresh process, in that order until the race's budget is spent): throughput.json. ``--quick``:
-tiny models at 56x56, batch 2 (a CPU smoke run).
-
-The checks, each recorded (a failure as an error; the rest still run): ``device_vs_cpu``,
-float32 logits of S, M, L on the default device against the host CPU at ``highest`` matmul
-precision (so TF32 cannot hide a bug), and at the default precision; with ``jax_vs_torch``, the
-PyTorch twin's float32 logits (TF32 off) on its device against JAX's; ``bf16_vs_fp32``, top-1
-agreement and logit error of bfloat16 against float32 on 64 smooth random images. The weights
-are the twin's ``randomize_``-d ones (every parameter random, logits O(1)), so mistakes in
-biases or norms show and argmaxes are not ties.
+Writes correctness.json, then throughput.json (the training-step race, ``throughput.py``), to
+``--out``. The checks, the race and their figures: README, "Benchmarks on any device" and
+"Speed and memory".
 """
 
 from __future__ import annotations
@@ -48,7 +38,8 @@ def flax_model(name: str, image_size: int, dtype=None):
 
 
 def twin_and_params(name: str, image_size: int):
-    """(torch twin with randomised weights, the same weights as Flax params in numpy)."""
+    """(torch twin with randomised weights, the same weights as Flax params in numpy): every
+    parameter random, logits O(1), so mistakes in biases or norms show and argmaxes are no ties."""
     import torch
 
     import dynamixer_torch
@@ -85,6 +76,8 @@ def errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
 
 
 def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
+    """Float32 logits on the default device against the host CPU's at ``highest`` matmul
+    precision (so TF32 cannot hide a bug) and at the default one, and against the twin's."""
     twin, params = twin_and_params(name, image_size)
     model = flax_model(name, image_size)
     images = smooth_images(batch, image_size, seed=1)
@@ -106,6 +99,7 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
 
 
 def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
+    """JAX's logits against the PyTorch twin's on its device, TF32 off."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,6 +114,7 @@ def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
 
 
 def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
+    """Top-1 agreement and logit error of bfloat16 against float32 on smooth random images."""
     _, params = twin_and_params(name, image_size)
     images = smooth_images(batch, image_size, seed=2)
     device = jax.devices()[0]

@@ -2,12 +2,9 @@
 
     python benchmarks/input_pipeline.py [--images 1024] [--rounds 3]
 
-Reads a folder of generated 500x375 quality-90 JPEGs with ``TrainData`` (what training uses) at
-224, batch 32, for a ladder of recipes that adds one augmentation at a time (crop, + flip, +
-RandAugment: the host's whole share, since normalisation and random erasing run on device). Per
-recipe: wall-clock images/s, and CPU time per image (the steadier figure on a shared machine); a
-step's share is its CPU time over the step before. Rounds alternate between recipes; medians
-count.
+Reads generated JPEGs with ``TrainData`` (what training uses) for a ladder of recipes that adds
+one augmentation at a time; rounds alternate between recipes, medians count; ``share`` is the
+CPU time a step adds, over the whole recipe's. What it measures and the figures: README, "Data".
 """
 
 from __future__ import annotations

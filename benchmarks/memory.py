@@ -5,23 +5,10 @@
     python benchmarks/memory.py --tpu v3 v4 v5e v5p v6e [--models S M L] [--batches 8 16]
         [--remat minimal] [--mixing vector|dot|pallas] [--libtpu-version 0.0.42.1]
 
-Without ``--tpu`` it compiles for JAX's default device ``--step adamw`` (the plain AdamW step
-``throughput.py`` times) or ``--step library`` (the library's ``make_train_step``: device-side
-augmentation, Mixup/CutMix, label smoothing, the loss guard, masked AdamW, EMA) and prints the
-largest batch that fits each ``--fit-gb`` (95% of it usable). XLA:CPU fuses less than the GPU
+The steps, the fit of the needed bytes against the batch and the figures: README, "Benchmarks
+on any device", and for ``--tpu`` (one chip of each generation named, compiled through libtpu
+and cached in ``benchmarks/results/tpu-compile/``) "On a TPU". XLA:CPU fuses less than the GPU
 and TPU compilers: read CPU figures as upper bounds for those.
-
-With ``--tpu`` it compiles for one chip of each TPU generation named, through libtpu from a
-topology description alone (``jax[tpu]``; no TPU needed), the step as ``configs/imagenet.py``
-builds it (bf16), and caches each compile as JSON in ``benchmarks/results/tpu-compile/``, so a
-rerun compiles only what is missing (``--libtpu-version``: compile nothing, read that libtpu's
-cache). It extrapolates to the variant's per-device batch on 8 devices: HBM and headroom, the
-largest batch that fits, XLA's FLOPs and bytes accessed against
-``dynamixer_jax.model.traffic``'s minimum; it writes
-``summary_<remat>[_<mixing>].json`` beside the cache and prints the README's table.
-
-Both fit the needed bytes (arguments + outputs - donated aliases + temporaries + generated code)
-as ``fixed + per_image * batch`` through the smallest and the largest batch.
 """
 
 from __future__ import annotations

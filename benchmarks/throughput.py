@@ -4,19 +4,9 @@ model, on whatever device JAX and PyTorch find, the baseline measured in the sam
     python benchmarks/throughput.py --quick                  # tiny model at 56x56, batch 2
     python benchmarks/throughput.py [--model S] [--batches 8 16] [--dtype fp32|bf16]
         [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
-    python benchmarks/throughput.py --dtype bf16 --batches 128 --steps 10 --budget-s 600 \\
-        --settings peak jax:minimal torch torch-compile torch@M
 
-A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--model``):
-``jax:<remat>`` (none, minimal, full), ``jax-scan:<remat>`` (``scan_layers=True``), ``torch``
-(the twin, eager), ``torch-compile`` (the whole model under ``torch.compile``, default mode),
-``peak`` (a large matmul's FLOP/s in the compute dtype, for MFU). ``XLA_FLAGS``
-and ``DYNAMIXER_KEEP_XLA_FLAGS=1`` (XLA:CPU's own scheduler) reach every setting's process.
-
-Each setting runs ``--rounds`` times in a fresh interpreter with glibc's huge-page malloc, one
-after the other; one still running ``--setting-timeout-s`` after its start, or when
-``--budget-s`` of the whole run have passed, is killed, and none starts after that. The step, the table's columns and the figures: README, "Benchmarks on any device".
-The JSON (``--json``, default ``$OUT/throughput.json``) is written after every batch and mode.
+The settings (``NAME[@MODEL]``), how each runs (in a fresh process, one after the other), the
+step, the table's columns and the figures: README, "Benchmarks on any device".
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from benchlib import cpu_description, cpu_line
+from benchlib import cpu_description, cpu_line, table_header, table_row
 from dynamixer_jax.data.pipeline import TrainAugment, TrainData
 
 BATCH = 32
@@ -105,18 +105,15 @@ def main():
     print(
         f"training input at 224, batch {BATCH}, median of {args.rounds} alternating rounds; "
         "uint8 out: normalisation and random erasing run in the train step, on device, and are "
-        f"not in these figures\n{cpu_line(cpu_description())}\n"
-        f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "
-        f"{'img/s per CPU core':>18s} {'share':>6s}"
+        f"not in these figures\n{cpu_line(cpu_description())}"
     )
+    print(table_header(["recipe", "img/s", "/core", "CPU ms/img", "img/s per CPU core", "share"]))
     previous, full_cpu = 0.0, statistics.median(cpu for _, cpu in times[FULL])
     for name, measured in times.items():
         wall, cpu = (statistics.median(column) for column in zip(*measured))
         share, previous = (cpu - previous) / full_cpu, cpu
-        print(
-            f"{name:44s} {1 / wall:6.0f} {1 / wall / cores:6.0f} {cpu * 1e3:10.2f} "
-            f"{1 / cpu:18.0f} {share:6.0%}"
-        )
+        rates = [f"{1 / wall:.0f}", f"{1 / wall / cores:.0f}", f"{cpu * 1e3:.2f}", f"{1 / cpu:.0f}"]
+        print(table_row([name, *rates, f"{share:.0%}"]))
 
 
 if __name__ == "__main__":

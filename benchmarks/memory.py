@@ -31,6 +31,8 @@ from benchlib import (
     create,
     model_name,
     run_cli,
+    table_header,
+    table_row,
     write_json,
 )
 from benchlib.steps import library_train_step, make_adamw_step, published_train_step
@@ -180,20 +182,16 @@ def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
 
 def tpu_table(rows: list[dict]) -> str:
     """The README's table: one row per generation and variant."""
-    lines = [
-        "| TPU | variant | HBM/device | batch/device | HBM there (headroom) | largest batch "
-        "| MB/image | GFLOP/image | GB accessed/image (minimum) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["TPU", "variant", "HBM/device", "batch/device", "HBM there (headroom)"]
+    header += ["largest batch", "MB/image", "GFLOP/image", "GB accessed/image (minimum)"]
+    lines = [table_header(header)]
     for r in rows:
-        lines.append(
-            f"| {r['generation']} | {r['variant'].split('_')[1].upper()} "
-            f"| {r['device_hbm_gib']:.1f} GiB | {r['published_device_batch']} "
-            f"| {r['published_hbm_gib']:.1f} GiB ({r['published_headroom_gib']:+.1f}) "
-            f"| {r['largest_device_batch']} | {r['hbm_mb_per_image']:.0f} "
-            f"| {r['xla_gflops_per_image']:.1f} | {r['xla_gb_accessed_per_image']:.2f} "
-            f"({r['minimum_gb_per_image']:.2f}) |"
-        )
+        there = f"{r['published_hbm_gib']:.1f} GiB ({r['published_headroom_gib']:+.1f})"
+        accessed = f"{r['xla_gb_accessed_per_image']:.2f} ({r['minimum_gb_per_image']:.2f})"
+        cells = [r["generation"], r["variant"].split("_")[1].upper()]
+        cells += [f"{r['device_hbm_gib']:.1f} GiB", r["published_device_batch"], there]
+        cells += [r["largest_device_batch"], f"{r['hbm_mb_per_image']:.0f}"]
+        lines.append(table_row([*cells, f"{r['xla_gflops_per_image']:.1f}", accessed]))
     return "\n".join(lines)
 
 
@@ -222,17 +220,11 @@ def tpu_rows(models: list[str], args) -> list[dict]:
 
 def local_table(rows: list[dict], fit_gb: list[float]) -> str:
     """Per model, dtype and remat: MB per image, the fixed GB and the largest batches."""
-    lines = [f"\n{USABLE:.0%} of each device size usable"]
-    lines.append(
-        f"{'model':>12} {'dtype':>5} {'remat':>8} {'MB/img':>7} {'fixed GB':>8} "
-        + " ".join(f"{f'{gb:g} GB':>7}" for gb in fit_gb)
-    )
+    header = ["model", "dtype", "remat", "MB/img", "fixed GB", *(f"{gb:g} GB" for gb in fit_gb)]
+    lines = [f"\n{USABLE:.0%} of each device size usable", table_header(header)]
     for row in rows:
-        lines.append(
-            f"{row['model']:>12} {row['dtype']:>5} {row['remat']:>8} "
-            f"{row['per_image_mb']:>7.1f} {row['fixed_gb']:>8.2f} "
-            + " ".join(f"{n:>7}" for n in row["largest_batch"].values())
-        )
+        cells = [row["model"], row["dtype"], row["remat"], f"{row['per_image_mb']:.1f}"]
+        lines.append(table_row([*cells, f"{row['fixed_gb']:.2f}", *row["largest_batch"].values()]))
     return "\n".join(lines)
 
 

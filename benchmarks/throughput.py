@@ -22,7 +22,7 @@ import sys
 import time
 
 import benchlib
-from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name
+from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name, table_header, table_row
 
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
@@ -299,30 +299,23 @@ def report_rows(batch: int, mode: str, runs: dict[str, list[dict]], args) -> lis
     return rows
 
 
-def fmt(value, spec: str, width: int) -> str:
-    return f"{'-' if value is None else format(value, spec):>{width}}"
+HEADER = ["batch", "mode", "setting", "img/s", "/torch", "MFU", "compile s", "MB/img", "peak GB"]
+MEDIANS = {"compile_s": ".1f", "temp_mb_per_image": ".0f", "peak_gb": ".1f"}  # of the runs
 
 
-HEADER = (
-    f"{'batch':>5} {'mode':>5} {'setting':>28} {'img/s':>8} {'/torch':>7} {'MFU':>6} "
-    f"{'compile s':>9} {'MB/img':>7} {'peak GB':>7}"
-)
+def fmt(value, spec: str) -> str | None:
+    return None if value is None else format(value, spec)
 
 
 def row_line(row: dict) -> str:
-    """One line of the table."""
-    head = f"{row['batch']:>5} {row.get('mode', 'train'):>5} {row['setting']:>28}"
-    runs = row["runs"]
+    """One row of the table."""
+    head, runs = [row["batch"], row["mode"], row["setting"]], row["runs"]
     if row["setting"].startswith("peak"):
-        return f"{head} matmul {fmt(row.get('peak_tflops'), '.2f', 0)} TFLOP/s"
+        return table_row([*head, f"matmul {fmt(row.get('peak_tflops'), '.2f')} TFLOP/s"])
     if "img_s" not in row:
-        return f"{head} failed: " + "; ".join(r.get("error", "?") for r in runs)
-    return (
-        f"{head} {row['img_s']:>8.1f} {fmt(row.get('vs_torch'), '.2f', 7)} "
-        f"{fmt(row.get('mfu'), '.1%', 6)} {fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
-        f"{fmt(median_of(runs, 'temp_mb_per_image'), '.0f', 7)} "
-        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)}"
-    )
+        return table_row([*head, "failed: " + "; ".join(r.get("error", "?") for r in runs)])
+    rates = [f"{row['img_s']:.1f}", fmt(row.get("vs_torch"), ".2f"), fmt(row.get("mfu"), ".1%")]
+    return table_row(head + rates + [fmt(median_of(runs, k), f) for k, f in MEDIANS.items()])
 
 
 def cpu_lines(report: dict) -> list[str]:
@@ -375,7 +368,7 @@ def run(argv=None, measure=run_in_fresh_process) -> dict:
     report = {"argv": list(argv if argv is not None else sys.argv[1:]), "model": args.model}
     report.update(dtype=args.dtype, image_size=args.image_size, cpu=benchlib.cpu_description())
     report["results"] = []
-    print(HEADER, flush=True)
+    print(table_header(HEADER), flush=True)
     deadline = time.monotonic() + (args.budget_s or math.inf)
     for batch in args.batches:
         for mode in args.modes:

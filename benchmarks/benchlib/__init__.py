@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: one-line command-line errors, JSON records, the CPU's
-description and the model a benchmark builds (aliases, a tiny smoke-run architecture, dtypes).
+"""What the benchmark scripts share: one-line command-line errors, JSON records, Markdown tables,
+the CPU's description and the model a benchmark builds (aliases, a tiny architecture, dtypes).
 
 ``benchmarks/`` is not an installed package: ``python benchmarks/NAME.py`` has ``benchmarks/`` on
 ``sys.path`` and so finds this package, and importing it puts the repository root there too, so
@@ -70,6 +70,16 @@ def write_json(path: str, content: Any, sort_keys: bool = False) -> None:
         json.dump(content, f, indent=1, default=str, sort_keys=sort_keys)
         f.write("\n")
     os.replace(path + ".tmp", path)
+
+
+def table_row(cells: Sequence[Any]) -> str:
+    """One row of a Markdown table, as the README quotes them; a ``None`` cell is ``-``."""
+    return "| " + " | ".join("-" if cell is None else str(cell) for cell in cells) + " |"
+
+
+def table_header(names: Sequence[str]) -> str:
+    """A Markdown table's header row and the rule under it."""
+    return f"{table_row(names)}\n{table_row(['---'] * len(names))}"
 
 
 def cpu_description() -> dict:

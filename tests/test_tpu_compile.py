@@ -33,15 +33,18 @@ def test_affine_fit_and_largest_batch():
 
 def test_tiny_training_step_compiles_for_a_tpu():
     pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
+    import numpy as np
+    from jax.sharding import Mesh
+
     from benchlib.steps import published_train_step
-    from benchlib.tpu_compile import chip_mesh
+    from benchlib.tpu_compile import chip_devices
     from benchlib.xla_stats import compile_stats
 
     batch = 8
     step, args, model = published_train_step(
         "dynamixer_s",
         batch,
-        chip_mesh("v5e"),
+        Mesh(np.array(chip_devices("v5e")[:1]), ("data",)),  # one chip's first device
         image_size=16,
         num_classes=10,
         model_overrides=dict(MICRO_ARCH),

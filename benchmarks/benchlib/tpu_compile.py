@@ -1,8 +1,5 @@
 """TPU chips this machine does not have, to compile for: libtpu compiles for any generation it
 knows from a topology description alone (``jax.experimental.topologies``; nothing runs).
-
-    mesh = chip_mesh("v5e")                 # one chip's first device
-    stats = xla_stats.compile_stats(step, args)   # step jitted over mesh, args abstract
 """
 
 from __future__ import annotations
@@ -11,9 +8,6 @@ import dataclasses
 import importlib.metadata
 import os
 from typing import Any
-
-import numpy as np
-from jax.sharding import Mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +72,3 @@ def chip_devices(generation: str) -> list[Any]:
         platform="tpu", topology_name=CHIPS[generation].topology, chips_per_host_bounds=(1, 1, 1)
     )
     return list(topology.devices)
-
-
-def chip_mesh(generation: str, axis: str = "data") -> Mesh:
-    """A one-device mesh on the first device of one chip: the per-device program of a data-parallel
-    step, without collectives (the per-device batch is what sets its memory and cost)."""
-    return Mesh(np.array(chip_devices(generation)[:1]), (axis,))

@@ -224,7 +224,7 @@ def run_peak(args) -> dict:
 
 
 def run_setting(setting: str, batch: int, mode: str, args) -> dict:
-    """Measure one setting here (see the module docstring)."""
+    """Measure one setting once, in this process: what each fresh process runs."""
     name, model = parse_setting(setting, args.model)
     if name == "peak":
         return run_peak(args)
@@ -318,12 +318,6 @@ def row_line(row: dict) -> str:
     return table_row(head + rates + [fmt(median_of(runs, k), f) for k, f in MEDIANS.items()])
 
 
-def cpu_lines(report: dict) -> list[str]:
-    """The CPU and its vector extensions, where a figure of the report is a CPU's."""
-    on_cpu = any(r.get("platform") == "cpu" for row in report["results"] for r in row["runs"])
-    return [benchlib.cpu_line(report["cpu"])] if on_cpu else []
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
@@ -381,7 +375,8 @@ def run(argv=None, measure=run_in_fresh_process) -> dict:
                 print(row_line(row), flush=True)
             if args.json:  # after every batch and mode, so a later timeout keeps what was measured
                 benchlib.write_json(args.json, report)
-    print("\n".join(cpu_lines(report)), flush=True)
+    on_cpu = any(r.get("platform") == "cpu" for row in report["results"] for r in row["runs"])
+    print(benchlib.cpu_line(report["cpu"]) if on_cpu else "", flush=True)  # names a CPU's figures
     return report
 
 

@@ -1,14 +1,12 @@
-"""Correctness of DynaMixer on an accelerator, before trusting its throughput figures.
+"""Correctness, then throughput, of DynaMixer on one accelerator, in about 7 minutes at most.
 
-    python benchmarks/accelerator_check.py --json OUT/correctness.json [--quick] [--budget-s 60]
+    python benchmarks/accelerator_check.py [--out DIR] [--quick] [--time-scale 1.5]
+        [--settings ...] [--batch 128] 2>&1 | tee DIR/log.txt
+    python benchmarks/accelerator_check.py --json FILE [--quick]    # the correctness checks only
 
-Run by ``accelerator_check.sh``. Each check is recorded (a failure as an error; the rest still
-run): ``device_vs_cpu``, float32 logits of S, M, L on the default device against the host CPU at
-``highest`` matmul precision (so TF32 cannot hide a bug), and at the default precision; with
-``jax_vs_torch``, the PyTorch twin's float32 logits (TF32 off) on its device against JAX's;
-``bf16_vs_fp32``, top-1 agreement and logit error of bfloat16 against float32 on 64 smooth random
-images. The weights are the twin's ``randomize_``-d ones (every parameter random, logits O(1)),
-so mistakes in biases or norms show and argmaxes are not ties.
+Writes correctness.json, then throughput.json (the training-step race, ``throughput.py``), to
+``--out``. The checks, the race and their figures: README, "Benchmarks on any device" and
+"Speed and memory".
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -27,13 +26,20 @@ import numpy as np
 from benchlib import NUM_CLASSES, architecture, create, short_error, write_json
 from dynamixer_jax.convert import torch_to_flax
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The baselines first: a setting the budget leaves out is one of the last.
+RACE = "peak torch jax:minimal torch-compile jax:none jax:full jax-scan:minimal"
+RACE += " torch@M jax:minimal@M torch@L jax:minimal@L"
+QUICK_RACE = "peak torch@tiny jax:minimal@tiny torch-compile@tiny jax:none@tiny"
+
 
 def flax_model(name: str, image_size: int, dtype=None):
     return create(name, num_classes=NUM_CLASSES, image_size=image_size, dtype=dtype)
 
 
 def twin_and_params(name: str, image_size: int):
-    """(torch twin with randomised weights, the same weights as Flax params in numpy)."""
+    """(torch twin with randomised weights, the same weights as Flax params in numpy): every
+    parameter random, logits O(1), so mistakes in biases or norms show and argmaxes are no ties."""
     import torch
 
     import dynamixer_torch
@@ -70,6 +76,8 @@ def errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
 
 
 def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
+    """Float32 logits on the default device against the host CPU's at ``highest`` matmul
+    precision (so TF32 cannot hide a bug) and at the default one, and against the twin's."""
     twin, params = twin_and_params(name, image_size)
     model = flax_model(name, image_size)
     images = smooth_images(batch, image_size, seed=1)
@@ -91,6 +99,7 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
 
 
 def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
+    """JAX's logits against the PyTorch twin's on its device, TF32 off."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,6 +114,7 @@ def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
 
 
 def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
+    """Top-1 agreement and logit error of bfloat16 against float32 on smooth random images."""
     _, params = twin_and_params(name, image_size)
     images = smooth_images(batch, image_size, seed=2)
     device = jax.devices()[0]
@@ -122,25 +132,14 @@ def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", default=None, help="output (default $OUT/correctness.json)")
-    parser.add_argument("--quick", action="store_true", help="tiny model at 56x56 (CPU smoke)")
-    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no check after")
-    args = parser.parse_args(argv)
-    out = os.environ.get("OUT")
-    path = args.json or (os.path.join(out, "correctness.json") if out else None)
-    deadline = time.monotonic() + args.budget_s
-    size, device = 56 if args.quick else 224, jax.devices()[0]
-    result = {
-        "jax": jax.__version__,
-        "device": str(device),
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "image_size": size,
-        "checks": [],
-    }
-    if args.quick:
+def correctness(path: str, quick: bool, budget_s: float) -> dict:
+    """Every check in turn (none started after ``budget_s``), the record rewritten after each."""
+    deadline = time.monotonic() + budget_s
+    size, device = 56 if quick else 224, jax.devices()[0]
+    result = {"jax": jax.__version__, "device": str(device), "device_kind": device.device_kind}
+    result.update(platform=device.platform, image_size=size, checks=[])
+    result["environment"] = jax.print_environment_info(return_string=True)
+    if quick:
         checks = [(device_vs_cpu, "tiny", 2), (bf16_vs_fp32, "tiny", 64)]
     else:
         checks = [(device_vs_cpu, "dynamixer_s", 8), (bf16_vs_fp32, "dynamixer_s", 64)]
@@ -157,8 +156,68 @@ def main(argv=None) -> int:
         entry["seconds"] = time.monotonic() - start
         result["checks"].append(entry)
         print(f"[correctness] {json.dumps(entry)}", flush=True)
-        if path:
-            write_json(path, result)
+        write_json(path, result)
+    return result
+
+
+def check_line(c: dict) -> str:
+    """One check's figures in a line."""
+    if c["status"] != "ok":
+        return f"{c['check']:<14} {c['status']}: {c.get('error')}"
+    if c["check"] == "device_vs_cpu":
+        return (
+            f"device_vs_cpu  {c['model']:<12} highest max_rel {c['highest']['max_rel']:.2e}  "
+            f"default max_rel {c['default_precision']['max_rel']:.2e}  "
+            f"jax_vs_torch max_rel {c['jax_vs_torch']['max_rel']:.2e}"
+        )
+    return (
+        f"bf16_vs_fp32   {c['model']:<12} top-1 agreement {100 * c['top1_agreement']:.1f}%  "
+        f"max |dlogit| / std {c['max_abs_over_logit_std']:.3f}"
+    )
+
+
+def whole_check(args) -> None:
+    """The correctness checks, then the throughput race, each in a process of its own and
+    within its share of the budget."""
+    out = os.path.abspath(args.out or os.environ.get("OUT") or "accelerator_out")
+    os.makedirs(out, exist_ok=True)
+    scale, quick = args.time_scale, ["--quick"] if args.quick else []
+    race = args.settings or (QUICK_RACE if args.quick else RACE).split()
+    race_args = ["--batches", str(args.batch or (2 if args.quick else 128))]
+    race_args += ["--image-size", "56", "--steps", "3"] if args.quick else ["--steps", "30"]
+    race_args += ["--budget-s", str(270 * scale), "--setting-timeout-s", str(200 * scale)]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    started = time.monotonic()
+    checks = [sys.executable, __file__, *quick, "--budget-s", str(100 * scale)]
+    checks += ["--json", os.path.join(out, "correctness.json")]
+    try:
+        code = subprocess.run(checks, env=env, timeout=130 * scale).returncode
+    except subprocess.TimeoutExpired:
+        code = "killed at its budget"
+    print(f"correctness exit code {code}", flush=True)
+    timer = [sys.executable, os.path.join(HERE, "throughput.py"), "--dtype", "bf16"]
+    timer += ["--rounds", "1", "--warmup", "2", *race_args]
+    timer += ["--settings", *race, "--json", os.path.join(out, "throughput.json")]
+    print(f"training-step race exit code {subprocess.run(timer, env=env).returncode}", flush=True)
+    with open(os.path.join(out, "correctness.json")) as f:
+        print("\n".join(map(check_line, json.load(f)["checks"])))
+    print(f"done in {time.monotonic() - started:.0f} s; files in {out}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="run only the correctness checks, into this file")
+    parser.add_argument("--out", help="the whole check's folder (default $OUT, ./accelerator_out)")
+    parser.add_argument("--quick", action="store_true", help="tiny models at 56x56 (CPU smoke)")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no check after")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="multiplies every budget")
+    parser.add_argument("--settings", nargs="+", help="the race's (throughput.py's names)")
+    parser.add_argument("--batch", type=int, help="the race's batch (default 128)")
+    args = parser.parse_args(argv)
+    if args.json:
+        correctness(args.json, args.quick, args.budget_s)
+    else:
+        whole_check(args)
     return 0
 
 

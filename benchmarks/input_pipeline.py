@@ -1,51 +1,38 @@
-"""Training input throughput: images/s, and images per second of CPU time, of the tf.data pipeline.
+"""Training input throughput of the tf.data pipeline: images/s, and images per second of CPU time.
 
-    PYTHONPATH=. python benchmarks/input_pipeline.py [--images 1024] [--rounds 3] [--before DIR]
+    python benchmarks/input_pipeline.py [--images 1024] [--rounds 3]
 
-Reads a folder of generated 500x375 quality-90 JPEGs with ``TrainData`` (what training uses) at
-224, batch 32, for a ladder of recipes that adds one augmentation at a time (crop, + flip, +
-RandAugment: the host's whole share, since normalisation and random erasing run on device), then
-a plain ``map`` of ``train_preprocess`` (the whole recipe in TensorFlow, float32 out). Per recipe:
-wall-clock images/s, and CPU time per image (the steadier figure on a shared machine); a step's
-share is its CPU time over the step before. Rounds alternate between recipes; medians count.
-``--before DIR``: each round first times a checkout of an earlier commit (``git worktree add
-/tmp/before COMMIT``) the same way, in a subprocess importing it, and adds its columns.
+Reads generated JPEGs with ``TrainData`` (what training uses) for a ladder of recipes that adds
+one augmentation at a time; rounds alternate between recipes, medians count; ``share`` is the
+CPU time a step adds, over the whole recipe's. What it measures and the figures: README, "Data".
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
-from dynamixer_jax.data import augment
+from benchlib import cpu_description, cpu_line, table_header, table_row
 from dynamixer_jax.data.pipeline import TrainAugment, TrainData
 
 BATCH = 32
 FULL = "+ RandAugment m9-mstd0.5-inc1 (full recipe)"
 # Random erasing is off but in the full recipe, as the ladder was when it ran on the host.
-LADDER = {
+RECIPES = {
     "decode + random resized crop": TrainAugment(
         hflip=0, rand_augment="", color_jitter=0, random_erase_prob=0
     ),
     "+ horizontal flip": TrainAugment(rand_augment="", color_jitter=0, random_erase_prob=0),
     FULL: TrainAugment(),
 }
-RECIPES = {
-    **LADDER,
-    "colour jitter 0.4 instead of RandAugment": TrainAugment(rand_augment="", random_erase_prob=0),
-}
-PLAIN = "plain map of train_preprocess (float)"
 ONE_PROCESS = dict(
     global_batch_size=BATCH, image_size=224, seed=0, process_index=0, process_count=1
 )
@@ -93,106 +80,40 @@ def seconds_per_image(batches, images: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
-def plain_map_batches(root: str):
-    """The full recipe as one plain ``map`` (no protection against undecodable files)."""
-    files = sorted(tf.io.gfile.glob(os.path.join(root, "train", "*", "*.JPEG")))
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(files)
-        .enumerate()
-        .map(
-            lambda i, path: augment.train_preprocess(
-                tf.io.read_file(path), tf.stack([tf.constant(0, tf.int64), i]), 224
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .batch(BATCH, drop_remainder=True)
-        .prefetch(2)
-    )
-    return dataset.as_numpy_iterator()
-
-
 def one_round(root: str, images: int) -> dict[str, tuple[float, float]]:
     """{recipe: (wall, CPU) seconds per image} of every recipe once, in order."""
     times = {}
     for name, recipe in RECIPES.items():
         data = TrainData(root, augment=recipe, **ONE_PROCESS)
         times[name] = seconds_per_image(data.batches(), images)
-    times[PLAIN] = seconds_per_image(plain_map_batches(root), images)
     return times
-
-
-def before_round(checkout: str, root: str, images: int) -> dict[str, tuple[float, float]]:
-    """One round of the same measurement in a subprocess importing ``checkout``."""
-    output = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--images", str(images), "--worker", root],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": checkout},
-    )
-    return {name: tuple(value) for name, value in json.loads(output.stdout).items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024, help="timed images per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--before", help="a checkout of an earlier commit to time alongside")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one round on this folder, as JSON
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(one_round(args.worker, args.images)))
-        return
-    cores, names = os.cpu_count() or 1, [*RECIPES, PLAIN]
-    times, before = {name: [] for name in names}, {name: [] for name in names}
+    times = {name: [] for name in RECIPES}
     with tempfile.TemporaryDirectory() as root:
         write_folder(root, unique=128, total=args.images + 4 * BATCH)
         for round_index in range(args.rounds):
-            if args.before:
-                for name, value in before_round(args.before, root, args.images).items():
-                    before[name].append(value)
             for name, value in one_round(root, args.images).items():
                 times[name].append(value)
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-
-    def median(values, which):
-        return statistics.median(value[which] for value in values)
-
-    from benchlib import cpu_description  # not in --worker: it puts this checkout on sys.path
-
-    cpu = cpu_description()
+    cores = os.cpu_count() or 1
     print(
-        f"training input at 224, batch {BATCH}, {cores} cores, median of {args.rounds} "
-        "alternating rounds; uint8 out: normalisation and random erasing run in the train "
-        "step, on device, and are not in these figures\n"
-        f"CPU: {cpu['name']}; vector extensions: {' '.join(cpu['vector_extensions']) or 'none found'}"
+        f"training input at 224, batch {BATCH}, median of {args.rounds} alternating rounds; "
+        "uint8 out: normalisation and random erasing run in the train step, on device, and are "
+        f"not in these figures\n{cpu_line(cpu_description())}"
     )
-    header = (
-        f"{'recipe':44s} {'img/s':>6s} {'/core':>6s} {'CPU ms/img':>10s} "
-        f"{'img/s per CPU core':>18s} {'share':>6s}"
-    )
-    if args.before:
-        header += f" {'before: /core':>13s} {'per CPU core':>12s} {'speed-up':>8s}"
-    print(header)
-    previous, full_cpu = 0.0, median(times[FULL], 1)
-    for name in names:
-        wall, cpu = median(times[name], 0), median(times[name], 1)
-        share = ""
-        if name in LADDER:
-            share, previous = f"{(cpu - previous) / full_cpu:6.0%}", cpu
-        line = (
-            f"{name:44s} {1 / wall:6.0f} {1 / wall / cores:6.0f} {cpu * 1e3:10.2f} "
-            f"{1 / cpu:18.0f} {share:>6s}"
-        )
-        if before[name]:
-            then_wall, then_cpu = median(before[name], 0), median(before[name], 1)
-            line += f" {1 / then_wall / cores:13.0f} {1 / then_cpu:12.0f} {then_cpu / cpu:7.2f}x"
-        print(line)
-    if args.before:
-        print(
-            f"before: {args.before} (float32 out; its full recipe also normalises and erases "
-            "on the host); speed-up: ratio of CPU time per image"
-        )
+    print(table_header(["recipe", "img/s", "/core", "CPU ms/img", "img/s per CPU core", "share"]))
+    previous, full_cpu = 0.0, statistics.median(cpu for _, cpu in times[FULL])
+    for name, measured in times.items():
+        wall, cpu = (statistics.median(column) for column in zip(*measured))
+        share, previous = (cpu - previous) / full_cpu, cpu
+        rates = [f"{1 / wall:.0f}", f"{1 / wall / cores:.0f}", f"{cpu * 1e3:.2f}", f"{1 / cpu:.0f}"]
+        print(table_row([name, *rates, f"{share:.0%}"]))
 
 
 if __name__ == "__main__":

@@ -1,197 +1,269 @@
-"""What a training step needs in memory, or what a mixer layer moves: compile only, nothing runs.
+"""What a training step needs in memory, and moves, by the compiler alone: nothing runs.
 
     python benchmarks/memory.py [--models S M L] [--dtypes fp32 bf16] [--remat none minimal full]
-        [--batches 8 16] [--fit-gb 16 32 80] [--step adamw|library] [--scan-layers] [--json FILE]
-    python benchmarks/memory.py --unit layer op --platform tpu cpu --dtypes bf16 --remat minimal \\
-        --batches 8 [--stages stage1 stage3] [--mixing vector|dot] [--dump DIR]
-    python benchmarks/memory.py --step library --platform tpu --models S --dtypes bf16 \\
-        --remat minimal --batches 8        # the whole step for a TPU: ~15-40 min on 2 cores
+        [--batches 8 16] [--step adamw|library] [--scan-layers] [--fit-gb 16 32 80] [--json FILE]
+    python benchmarks/memory.py --tpu v3 v4 v5e v5p v6e [--models S M L] [--batches 8 16]
+        [--remat minimal] [--mixing vector|dot|pallas] [--libtpu-version 0.0.42.1]
 
-``--unit step`` (the default) compiles a training step: ``--step adamw`` the plain AdamW step
-``throughput.py`` times, ``--step library`` the library's own (``make_train_step``: device-side
-augmentation, Mixup/CutMix, label smoothing, the loss guard, masked AdamW, EMA) on one device.
-With two or more batches it fits the needed bytes (arguments + outputs - donated aliases +
-temporaries + generated code) as ``fixed + per_image * batch`` through the smallest and largest
-and prints the largest batch that fits each ``--fit-gb`` (95% of it usable). ``--unit layer``
-and ``op``: one ``MixerLayer`` (wrapped for ``remat`` as the model wraps it) or one
-``DynaMixerOp`` at DynaMixer-S's stage-1 (grid 32x32, C=192, S=8) and stage-3 (16x16, C=384,
-S=16) sizes, forward and backward (the vjp of a cotangent passed in, so nothing folds away).
-Every compile prints XLA's FLOPs, bytes accessed and temp bytes per image.
-
-``--platform``: JAX's default device, ``cpu``, or ``tpu``: one v5e chip through libtpu
-(``jax[tpu]``; no TPU needed) with the ``"vector"`` mixing a TPU runs. XLA:CPU fuses less than
-the GPU and TPU compilers: read CPU figures as upper bounds for those.
+The steps, the fit of the needed bytes against the batch and the figures: README, "Benchmarks
+on any device", and for ``--tpu`` (one chip of each generation named, compiled through libtpu
+and cached in ``benchmarks/results/tpu-compile/``) "On a TPU". XLA:CPU fuses less than the GPU
+and TPU compilers: read CPU figures as upper bounds for those.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from benchlib import DROP_PATH_RATE, DTYPES, UserError, create, model_name, write_json
-from benchlib.steps import library_train_step, make_adamw_step
-from benchlib.tpu_compile import chip_devices, quiet_libtpu
+from benchlib import (
+    DROP_PATH_RATE,
+    DTYPES,
+    REPO,
+    UserError,
+    create,
+    model_name,
+    run_cli,
+    table_header,
+    table_row,
+    write_json,
+)
+from benchlib.steps import library_train_step, make_adamw_step, published_train_step
+from benchlib.tpu_compile import CHIPS, chip_devices, versions
 from benchlib.tpu_fit import Affine
 from benchlib.xla_stats import compile_stats
-from dynamixer_jax.model.layers import DynaMixerOp, MixerLayer
-from dynamixer_jax.model.remat import remat_layer
-from dynamixer_jax.model.variants import abstract_variables
+from dynamixer_jax.model.variants import PUBLISHED, abstract_variables
 
-USABLE = 0.95  # of each device size
-# (grid side, channels, segments, reduced dim) of DynaMixer-S's stages 1 and 3.
-STAGES = {"stage1": (32, 192, 8, 2), "stage3": (16, 384, 16, 2)}
-
-
-def placed(tree, device):
-    """Abstract arguments on ``device``: a compile for that device (which may be absent)."""
-    on = jax.sharding.SingleDeviceSharding(device)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on), tree)
+USABLE = 0.95  # of each --fit-gb
+RESULTS = os.path.join(REPO, "benchmarks", "results", "tpu-compile")
+DEVICES = 8  # the published recipe's setup: 8 GPUs, or the 8 cores of a v3-8 / v4-8
+GIB = 2**30
 
 
-def step_args(model, batch: int, step: str, device):
-    """(jitted step, abstract arguments) of one training step of ``model`` at ``batch``."""
-    if step == "library":
-        return library_train_step(model, jax.sharding.Mesh(np.array([device]), ("data",)), batch)
+def compiled_point(step, abstract, batch: int, label: str) -> dict:
+    """Compile ``step`` for ``abstract`` arguments: :func:`compile_stats` and per-image figures,
+    printed as one line."""
+    stats = compile_stats(step, abstract)
+    per_image = {
+        "mflop_per_image": stats["flops"] / batch / 1e6,
+        "accessed_mb_per_image": stats["bytes_accessed"] / batch / 1e6,
+        "temp_mb_per_image": stats["memory"]["temp_bytes"] / batch / 1e6,
+    }
+    print(
+        f"{label} batch {batch:>4}: compile {stats['compile_s']:.1f} s; per image "
+        f"{per_image['mflop_per_image']:.1f} MFLOP, {per_image['accessed_mb_per_image']:.2f} MB "
+        f"accessed, {per_image['temp_mb_per_image']:.2f} MB temp; "
+        f"needs {stats['hbm_bytes'] / 1e9:.2f} GB",
+        flush=True,
+    )
+    return {"batch": batch, **per_image, **stats}
+
+
+def fit(points: list[dict], field: str = "hbm_bytes") -> Affine:
+    """``field`` as ``fixed + per_image * batch`` through the smallest and the largest batch."""
+    low, high = min(points, key=lambda p: p["batch"]), max(points, key=lambda p: p["batch"])
+    return Affine.through((low["batch"], low[field]), (high["batch"], high[field]))
+
+
+def adamw_step(model, batch: int):
+    """(jitted plain AdamW step, its abstract arguments) of ``model`` at ``batch``."""
     size = model.image_size
     params = abstract_variables(model)["params"]
-    fn, tx = make_adamw_step(model)
+    step, tx = make_adamw_step(model)
     images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    return fn, placed((params, jax.eval_shape(tx.init, params), images, labels, key), device)
+    return step, (params, jax.eval_shape(tx.init, params), images, labels, key)
 
 
-def unit_args(unit: str, stage: str, batch: int, dtype, remat: str, mixing: str, device):
-    """(jitted vjp, abstract arguments) of one mixer layer or DynaMixer op at a stage's size."""
-    side, channels, segments, reduced = STAGES[stage]
-    if unit == "layer":
-        module = remat_layer(MixerLayer, remat, mixing)(
-            side, side, segments, reduced, dtype=dtype, mixing=mixing
-        )
-        extra = (False,)  # train
-    else:
-        module, extra = DynaMixerOp(side, segments, reduced, dtype=dtype, mixing=mixing), ()
-    x = jax.ShapeDtypeStruct((batch, side, side, channels), dtype or jnp.float32)
-    params = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), *extra)
+def local_row(name: str, dtype: str, remat: str, args) -> dict:
+    """Every batch's compile of one model, dtype and remat here, and the largest batches."""
+    model = create(
+        name,
+        image_size=args.image_size,
+        drop_path_rate=DROP_PATH_RATE,
+        remat=remat,
+        scan_layers=args.scan_layers,
+        dtype=DTYPES[dtype],
     )
-
-    def fwd_bwd(params, x, cotangent):
-        y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x, *extra), params, x)
-        return vjp(cotangent.astype(y.dtype))
-
-    return jax.jit(fwd_bwd), placed((params["params"], x, x), device)
-
-
-def measure(unit: str, what: str, dtype: str, remat: str, device, args) -> dict:
-    """Every batch's compile of one configuration, and the fit through them for a step."""
-    platform = device.platform
-    mixing = args.mixing or ("vector" if platform == "tpu" else "dot")
-    if unit == "step":
-        model = create(
-            what,
-            image_size=args.image_size,
-            drop_path_rate=DROP_PATH_RATE,
-            remat=remat,
-            scan_layers=args.scan_layers,
-            dtype=DTYPES[dtype],
-            mixing=mixing,
-        )
-    row = {"platform": platform, "unit": unit, "model": what, "dtype": dtype, "remat": remat}
-    row.update(mixing=mixing, step=args.step, image_size=args.image_size, points=[])
+    device, label = jax.devices()[0], f"{name:>12} {dtype:>5} {remat:>8}"
+    row = {"platform": device.platform, "model": name, "dtype": dtype, "remat": remat}
+    row.update(step=args.step, image_size=args.image_size, points=[])
     for batch in args.batches:
-        if unit == "step":
-            fn, abstract = step_args(model, batch, args.step, device)
+        if args.step == "library":
+            step, abstract = library_train_step(model, Mesh(np.array([device]), ("data",)), batch)
         else:
-            fn, abstract = unit_args(unit, what, batch, DTYPES[dtype], remat, mixing, device)
-        hlo = args.dump and os.path.join(args.dump, f"{platform}_{what}_{unit}_b{batch}.hlo.txt")
-        stats = compile_stats(fn, abstract, hlo_path=hlo)
-        per_image = {
-            "mflop_per_image": stats["flops"] / batch / 1e6,
-            "accessed_mb_per_image": stats["bytes_accessed"] / batch / 1e6,
-            "temp_mb_per_image": stats["memory"]["temp_bytes"] / batch / 1e6,
-        }
-        row["points"].append({"batch": batch, **per_image, **stats})
-        print(
-            f"{platform:>4} {what:>12} {unit:>5} {dtype:>5} {remat:>8} batch {batch:>4}: "
-            f"compile {stats['compile_s']:.1f} s; per image {per_image['mflop_per_image']:.1f} "
-            f"MFLOP, {per_image['accessed_mb_per_image']:.2f} MB accessed, "
-            f"{per_image['temp_mb_per_image']:.2f} MB temp; needs {stats['hbm_bytes'] / 1e9:.2f} GB",
-            flush=True,
-        )
-    points = sorted(row["points"], key=lambda p: p["batch"])
-    if unit == "step" and len(points) > 1:
-        low, high = points[0], points[-1]
-        fit = Affine.through((low["batch"], low["hbm_bytes"]), (high["batch"], high["hbm_bytes"]))
-        row.update(per_image_mb=fit.per_image / 1e6, fixed_gb=fit.fixed / 1e9)
+            step, abstract = adamw_step(model, batch)
+        row["points"].append(compiled_point(step, abstract, batch, label))
+    if len(args.batches) > 1:
+        hbm = fit(row["points"])
+        row.update(per_image_mb=hbm.per_image / 1e6, fixed_gb=hbm.fixed / 1e9)
         row["largest_batch"] = {
-            f"{gb:g}GB": fit.largest_batch(gb * 1e9 * USABLE) for gb in args.fit_gb
+            f"{gb:g}GB": hbm.largest_batch(gb * 1e9 * USABLE) for gb in args.fit_gb
         }
     return row
 
 
-def main(argv=None) -> int:
+def tpu_point(generation: str, variant: str, batch: int, remat: str, args) -> dict | None:
+    """One compile's record for a TPU chip: from the cache, else compiled and cached (None if
+    ``--libtpu-version`` forbids compiling). The name holds everything that changes the answer
+    (``"dot"``, the only layout when the cache began, has no suffix)."""
+    found = versions(args.libtpu_version)
+    layout = f"_{args.mixing}" if args.mixing != "dot" else ""
+    path = os.path.join(
+        RESULTS,
+        f"jax{found['jax']}_libtpu{found['libtpu']}_{generation}_{variant}"
+        f"_b{batch}_{remat}_bf16{layout}.json",
+    )
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if args.libtpu_version:
+        return None
+    devices = chip_devices(generation)  # a one-device mesh: the per-device program
+    mesh = Mesh(np.array(devices[:1]), ("data",))
+    step, abstract, _ = published_train_step(variant, batch, mesh, remat=remat, mixing=args.mixing)
+    record = {
+        "generation": generation,
+        "device_kind": devices[0].device_kind,
+        "devices_per_chip": len(devices),
+        "variant": variant,
+        "remat": remat,
+        "dtype": "bf16",
+        "grad_accum_steps": 1,
+        "mixing": args.mixing,
+        "versions": found,
+        **compiled_point(step, abstract, batch, f"{generation:>4} {variant:>12} {remat:>8}"),
+    }
+    write_json(path, record, sort_keys=True)
+    return record
+
+
+def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
+    """The README's figures of one generation and variant, extrapolated from the fits to the
+    published per-device batch (compiler estimates, per device; rates per chip)."""
+    from dynamixer_jax import create_model
+    from dynamixer_jax.model import traffic
+
+    chip, per_chip = CHIPS[generation], points[0]["devices_per_chip"]
+    capacity = chip.hbm_bytes / per_chip
+    batch = PUBLISHED[variant]["batch_size"] // DEVICES
+    fits = {field: fit(points, field) for field in ("hbm_bytes", "flops", "bytes_accessed")}
+    at = {field: line.at(batch) for field, line in fits.items()}
+    model = create_model(variant, dtype=jnp.bfloat16)
+    return {
+        "generation": generation,
+        "device_kind": points[0]["device_kind"],
+        "variant": variant,
+        "remat": points[0]["remat"],
+        "chip": {"hbm": chip.hbm, "source": chip.source},
+        "devices_per_chip": per_chip,
+        "device_hbm_gib": capacity / GIB,
+        "measured_batches": sorted(p["batch"] for p in points),
+        "compile_s": {p["batch"]: p["compile_s"] for p in points},
+        "fixed_hbm_gb": fits["hbm_bytes"].fixed / 1e9,
+        "hbm_mb_per_image": fits["hbm_bytes"].per_image / 1e6,
+        "published_device_batch": batch,
+        "published_hbm_gib": at["hbm_bytes"] / GIB,
+        "published_headroom_gib": (capacity - at["hbm_bytes"]) / GIB,
+        "largest_device_batch": fits["hbm_bytes"].largest_batch(capacity),
+        "xla_gflops_per_image": at["flops"] / batch / 1e9,
+        "xla_gb_accessed_per_image": at["bytes_accessed"] / batch / 1e9,
+        "minimum_gb_per_image": traffic.training_bytes_per_image(model, batch) / 1e9,
+    }
+
+
+def tpu_table(rows: list[dict]) -> str:
+    """The README's table: one row per generation and variant."""
+    header = ["TPU", "variant", "HBM/device", "batch/device", "HBM there (headroom)"]
+    header += ["largest batch", "MB/image", "GFLOP/image", "GB accessed/image (minimum)"]
+    lines = [table_header(header)]
+    for r in rows:
+        there = f"{r['published_hbm_gib']:.1f} GiB ({r['published_headroom_gib']:+.1f})"
+        accessed = f"{r['xla_gb_accessed_per_image']:.2f} ({r['minimum_gb_per_image']:.2f})"
+        cells = [r["generation"], r["variant"].split("_")[1].upper()]
+        cells += [f"{r['device_hbm_gib']:.1f} GiB", r["published_device_batch"], there]
+        cells += [r["largest_device_batch"], f"{r['hbm_mb_per_image']:.0f}"]
+        lines.append(table_row([*cells, f"{r['xla_gflops_per_image']:.1f}", accessed]))
+    return "\n".join(lines)
+
+
+def tpu_rows(models: list[str], args) -> list[dict]:
+    """Every generation's rows for each model and remat (every generation before the next
+    model); writes each remat's summary beside the cache and prints its table."""
+    rows = []
+    for remat in args.remat or ["minimal"]:
+        found = []
+        for variant in models:
+            for generation in args.tpu:
+                points = [tpu_point(generation, variant, b, remat, args) for b in args.batches]
+                if None in points:
+                    print(f"missing: {generation} {variant} {remat}", flush=True)
+                else:
+                    found.append(tpu_row(generation, variant, points))
+        if found:
+            summary = {"versions": versions(args.libtpu_version), "devices": DEVICES}
+            layout = f"_{args.mixing}" if args.mixing != "dot" else ""
+            path = os.path.join(RESULTS, f"summary_{remat}{layout}.json")
+            write_json(path, {**summary, "rows": found}, sort_keys=True)
+            print(tpu_table(found), flush=True)
+        rows += found
+    return rows
+
+
+def local_table(rows: list[dict], fit_gb: list[float]) -> str:
+    """Per model, dtype and remat: MB per image, the fixed GB and the largest batches."""
+    header = ["model", "dtype", "remat", "MB/img", "fixed GB", *(f"{gb:g} GB" for gb in fit_gb)]
+    lines = [f"\n{USABLE:.0%} of each device size usable", table_header(header)]
+    for row in rows:
+        cells = [row["model"], row["dtype"], row["remat"], f"{row['per_image_mb']:.1f}"]
+        lines.append(table_row([*cells, f"{row['fixed_gb']:.2f}", *row["largest_batch"].values()]))
+    return "\n".join(lines)
+
+
+def run(argv=None) -> list[dict]:
+    """The whole analysis; returns the rows as written to ``--json``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--unit", choices=["step", "layer", "op"], nargs="+", default=["step"])
-    parser.add_argument("--platform", nargs="+", default=[None], choices=["cpu", "tpu"])
     parser.add_argument("--models", nargs="+", default=["S", "M", "L"], help="S, M, L, tiny")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--remat", nargs="+", default=["none", "minimal", "full"])
+    parser.add_argument("--remat", nargs="+", help="default: none minimal full (--tpu: minimal)")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--scan-layers", action="store_true")
     parser.add_argument("--step", choices=["adamw", "library"], default="adamw")
-    parser.add_argument(
-        "--mixing", choices=["vector", "dot", "pallas"], help="default: what runs there"
-    )
     parser.add_argument("--fit-gb", type=float, nargs="+", default=[16, 32, 80])
-    parser.add_argument("--dump", metavar="DIR", help="write each optimised HLO module here")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--tpu", nargs="+", choices=list(CHIPS), help="TPU generations")
+    parser.add_argument("--mixing", choices=["vector", "dot", "pallas"], default="vector")
+    parser.add_argument("--libtpu-version", help="--tpu: read this libtpu's cache (0.0.42.1)")
+    parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
-    try:
-        models = [model_name(m) for m in args.models]
-        if len(set(args.batches)) != len(args.batches) or min(args.batches) < 1:
-            raise UserError(f"--batches must be distinct positive sizes, not {args.batches}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if "tpu" in args.platform:
-        quiet_libtpu("v5e")  # before JAX starts a backend
-    if args.dump:
-        os.makedirs(args.dump, exist_ok=True)
-    rows = []
-    for platform in args.platform:
-        device = chip_devices("v5e")[0] if platform == "tpu" else jax.devices(platform)[0]
-        step = f", the {args.step} step" if "step" in args.unit else ""
-        print(f"{device.platform} ({device.device_kind}){step}", flush=True)
-        for unit in args.unit:
-            names = models if unit == "step" else args.stages
-            for name in names:
-                for dtype in args.dtypes:
-                    for remat in ["-"] if unit == "op" else args.remat:
-                        rows.append(measure(unit, name, dtype, remat, device, args))
-    fitted = [row for row in rows if "largest_batch" in row]
-    if fitted:
-        print(f"\n{USABLE:.0%} of each device size usable")
-        print(
-            f"{'model':>12} {'dtype':>5} {'remat':>8} {'MB/img':>7} {'fixed GB':>8} "
-            + " ".join(f"{f'{gb:g} GB':>7}" for gb in args.fit_gb)
-        )
-        for row in fitted:
-            print(
-                f"{row['model']:>12} {row['dtype']:>5} {row['remat']:>8} "
-                f"{row['per_image_mb']:>7.1f} {row['fixed_gb']:>8.2f} "
-                + " ".join(f"{n:>7}" for n in row["largest_batch"].values())
-            )
+    models = [model_name(m) for m in args.models]
+    if len(set(args.batches)) != len(args.batches) or min(args.batches) < 1:
+        raise UserError(f"--batches must be distinct positive sizes, not {args.batches}")
+    if args.tpu and "tiny" in models:
+        raise UserError("--tpu compiles the published variants: S, M or L")
+    if args.tpu:
+        rows = tpu_rows(models, args)
+    else:
+        print(f"{jax.devices()[0].device_kind}, the {args.step} step", flush=True)
+        remats = args.remat or ["none", "minimal", "full"]
+        rows = [local_row(m, d, r, args) for m in models for d in args.dtypes for r in remats]
+        if len(args.batches) > 1:
+            print(local_table(rows, args.fit_gb), flush=True)
     if args.json:
         write_json(args.json, {"results": rows})
-    return 0
+    return rows
+
+
+def main(argv=None) -> int:
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

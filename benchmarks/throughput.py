@@ -4,121 +4,60 @@ model, on whatever device JAX and PyTorch find, the baseline measured in the sam
     python benchmarks/throughput.py --quick                  # tiny model at 56x56, batch 2
     python benchmarks/throughput.py [--model S] [--batches 8 16] [--dtype fp32|bf16]
         [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
-    python benchmarks/throughput.py --dtype bf16 --batches 128 --concurrent --steps 10 \\
-        --settings peak jax:minimal torch torch-compile torch-compile:max-autotune torch@M
-    python benchmarks/throughput.py --summarize out.json     # the table of a JSON file again
 
-A setting is ``NAME[@MODEL]`` (S, M, L, a variant name or ``tiny``; default ``--model``):
-``jax:<remat>`` (none, minimal, full), ``jax-scan:<remat>`` (``scan_layers=True``), ``torch``
-(the twin, eager), ``torch-compile[:MODE]`` (the whole model under ``torch.compile``, e.g.
-``max-autotune``), ``peak`` (a large matmul's FLOP/s in the compute dtype, for MFU). ``XLA_FLAGS``
-and ``DYNAMIXER_KEEP_XLA_FLAGS=1`` (XLA:CPU's own scheduler) reach every setting's process.
-
-Each setting runs ``--rounds`` times in a fresh interpreter with glibc's huge-page malloc, one
-after the other (``--in-process``: all in this one). ``--concurrent`` starts them all at once:
-they compile side by side, wait for each other (at most ``--barrier-s``), then are timed one at
-a time under a file lock (``$STEP_TIMING_LOCK`` if set), so compile times are upper bounds. The
-step, the table's columns and the figures: README, "Benchmarks on any device". The JSON
-(``--json``, default ``$OUT/throughput.json``) is written after every batch. No timed assertions.
+The settings (``NAME[@MODEL]``), how each runs (in a fresh process, one after the other), the
+step, the table's columns and the figures: README, "Benchmarks on any device".
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import importlib.util
 import json
+import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
 
-from benchlib import DTYPES, UserError, cpu_description, create, model_name, short_error, write_json
-
-TORCH_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-BARRIER_DIR, BARRIER_COUNT = "STEP_BARRIER_DIR", "STEP_BARRIER_COUNT"
-BARRIER_DEADLINE, TIMING_LOCK = "STEP_BARRIER_DEADLINE", "STEP_TIMING_LOCK"
+import benchlib
+from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name, table_header, table_row
 
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
     """(name, model) of ``NAME[@MODEL]``; a name it does not know is a UserError."""
     name, _, model = setting.partition("@")
     kind, _, option = name.partition(":")
-    known = name in ("peak", "torch", "torch-compile") or (
-        (kind in ("jax", "jax-scan") and option)
-        or (kind == "torch-compile" and option in TORCH_MODES)
-    )
+    known = name in ("peak", "torch", "torch-compile") or (kind in ("jax", "jax-scan") and option)
     if not known:
         raise UserError(
-            f"unknown setting {setting!r}; use e.g. jax:minimal, jax-scan:none, torch, torch-compile, "
-            f"torch-compile:MODE ({', '.join(TORCH_MODES)}), peak; @S, @M, @L or @tiny for a model"
+            f"unknown setting {setting!r}; use e.g. jax:minimal, jax-scan:none, torch, "
+            "torch-compile, peak; @S, @M, @L or @tiny for a model"
         )
     return name, model_name(model) if model else default_model
 
 
-@contextlib.contextmanager
-def device_turn(barrier: dict):
-    """Once this setting has compiled: under ``--concurrent``, tell the others and wait until all
-    have compiled (or the barrier's deadline has passed; ``barrier`` records when and whether),
-    then hold the device alone (a file lock shared by the settings) while timing."""
-    folder, path = os.environ.get(BARRIER_DIR), os.environ.get(TIMING_LOCK)
-    if folder:
-        barrier["ready_at"] = time.time()
-        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
-            pass
-        count, deadline = int(os.environ[BARRIER_COUNT]), float(os.environ[BARRIER_DEADLINE])
-        while len(os.listdir(folder)) < count and time.time() < deadline:
-            time.sleep(0.2)
-        # True: some setting was still compiling (or starting) when this one was timed.
-        barrier["barrier_ran_out"] = len(os.listdir(folder)) < count
-    with open(path or os.devnull, "a") as lock:
-        if path:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
-def timed_rounds(step, batch: int, args) -> dict:
-    """One untimed step, ``--warmup`` more, then ``--inner-rounds`` rounds of ``--steps`` steps
-    (``step(i)`` runs step i and returns a function that waits for it); images/s per round, their
-    median, the kernel's share of this process's CPU time and page faults per timed step."""
-    wait = step(0)
-    for i in range(args.warmup):
-        wait = step(1 + i)
+def timed_steps(step, batch: int, args) -> dict:
+    """One untimed step, ``--warmup`` more, then ``--steps`` timed steps (``step(i)`` runs step i
+    and returns a function that waits for it): images/s and milliseconds per step."""
+    for i in range(1 + args.warmup):
+        wait = step(i)
     wait()
-    rates = []
-    before, timed_from = resource.getrusage(resource.RUSAGE_SELF), time.time()
-    for r in range(args.inner_rounds):
-        start = time.perf_counter()
-        for i in range(args.steps):
-            wait = step(1 + args.warmup + r * args.steps + i)
-        wait()
-        rates.append(args.steps * batch / (time.perf_counter() - start))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    img_s = statistics.median(rates)
-    return {
-        "img_s": img_s,
-        "step_ms": 1e3 * batch / img_s,
-        "rounds_img_s": rates,
-        "timed_window": [timed_from, time.time()],  # wall clock, to check turns never overlap
-        "sys_share": system / max(user + system, 1e-9),
-        "faults_per_step": (after.ru_minflt - before.ru_minflt) / (args.steps * args.inner_rounds),
-    }
+    start = time.perf_counter()
+    for i in range(args.steps):
+        wait = step(1 + args.warmup + i)
+    wait()
+    img_s = args.steps * batch / (time.perf_counter() - start)
+    return {"img_s": img_s, "step_ms": 1e3 * batch / img_s}
 
 
-def result(timing: dict, barrier: dict, compile_s, model: str, mode: str, args) -> dict:
-    """What every timed setting records; ``flops_per_image``: the matmul and convolution FLOPs
-    per image of a step (training: 3 x forward)."""
+def flops_per_image(model: str, mode: str, args) -> float:
+    """The matmul and convolution FLOPs per image of a step (training: 3 x forward)."""
     from dynamixer_jax.model import flops
 
     forward = flops.forward_flops(create(model, image_size=args.image_size))
-    per_image = 3.0 * forward if mode == "train" else float(forward)
-    return {**timing, **barrier, "compile_s": compile_s, "flops_per_image": per_image}
+    return 3.0 * forward if mode == "train" else float(forward)
 
 
 def jax_device(args):
@@ -135,7 +74,6 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     import jax
     import numpy as np
 
-    from benchlib import DROP_PATH_RATE, NUM_CLASSES
     from benchlib.steps import make_adamw_step
     from benchlib.xla_stats import bytes_fields, costs
     from dynamixer_jax import init_variables
@@ -146,7 +84,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
         model,
         image_size=args.image_size,
         num_classes=NUM_CLASSES,
-        drop_path_rate=DROP_PATH_RATE if mode == "train" else 0.0,
+        drop_path_rate=benchlib.DROP_PATH_RATE if mode == "train" else 0.0,
         remat=remat,
         scan_layers=kind == "jax-scan",
         dtype=DTYPES[args.dtype],
@@ -166,7 +104,7 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     start = time.perf_counter()
     compiled = fn.lower(*example).compile()
     compile_s = time.perf_counter() - start
-    memory, cost, barrier = bytes_fields(compiled), costs(compiled), {}
+    memory, cost = bytes_fields(compiled), costs(compiled)
 
     def one_step(i):
         if mode == "train":
@@ -177,18 +115,13 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
             out = compiled(state["params"], images[i % 2])
         return lambda: jax.block_until_ready(out)
 
-    with device_turn(barrier):
-        timing = timed_rounds(one_step, batch, args)
-        stats = device.memory_stats() or {}
-    if args.trace:
-        folder = os.path.join(args.trace, f"{name.replace(':', '_')}_{model}_{mode}_b{batch}")
-        with jax.profiler.trace(folder):
-            for i in range(args.steps):
-                with jax.profiler.StepTraceAnnotation(mode, step_num=i):
-                    wait = one_step(i)
-            wait()
+    timing = timed_steps(one_step, batch, args)
+    stats = device.memory_stats() or {}
     temp = memory["temp_bytes"]
-    return result(timing, barrier, compile_s, model, mode, args) | {
+    return {
+        **timing,
+        "compile_s": compile_s,
+        "flops_per_image": flops_per_image(model, mode, args),
         "memory": memory,
         "temp_mb_per_image": temp / batch / 1e6 if temp is not None else None,
         "xla_gflops_per_image": cost["flops"] / batch / 1e9 if cost["flops"] else None,
@@ -206,7 +139,6 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     import torch.nn.functional as F
 
     import dynamixer_torch
-    from benchlib import DROP_PATH_RATE, NUM_CLASSES, architecture
     from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
@@ -216,14 +148,14 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     net = dynamixer_torch.TorchDynaMixer(
-        **architecture(model),
+        **benchlib.architecture(model),
         num_classes=NUM_CLASSES,
         image_size=args.image_size,
-        drop_path_rate=DROP_PATH_RATE,
+        drop_path_rate=benchlib.DROP_PATH_RATE,
     )
     net = net.train(mode == "train").to(device)
-    compiled = name.startswith("torch-compile")
-    runner = torch.compile(net, mode=name.partition(":")[2] or None) if compiled else net
+    compiled = name == "torch-compile"
+    runner = torch.compile(net) if compiled else net
     fused = {"fused": True} if cuda else {}
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, **fused
@@ -233,7 +165,6 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     shape = (batch, 3, args.image_size, args.image_size)
     images = [torch.from_numpy(rng.standard_normal(shape, np.float32)).to(device) for _ in "ab"]
     labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch)).to(device)
-    sync = torch.cuda.synchronize if cuda else lambda: None
 
     def one_step(i):
         if mode == "train":
@@ -245,19 +176,21 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
         else:
             with torch.no_grad(), autocast:
                 runner(images[i % 2])
-        return sync
+        return torch.cuda.synchronize if cuda else lambda: None
 
-    compile_s, barrier = None, {}
-    if compiled:  # compiling happens in the first step; off the device turn
+    compile_s = None
+    if compiled:  # compiling happens in the first step
         start = time.perf_counter()
         one_step(0)()
         compile_s = time.perf_counter() - start
-    with device_turn(barrier):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        timing = timed_rounds(one_step, batch, args)
-        peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    return result(timing, barrier, compile_s, model, mode, args) | {
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing = timed_steps(one_step, batch, args)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    return {
+        **timing,
+        "compile_s": compile_s,
+        "flops_per_image": flops_per_image(model, mode, args),
         "peak_gb": peak,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "platform": device.type,
@@ -267,34 +200,31 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
 
 def run_peak(args) -> dict:
     """Median FLOP/s of 20 size^3 matmuls in the compute dtype on JAX's device (default
-    precision), after one untimed call."""
+    precision), after one untimed call: 8192^3, 2048^3 on a CPU, 256^3 with ``--quick``."""
     import jax
     import jax.numpy as jnp
 
     device = jax_device(args)
-    size = args.peak_size or (2048 if device.platform == "cpu" else 8192)
+    size = 256 if args.quick else 2048 if device.platform == "cpu" else 8192
     key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
-    barrier, times = {}, []
-    with device_turn(barrier):
-        a = jax.random.normal(key, (size, size), dtype)
-        b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
-        matmul = jax.jit(jnp.matmul)
+    a = jax.random.normal(key, (size, size), dtype)
+    b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), dtype)
+    matmul, times = jax.jit(jnp.matmul), []
+    jax.block_until_ready(matmul(a, b))
+    for _ in range(20):
+        start = time.perf_counter()
         jax.block_until_ready(matmul(a, b))
-        for _ in range(20):
-            start = time.perf_counter()
-            jax.block_until_ready(matmul(a, b))
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     return {
         "flops_per_s": 2 * size**3 / statistics.median(times),
         "matmul_size": size,
-        **barrier,
         "device": device.device_kind,
         "platform": device.platform,
     }
 
 
 def run_setting(setting: str, batch: int, mode: str, args) -> dict:
-    """Measure one setting here (see the module docstring)."""
+    """Measure one setting once, in this process: what each fresh process runs."""
     name, model = parse_setting(setting, args.model)
     if name == "peak":
         return run_peak(args)
@@ -303,8 +233,9 @@ def run_setting(setting: str, batch: int, mode: str, args) -> dict:
     return run_jax(name, model, batch, mode, args)
 
 
-def start_setting(setting: str, batch: int, mode: str, args, env=None) -> subprocess.Popen:
-    """Start ``run_setting`` in a fresh interpreter; its JSON is the last line of its stdout."""
+def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: float) -> dict:
+    """``run_setting`` in a fresh interpreter with huge-page malloc (its JSON is its last line),
+    killed after ``timeout_s``; a failure is an 'error' entry: its last line on stderr."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = (
         f"import argparse, json, sys; sys.path.insert(0, {here!r}); "
@@ -312,73 +243,32 @@ def start_setting(setting: str, batch: int, mode: str, args, env=None) -> subpro
         f"args = argparse.Namespace(**{vars(args)!r}); "
         f"print(json.dumps(run_setting({setting!r}, {batch}, {mode!r}, args)))"
     )
-    env = dict(os.environ, **(env or {}), GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
-    env["DYNAMIXER_NO_REEXEC"] = "1"
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
     if setting.startswith("torch") or args.device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
-    elif args.concurrent:  # several JAX processes share the device: take memory as it is needed
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(setting: str, process: subprocess.Popen, timeout: float | None) -> dict:
-    """The result of a started setting, or an 'error' entry for a failure or a timeout."""
+    command, limit = [sys.executable, "-c", code], timeout_s if math.isfinite(timeout_s) else None
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
         return {"error": "timed out"}
-    if process.returncode:
-        lines = [line for line in stderr.strip().splitlines() if line.strip()]
-        print(f"{setting} failed:\n{stderr[-3000:]}", file=sys.stderr, flush=True)
-        return {"error": lines[-1][:300] if lines else f"exit code {process.returncode}"}
-    return json.loads(stdout.strip().splitlines()[-1])
+    if done.returncode:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        print(f"{setting} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return {"error": lines[-1][:300] if lines else f"exit code {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_round(args, batch: int, mode: str) -> dict[str, dict]:
-    """Every setting once: in this process, in a process each one after the other, or (with
-    ``--concurrent``) in a process each side by side."""
-    if args.in_process:
-        out = {}
-        for setting in args.settings:
-            try:
-                out[setting] = run_setting(setting, batch, mode, args)
-            except Exception as exc:  # one failing setting must not end the run
-                out[setting] = {"error": short_error(exc)}
-        return out
-    if not args.concurrent:
-        timeout = args.setting_timeout_s
-        return {s: finish(s, start_setting(s, batch, mode, args), timeout) for s in args.settings}
-    with tempfile.TemporaryDirectory(prefix="step_barrier_") as scratch:
-        folder = os.path.join(scratch, "ready")
-        os.mkdir(folder)
-        barrier = {
-            BARRIER_DIR: folder,
-            BARRIER_COUNT: str(len(args.settings)),
-            BARRIER_DEADLINE: str(time.time() + args.barrier_s),
-            # shared with other work that holds the device (e.g. accelerator_check.sh's check)
-            TIMING_LOCK: os.environ.get(TIMING_LOCK) or os.path.join(scratch, "device.lock"),
-        }
-        processes = {s: start_setting(s, batch, mode, args, barrier) for s in args.settings}
-        results: dict[str, dict] = {}
-        deadline = time.monotonic() + (args.setting_timeout_s or 1e9)
-        while len(results) < len(processes):
-            for setting, process in processes.items():
-                done = process.poll() is not None
-                if setting not in results and (done or time.monotonic() > deadline):
-                    results[setting] = finish(setting, process, None if done else 0.1)
-                    # a finished or failed setting must not hold the others at the barrier
-                    with open(os.path.join(folder, f"ready-gone-{process.pid}"), "w"):
-                        pass
-            time.sleep(0.2)
-        return {s: results[s] for s in args.settings}
+def measure_round(args, batch: int, mode: str, deadline: float, measure) -> dict[str, dict]:
+    """Every setting once, one after the other, each given what is left of its timeout and of
+    the run's budget (none started once ``deadline`` has passed)."""
+    out = {}
+    for setting in args.settings:
+        left = min(args.setting_timeout_s or math.inf, deadline - time.monotonic())
+        if left > 0:
+            out[setting] = measure(setting, batch, mode, args, left)
+        else:
+            out[setting] = {"error": "time budget"}
+    return out
 
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -409,46 +299,26 @@ def report_rows(batch: int, mode: str, runs: dict[str, list[dict]], args) -> lis
     return rows
 
 
-def fmt(value, spec: str, width: int) -> str:
-    return f"{'-' if value is None else format(value, spec):>{width}}"
+HEADER = ["batch", "mode", "setting", "img/s", "/torch", "MFU", "compile s", "MB/img", "peak GB"]
+MEDIANS = {"compile_s": ".1f", "temp_mb_per_image": ".0f", "peak_gb": ".1f"}  # of the runs
 
 
-HEADER = (
-    f"{'batch':>5} {'mode':>5} {'setting':>28} {'img/s':>8} {'/torch':>7} {'MFU':>6} "
-    f"{'compile s':>9} {'MB/img':>7} {'peak GB':>7} {'sys%':>5} {'faults/step':>12}"
-)
+def fmt(value, spec: str) -> str | None:
+    return None if value is None else format(value, spec)
 
 
 def row_line(row: dict) -> str:
-    """One line of the table."""
-    head = f"{row['batch']:>5} {row.get('mode', 'train'):>5} {row['setting']:>28}"
-    runs = row["runs"]
+    """One row of the table."""
+    head, runs = [row["batch"], row["mode"], row["setting"]], row["runs"]
     if row["setting"].startswith("peak"):
-        return f"{head} matmul {fmt(row.get('peak_tflops'), '.2f', 0)} TFLOP/s"
+        return table_row([*head, f"matmul {fmt(row.get('peak_tflops'), '.2f')} TFLOP/s"])
     if "img_s" not in row:
-        return f"{head} failed: " + "; ".join(r.get("error", "?") for r in runs)
-    late = " (timed while others still compiled)" if median_of(runs, "barrier_ran_out") else ""
-    sys_share = median_of(runs, "sys_share")
-    return (
-        f"{head} {row['img_s']:>8.1f} {fmt(row.get('vs_torch'), '.2f', 7)} "
-        f"{fmt(row.get('mfu'), '.1%', 6)} {fmt(median_of(runs, 'compile_s'), '.1f', 9)} "
-        f"{fmt(median_of(runs, 'temp_mb_per_image'), '.0f', 7)} "
-        f"{fmt(median_of(runs, 'peak_gb'), '.1f', 7)} {fmt(sys_share and 100 * sys_share, '.0f', 5)} "
-        f"{fmt(median_of(runs, 'faults_per_step'), '.0f', 12)}{late}"
-    )
+        return table_row([*head, "failed: " + "; ".join(r.get("error", "?") for r in runs)])
+    rates = [f"{row['img_s']:.1f}", fmt(row.get("vs_torch"), ".2f"), fmt(row.get("mfu"), ".1%")]
+    return table_row(head + rates + [fmt(median_of(runs, k), f) for k, f in MEDIANS.items()])
 
 
-def cpu_line(report: dict) -> list[str]:
-    """The CPU and its vector extensions, where a figure of the report is a CPU's."""
-    cpu = report.get("cpu")
-    on_cpu = any(r.get("platform") == "cpu" for row in report["results"] for r in row["runs"])
-    if not (on_cpu and cpu):
-        return []
-    extensions = " ".join(cpu["vector_extensions"]) or "none found"
-    return [f"CPU: {cpu['name']}, {cpu['cores']} cores; vector extensions: {extensions}"]
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--model", default=None, help="S, M, L, tiny or a full name (default S)")
@@ -456,22 +326,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--dtype", choices=sorted(DTYPES), default="fp32")
     add("--modes", nargs="+", choices=["train", "infer"], default=["train"])
     add("--image-size", type=int, default=None, help="default 224")
-    add(
-        "--settings", nargs="+", default=None, help="default: torch jax:minimal (--quick: peak too)"
-    )
+    add("--settings", nargs="+", help="default: torch jax:minimal (--quick: peak too)")
     add("--device", choices=["cpu"], default=None, help="both on the CPU")
     add("--steps", type=int, default=4, help="timed steps per round")
     add("--warmup", type=int, default=0, help="untimed steps after the first")
-    add("--inner-rounds", type=int, default=1, help="timed rounds per process")
     add("--rounds", type=int, default=2, help="processes per setting")
-    add("--in-process", action="store_true", help="every setting in this process")
-    add("--concurrent", action="store_true", help="compile side by side")
-    add("--barrier-s", type=float, default=300.0, help="--concurrent: the longest wait for all")
     add("--setting-timeout-s", type=float, default=None, help="give up on a process after this")
-    add("--peak-size", type=int, default=0, help="8192 (2048 on a CPU)")
-    add("--trace", metavar="DIR", help="a jax.profiler trace of each JAX setting")
+    add("--budget-s", type=float, default=None, help="start no setting after this, kill one then")
     add("--json", help="output file (default $OUT/throughput.json)")
-    add("--summarize", metavar="JSON", help="only print the table of this file")
     add("--quick", action="store_true", help="smoke run: tiny model at 56x56, batch 2, 2 steps")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -483,7 +345,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if os.environ.get("DYNAMIXER_NO_TORCH") == "1" or not importlib.util.find_spec("torch"):
             args.settings.remove("torch")  # no PyTorch here: JAX alone
     if quick:
-        args.steps, args.rounds, args.peak_size = 2, 1, args.peak_size or 256
+        args.steps, args.rounds = 2, 1
     for setting in args.settings:
         parse_setting(setting, args.model)
     if min(args.batches) < 1:
@@ -493,46 +355,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
-    """The whole benchmark; returns the report as written to ``--json``."""
+def run(argv=None, measure=run_in_fresh_process) -> dict:
+    """The whole benchmark; returns the report as written to ``--json``. ``measure(setting,
+    batch, mode, args, timeout_s)`` measures one setting once (tests: in their own process)."""
     args = parse_args(argv)
-    if args.summarize:
-        with open(args.summarize) as f:
-            report = json.load(f)
-        print("\n".join([HEADER, *map(row_line, report["results"]), *cpu_line(report)]), flush=True)
-        return report
-    report = {
-        "argv": list(argv if argv is not None else sys.argv[1:]),
-        "model": args.model,
-        "dtype": args.dtype,
-        "image_size": args.image_size,
-        "cpu": cpu_description(),
-        "results": [],
-    }
-    print(HEADER, flush=True)
+    report = {"argv": list(argv if argv is not None else sys.argv[1:]), "model": args.model}
+    report.update(dtype=args.dtype, image_size=args.image_size, cpu=benchlib.cpu_description())
+    report["results"] = []
+    print(table_header(HEADER), flush=True)
+    deadline = time.monotonic() + (args.budget_s or math.inf)
     for batch in args.batches:
         for mode in args.modes:
             runs: dict[str, list[dict]] = {setting: [] for setting in args.settings}
             for _ in range(args.rounds):
-                for setting, result in measure_round(args, batch, mode).items():
+                for setting, result in measure_round(args, batch, mode, deadline, measure).items():
                     runs[setting].append(result)
             for row in report_rows(batch, mode, runs, args):
                 report["results"].append(row)
                 print(row_line(row), flush=True)
             if args.json:  # after every batch and mode, so a later timeout keeps what was measured
-                write_json(args.json, report)
-    print("\n".join(cpu_line(report)), flush=True)
+                benchlib.write_json(args.json, report)
+    on_cpu = any(r.get("platform") == "cpu" for row in report["results"] for r in row["runs"])
+    print(benchlib.cpu_line(report["cpu"]) if on_cpu else "", flush=True)  # names a CPU's figures
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run; a command-line mistake is one line on stderr and exit code 2."""
-    try:
-        run(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv=None) -> int:
+    return benchlib.run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ S 82.7%, M 83.7%, L 84.3%.
 Hardware: each variant names the smallest slice its published global batch fits with the
 default ``remat="minimal"`` (on a TPU ``mixing="auto"`` runs the ``"vector"`` layout). The TPU
 figures are libtpu 0.0.42.1's compiler estimates, per device at the published per-device batch,
-fitted through batches 8 and 16 (``python benchmarks/tpu_compile.py --variants VARIANT
---generations GEN --batches 8 16``; dated table in the README, "On a TPU"). The GPU figures are
-the H100 measurements of ``bash benchmarks/accelerator_check.sh`` (batch 128, bf16; README).
+fitted through batches 8 and 16 (``python benchmarks/memory.py --tpu GEN --models VARIANT
+--batches 8 16``; dated table in the README, "On a TPU"). The GPU figures are the H100
+measurements of ``python benchmarks/accelerator_check.py`` (batch 128, bf16; README).
 
 * ``dynamixer_s``: batch 2048, 256 per device. **TPU v5e-8**: 13.4 GiB of 14.9 per chip
   (52 MB per image); **TPU v4-8** (8 TensorCores of 16 GiB): 12.8 GiB per core (49 MB per

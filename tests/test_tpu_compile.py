@@ -1,4 +1,4 @@
-"""The TPU compile lab (benchmarks/tpu_compile.py): its arithmetic everywhere, and one compile of a
+"""The TPU compile lab (benchmarks/memory.py --tpu): its affine fit everywhere, and one compile of a
 tiny model's real training step for a TPU where libtpu is installed (no TPU chip is needed).
 
 The compile test checks what must hold of any correct compile of the step: the donated state is
@@ -17,7 +17,7 @@ from conftest import MICRO_ARCH, REPO
 from dynamixer_jax.model import flops
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from benchlib.tpu_fit import Affine, accumulation_to_fit, roofline_images_per_s
+from benchlib.tpu_fit import Affine
 
 
 def test_affine_fit_and_largest_batch():
@@ -31,36 +31,20 @@ def test_affine_fit_and_largest_batch():
         Affine.through((4, 1.0), (4, 2.0))
 
 
-def test_accumulation_adds_a_float32_gradient_per_micro_batch():
-    hbm = Affine(fixed=100.0, per_image=10.0)  # bytes; 1 parameter -> a 4-byte accumulator
-    assert accumulation_to_fit(hbm, 16, 260.0, 1) == {"steps": 1, "estimated_gib": 260 / 2**30}
-    assert accumulation_to_fit(hbm, 16, 259.0, 1)["steps"] == 2  # 100 + 8 * 10 + 4 = 184
-    assert accumulation_to_fit(hbm, 16, 183.0, 1)["steps"] == 4  # 100 + 4 * 10 + 4 = 144
-    assert accumulation_to_fit(hbm, 16, 143.0, 1)["steps"] == 8  # 100 + 2 * 10 + 4 = 124
-    assert accumulation_to_fit(hbm, 16, 113.0, 1) is None  # one image per step needs 114
-
-
-def test_roofline_takes_the_lower_bound():
-    # 1 TFLOP/s and 1 GB/s; 1 GFLOP and 10 MB per image: 1000 img/s by compute, 100 by memory.
-    out = roofline_images_per_s(1e9, 1e7, 1e12, 1e9)
-    assert out["compute_images_per_s"] == pytest.approx(1000)
-    assert out["memory_images_per_s"] == pytest.approx(100)
-    assert out["bound_images_per_s"] == pytest.approx(100)
-    assert out["bound_by"] == "memory"
-    assert out["intensity_flops_per_byte"] == pytest.approx(100)
-
-
 def test_tiny_training_step_compiles_for_a_tpu():
     pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install libtpu)")
+    import numpy as np
+    from jax.sharding import Mesh
+
     from benchlib.steps import published_train_step
-    from benchlib.tpu_compile import chip_mesh
+    from benchlib.tpu_compile import chip_devices
     from benchlib.xla_stats import compile_stats
 
     batch = 8
     step, args, model = published_train_step(
         "dynamixer_s",
         batch,
-        chip_mesh("v5e"),
+        Mesh(np.array(chip_devices("v5e")[:1]), ("data",)),  # one chip's first device
         image_size=16,
         num_classes=10,
         model_overrides=dict(MICRO_ARCH),

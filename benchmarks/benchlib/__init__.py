@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: command-line errors, JSON records, the CPU's description and
-the model a benchmark builds (aliases, a tiny smoke-run architecture, compute dtypes).
+"""What the benchmark scripts share: one-line command-line errors, JSON records, Markdown tables,
+the CPU's description and the model a benchmark builds (aliases, a tiny architecture, dtypes).
 
 ``benchmarks/`` is not an installed package: ``python benchmarks/NAME.py`` has ``benchmarks/`` on
 ``sys.path`` and so finds this package, and importing it puts the repository root there too, so
@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +47,16 @@ class UserError(Exception):
     """A mistake on the command line: reported in one line, exit code 2."""
 
 
+def run_cli(run: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None) -> int:
+    """``run(argv)`` as a script's ``main``: a :class:`UserError` is one line on stderr, exit 2."""
+    try:
+        run(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def short_error(exc: BaseException) -> str:
     """The first line of an exception, for records and logs."""
     text = f"{type(exc).__name__}: {exc}".strip()
@@ -59,6 +70,16 @@ def write_json(path: str, content: Any, sort_keys: bool = False) -> None:
         json.dump(content, f, indent=1, default=str, sort_keys=sort_keys)
         f.write("\n")
     os.replace(path + ".tmp", path)
+
+
+def table_row(cells: Sequence[Any]) -> str:
+    """One row of a Markdown table, as the README quotes them; a ``None`` cell is ``-``."""
+    return "| " + " | ".join("-" if cell is None else str(cell) for cell in cells) + " |"
+
+
+def table_header(names: Sequence[str]) -> str:
+    """A Markdown table's header row and the rule under it."""
+    return f"{table_row(names)}\n{table_row(['---'] * len(names))}"
 
 
 def cpu_description() -> dict:
@@ -77,6 +98,12 @@ def cpu_description() -> dict:
         pass
     vector = sorted(f for f in flags if f.startswith(VECTOR_PREFIXES) or f in VECTOR_NAMES)
     return {"name": name, "cores": os.cpu_count(), "vector_extensions": vector}
+
+
+def cpu_line(cpu: dict) -> str:
+    """``CPU: NAME, N cores; vector extensions: ...``, to print under a CPU's figures."""
+    extensions = " ".join(cpu["vector_extensions"]) or "none found"
+    return f"CPU: {cpu['name']}, {cpu['cores']} cores; vector extensions: {extensions}"
 
 
 def model_name(alias: str) -> str:

@@ -79,26 +79,22 @@ def published_train_step(
     *,
     remat: str = "minimal",
     image_size: int = 224,
-    grad_accum_steps: int = 1,
     num_classes: int | None = None,
     model_overrides: dict[str, Any] | None = None,
     mixing: str = "vector",
 ):
     """``(jitted step, (abstract state, abstract batch), model)`` exactly as
     ``dynamixer_jax.train.loop`` builds it from ``configs/imagenet.py`` for ``variant`` at a global
-    ``batch`` over ``mesh`` (the TPU lab). ``num_classes`` (default ImageNet's) and
+    ``batch`` over ``mesh`` (``memory.py --tpu``). ``num_classes`` (default ImageNet's) and
     ``model_overrides`` make a smaller model with the same recipe. ``mixing`` is explicit: from a
     CPU host ``"auto"`` would mean ``"dot"``, not the ``"vector"`` a TPU runs."""
-    from configs import imagenet  # ml_collections: only the TPU lab needs it
+    from configs import imagenet  # ml_collections: only memory.py --tpu needs it
     from dynamixer_jax.train.optimizer import optimizer_from_plan
     from dynamixer_jax.train.plan import make_plan
 
     config = imagenet.get_config(variant)
-    config.batch_size, config.remat, config.image_size = batch, remat, image_size
-    config.grad_accum_steps, config.num_classes, config.mixing = (
-        grad_accum_steps,
-        num_classes,
-        mixing,
+    config.update(
+        batch_size=batch, remat=remat, image_size=image_size, num_classes=num_classes, mixing=mixing
     )
     for key, value in (model_overrides or {}).items():
         config.model_overrides[key] = value

@@ -1,8 +1,5 @@
 """TPU chips this machine does not have, to compile for: libtpu compiles for any generation it
 knows from a topology description alone (``jax.experimental.topologies``; nothing runs).
-
-    mesh = chip_mesh("v5e")                 # one chip's first device
-    stats = xla_stats.compile_stats(step, args)   # step jitted over mesh, args abstract
 """
 
 from __future__ import annotations
@@ -12,23 +9,18 @@ import importlib.metadata
 import os
 from typing import Any
 
-import numpy as np
-from jax.sharding import Mesh
-
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One TPU generation: its topology name in libtpu and its per-chip figures as Google Cloud's
-    TPU page of the generation (``source``) states them (``hbm`` as written there; a "GB" is read
-    as 10^9 bytes, the smaller reading). On v3 and v4 a chip holds two TensorCores and libtpu
+    """One TPU generation: its topology name in libtpu and its HBM per chip as Google Cloud's TPU
+    page of the generation (``source``) states it (``hbm`` as written there; a "GB" is read as
+    10^9 bytes, the smaller reading). On v3 and v4 a chip holds two TensorCores and libtpu
     lists each core as a device: the per-device share is the per-chip figure over the devices."""
 
     generation: str
     topology: str  # one chip, in libtpu's naming
     accelerator_type: str  # TPU_ACCELERATOR_TYPE of a small slice, only to quiet libtpu
     hbm: str
-    bf16_tflops: float
-    hbm_gb_s: float
     source: str
 
     @property
@@ -41,11 +33,11 @@ _DOCS = "https://cloud.google.com/tpu/docs/"
 CHIPS: dict[str, Chip] = {
     chip.generation: chip
     for chip in (
-        Chip("v3", "v3:1x1", "v3-8", "32 GiB", 123, 900, _DOCS + "v3"),
-        Chip("v4", "v4:1x1x1", "v4-8", "32 GiB", 275, 1200, _DOCS + "v4"),
-        Chip("v5e", "v5e:1x1", "v5litepod-1", "16 GB", 197, 819, _DOCS + "v5e"),
-        Chip("v5p", "v5p:1x1x1", "v5p-8", "95 GB", 459, 2765, _DOCS + "v5p"),
-        Chip("v6e", "v6e:1x1", "v6e-1", "32 GB", 918, 1638, _DOCS + "v6e"),
+        Chip("v3", "v3:1x1", "v3-8", "32 GiB", _DOCS + "v3"),
+        Chip("v4", "v4:1x1x1", "v4-8", "32 GiB", _DOCS + "v4"),
+        Chip("v5e", "v5e:1x1", "v5litepod-1", "16 GB", _DOCS + "v5e"),
+        Chip("v5p", "v5p:1x1x1", "v5p-8", "95 GB", _DOCS + "v5p"),
+        Chip("v6e", "v6e:1x1", "v6e-1", "32 GB", _DOCS + "v6e"),
     )
 }
 
@@ -80,9 +72,3 @@ def chip_devices(generation: str) -> list[Any]:
         platform="tpu", topology_name=CHIPS[generation].topology, chips_per_host_bounds=(1, 1, 1)
     )
     return list(topology.devices)
-
-
-def chip_mesh(generation: str, axis: str = "data") -> Mesh:
-    """A one-device mesh on the first device of one chip: the per-device program of a data-parallel
-    step, without collectives (the per-device batch is what sets its memory and cost)."""
-    return Mesh(np.array(chip_devices(generation)[:1]), (axis,))

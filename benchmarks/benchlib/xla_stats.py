@@ -60,19 +60,16 @@ def costs(compiled) -> dict[str, float | None]:
     }
 
 
-def compile_stats(fn, args: tuple, hlo_path: str | None = None) -> dict[str, Any]:
+def compile_stats(fn, args: tuple) -> dict[str, Any]:
     """Lower and compile the jitted ``fn`` for ``args`` (abstract ones may name absent devices in
     their shardings, e.g. a TPU chip's from ``benchlib.tpu_compile``). Per device: ``memory``
     (bytes), ``hbm_bytes`` (:func:`required_bytes`), ``flops``, ``bytes_accessed``, and
-    ``lower_s``/``compile_s``. ``hlo_path``: also write the optimised HLO module there."""
+    ``lower_s``/``compile_s``."""
     start = time.perf_counter()
     lowered = fn.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
-    if hlo_path:
-        with open(hlo_path, "w") as f:
-            f.write(compiled.as_text())
     memory = bytes_fields(compiled)
     return {
         "memory": memory,

@@ -99,8 +99,9 @@ def test_network_logits_parity(name):
     fresh.load_state_dict(
         {k: torch.from_numpy(v) for k, v in flax_to_torch(variables).items()}, strict=True
     )
+    loaded = fresh.state_dict()
     for key, value in torch_model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
+        assert torch.equal(loaded[key], value), key
 
 
 def assert_gradients_agree(torch_model, model, variables, images, labels, label):

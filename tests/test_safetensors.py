@@ -191,8 +191,9 @@ def test_pytorch_loads_it_strictly(tmp_path, capsys):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     fresh = TorchDynaMixer(**MICRO_ARCH, num_classes=7, image_size=16).eval()
     fresh.load_state_dict(load_file(tmp_path / "b.safetensors"), strict=True)
+    loaded = fresh.state_dict()
     for key, value in twin.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
+        assert torch.equal(loaded[key], value), key
     # And our side reads the same network: logits as the twin's, to float32 rounding (the
     # parity tests' bound for this size).
     model, variables = dynamixer_jax.load(tmp_path / "b.safetensors")

@@ -60,7 +60,7 @@ def test_reference_run_logs_every_step_and_evaluates(uninterrupted):
     )
 
 
-# SIGKILL and restart: tests/test_reliability_checkpoints.py kills one run five times.
+# SIGKILL and restart: tests/test_reliability_checkpoints.py kills one run three times.
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,9 @@ import time
 import traceback
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchlib import NUM_CLASSES, architecture, create, short_error, write_json
+from benchlib import create, torch_twin, write_json
 from dynamixer_jax.convert import torch_to_flax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,23 +32,13 @@ RACE += " torch@M jax:minimal@M torch@L jax:minimal@L"
 QUICK_RACE = "peak torch@tiny jax:minimal@tiny torch-compile@tiny jax:none@tiny"
 
 
-def flax_model(name: str, image_size: int, dtype=None):
-    return create(name, num_classes=NUM_CLASSES, image_size=image_size, dtype=dtype)
-
-
 def twin_and_params(name: str, image_size: int):
     """(torch twin with randomised weights, the same weights as Flax params in numpy): every
     parameter random, logits O(1), so mistakes in biases or norms show and argmaxes are no ties."""
-    import torch
-
     import dynamixer_torch
 
-    torch.manual_seed(0)
-    twin = dynamixer_torch.TorchDynaMixer(
-        **architecture(name), num_classes=NUM_CLASSES, image_size=image_size
-    )
-    twin = dynamixer_torch.randomize_(twin, seed=0).eval()
-    return twin, torch_to_flax(twin.state_dict(), flax_model(name, image_size))["params"]
+    twin = dynamixer_torch.randomize_(torch_twin(name, image_size), seed=0).eval()
+    return twin, torch_to_flax(twin.state_dict(), create(name, image_size=image_size))["params"]
 
 
 def smooth_images(batch: int, size: int, seed: int) -> np.ndarray:
@@ -79,7 +68,7 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
     """Float32 logits on the default device against the host CPU's at ``highest`` matmul
     precision (so TF32 cannot hide a bug) and at the default one, and against the twin's."""
     twin, params = twin_and_params(name, image_size)
-    model = flax_model(name, image_size)
+    model = create(name, image_size=image_size)
     images = smooth_images(batch, image_size, seed=1)
     device, cpu = jax.devices()[0], jax.devices("cpu")[0]
     on_cpu = logits_on(model, params, images, cpu, "highest")
@@ -118,8 +107,8 @@ def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
     _, params = twin_and_params(name, image_size)
     images = smooth_images(batch, image_size, seed=2)
     device = jax.devices()[0]
-    fp32 = logits_on(flax_model(name, image_size), params, images, device, "highest")
-    bf16 = logits_on(flax_model(name, image_size, jnp.bfloat16), params, images, device, "default")
+    fp32 = logits_on(create(name, image_size=image_size), params, images, device, "highest")
+    bf16 = logits_on(create(name, "bf16", image_size=image_size), params, images, device, "default")
     diff = np.abs(bf16 - fp32)
     return {
         "model": name,
@@ -152,7 +141,8 @@ def correctness(path: str, quick: bool, budget_s: float) -> dict:
                 entry = {"check": check.__name__, "status": "ok", **check(name, size, batch)}
             except Exception as exc:  # recorded; the other checks still run
                 traceback.print_exc()
-                entry = {"check": check.__name__, "status": "error", "error": short_error(exc)}
+                error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:400]
+                entry = {"check": check.__name__, "status": "error", "error": error}
         entry["seconds"] = time.monotonic() - start
         result["checks"].append(entry)
         print(f"[correctness] {json.dumps(entry)}", flush=True)

@@ -87,11 +87,11 @@ def local_row(name: str, dtype: str, remat: str, args) -> dict:
     """Every batch's compile of one model, dtype and remat here, and the largest batches."""
     model = create(
         name,
+        dtype,
         image_size=args.image_size,
         drop_path_rate=DROP_PATH_RATE,
         remat=remat,
         scan_layers=args.scan_layers,
-        dtype=DTYPES[dtype],
     )
     device, label = jax.devices()[0], f"{name:>12} {dtype:>5} {remat:>8}"
     row = {"platform": device.platform, "model": name, "dtype": dtype, "remat": remat}
@@ -149,7 +149,6 @@ def tpu_point(generation: str, variant: str, batch: int, remat: str, args) -> di
 def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
     """The README's figures of one generation and variant, extrapolated from the fits to the
     published per-device batch (compiler estimates, per device; rates per chip)."""
-    from dynamixer_jax import create_model
     from dynamixer_jax.model import traffic
 
     chip, per_chip = CHIPS[generation], points[0]["devices_per_chip"]
@@ -157,7 +156,7 @@ def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
     batch = PUBLISHED[variant]["batch_size"] // DEVICES
     fits = {field: fit(points, field) for field in ("hbm_bytes", "flops", "bytes_accessed")}
     at = {field: line.at(batch) for field, line in fits.items()}
-    model = create_model(variant, dtype=jnp.bfloat16)
+    model = create(variant, "bf16")
     return {
         "generation": generation,
         "device_kind": points[0]["device_kind"],

@@ -82,12 +82,11 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     device = jax_device(args)
     net = create(
         model,
+        args.dtype,
         image_size=args.image_size,
-        num_classes=NUM_CLASSES,
         drop_path_rate=benchlib.DROP_PATH_RATE if mode == "train" else 0.0,
         remat=remat,
         scan_layers=kind == "jax-scan",
-        dtype=DTYPES[args.dtype],
     )
     rng = np.random.default_rng(0)
     shape = (batch, args.image_size, args.image_size, 3)
@@ -138,7 +137,6 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    import dynamixer_torch
     from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
@@ -146,13 +144,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32, like XLA's default on NVIDIA GPUs
     torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    net = dynamixer_torch.TorchDynaMixer(
-        **benchlib.architecture(model),
-        num_classes=NUM_CLASSES,
-        image_size=args.image_size,
-        drop_path_rate=benchlib.DROP_PATH_RATE,
-    )
+    net = benchlib.torch_twin(model, args.image_size, drop_path_rate=benchlib.DROP_PATH_RATE)
     net = net.train(mode == "train").to(device)
     compiled = name == "torch-compile"
     runner = torch.compile(net) if compiled else net

@@ -40,6 +40,16 @@ def make_adamw_step(model):
     return jax.jit(step, donate_argnums=(0, 1)), tx
 
 
+def abstract_adamw_step(model, batch: int):
+    """(jitted plain AdamW step, its abstract arguments) of ``model`` at ``batch``."""
+    size, params = model.image_size, abstract_variables(model)["params"]
+    step, tx = make_adamw_step(model)
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return step, (params, jax.eval_shape(tx.init, params), images, labels, key)
+
+
 def abstract_train_step(model, tx, schedule, mesh: Mesh, batch: int, *, seed=1, ema_decay, **kw):
     """``(jitted step, (abstract state, abstract batch))``: ``make_train_step`` of ``model`` over
     ``mesh`` for ``batch`` uint8 images (``kw``: its ``mixup``, ``augment``, ...)."""

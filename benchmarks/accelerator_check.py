@@ -1,12 +1,9 @@
 """Correctness, then throughput, of DynaMixer on one accelerator, in about 7 minutes at most.
 
-    python benchmarks/accelerator_check.py [--out DIR] [--quick] [--time-scale 1.5]
-        [--settings ...] [--batch 128] 2>&1 | tee DIR/log.txt
-    python benchmarks/accelerator_check.py --json FILE [--quick]    # the correctness checks only
+    python benchmarks/accelerator_check.py [--out DIR] [--quick] 2>&1 | tee DIR/log.txt
 
-Writes correctness.json, then throughput.json (the training-step race, ``throughput.py``), to
-``--out``. The checks, the race and their figures: README, "Benchmarks on any device" and
-"Speed and memory".
+Writes correctness.json (the checks alone: ``--json FILE``), then throughput.json (the race of
+``throughput.py``) to ``--out``. README: "Benchmarks on any device" and "Speed and memory".
 """
 
 from __future__ import annotations
@@ -44,10 +41,8 @@ def twin_and_params(name: str, image_size: int):
 def smooth_images(batch: int, size: int, seed: int) -> np.ndarray:
     """Images that look like blurry photos: 8x8 normal noise upsampled (cubic) to size x size."""
     coarse = np.random.default_rng(seed).standard_normal((batch, 8, 8, 3)).astype(np.float32)
-    cpu = jax.devices("cpu")[0]
-    return np.asarray(
-        jax.image.resize(jax.device_put(coarse, cpu), (batch, size, size, 3), "cubic")
-    )
+    coarse = jax.device_put(coarse, jax.devices("cpu")[0])
+    return np.asarray(jax.image.resize(coarse, (batch, size, size, 3), "cubic"))
 
 
 def logits_on(model, params, images: np.ndarray, device, precision: str) -> np.ndarray:
@@ -66,7 +61,10 @@ def errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
 
 def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
     """Float32 logits on the default device against the host CPU's at ``highest`` matmul
-    precision (so TF32 cannot hide a bug) and at the default one, and against the twin's."""
+    precision (so TF32 cannot hide a bug) and at the default one, and against the PyTorch twin's
+    on its device, TF32 off."""
+    import torch
+
     twin, params = twin_and_params(name, image_size)
     model = create(name, image_size=image_size)
     images = smooth_images(batch, image_size, seed=1)
@@ -74,32 +72,18 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
     on_cpu = logits_on(model, params, images, cpu, "highest")
     on_device = logits_on(model, params, images, device, "highest")
     default = logits_on(model, params, images, device, "default")
-    return {
-        "model": name,
-        "batch": batch,
-        "device": str(device),
-        "cpu": str(cpu),
-        "logit_std": float(on_cpu.std()),
-        "highest": errors(on_device, on_cpu),
-        "default_precision": errors(default, on_cpu),
-        "top1_agreement_default_vs_cpu": float(np.mean(default.argmax(-1) == on_cpu.argmax(-1))),
-        "jax_vs_torch": jax_vs_torch(twin, images, on_device),
-    }
-
-
-def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
-    """JAX's logits against the PyTorch twin's on its device, TF32 off."""
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    model = twin.to(device).eval()
+    torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-        logits = model(x).float().cpu().numpy()
-    model.cpu()
-    return {"torch_device": str(device), **errors(jax_logits, logits)}
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        twin_logits = twin.to(torch_device)(x.to(torch_device)).float().cpu().numpy()
+    result = {"model": name, "batch": batch, "device": str(device), "cpu": str(cpu)}
+    result.update(logit_std=float(on_cpu.std()), highest=errors(on_device, on_cpu))
+    result["default_precision"] = errors(default, on_cpu)
+    agree = float(np.mean(default.argmax(-1) == on_cpu.argmax(-1)))
+    result["top1_agreement_default_vs_cpu"] = agree
+    result["jax_vs_torch"] = {"torch_device": str(torch_device), **errors(on_device, twin_logits)}
+    return result
 
 
 def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
@@ -110,15 +94,12 @@ def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
     fp32 = logits_on(create(name, image_size=image_size), params, images, device, "highest")
     bf16 = logits_on(create(name, "bf16", image_size=image_size), params, images, device, "default")
     diff = np.abs(bf16 - fp32)
-    return {
-        "model": name,
-        "batch": batch,
-        "device": str(device),
-        "top1_agreement": float(np.mean(bf16.argmax(-1) == fp32.argmax(-1))),
-        "max_abs_over_logit_std": float(diff.max() / fp32.std()),
-        "mean_abs_over_logit_std": float(diff.mean() / fp32.std()),
-        "fp32_top1_margin_median": float(np.median(np.diff(np.sort(fp32, -1)[:, -2:]))),
-    }
+    result = {"model": name, "batch": batch, "device": str(device)}
+    result["top1_agreement"] = float(np.mean(bf16.argmax(-1) == fp32.argmax(-1)))
+    result["max_abs_over_logit_std"] = float(diff.max() / fp32.std())
+    result["mean_abs_over_logit_std"] = float(diff.mean() / fp32.std())
+    result["fp32_top1_margin_median"] = float(np.median(np.diff(np.sort(fp32, -1)[:, -2:])))
+    return result
 
 
 def correctness(path: str, quick: bool, budget_s: float) -> dict:
@@ -167,8 +148,7 @@ def check_line(c: dict) -> str:
 
 
 def whole_check(args) -> None:
-    """The correctness checks, then the throughput race, each in a process of its own and
-    within its share of the budget."""
+    """The correctness checks, then the throughput race, each in its own process and budget."""
     out = os.path.abspath(args.out or os.environ.get("OUT") or "accelerator_out")
     os.makedirs(out, exist_ok=True)
     scale, quick = args.time_scale, ["--quick"] if args.quick else []

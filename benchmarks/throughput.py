@@ -56,17 +56,10 @@ def timed_steps(step, batch: int, args) -> dict:
     return {"img_s": img_s, "step_ms": 1e3 * batch / img_s}
 
 
-def jax_device(args):
-    """JAX's device for this run (``--device cpu``: the host, even on a GPU machine)."""
-    device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
-    jax.config.update("jax_default_device", device)
-    return device
-
-
 def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     """Compile and time jitted steps of our model in this process."""
     kind, remat = name.split(":")
-    device, train, size = jax_device(args), mode == "train", args.image_size
+    device, train, size = jax.devices()[0], mode == "train", args.image_size
     rate, scan = DROP_PATH_RATE if train else 0.0, kind == "jax-scan"
     net = create(
         model, args.dtype, image_size=size, remat=remat, scan_layers=scan, drop_path_rate=rate
@@ -107,12 +100,11 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
 
 
 def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
-    """Time PyTorch steps of our twin, eager or compiled, on CUDA where PyTorch sees a GPU (unless
-    ``--device cpu``)."""
+    """Time PyTorch steps of our twin, eager or compiled, on CUDA where PyTorch sees a GPU."""
     import torch
     import torch.nn.functional as F
 
-    cuda = torch.cuda.is_available() and args.device != "cpu"
+    cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32, like XLA's default on NVIDIA GPUs
@@ -161,7 +153,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
 def run_peak(args) -> dict:
     """Median FLOP/s of 20 size^3 matmuls in the compute dtype on JAX's device (default
     precision), after one untimed call: 8192^3, 2048^3 on a CPU, 256^3 with ``--quick``."""
-    device = jax_device(args)
+    device = jax.devices()[0]
     size = 256 if args.quick else 2048 if device.platform == "cpu" else 8192
     key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     a = jax.random.normal(key, (size, size), dtype)
@@ -202,7 +194,7 @@ def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: f
         f"print(json.dumps(run_setting({setting!r}, {batch}, {mode!r}, args)))"
     )
     env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
-    if setting.startswith("torch") or args.device == "cpu":
+    if setting.startswith("torch"):
         env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
     command, limit = [sys.executable, "-c", code], timeout_s if math.isfinite(timeout_s) else None
     try:
@@ -271,7 +263,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--modes", nargs="+", choices=["train", "infer"], default=["train"])
     add("--image-size", type=int, default=None, help="default 224")
     add("--settings", nargs="+", help="default: torch jax:minimal (--quick: peak too)")
-    add("--device", choices=["cpu"], default=None, help="both on the CPU")
     add("--steps", type=int, default=4, help="timed steps per round")
     add("--warmup", type=int, default=0, help="untimed steps after the first")
     add("--rounds", type=int, default=2, help="processes per setting")

@@ -1,12 +1,9 @@
 """Correctness, then throughput, of DynaMixer on one accelerator, in about 7 minutes at most.
 
-    python benchmarks/accelerator_check.py [--out DIR] [--quick] [--time-scale 1.5]
-        [--settings ...] [--batch 128] 2>&1 | tee DIR/log.txt
-    python benchmarks/accelerator_check.py --json FILE [--quick]    # the correctness checks only
+    python benchmarks/accelerator_check.py [--out DIR] [--quick] 2>&1 | tee DIR/log.txt
 
-Writes correctness.json, then throughput.json (the training-step race, ``throughput.py``), to
-``--out``. The checks, the race and their figures: README, "Benchmarks on any device" and
-"Speed and memory".
+Writes correctness.json (the checks alone: ``--json FILE``), then throughput.json (the race of
+``throughput.py``) to ``--out``. README: "Benchmarks on any device" and "Speed and memory".
 """
 
 from __future__ import annotations
@@ -20,10 +17,9 @@ import time
 import traceback
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchlib import NUM_CLASSES, architecture, create, short_error, write_json
+from benchlib import create, torch_twin, write_json
 from dynamixer_jax.convert import torch_to_flax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,32 +29,20 @@ RACE += " torch@M jax:minimal@M torch@L jax:minimal@L"
 QUICK_RACE = "peak torch@tiny jax:minimal@tiny torch-compile@tiny jax:none@tiny"
 
 
-def flax_model(name: str, image_size: int, dtype=None):
-    return create(name, num_classes=NUM_CLASSES, image_size=image_size, dtype=dtype)
-
-
 def twin_and_params(name: str, image_size: int):
     """(torch twin with randomised weights, the same weights as Flax params in numpy): every
     parameter random, logits O(1), so mistakes in biases or norms show and argmaxes are no ties."""
-    import torch
-
     import dynamixer_torch
 
-    torch.manual_seed(0)
-    twin = dynamixer_torch.TorchDynaMixer(
-        **architecture(name), num_classes=NUM_CLASSES, image_size=image_size
-    )
-    twin = dynamixer_torch.randomize_(twin, seed=0).eval()
-    return twin, torch_to_flax(twin.state_dict(), flax_model(name, image_size))["params"]
+    twin = dynamixer_torch.randomize_(torch_twin(name, image_size), seed=0).eval()
+    return twin, torch_to_flax(twin.state_dict(), create(name, image_size=image_size))["params"]
 
 
 def smooth_images(batch: int, size: int, seed: int) -> np.ndarray:
     """Images that look like blurry photos: 8x8 normal noise upsampled (cubic) to size x size."""
     coarse = np.random.default_rng(seed).standard_normal((batch, 8, 8, 3)).astype(np.float32)
-    cpu = jax.devices("cpu")[0]
-    return np.asarray(
-        jax.image.resize(jax.device_put(coarse, cpu), (batch, size, size, 3), "cubic")
-    )
+    coarse = jax.device_put(coarse, jax.devices("cpu")[0])
+    return np.asarray(jax.image.resize(coarse, (batch, size, size, 3), "cubic"))
 
 
 def logits_on(model, params, images: np.ndarray, device, precision: str) -> np.ndarray:
@@ -77,40 +61,29 @@ def errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
 
 def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
     """Float32 logits on the default device against the host CPU's at ``highest`` matmul
-    precision (so TF32 cannot hide a bug) and at the default one, and against the twin's."""
+    precision (so TF32 cannot hide a bug) and at the default one, and against the PyTorch twin's
+    on its device, TF32 off."""
+    import torch
+
     twin, params = twin_and_params(name, image_size)
-    model = flax_model(name, image_size)
+    model = create(name, image_size=image_size)
     images = smooth_images(batch, image_size, seed=1)
     device, cpu = jax.devices()[0], jax.devices("cpu")[0]
     on_cpu = logits_on(model, params, images, cpu, "highest")
     on_device = logits_on(model, params, images, device, "highest")
     default = logits_on(model, params, images, device, "default")
-    return {
-        "model": name,
-        "batch": batch,
-        "device": str(device),
-        "cpu": str(cpu),
-        "logit_std": float(on_cpu.std()),
-        "highest": errors(on_device, on_cpu),
-        "default_precision": errors(default, on_cpu),
-        "top1_agreement_default_vs_cpu": float(np.mean(default.argmax(-1) == on_cpu.argmax(-1))),
-        "jax_vs_torch": jax_vs_torch(twin, images, on_device),
-    }
-
-
-def jax_vs_torch(twin, images: np.ndarray, jax_logits: np.ndarray) -> dict:
-    """JAX's logits against the PyTorch twin's on its device, TF32 off."""
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    model = twin.to(device).eval()
+    torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-        logits = model(x).float().cpu().numpy()
-    model.cpu()
-    return {"torch_device": str(device), **errors(jax_logits, logits)}
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        twin_logits = twin.to(torch_device)(x.to(torch_device)).float().cpu().numpy()
+    result = {"model": name, "batch": batch, "device": str(device), "cpu": str(cpu)}
+    result.update(logit_std=float(on_cpu.std()), highest=errors(on_device, on_cpu))
+    result["default_precision"] = errors(default, on_cpu)
+    agree = float(np.mean(default.argmax(-1) == on_cpu.argmax(-1)))
+    result["top1_agreement_default_vs_cpu"] = agree
+    result["jax_vs_torch"] = {"torch_device": str(torch_device), **errors(on_device, twin_logits)}
+    return result
 
 
 def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
@@ -118,18 +91,15 @@ def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
     _, params = twin_and_params(name, image_size)
     images = smooth_images(batch, image_size, seed=2)
     device = jax.devices()[0]
-    fp32 = logits_on(flax_model(name, image_size), params, images, device, "highest")
-    bf16 = logits_on(flax_model(name, image_size, jnp.bfloat16), params, images, device, "default")
+    fp32 = logits_on(create(name, image_size=image_size), params, images, device, "highest")
+    bf16 = logits_on(create(name, "bf16", image_size=image_size), params, images, device, "default")
     diff = np.abs(bf16 - fp32)
-    return {
-        "model": name,
-        "batch": batch,
-        "device": str(device),
-        "top1_agreement": float(np.mean(bf16.argmax(-1) == fp32.argmax(-1))),
-        "max_abs_over_logit_std": float(diff.max() / fp32.std()),
-        "mean_abs_over_logit_std": float(diff.mean() / fp32.std()),
-        "fp32_top1_margin_median": float(np.median(np.diff(np.sort(fp32, -1)[:, -2:]))),
-    }
+    result = {"model": name, "batch": batch, "device": str(device)}
+    result["top1_agreement"] = float(np.mean(bf16.argmax(-1) == fp32.argmax(-1)))
+    result["max_abs_over_logit_std"] = float(diff.max() / fp32.std())
+    result["mean_abs_over_logit_std"] = float(diff.mean() / fp32.std())
+    result["fp32_top1_margin_median"] = float(np.median(np.diff(np.sort(fp32, -1)[:, -2:])))
+    return result
 
 
 def correctness(path: str, quick: bool, budget_s: float) -> dict:
@@ -152,7 +122,8 @@ def correctness(path: str, quick: bool, budget_s: float) -> dict:
                 entry = {"check": check.__name__, "status": "ok", **check(name, size, batch)}
             except Exception as exc:  # recorded; the other checks still run
                 traceback.print_exc()
-                entry = {"check": check.__name__, "status": "error", "error": short_error(exc)}
+                error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:400]
+                entry = {"check": check.__name__, "status": "error", "error": error}
         entry["seconds"] = time.monotonic() - start
         result["checks"].append(entry)
         print(f"[correctness] {json.dumps(entry)}", flush=True)
@@ -177,8 +148,7 @@ def check_line(c: dict) -> str:
 
 
 def whole_check(args) -> None:
-    """The correctness checks, then the throughput race, each in a process of its own and
-    within its share of the budget."""
+    """The correctness checks, then the throughput race, each in its own process and budget."""
     out = os.path.abspath(args.out or os.environ.get("OUT") or "accelerator_out")
     os.makedirs(out, exist_ok=True)
     scale, quick = args.time_scale, ["--quick"] if args.quick else []

@@ -1,7 +1,5 @@
 """Training input throughput of the tf.data pipeline: images/s, and images per second of CPU time.
 
-    python benchmarks/input_pipeline.py [--images 1024] [--rounds 3]
-
 Reads generated JPEGs with ``TrainData`` (what training uses) for a ladder of recipes that adds
 one augmentation at a time; rounds alternate between recipes, medians count; ``share`` is the
 CPU time a step adds, over the whole recipe's. What it measures and the figures: README, "Data".
@@ -10,7 +8,6 @@ CPU time a step adds, over the whole recipe's. What it measures and the figures:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -26,11 +23,10 @@ from dynamixer_jax.data.pipeline import TrainAugment, TrainData
 BATCH = 32
 FULL = "+ RandAugment m9-mstd0.5-inc1 (full recipe)"
 # Random erasing is off but in the full recipe, as the ladder was when it ran on the host.
+PLAIN = dict(rand_augment="", color_jitter=0, random_erase_prob=0)
 RECIPES = {
-    "decode + random resized crop": TrainAugment(
-        hflip=0, rand_augment="", color_jitter=0, random_erase_prob=0
-    ),
-    "+ horizontal flip": TrainAugment(rand_augment="", color_jitter=0, random_erase_prob=0),
+    "decode + random resized crop": TrainAugment(hflip=0, **PLAIN),
+    "+ horizontal flip": TrainAugment(**PLAIN),
     FULL: TrainAugment(),
 }
 ONE_PROCESS = dict(
@@ -38,33 +34,22 @@ ONE_PROCESS = dict(
 )
 
 
-def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
-    """Photo-like 500x375 images (smooth colour fields plus noise) as quality-90 JPEG bytes."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:375, 0:500] / 500.0
-    jpegs = []
-    for _ in range(count):
-        phases, freqs = rng.uniform(0, 2 * np.pi, (3, 2)), rng.uniform(2, 12, (3, 2))
-        channels = [
-            np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
-            for c in range(3)
-        ]
-        image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
-        buffer = io.BytesIO()
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-        jpegs.append(buffer.getvalue())
-    return jpegs
-
-
 def write_folder(root: str, unique: int, total: int) -> None:
-    """ROOT/train/<class>/<n>.JPEG: ``unique`` generated JPEGs, hard-linked up to ``total``."""
-    jpegs = make_jpegs(unique)
+    """ROOT/train/<class>/<n>.JPEG: ``unique`` photo-like 500x375 images (smooth colour fields
+    plus noise) as quality-90 JPEGs, hard-linked up to ``total`` files."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:375, 0:500] / 500.0
     for index in range(total):
         path = os.path.join(root, "train", f"class_{index % 4}", f"{index:05d}.JPEG")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if index < unique:
-            with open(path, "wb") as file:
-                file.write(jpegs[index])
+            phases, freqs = rng.uniform(0, 2 * np.pi, (3, 2)), rng.uniform(2, 12, (3, 2))
+            channels = [
+                np.sin(freqs[c, 0] * x + phases[c, 0]) * np.cos(freqs[c, 1] * y + phases[c, 1])
+                for c in range(3)
+            ]
+            image = 127 + 100 * np.stack(channels, -1) + rng.normal(0, 8, (375, 500, 3))
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
         else:
             n = index % unique
             os.link(os.path.join(root, "train", f"class_{n % 4}", f"{n:05d}.JPEG"), path)
@@ -80,15 +65,6 @@ def seconds_per_image(batches, images: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
-def one_round(root: str, images: int) -> dict[str, tuple[float, float]]:
-    """{recipe: (wall, CPU) seconds per image} of every recipe once, in order."""
-    times = {}
-    for name, recipe in RECIPES.items():
-        data = TrainData(root, augment=recipe, **ONE_PROCESS)
-        times[name] = seconds_per_image(data.batches(), images)
-    return times
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024, help="timed images per round")
@@ -98,8 +74,9 @@ def main():
     with tempfile.TemporaryDirectory() as root:
         write_folder(root, unique=128, total=args.images + 4 * BATCH)
         for round_index in range(args.rounds):
-            for name, value in one_round(root, args.images).items():
-                times[name].append(value)
+            for name, recipe in RECIPES.items():  # every recipe once a round, in order
+                data = TrainData(root, augment=recipe, **ONE_PROCESS)
+                times[name].append(seconds_per_image(data.batches(), args.images))
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     cores = os.cpu_count() or 1
     print(

@@ -1,14 +1,8 @@
 """What a training step needs in memory, and moves, by the compiler alone: nothing runs.
 
-    python benchmarks/memory.py [--models S M L] [--dtypes fp32 bf16] [--remat none minimal full]
-        [--batches 8 16] [--step adamw|library] [--scan-layers] [--fit-gb 16 32 80] [--json FILE]
-    python benchmarks/memory.py --tpu v3 v4 v5e v5p v6e [--models S M L] [--batches 8 16]
-        [--remat minimal] [--mixing vector|dot|pallas] [--libtpu-version 0.0.42.1]
-
-The steps, the fit of the needed bytes against the batch and the figures: README, "Benchmarks
-on any device", and for ``--tpu`` (one chip of each generation named, compiled through libtpu
-and cached in ``benchmarks/results/tpu-compile/``) "On a TPU". XLA:CPU fuses less than the GPU
-and TPU compilers: read CPU figures as upper bounds for those.
+Commands and figures: README, "Benchmarks on any device", and for ``--tpu`` (one chip of each
+generation, compiles cached in ``benchmarks/results/tpu-compile/``) "On a TPU". XLA:CPU fuses
+less than the GPU and TPU compilers: read CPU figures as upper bounds for those.
 """
 
 from __future__ import annotations
@@ -19,50 +13,35 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from benchlib import (
-    DROP_PATH_RATE,
-    DTYPES,
-    REPO,
-    UserError,
-    create,
-    model_name,
-    run_cli,
-    table_header,
-    table_row,
-    write_json,
-)
-from benchlib.steps import library_train_step, make_adamw_step, published_train_step
+import benchlib
+from benchlib import DTYPES, UserError, table_header, table_row, write_json
+from benchlib.steps import abstract_adamw_step, library_train_step, published_train_step
 from benchlib.tpu_compile import CHIPS, chip_devices, versions
 from benchlib.tpu_fit import Affine
 from benchlib.xla_stats import compile_stats
-from dynamixer_jax.model.variants import PUBLISHED, abstract_variables
+from dynamixer_jax.model import traffic
+from dynamixer_jax.model.variants import PUBLISHED
 
 USABLE = 0.95  # of each --fit-gb
-RESULTS = os.path.join(REPO, "benchmarks", "results", "tpu-compile")
+RESULTS = os.path.join(benchlib.REPO, "benchmarks", "results", "tpu-compile")
 DEVICES = 8  # the published recipe's setup: 8 GPUs, or the 8 cores of a v3-8 / v4-8
 GIB = 2**30
 
 
 def compiled_point(step, abstract, batch: int, label: str) -> dict:
-    """Compile ``step`` for ``abstract`` arguments: :func:`compile_stats` and per-image figures,
-    printed as one line."""
+    """:func:`compile_stats` of ``step`` on ``abstract`` arguments, per-image figures, printed."""
     stats = compile_stats(step, abstract)
-    per_image = {
-        "mflop_per_image": stats["flops"] / batch / 1e6,
-        "accessed_mb_per_image": stats["bytes_accessed"] / batch / 1e6,
-        "temp_mb_per_image": stats["memory"]["temp_bytes"] / batch / 1e6,
-    }
+    mflop, accessed = stats["flops"] / batch / 1e6, stats["bytes_accessed"] / batch / 1e6
+    temp, gb = stats["memory"]["temp_bytes"] / batch / 1e6, stats["hbm_bytes"] / 1e9
     print(
-        f"{label} batch {batch:>4}: compile {stats['compile_s']:.1f} s; per image "
-        f"{per_image['mflop_per_image']:.1f} MFLOP, {per_image['accessed_mb_per_image']:.2f} MB "
-        f"accessed, {per_image['temp_mb_per_image']:.2f} MB temp; "
-        f"needs {stats['hbm_bytes'] / 1e9:.2f} GB",
+        f"{label} batch {batch:>4}: compile {stats['compile_s']:.1f} s; per image {mflop:.1f} "
+        f"MFLOP, {accessed:.2f} MB accessed, {temp:.2f} MB temp; needs {gb:.2f} GB",
         flush=True,
     )
+    per_image = dict(mflop_per_image=mflop, accessed_mb_per_image=accessed, temp_mb_per_image=temp)
     return {"batch": batch, **per_image, **stats}
 
 
@@ -72,35 +51,20 @@ def fit(points: list[dict], field: str = "hbm_bytes") -> Affine:
     return Affine.through((low["batch"], low[field]), (high["batch"], high[field]))
 
 
-def adamw_step(model, batch: int):
-    """(jitted plain AdamW step, its abstract arguments) of ``model`` at ``batch``."""
-    size = model.image_size
-    params = abstract_variables(model)["params"]
-    step, tx = make_adamw_step(model)
-    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    return step, (params, jax.eval_shape(tx.init, params), images, labels, key)
-
-
 def local_row(name: str, dtype: str, remat: str, args) -> dict:
     """Every batch's compile of one model, dtype and remat here, and the largest batches."""
-    model = create(
-        name,
-        image_size=args.image_size,
-        drop_path_rate=DROP_PATH_RATE,
-        remat=remat,
-        scan_layers=args.scan_layers,
-        dtype=DTYPES[dtype],
+    size, rate, scan = args.image_size, benchlib.DROP_PATH_RATE, args.scan_layers
+    model = benchlib.create(
+        name, dtype, image_size=size, drop_path_rate=rate, remat=remat, scan_layers=scan
     )
     device, label = jax.devices()[0], f"{name:>12} {dtype:>5} {remat:>8}"
     row = {"platform": device.platform, "model": name, "dtype": dtype, "remat": remat}
-    row.update(step=args.step, image_size=args.image_size, points=[])
+    row.update(step=args.step, image_size=size, points=[])
     for batch in args.batches:
         if args.step == "library":
             step, abstract = library_train_step(model, Mesh(np.array([device]), ("data",)), batch)
         else:
-            step, abstract = adamw_step(model, batch)
+            step, abstract = abstract_adamw_step(model, batch)
         row["points"].append(compiled_point(step, abstract, batch, label))
     if len(args.batches) > 1:
         hbm = fit(row["points"])
@@ -113,15 +77,11 @@ def local_row(name: str, dtype: str, remat: str, args) -> dict:
 
 def tpu_point(generation: str, variant: str, batch: int, remat: str, args) -> dict | None:
     """One compile's record for a TPU chip: from the cache, else compiled and cached (None if
-    ``--libtpu-version`` forbids compiling). The name holds everything that changes the answer
-    (``"dot"``, the only layout when the cache began, has no suffix)."""
+    ``--libtpu-version`` forbids compiling); ``"dot"``, the first layout, has no name suffix."""
     found = versions(args.libtpu_version)
     layout = f"_{args.mixing}" if args.mixing != "dot" else ""
-    path = os.path.join(
-        RESULTS,
-        f"jax{found['jax']}_libtpu{found['libtpu']}_{generation}_{variant}"
-        f"_b{batch}_{remat}_bf16{layout}.json",
-    )
+    name = f"jax{found['jax']}_libtpu{found['libtpu']}_{generation}_{variant}_b{batch}_{remat}"
+    path = os.path.join(RESULTS, f"{name}_bf16{layout}.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -130,34 +90,22 @@ def tpu_point(generation: str, variant: str, batch: int, remat: str, args) -> di
     devices = chip_devices(generation)  # a one-device mesh: the per-device program
     mesh = Mesh(np.array(devices[:1]), ("data",))
     step, abstract, _ = published_train_step(variant, batch, mesh, remat=remat, mixing=args.mixing)
-    record = {
-        "generation": generation,
-        "device_kind": devices[0].device_kind,
-        "devices_per_chip": len(devices),
-        "variant": variant,
-        "remat": remat,
-        "dtype": "bf16",
-        "grad_accum_steps": 1,
-        "mixing": args.mixing,
-        "versions": found,
-        **compiled_point(step, abstract, batch, f"{generation:>4} {variant:>12} {remat:>8}"),
-    }
+    label = f"{generation:>4} {variant:>12} {remat:>8}"
+    record = dict(generation=generation, device_kind=devices[0].device_kind, variant=variant)
+    record.update(remat=remat, dtype="bf16", grad_accum_steps=1, mixing=args.mixing, versions=found)
+    record.update(devices_per_chip=len(devices), **compiled_point(step, abstract, batch, label))
     write_json(path, record, sort_keys=True)
     return record
 
 
 def tpu_row(generation: str, variant: str, points: list[dict]) -> dict:
-    """The README's figures of one generation and variant, extrapolated from the fits to the
-    published per-device batch (compiler estimates, per device; rates per chip)."""
-    from dynamixer_jax import create_model
-    from dynamixer_jax.model import traffic
-
+    """The README's figures of one generation and variant: the fits at the published batch."""
     chip, per_chip = CHIPS[generation], points[0]["devices_per_chip"]
     capacity = chip.hbm_bytes / per_chip
     batch = PUBLISHED[variant]["batch_size"] // DEVICES
     fits = {field: fit(points, field) for field in ("hbm_bytes", "flops", "bytes_accessed")}
     at = {field: line.at(batch) for field, line in fits.items()}
-    model = create_model(variant, dtype=jnp.bfloat16)
+    model = benchlib.create(variant, "bf16")
     return {
         "generation": generation,
         "device_kind": points[0]["device_kind"],
@@ -196,8 +144,7 @@ def tpu_table(rows: list[dict]) -> str:
 
 
 def tpu_rows(models: list[str], args) -> list[dict]:
-    """Every generation's rows for each model and remat (every generation before the next
-    model); writes each remat's summary beside the cache and prints its table."""
+    """Every generation's rows for each model and remat; each remat's summary and table."""
     rows = []
     for remat in args.remat or ["minimal"]:
         found = []
@@ -209,10 +156,10 @@ def tpu_rows(models: list[str], args) -> list[dict]:
                 else:
                     found.append(tpu_row(generation, variant, points))
         if found:
-            summary = {"versions": versions(args.libtpu_version), "devices": DEVICES}
+            summary = {"versions": versions(args.libtpu_version), "devices": DEVICES, "rows": found}
             layout = f"_{args.mixing}" if args.mixing != "dot" else ""
             path = os.path.join(RESULTS, f"summary_{remat}{layout}.json")
-            write_json(path, {**summary, "rows": found}, sort_keys=True)
+            write_json(path, summary, sort_keys=True)
             print(tpu_table(found), flush=True)
         rows += found
     return rows
@@ -244,7 +191,7 @@ def run(argv=None) -> list[dict]:
     parser.add_argument("--libtpu-version", help="--tpu: read this libtpu's cache (0.0.42.1)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
-    models = [model_name(m) for m in args.models]
+    models = [benchlib.model_name(m) for m in args.models]
     if len(set(args.batches)) != len(args.batches) or min(args.batches) < 1:
         raise UserError(f"--batches must be distinct positive sizes, not {args.batches}")
     if args.tpu and "tiny" in models:
@@ -263,7 +210,7 @@ def run(argv=None) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    return run_cli(run, argv)
+    return benchlib.run_cli(run, argv)
 
 
 if __name__ == "__main__":

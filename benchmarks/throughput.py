@@ -1,12 +1,8 @@
 """Training-step and inference images/s of DynaMixer against our PyTorch twin of the authors'
 model, on whatever device JAX and PyTorch find, the baseline measured in the same run.
 
-    python benchmarks/throughput.py --quick                  # tiny model at 56x56, batch 2
-    python benchmarks/throughput.py [--model S] [--batches 8 16] [--dtype fp32|bf16]
-        [--modes train infer] [--settings torch jax:minimal jax:none ...] [--json out.json]
-
-The settings (``NAME[@MODEL]``), how each runs (in a fresh process, one after the other), the
-step, the table's columns and the figures: README, "Benchmarks on any device".
+Commands, the settings, how each runs, the step and the table's columns: README, "Benchmarks on
+any device".
 """
 
 from __future__ import annotations
@@ -21,8 +17,16 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 import benchlib
-from benchlib import DTYPES, NUM_CLASSES, UserError, create, model_name, table_header, table_row
+from benchlib import DROP_PATH_RATE, DTYPES, NUM_CLASSES, UserError, create, model_name
+from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY, make_adamw_step
+from benchlib.xla_stats import bytes_fields, costs
+from dynamixer_jax import init_variables
+from dynamixer_jax.model import flops
 
 
 def parse_setting(setting: str, default_model: str) -> tuple[str, str]:
@@ -52,76 +56,40 @@ def timed_steps(step, batch: int, args) -> dict:
     return {"img_s": img_s, "step_ms": 1e3 * batch / img_s}
 
 
-def flops_per_image(model: str, mode: str, args) -> float:
-    """The matmul and convolution FLOPs per image of a step (training: 3 x forward)."""
-    from dynamixer_jax.model import flops
-
-    forward = flops.forward_flops(create(model, image_size=args.image_size))
-    return 3.0 * forward if mode == "train" else float(forward)
-
-
-def jax_device(args):
-    """JAX's device for this run (``--device cpu``: the host, even on a GPU machine)."""
-    import jax
-
-    device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
-    jax.config.update("jax_default_device", device)
-    return device
-
-
 def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     """Compile and time jitted steps of our model in this process."""
-    import jax
-    import numpy as np
-
-    from benchlib.steps import make_adamw_step
-    from benchlib.xla_stats import bytes_fields, costs
-    from dynamixer_jax import init_variables
-
     kind, remat = name.split(":")
-    device = jax_device(args)
+    device, train, size = jax.devices()[0], mode == "train", args.image_size
+    rate, scan = DROP_PATH_RATE if train else 0.0, kind == "jax-scan"
     net = create(
-        model,
-        image_size=args.image_size,
-        num_classes=NUM_CLASSES,
-        drop_path_rate=benchlib.DROP_PATH_RATE if mode == "train" else 0.0,
-        remat=remat,
-        scan_layers=kind == "jax-scan",
-        dtype=DTYPES[args.dtype],
+        model, args.dtype, image_size=size, remat=remat, scan_layers=scan, drop_path_rate=rate
     )
     rng = np.random.default_rng(0)
-    shape = (batch, args.image_size, args.image_size, 3)
-    images = [jax.device_put(rng.standard_normal(shape, np.float32)) for _ in range(2)]
+    images = [jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32)) for _ in "ab"]
     labels = jax.device_put(rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
-    state = {"params": init_variables(net, 0)["params"]}
-    if mode == "train":
+    params = init_variables(net, 0)["params"]
+    if train:
         fn, tx = make_adamw_step(net)
-        state["opt"] = tx.init(state["params"])
-        example = (state["params"], state["opt"], images[0], labels, jax.random.key(0))
+        state, rest = [params, tx.init(params)], lambda i: (labels, jax.random.key(i))
     else:
         fn = jax.jit(lambda params, x: net.apply({"params": params}, x, train=False))
-        example = (state["params"], images[0])
+        state, rest = [params], lambda i: ()
     start = time.perf_counter()
-    compiled = fn.lower(*example).compile()
+    compiled = fn.lower(*state, images[0], *rest(0)).compile()
     compile_s = time.perf_counter() - start
     memory, cost = bytes_fields(compiled), costs(compiled)
 
     def one_step(i):
-        if mode == "train":
-            state["params"], state["opt"], out = compiled(
-                state["params"], state["opt"], images[i % 2], labels, jax.random.key(i)
-            )
-        else:
-            out = compiled(state["params"], images[i % 2])
+        out = compiled(*state, images[i % 2], *rest(i))
+        if train:
+            state[:], out = out[:2], out[2]  # the parameters and optimizer state, the loss
         return lambda: jax.block_until_ready(out)
 
     timing = timed_steps(one_step, batch, args)
-    stats = device.memory_stats() or {}
-    temp = memory["temp_bytes"]
+    stats, temp = device.memory_stats() or {}, memory["temp_bytes"]
     return {
         **timing,
         "compile_s": compile_s,
-        "flops_per_image": flops_per_image(model, mode, args),
         "memory": memory,
         "temp_mb_per_image": temp / batch / 1e6 if temp is not None else None,
         "xla_gflops_per_image": cost["flops"] / batch / 1e9 if cost["flops"] else None,
@@ -132,34 +100,21 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
 
 
 def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
-    """Time PyTorch steps of our twin of the authors' model, eager or compiled, on CUDA where
-    PyTorch sees a GPU (unless ``--device cpu``)."""
-    import numpy as np
+    """Time PyTorch steps of our twin, eager or compiled, on CUDA where PyTorch sees a GPU."""
     import torch
     import torch.nn.functional as F
 
-    import dynamixer_torch
-    from benchlib.steps import LEARNING_RATE, WEIGHT_DECAY
-
-    cuda = torch.cuda.is_available() and args.device != "cpu"
+    cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32, like XLA's default on NVIDIA GPUs
     torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    net = dynamixer_torch.TorchDynaMixer(
-        **benchlib.architecture(model),
-        num_classes=NUM_CLASSES,
-        image_size=args.image_size,
-        drop_path_rate=benchlib.DROP_PATH_RATE,
-    )
+    net = benchlib.torch_twin(model, args.image_size, drop_path_rate=DROP_PATH_RATE)
     net = net.train(mode == "train").to(device)
     compiled = name == "torch-compile"
     runner = torch.compile(net) if compiled else net
-    fused = {"fused": True} if cuda else {}
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, **fused
-    )
+    hyper = dict(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True if cuda else None)
+    optimizer = torch.optim.AdamW(net.parameters(), **hyper)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     rng = np.random.default_rng(0)
     shape = (batch, 3, args.image_size, args.image_size)
@@ -185,13 +140,10 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
         compile_s = time.perf_counter() - start
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timing = timed_steps(one_step, batch, args)
-    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {
-        **timing,
+        **timed_steps(one_step, batch, args),
         "compile_s": compile_s,
-        "flops_per_image": flops_per_image(model, mode, args),
-        "peak_gb": peak,
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "platform": device.type,
         "torch": torch.__version__,
@@ -201,10 +153,7 @@ def run_torch(name: str, model: str, batch: int, mode: str, args) -> dict:
 def run_peak(args) -> dict:
     """Median FLOP/s of 20 size^3 matmuls in the compute dtype on JAX's device (default
     precision), after one untimed call: 8192^3, 2048^3 on a CPU, 256^3 with ``--quick``."""
-    import jax
-    import jax.numpy as jnp
-
-    device = jax_device(args)
+    device = jax.devices()[0]
     size = 256 if args.quick else 2048 if device.platform == "cpu" else 8192
     key, dtype = jax.random.key(0), jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     a = jax.random.normal(key, (size, size), dtype)
@@ -228,9 +177,10 @@ def run_setting(setting: str, batch: int, mode: str, args) -> dict:
     name, model = parse_setting(setting, args.model)
     if name == "peak":
         return run_peak(args)
-    if name.startswith("torch"):
-        return run_torch(name, model, batch, mode, args)
-    return run_jax(name, model, batch, mode, args)
+    result = (run_torch if name.startswith("torch") else run_jax)(name, model, batch, mode, args)
+    net = create(model, image_size=args.image_size)  # matmul and convolution FLOPs per image
+    per_image = flops.training_flops(net) if mode == "train" else flops.forward_flops(net)
+    return {**result, "flops_per_image": float(per_image)}
 
 
 def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: float) -> dict:
@@ -244,7 +194,7 @@ def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: f
         f"print(json.dumps(run_setting({setting!r}, {batch}, {mode!r}, args)))"
     )
     env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1", DYNAMIXER_NO_REEXEC="1")
-    if setting.startswith("torch") or args.device == "cpu":
+    if setting.startswith("torch"):
         env["JAX_PLATFORMS"] = "cpu"  # torch: jax is imported for the FLOP count only
     command, limit = [sys.executable, "-c", code], timeout_s if math.isfinite(timeout_s) else None
     try:
@@ -256,19 +206,6 @@ def run_in_fresh_process(setting: str, batch: int, mode: str, args, timeout_s: f
         print(f"{setting} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
         return {"error": lines[-1][:300] if lines else f"exit code {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def measure_round(args, batch: int, mode: str, deadline: float, measure) -> dict[str, dict]:
-    """Every setting once, one after the other, each given what is left of its timeout and of
-    the run's budget (none started once ``deadline`` has passed)."""
-    out = {}
-    for setting in args.settings:
-        left = min(args.setting_timeout_s or math.inf, deadline - time.monotonic())
-        if left > 0:
-            out[setting] = measure(setting, batch, mode, args, left)
-        else:
-            out[setting] = {"error": "time budget"}
-    return out
 
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -286,15 +223,12 @@ def report_rows(batch: int, mode: str, runs: dict[str, list[dict]], args) -> lis
     for setting, results in runs.items():
         name, model = named[setting]
         row = {"batch": batch, "mode": mode, "setting": setting, "model": model, "runs": results}
-        rate, flops = median_of(results, "img_s"), median_of(results, "flops_per_image")
+        rate, per_image = median_of(results, "img_s"), median_of(results, "flops_per_image")
         if name == "peak":
             row["peak_tflops"] = peak / 1e12 if peak else None
         elif rate:
-            row.update(
-                img_s=rate,
-                vs_torch=rate / eager[model] if eager.get(model) else None,
-                mfu=rate * flops / peak if peak and flops else None,
-            )
+            row.update(img_s=rate, vs_torch=rate / eager[model] if eager.get(model) else None)
+            row["mfu"] = rate * per_image / peak if peak and per_image else None
         rows.append(row)
     return rows
 
@@ -309,13 +243,15 @@ def fmt(value, spec: str) -> str | None:
 
 def row_line(row: dict) -> str:
     """One row of the table."""
-    head, runs = [row["batch"], row["mode"], row["setting"]], row["runs"]
+    cells, runs = [row["batch"], row["mode"], row["setting"]], row["runs"]
     if row["setting"].startswith("peak"):
-        return table_row([*head, f"matmul {fmt(row.get('peak_tflops'), '.2f')} TFLOP/s"])
-    if "img_s" not in row:
-        return table_row([*head, "failed: " + "; ".join(r.get("error", "?") for r in runs)])
-    rates = [f"{row['img_s']:.1f}", fmt(row.get("vs_torch"), ".2f"), fmt(row.get("mfu"), ".1%")]
-    return table_row(head + rates + [fmt(median_of(runs, k), f) for k, f in MEDIANS.items()])
+        cells.append(f"matmul {fmt(row.get('peak_tflops'), '.2f')} TFLOP/s")
+    elif "img_s" not in row:
+        cells.append("failed: " + "; ".join(r.get("error", "?") for r in runs))
+    else:
+        rates = [f"{row['img_s']:.1f}", fmt(row.get("vs_torch"), ".2f"), fmt(row.get("mfu"), ".1%")]
+        cells += rates + [fmt(median_of(runs, k), f) for k, f in MEDIANS.items()]
+    return benchlib.table_row(cells)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -327,7 +263,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--modes", nargs="+", choices=["train", "infer"], default=["train"])
     add("--image-size", type=int, default=None, help="default 224")
     add("--settings", nargs="+", help="default: torch jax:minimal (--quick: peak too)")
-    add("--device", choices=["cpu"], default=None, help="both on the CPU")
     add("--steps", type=int, default=4, help="timed steps per round")
     add("--warmup", type=int, default=0, help="untimed steps after the first")
     add("--rounds", type=int, default=2, help="processes per setting")
@@ -362,13 +297,17 @@ def run(argv=None, measure=run_in_fresh_process) -> dict:
     report = {"argv": list(argv if argv is not None else sys.argv[1:]), "model": args.model}
     report.update(dtype=args.dtype, image_size=args.image_size, cpu=benchlib.cpu_description())
     report["results"] = []
-    print(table_header(HEADER), flush=True)
+    print(benchlib.table_header(HEADER), flush=True)
     deadline = time.monotonic() + (args.budget_s or math.inf)
     for batch in args.batches:
         for mode in args.modes:
             runs: dict[str, list[dict]] = {setting: [] for setting in args.settings}
             for _ in range(args.rounds):
-                for setting, result in measure_round(args, batch, mode, deadline, measure).items():
+                for setting in args.settings:  # given what is left of its timeout and the budget
+                    left = min(args.setting_timeout_s or math.inf, deadline - time.monotonic())
+                    result = {"error": "time budget"}
+                    if left > 0:
+                        result = measure(setting, batch, mode, args, left)
                     runs[setting].append(result)
             for row in report_rows(batch, mode, runs, args):
                 report["results"].append(row)

@@ -1,10 +1,6 @@
 """What the benchmark scripts share: one-line command-line errors, JSON records, Markdown tables,
-the CPU's description and the model a benchmark builds (aliases, a tiny architecture, dtypes).
-
-``benchmarks/`` is not an installed package: ``python benchmarks/NAME.py`` has ``benchmarks/`` on
-``sys.path`` and so finds this package, and importing it puts the repository root there too, so
-a fresh clone's scripts use this checkout's ``dynamixer_jax`` and ``dynamixer_torch``.
-"""
+the CPU's description and the models they build. Importing it puts the repository root on
+``sys.path``, so that ``python benchmarks/NAME.py`` uses this checkout's packages."""
 
 from __future__ import annotations
 
@@ -36,7 +32,7 @@ TINY = dict(
     num_segments=(4, 8, 8, 8),
 )
 DTYPES = {"fp32": None, "bf16": jnp.bfloat16}  # compute dtypes; parameters stay float32
-NUM_CLASSES, DROP_PATH_RATE = 1000, 0.1
+NUM_CLASSES, DROP_PATH_RATE = 1000, 0.1  # NUM_CLASSES is the models' default too
 # The vector extensions worth naming beside a CPU figure (x86 flags, Arm features); the names
 # only whole ("smep" is an x86 security flag).
 VECTOR_PREFIXES = ("sse4", "avx", "fma", "amx", "asimd", "sve", "sme2")
@@ -55,12 +51,6 @@ def run_cli(run: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | No
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def short_error(exc: BaseException) -> str:
-    """The first line of an exception, for records and logs."""
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
 def write_json(path: str, content: Any, sort_keys: bool = False) -> None:
@@ -114,13 +104,19 @@ def model_name(alias: str) -> str:
     return name
 
 
-def architecture(name: str) -> dict[str, Any]:
-    """The architecture fields of a model name (a variant or 'tiny')."""
-    return dict(TINY if name == "tiny" else VARIANTS[name])
-
-
-def create(name: str, **kwargs):
-    """``create_model`` for a variant name or 'tiny' (DynaMixer-S's settings, TINY's shape)."""
+def create(name: str, dtype: str = "fp32", **kwargs):
+    """``create_model`` for a variant or 'tiny' (S's settings, TINY's shape), ``dtype`` by name."""
     if name == "tiny":
-        return create_model("dynamixer_s", **{**TINY, **kwargs})
-    return create_model(name, **kwargs)
+        name, kwargs = "dynamixer_s", {**TINY, **kwargs}
+    return create_model(name, dtype=DTYPES[dtype], **kwargs)
+
+
+def torch_twin(name: str, image_size: int, **kwargs):
+    """Our PyTorch twin of a variant or 'tiny', its weights drawn after ``torch.manual_seed(0)``."""
+    import torch
+
+    import dynamixer_torch
+
+    torch.manual_seed(0)
+    arch = TINY if name == "tiny" else VARIANTS[name]
+    return dynamixer_torch.TorchDynaMixer(**arch, image_size=image_size, **kwargs)

@@ -1,7 +1,5 @@
 """The training steps the benchmarks time or compile: the plain AdamW step, and the library's own
-step (``make_train_step``) on abstract arguments, so that it compiles for any mesh and batch
-without allocating anything.
-"""
+step (``make_train_step``) on abstract arguments, to compile for any mesh and batch."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from dynamixer_jax.data.mixup import MixupConfig
+from dynamixer_jax.model.variants import abstract_variables
 from dynamixer_jax.train.optimizer import make_optimizer
 from dynamixer_jax.train.state import create_train_state
 from dynamixer_jax.train.steps import make_train_step
@@ -22,10 +21,9 @@ IMAGENET_TRAIN_IMAGES, IMAGENET_CLASSES = 1_281_167, 1000
 
 
 def make_adamw_step(model):
-    """``(step, tx)``: forward in training mode (stochastic depth from ``key``), float32
-    integer-label cross-entropy, backward, optax AdamW; no Mixup, EMA or NaN guard.
-    ``step(params, opt_state, images, labels, key) -> (params, opt_state, loss)`` is jitted with
-    the parameters and the optimizer state donated."""
+    """``(step, tx)``: ``step(params, opt_state, images, labels, key) -> (params, opt_state,
+    loss)``, jitted with the first two donated: forward (stochastic depth from ``key``), float32
+    cross-entropy, backward, optax AdamW; no Mixup, EMA or NaN guard."""
     tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
 
     def step(params, opt_state, images, labels, key):
@@ -42,24 +40,29 @@ def make_adamw_step(model):
     return jax.jit(step, donate_argnums=(0, 1)), tx
 
 
+def abstract_adamw_step(model, batch: int):
+    """(jitted plain AdamW step, its abstract arguments) of ``model`` at ``batch``."""
+    size, params = model.image_size, abstract_variables(model)["params"]
+    step, tx = make_adamw_step(model)
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return step, (params, jax.eval_shape(tx.init, params), images, labels, key)
+
+
 def abstract_train_step(model, tx, schedule, mesh: Mesh, batch: int, *, seed=1, ema_decay, **kw):
     """``(jitted step, (abstract state, abstract batch))``: ``make_train_step`` of ``model`` over
     ``mesh`` for ``batch`` uint8 images (``kw``: its ``mixup``, ``augment``, ...)."""
-    size = model.image_size
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-    state = jax.eval_shape(
-        lambda p: create_train_state(p, tx, seed=seed, use_ema=ema_decay > 0), params["params"]
-    )
-    classes = model.num_classes
-    step = make_train_step(
-        model, tx, schedule, mesh, num_classes=classes, ema_decay=ema_decay, **kw
-    )
+    size, params = model.image_size, abstract_variables(model)["params"]
+    use_ema = ema_decay > 0
+    state = jax.eval_shape(lambda p: create_train_state(p, tx, seed=seed, use_ema=use_ema), params)
+    kw.update(num_classes=model.num_classes, ema_decay=ema_decay)
     batch_spec = {
         "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
         "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
         "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
     }
-    return step, (state, batch_spec)
+    return make_train_step(model, tx, schedule, mesh, **kw), (state, batch_spec)
 
 
 def library_train_step(model, mesh: Mesh, batch: int):
@@ -67,52 +70,27 @@ def library_train_step(model, mesh: Mesh, batch: int):
     Mixup/CutMix at their defaults with label smoothing 0.1, EMA 0.9999, no random erasing."""
     schedule = optax.cosine_decay_schedule(1e-3, 1000)
     tx = make_optimizer(schedule, weight_decay=0.05)
-    return abstract_train_step(
-        model, tx, schedule, mesh, batch, mixup=MixupConfig(label_smoothing=0.1), ema_decay=0.9999
-    )
+    mixup = MixupConfig(label_smoothing=0.1)
+    return abstract_train_step(model, tx, schedule, mesh, batch, mixup=mixup, ema_decay=0.9999)
 
 
 def published_train_step(
-    variant: str,
-    batch: int,
-    mesh: Mesh,
-    *,
-    remat: str = "minimal",
-    image_size: int = 224,
-    num_classes: int | None = None,
-    model_overrides: dict[str, Any] | None = None,
-    mixing: str = "vector",
+    variant: str, batch: int, mesh: Mesh, *, mixing="vector", model_overrides=None, **config: Any
 ):
-    """``(jitted step, (abstract state, abstract batch), model)`` exactly as
-    ``dynamixer_jax.train.loop`` builds it from ``configs/imagenet.py`` for ``variant`` at a global
-    ``batch`` over ``mesh`` (``memory.py --tpu``). ``num_classes`` (default ImageNet's) and
-    ``model_overrides`` make a smaller model with the same recipe. ``mixing`` is explicit: from a
-    CPU host ``"auto"`` would mean ``"dot"``, not the ``"vector"`` a TPU runs."""
+    """``(jitted step, (abstract state, abstract batch), model)`` as ``dynamixer_jax.train.loop``
+    builds it from ``configs/imagenet.py``'s ``variant`` and ``config`` (``remat``, ...) at a
+    global ``batch`` over ``mesh``; ``mixing`` is explicit (a CPU host's "auto" is "dot")."""
     from configs import imagenet  # ml_collections: only memory.py --tpu needs it
     from dynamixer_jax.train.optimizer import optimizer_from_plan
     from dynamixer_jax.train.plan import make_plan
 
-    config = imagenet.get_config(variant)
-    config.update(
-        batch_size=batch, remat=remat, image_size=image_size, num_classes=num_classes, mixing=mixing
-    )
-    for key, value in (model_overrides or {}).items():
-        config.model_overrides[key] = value
-    plan = make_plan(config, devices=mesh.devices.size, processes=1)
-    model = plan.model.build(plan.model.classes(num_classes or IMAGENET_CLASSES))
-    schedule, tx = optimizer_from_plan(
-        plan.optim, plan.steps(IMAGENET_TRAIN_IMAGES // plan.data.batch_size)
-    )
-    step, args = abstract_train_step(
-        model,
-        tx,
-        schedule,
-        mesh,
-        batch,
-        seed=plan.seed,
-        ema_decay=plan.optim.ema_decay,
-        mixup=plan.mixup,
-        augment=plan.data.augment.on_device(),
-        grad_accum_steps=plan.optim.grad_accum_steps,
-    )
-    return step, args, model
+    cfg = imagenet.get_config(variant)
+    cfg.update(batch_size=batch, mixing=mixing, **config)
+    cfg.model_overrides.update(model_overrides or {})
+    plan = make_plan(cfg, devices=mesh.devices.size, processes=1)
+    model = plan.model.build(plan.model.num_classes or IMAGENET_CLASSES)
+    steps = plan.steps(IMAGENET_TRAIN_IMAGES // plan.data.batch_size)
+    schedule, tx = optimizer_from_plan(plan.optim, steps)
+    recipe = dict(mixup=plan.mixup, augment=plan.data.augment.on_device(), seed=plan.seed)
+    recipe.update(ema_decay=plan.optim.ema_decay, grad_accum_steps=plan.optim.grad_accum_steps)
+    return (*abstract_train_step(model, tx, schedule, mesh, batch, **recipe), model)

@@ -1,9 +1,6 @@
-"""From compiles at two small batches to any batch: affine fits and the largest batch that fits
-a chip. Pure arithmetic on ``benchmarks/memory.py``'s records.
-
-A training step's HBM, FLOPs and bytes accessed are, to a good approximation, affine in the
-per-device batch: a fixed part (parameters, optimizer state, gradients, the update) plus a part
-per image (activations). Two compiles give both parts.
+"""A training step's HBM, FLOPs and bytes accessed are, to a good approximation, affine in the
+per-device batch (a fixed part: parameters, optimizer state, gradients; a part per image:
+activations), so two compiles give them at any batch and the largest batch that fits a chip.
 """
 
 from __future__ import annotations

@@ -23,32 +23,22 @@ def _analysis(compiled, method: str):
         found = getattr(compiled, method)()
     except Exception:  # not implemented on some backends / versions
         return None
-    if isinstance(found, (list, tuple)):
-        return found[0] if found else None
-    return found
+    return (found[0] if found else None) if isinstance(found, (list, tuple)) else found
 
 
 def bytes_fields(compiled) -> dict[str, int | None]:
     """XLA's memory analysis of a compiled function, each field None where unavailable."""
     analysis = _analysis(compiled, "memory_analysis")
-    out = {}
-    for key, attr in MEMORY_FIELDS.items():
-        value = getattr(analysis, attr, None) if analysis is not None else None
-        out[key] = int(value) if isinstance(value, (int, np.integer)) else None
-    return out
+    values = {key: getattr(analysis, attr, None) for key, attr in MEMORY_FIELDS.items()}
+    return {k: int(v) if isinstance(v, (int, np.integer)) else None for k, v in values.items()}
 
 
 def required_bytes(memory: dict[str, int | None]) -> int | None:
     """Device bytes a compiled step needs: arguments + outputs - donated aliases + temp + code."""
-    if memory.get("temp_bytes") is None or memory.get("argument_bytes") is None:
+    if memory["temp_bytes"] is None or memory["argument_bytes"] is None:
         return None
-    return (
-        memory["argument_bytes"]
-        + (memory.get("output_bytes") or 0)
-        - (memory.get("alias_bytes") or 0)
-        + memory["temp_bytes"]
-        + (memory.get("generated_code_bytes") or 0)
-    )
+    total = memory["argument_bytes"] + memory["temp_bytes"] + (memory["output_bytes"] or 0)
+    return total + (memory["generated_code_bytes"] or 0) - (memory["alias_bytes"] or 0)
 
 
 def costs(compiled) -> dict[str, float | None]:
@@ -61,10 +51,8 @@ def costs(compiled) -> dict[str, float | None]:
 
 
 def compile_stats(fn, args: tuple) -> dict[str, Any]:
-    """Lower and compile the jitted ``fn`` for ``args`` (abstract ones may name absent devices in
-    their shardings, e.g. a TPU chip's from ``benchlib.tpu_compile``). Per device: ``memory``
-    (bytes), ``hbm_bytes`` (:func:`required_bytes`), ``flops``, ``bytes_accessed``, and
-    ``lower_s``/``compile_s``."""
+    """Lower and compile the jitted ``fn`` for ``args`` (abstract ones may name absent devices):
+    per device ``memory``, ``hbm_bytes``, ``flops`` and ``bytes_accessed``; the seconds taken."""
     start = time.perf_counter()
     lowered = fn.lower(*args)
     lowered_at = time.perf_counter()

@@ -77,13 +77,17 @@ def device_vs_cpu(name: str, image_size: int, batch: int) -> dict:
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         twin_logits = twin.to(torch_device)(x.to(torch_device)).float().cpu().numpy()
-    result = {"model": name, "batch": batch, "device": str(device), "cpu": str(cpu)}
-    result.update(logit_std=float(on_cpu.std()), highest=errors(on_device, on_cpu))
-    result["default_precision"] = errors(default, on_cpu)
-    agree = float(np.mean(default.argmax(-1) == on_cpu.argmax(-1)))
-    result["top1_agreement_default_vs_cpu"] = agree
-    result["jax_vs_torch"] = {"torch_device": str(torch_device), **errors(on_device, twin_logits)}
-    return result
+    return {
+        "model": name,
+        "batch": batch,
+        "device": str(device),
+        "cpu": str(cpu),
+        "logit_std": float(on_cpu.std()),
+        "highest": errors(on_device, on_cpu),
+        "default_precision": errors(default, on_cpu),
+        "top1_agreement_default_vs_cpu": float(np.mean(default.argmax(-1) == on_cpu.argmax(-1))),
+        "jax_vs_torch": {"torch_device": str(torch_device), **errors(on_device, twin_logits)},
+    }
 
 
 def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
@@ -94,12 +98,15 @@ def bf16_vs_fp32(name: str, image_size: int, batch: int) -> dict:
     fp32 = logits_on(create(name, image_size=image_size), params, images, device, "highest")
     bf16 = logits_on(create(name, "bf16", image_size=image_size), params, images, device, "default")
     diff = np.abs(bf16 - fp32)
-    result = {"model": name, "batch": batch, "device": str(device)}
-    result["top1_agreement"] = float(np.mean(bf16.argmax(-1) == fp32.argmax(-1)))
-    result["max_abs_over_logit_std"] = float(diff.max() / fp32.std())
-    result["mean_abs_over_logit_std"] = float(diff.mean() / fp32.std())
-    result["fp32_top1_margin_median"] = float(np.median(np.diff(np.sort(fp32, -1)[:, -2:])))
-    return result
+    return {
+        "model": name,
+        "batch": batch,
+        "device": str(device),
+        "top1_agreement": float(np.mean(bf16.argmax(-1) == fp32.argmax(-1))),
+        "max_abs_over_logit_std": float(diff.max() / fp32.std()),
+        "mean_abs_over_logit_std": float(diff.mean() / fp32.std()),
+        "fp32_top1_margin_median": float(np.median(np.diff(np.sort(fp32, -1)[:, -2:]))),
+    }
 
 
 def correctness(path: str, quick: bool, budget_s: float) -> dict:

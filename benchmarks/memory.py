@@ -53,13 +53,17 @@ def fit(points: list[dict], field: str = "hbm_bytes") -> Affine:
 
 def local_row(name: str, dtype: str, remat: str, args) -> dict:
     """Every batch's compile of one model, dtype and remat here, and the largest batches."""
-    size, rate, scan = args.image_size, benchlib.DROP_PATH_RATE, args.scan_layers
     model = benchlib.create(
-        name, dtype, image_size=size, drop_path_rate=rate, remat=remat, scan_layers=scan
+        name,
+        dtype,
+        image_size=args.image_size,
+        drop_path_rate=benchlib.DROP_PATH_RATE,
+        remat=remat,
+        scan_layers=args.scan_layers,
     )
     device, label = jax.devices()[0], f"{name:>12} {dtype:>5} {remat:>8}"
     row = {"platform": device.platform, "model": name, "dtype": dtype, "remat": remat}
-    row.update(step=args.step, image_size=size, points=[])
+    row.update(step=args.step, image_size=args.image_size, points=[])
     for batch in args.batches:
         if args.step == "library":
             step, abstract = library_train_step(model, Mesh(np.array([device]), ("data",)), batch)
@@ -91,9 +95,18 @@ def tpu_point(generation: str, variant: str, batch: int, remat: str, args) -> di
     mesh = Mesh(np.array(devices[:1]), ("data",))
     step, abstract, _ = published_train_step(variant, batch, mesh, remat=remat, mixing=args.mixing)
     label = f"{generation:>4} {variant:>12} {remat:>8}"
-    record = dict(generation=generation, device_kind=devices[0].device_kind, variant=variant)
-    record.update(remat=remat, dtype="bf16", grad_accum_steps=1, mixing=args.mixing, versions=found)
-    record.update(devices_per_chip=len(devices), **compiled_point(step, abstract, batch, label))
+    record = {
+        "generation": generation,
+        "device_kind": devices[0].device_kind,
+        "devices_per_chip": len(devices),
+        "variant": variant,
+        "remat": remat,
+        "dtype": "bf16",
+        "grad_accum_steps": 1,
+        "mixing": args.mixing,
+        "versions": found,
+        **compiled_point(step, abstract, batch, label),
+    }
     write_json(path, record, sort_keys=True)
     return record
 

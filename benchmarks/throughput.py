@@ -60,12 +60,17 @@ def run_jax(name: str, model: str, batch: int, mode: str, args) -> dict:
     """Compile and time jitted steps of our model in this process."""
     kind, remat = name.split(":")
     device, train, size = jax.devices()[0], mode == "train", args.image_size
-    rate, scan = DROP_PATH_RATE if train else 0.0, kind == "jax-scan"
     net = create(
-        model, args.dtype, image_size=size, remat=remat, scan_layers=scan, drop_path_rate=rate
+        model,
+        args.dtype,
+        image_size=size,
+        remat=remat,
+        scan_layers=kind == "jax-scan",
+        drop_path_rate=DROP_PATH_RATE if train else 0.0,
     )
     rng = np.random.default_rng(0)
-    images = [jax.device_put(rng.standard_normal((batch, size, size, 3), np.float32)) for _ in "ab"]
+    shape = (batch, size, size, 3)
+    images = [jax.device_put(rng.standard_normal(shape, np.float32)) for _ in range(2)]
     labels = jax.device_put(rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
     params = init_variables(net, 0)["params"]
     if train:
